@@ -1,0 +1,1 @@
+"""RocksDB write-ahead-log reading: the record format, WriteBatch decoding, and tailing."""
