@@ -1,1 +1,1 @@
-"""Replication data plane: frames, the primary's stream, the replica's follower and applier, bootstrap."""
+"""Replication data plane: frames, the primary's stream, the replica's follower, bootstrap."""

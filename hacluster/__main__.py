@@ -1,0 +1,3 @@
+from hacluster.cli import main
+
+raise SystemExit(main())

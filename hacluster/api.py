@@ -1,0 +1,136 @@
+"""The node's HTTP surface: health, status, the two write endpoints and the replication routes.
+
+Owns routing, bearer-token authentication (401 without a token, 403 with a wrong one, compared
+in constant time) and turning node state and errors into HTTP answers. Requests only reach the
+node through here; this module decides nothing about roles (the node does) and must never
+write to the store except through ``Node.write``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from hacluster.store import StoreError
+from hacluster.wal.batch import PUT
+from hacluster.writes import BadRequest, check_cf, check_key, check_value, parse_batch
+
+if TYPE_CHECKING:
+    from hacluster.node import Node
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/health", "/status"})
+
+
+def error(status: int, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def make_auth(token: str) -> Middleware:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        given = request.headers.get("Authorization")
+        if not given:
+            return web.json_response({"error": "missing Authorization: Bearer <token>"},
+                                     status=401, headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.encode(), expected):
+            return error(403, "wrong token")
+        return await handler(request)
+
+    return auth
+
+
+def build_app(node: Node) -> web.Application:
+    limits = node.cfg.limits
+    app = web.Application(middlewares=[make_auth(node.cfg.token)],
+                          client_max_size=limits.max_body_bytes)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node": node.name})
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(node.status())
+
+    def not_primary(request: web.Request) -> web.Response:
+        url = node.primary_url()
+        if url is None:
+            return error(503, "no primary is known", leader=None)
+        # 307 keeps method and body, so `curl -L` replays the write on the primary.
+        raise web.HTTPTemporaryRedirect(location=f"{url}{request.rel_url}")
+
+    async def put_kv(request: web.Request) -> web.Response:
+        if not node.is_primary:
+            return not_primary(request)
+        try:
+            key = request.match_info["key"].encode("utf-8")
+            check_key(key, limits, "key")
+            cf = check_cf(request.query.get("cf", "default"), node.column_families, "cf")
+            value = await request.read()
+            check_value(value, limits, "value")
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return await _write(node, [(PUT, cf, key, value)])
+
+    async def batch(request: web.Request) -> web.Response:
+        if not node.is_primary:
+            return not_primary(request)
+        try:
+            body = await request.read()
+            ops = parse_batch(body, request.content_type, limits, node.column_families)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return await _write(node, ops)
+
+    def on_primary(pick: Callable[[Node], Handler]) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if not node.is_primary or node.source is None or node.checkpoints is None:
+                return error(503, f"{node.name} is not the primary", primary=node.role.primary)
+            return await pick(node)(request)
+        return handler
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/status", status)
+    app.router.add_put("/v1/kv/{key:.+}", put_kv)
+    app.router.add_post("/v1/batch", batch)
+    # on_primary only calls pick() once source and checkpoints exist.
+    app.router.add_get("/v1/replication/stream",
+                       on_primary(lambda n: n.source.handle_stream))  # type: ignore[union-attr]
+    app.router.add_post("/v1/replication/ack",
+                        on_primary(lambda n: n.source.handle_ack))  # type: ignore[union-attr]
+    app.router.add_post("/v1/replication/checkpoints",
+                        on_primary(lambda n: n.checkpoints.handle_create))  # type: ignore[union-attr]
+    app.router.add_get("/v1/replication/checkpoints/{id}/files/{name}",
+                       on_primary(lambda n: n.checkpoints.handle_file))  # type: ignore[union-attr]
+    app.router.add_delete("/v1/replication/checkpoints/{id}",
+                          on_primary(lambda n: n.checkpoints.handle_delete))  # type: ignore[union-attr]
+    return app
+
+
+async def _write(node: Node, ops: list[tuple[int, str, bytes, bytes]]) -> web.Response:
+    try:
+        applied = node.write(ops)
+    except StoreError as exc:
+        return error(400, str(exc))
+    except Exception as exc:  # rocksdict raises bare Exception for RocksDB I/O errors
+        text = str(exc)
+        if "No space left" in text or "ENOSPC" in text:
+            log.error("write refused, disk full: %s", text)
+            return error(507, f"disk full, write refused: {text}")
+        log.exception("write failed")
+        return error(500, f"write failed: {text}")
+    return web.Response(
+        text=json.dumps({"seq": applied.last_seq, "first_seq": applied.first_seq,
+                         "epoch": node.role.epoch}),
+        content_type="application/json")

@@ -1,0 +1,343 @@
+"""Cluster configuration: load a YAML file, validate every key up front, return frozen dataclasses.
+
+Owns the schema (every key, its type, its default) and the error messages that name the file and
+the key. It must never start anything, open a database, or touch the network: a bad config fails
+before any of that happens. Secrets may come from the environment (``HACLUSTER_TOKEN``,
+``HACLUSTER_RAFT_PASSWORD``), which override the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOKEN_ENV = "HACLUSTER_TOKEN"
+RAFT_PASSWORD_ENV = "HACLUSTER_RAFT_PASSWORD"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """A config file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    api: Address
+    data_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    wal_ttl_seconds: int = 3600
+    wal_size_limit_mb: int = 4096
+    write_buffer_size_mb: int = 64
+    max_total_wal_size_mb: int = 0
+    fsync_writes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    heartbeat_interval: float = 0.5
+    reconnect_backoff_min: float = 0.1
+    reconnect_backoff_max: float = 5.0
+    fsync_on_apply: bool = False
+    max_frame_bytes: int = 16 << 20
+    ack_interval: float = 0.0
+    checkpoint_ttl_seconds: int = 3600
+    bootstrap_chunk_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_key_bytes: int = 64 << 10
+    max_value_bytes: int = 16 << 20
+    max_body_bytes: int = 64 << 20
+    max_batch_ops: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """The whole validated config; ``source`` is the file it came from."""
+
+    name: str
+    token: str
+    primary: str
+    epoch: int
+    column_families: tuple[str, ...]
+    nodes: tuple[NodeConfig, ...]
+    storage: StorageConfig
+    replication: ReplicationConfig
+    limits: LimitsConfig
+    source: Path
+
+    def node(self, name: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise ConfigError(f"{self.source}: node {name!r} is not in 'nodes' (known: {known})")
+
+
+class _Reader:
+    """Walks a mapping, remembering the dotted key path so every error can name it."""
+
+    def __init__(self, source: Path, data: Mapping[str, Any], path: str) -> None:
+        self.source = source
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {message}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        self.seen.add(name)
+        if name not in self.data or self.data[name] is None:
+            if default is ...:
+                return self._missing(name)
+            return default
+        value = self.data[name]
+        # bool is an int in Python; a YAML `true` must not pass as a port or a size.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(self.key(name), f"expected {_kind_name(kind)}, got a boolean")
+        if float in (kind if isinstance(kind, tuple) else (kind,)) and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind):
+            raise self.fail(
+                self.key(name), f"expected {_kind_name(kind)}, got {type(value).__name__}"
+            )
+        return value
+
+    def _missing(self, name: str) -> Any:
+        raise self.fail(self.key(name), "required key is missing")
+
+    def number(
+        self, name: str, default: float, *, minimum: float, maximum: float | None = None
+    ) -> float:
+        value = float(self.get(name, float, default))
+        self._bounds(name, value, minimum, maximum)
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        value = int(self.get(name, int, default))
+        self._bounds(name, value, minimum, maximum)
+        return value
+
+    def _bounds(self, name: str, value: float, minimum: float, maximum: float | None) -> None:
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise self.fail(self.key(name), f"must be at least {minimum}{upper}, got {value}")
+
+    def child(self, name: str, required: bool = False) -> _Reader:
+        value = self.get(name, dict, ... if required else {})
+        return _Reader(self.source, value, self.key(name))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.fail(self.key(str(unknown[0])), "unknown key")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
+             float: "a number", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def parse_address(text: str, source: Path, key: str) -> Address:
+    """``host:port`` with a literal IP address (IPv6 in brackets) or a host name."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", text.strip())
+    if not match:
+        raise ConfigError(f"{source}: {key}: expected host:port, got {text!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{source}: {key}: port must be 1-65535, got {port}")
+    if match.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{source}: {key}: bad IPv6 address {host!r}") from None
+    elif re.fullmatch(r"[\d.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(f"{source}: {key}: bad IPv4 address {host!r}") from None
+    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host):
+        raise ConfigError(f"{source}: {key}: bad host name {host!r}")
+    return Address(host, port)
+
+
+def _name(reader: _Reader, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise reader.fail(
+            key, f"must be a name of letters, digits, '_', '.', '-' (1-63 chars), got {value!r}"
+        )
+    return value
+
+
+def load_config(path: str | os.PathLike[str],
+                env: Mapping[str, str] | None = None) -> ClusterConfig:
+    """Read and validate ``path``; raise ConfigError naming the file and key on any problem."""
+    source = Path(path)
+    env = os.environ if env is None else env
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    return _build(_Reader(source, data, ""), source, env)
+
+
+def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
+    cluster = top.child("cluster", required=True)
+    name = _name(cluster, "cluster.name", cluster.get("name", str))
+    token = env.get(TOKEN_ENV) or cluster.get("token", str, "")
+    if not token:
+        raise cluster.fail("cluster.token", f"required (in the file or in ${TOKEN_ENV})")
+    if len(token) < 16:
+        raise cluster.fail("cluster.token", "must be at least 16 characters")
+    primary = cluster.get("primary", str)
+    epoch = cluster.integer("epoch", 1, minimum=1)
+    cluster.finish()
+
+    cfs_raw = top.get("column_families", list, ["default"])
+    cfs: list[str] = []
+    for i, cf in enumerate(cfs_raw):
+        cf_name = _name(top, f"column_families[{i}]", cf)
+        if cf_name in cfs:
+            raise top.fail(f"column_families[{i}]", f"duplicate column family {cf_name!r}")
+        cfs.append(cf_name)
+    if "default" not in cfs:
+        cfs.insert(0, "default")
+
+    storage = _storage(top.child("storage"))
+    replication = _replication(top.child("replication"))
+    limits = _limits(top.child("limits"))
+    nodes = _nodes(top, source)
+    top.finish()
+
+    if primary not in {n.name for n in nodes}:
+        raise cluster.fail("cluster.primary", f"{primary!r} is not one of the nodes")
+    return ClusterConfig(
+        name=name, token=token, primary=primary, epoch=epoch, column_families=tuple(cfs),
+        nodes=nodes, storage=storage, replication=replication, limits=limits, source=source,
+    )
+
+
+def _storage(r: _Reader) -> StorageConfig:
+    d = StorageConfig()
+    result = StorageConfig(
+        wal_ttl_seconds=r.integer("wal_ttl_seconds", d.wal_ttl_seconds, minimum=1),
+        wal_size_limit_mb=r.integer("wal_size_limit_mb", d.wal_size_limit_mb, minimum=1),
+        write_buffer_size_mb=r.integer(
+            "write_buffer_size_mb", d.write_buffer_size_mb, minimum=1, maximum=4096
+        ),
+        max_total_wal_size_mb=r.integer("max_total_wal_size_mb", d.max_total_wal_size_mb,
+                                        minimum=0),
+        fsync_writes=r.get("fsync_writes", bool, d.fsync_writes),
+    )
+    r.finish()
+    return result
+
+
+def _replication(r: _Reader) -> ReplicationConfig:
+    d = ReplicationConfig()
+    result = ReplicationConfig(
+        heartbeat_interval=r.number("heartbeat_interval", d.heartbeat_interval,
+                                    minimum=0.01, maximum=60),
+        reconnect_backoff_min=r.number("reconnect_backoff_min", d.reconnect_backoff_min,
+                                       minimum=0.001, maximum=60),
+        reconnect_backoff_max=r.number("reconnect_backoff_max", d.reconnect_backoff_max,
+                                       minimum=0.01, maximum=600),
+        fsync_on_apply=r.get("fsync_on_apply", bool, d.fsync_on_apply),
+        max_frame_bytes=r.integer("max_frame_bytes", d.max_frame_bytes, minimum=1 << 16,
+                                  maximum=1 << 30),
+        ack_interval=r.number("ack_interval", d.ack_interval, minimum=0, maximum=10),
+        checkpoint_ttl_seconds=r.integer("checkpoint_ttl_seconds", d.checkpoint_ttl_seconds,
+                                         minimum=10),
+        bootstrap_chunk_bytes=r.integer("bootstrap_chunk_bytes", d.bootstrap_chunk_bytes,
+                                        minimum=4096, maximum=64 << 20),
+    )
+    if result.reconnect_backoff_max < result.reconnect_backoff_min:
+        raise r.fail(r.key("reconnect_backoff_max"), "must not be less than reconnect_backoff_min")
+    r.finish()
+    return result
+
+
+def _limits(r: _Reader) -> LimitsConfig:
+    d = LimitsConfig()
+    result = LimitsConfig(
+        max_key_bytes=r.integer("max_key_bytes", d.max_key_bytes, minimum=1, maximum=8 << 20),
+        max_value_bytes=r.integer("max_value_bytes", d.max_value_bytes, minimum=0,
+                                  maximum=1 << 30),
+        max_body_bytes=r.integer("max_body_bytes", d.max_body_bytes, minimum=1024,
+                                 maximum=1 << 31),
+        max_batch_ops=r.integer("max_batch_ops", d.max_batch_ops, minimum=1),
+    )
+    r.finish()
+    return result
+
+
+def _nodes(top: _Reader, source: Path) -> tuple[NodeConfig, ...]:
+    raw = top.get("nodes", list)
+    if not raw:
+        raise top.fail("nodes", "must list at least one node")
+    nodes: list[NodeConfig] = []
+    seen_names: set[str] = set()
+    seen_addrs: dict[tuple[str, int], str] = {}
+    for i, item in enumerate(raw):
+        key = f"nodes[{i}]"
+        if not isinstance(item, dict):
+            raise top.fail(key, "expected a mapping with name, api, data_dir")
+        r = _Reader(source, item, key)
+        name = _name(r, r.key("name"), r.get("name", str))
+        if name in seen_names:
+            raise r.fail(r.key("name"), f"duplicate node name {name!r}")
+        seen_names.add(name)
+        api = parse_address(r.get("api", str), source, r.key("api"))
+        if (api.host, api.port) in seen_addrs:
+            raise r.fail(r.key("api"), f"{api} is already used by {seen_addrs[api.host, api.port]}")
+        seen_addrs[api.host, api.port] = name
+        data_dir = Path(os.path.expanduser(r.get("data_dir", str)))
+        if not data_dir.is_absolute():
+            # Relative to the config file, so the example works from any working directory.
+            data_dir = (source.parent / data_dir).resolve()
+        r.finish()
+        nodes.append(NodeConfig(name=name, api=api, data_dir=data_dir))
+    return tuple(nodes)
+

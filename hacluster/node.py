@@ -1,0 +1,190 @@
+"""One hacluster node process: its store, its role, and the replication parts that role needs.
+
+Owns the wiring: which role this node plays (an input — ``Role`` — that the consensus layer will
+drive; for now it comes from the config or the command line), opening the store, starting the
+WAL feed and checkpoint service as primary or the follower as replica, and the HTTP server.
+It must never accept a client write unless it is the primary, and never open the DB before an
+interrupted checkpoint install has been finished or discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from hacluster.api import build_app
+from hacluster.config import ClusterConfig, NodeConfig
+from hacluster.replication import bootstrap
+from hacluster.replication.checkpoints import CheckpointService
+from hacluster.replication.feed import WalFeed
+from hacluster.replication.follower import Follower
+from hacluster.replication.positions import ReplicaPositions
+from hacluster.replication.source import ReplicationSource
+from hacluster.store import AppliedRange, NamedOp, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """Who is primary, in which epoch. The consensus layer (issue 3) will produce these."""
+
+    primary: str
+    epoch: int
+
+
+class Node:
+    def __init__(self, cfg: ClusterConfig, name: str, role: Role) -> None:
+        self.cfg = cfg
+        self.me: NodeConfig = cfg.node(name)
+        self.name = name
+        self.role = role
+        self.data_dir = self.me.data_dir
+        self.db_dir = self.data_dir / "db"
+        self.store: Store | None = None
+        self.feed: WalFeed | None = None
+        self.source: ReplicationSource | None = None
+        self.checkpoints: CheckpointService | None = None
+        self.follower: Follower | None = None
+        self.positions = ReplicaPositions()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self.started_at = time.time()
+        self.writes = 0
+
+    @property
+    def is_primary(self) -> bool:
+        return self.role.primary == self.name
+
+    @property
+    def column_families(self) -> list[str]:
+        return self.store.column_families if self.store else list(self.cfg.column_families)
+
+    def primary_url(self) -> str | None:
+        try:
+            return self.cfg.node(self.role.primary).api.url
+        except Exception:
+            return None
+
+    def open_store(self) -> Store:
+        return Store(self.db_dir, self.cfg.column_families, self.cfg.storage,
+                     sync_writes=self.cfg.storage.fsync_writes)
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        bootstrap.recover(self.data_dir)
+        if self.is_primary:
+            self._start_primary()
+        else:
+            self._start_replica()
+        self._runner = web.AppRunner(build_app(self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.me.api.host, self.me.api.port, reuse_address=True)
+        await site.start()
+        log.info("%s serving on %s as %s (epoch %d)", self.name, self.me.api.url,
+                 "primary" if self.is_primary else f"replica of {self.role.primary}",
+                 self.role.epoch)
+
+    def _start_primary(self) -> None:
+        self.store = store = self.open_store()
+        self.feed = WalFeed(self.db_dir, store.latest_seq() + 1, lambda: self.role.epoch)
+        self.feed.start()
+        self.source = ReplicationSource(
+            node_name=self.name, db_dir=self.db_dir, feed=self.feed, positions=self.positions,
+            latest_seq=store.latest_seq, column_families=lambda: store.column_families,
+            epoch=lambda: self.role.epoch,
+            heartbeat_interval=self.cfg.replication.heartbeat_interval)
+        self.checkpoints = CheckpointService(
+            self.data_dir / "checkpoints", create=store.checkpoint,
+            epoch=lambda: self.role.epoch, column_families=lambda: store.column_families,
+            ttl_seconds=self.cfg.replication.checkpoint_ttl_seconds,
+            on_bootstrap=self.positions.bootstrap_started)
+        self.checkpoints.clear()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._janitor()))
+        log.info("%s is primary: epoch %d, seq %d", self.name, self.role.epoch,
+                 store.latest_seq())
+
+    def _start_replica(self) -> None:
+        primary_url = self.primary_url()
+        assert primary_url is not None
+        self.follower = Follower(
+            node=self.name, data_dir=self.data_dir, primary_url=primary_url,
+            token=self.cfg.token, column_families=list(self.cfg.column_families),
+            cfg=self.cfg.replication, open_store=self._replica_store,
+            known_epoch=self.role.epoch)
+        self._tasks.append(asyncio.get_running_loop().create_task(self.follower.run()))
+
+    def _replica_store(self) -> Store:
+        self.store = self.open_store()
+        return self.store
+
+    async def _janitor(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self.cfg.replication.checkpoint_ttl_seconds / 4))
+            if self.checkpoints:
+                self.checkpoints.expire()
+
+    def write(self, ops: list[NamedOp]) -> AppliedRange:
+        """The write gate: only the primary writes; every write wakes the replication feed."""
+        if not self.is_primary or self.store is None:
+            raise RuntimeError(f"{self.name} is not the primary")
+        applied = self.store.write(ops)
+        self.writes += 1
+        if self.feed:
+            self.feed.notify()
+        return applied
+
+    def status(self) -> dict[str, Any]:
+        store = self.follower.store if self.follower else self.store
+        seq = store.latest_seq() if store else None
+        out: dict[str, Any] = {
+            "node": self.name,
+            "role": "primary" if self.is_primary else "replica",
+            "primary": self.role.primary,
+            "epoch": self.role.epoch,
+            "applied_seq": seq,
+            "column_families": self.column_families,
+            "uptime": round(time.time() - self.started_at, 1),
+        }
+        if self.is_primary:
+            out["replicas"] = self.positions.snapshot(seq or 0)
+            out["writes"] = self.writes
+            out["wal_feed_error"] = self.feed.error if self.feed else None
+        if self.follower:
+            st = self.follower.status
+            out["replication"] = {
+                "state": st.state, "error": st.error, "primary_seq": st.primary_seq,
+                "lag": None if st.primary_seq is None or seq is None
+                else max(0, st.primary_seq - seq),
+                "connects": st.connects, "batches_applied": st.batches_applied,
+                "ops_applied": st.ops_applied, "bootstraps": st.bootstraps,
+                "bootstrap_bytes": st.bootstrap_bytes,
+            }
+        return out
+
+    async def stop(self) -> None:
+        if self.follower:
+            self.follower.stop()
+        if self.source:
+            self.source.closing.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.feed:
+            await self.feed.stop()
+        if self._runner:
+            await self._runner.cleanup()
+        if self.follower and self.follower.store:
+            self.follower.store.close()
+        elif self.store:
+            self.store.close()
+        log.info("%s stopped", self.name)

@@ -1,0 +1,235 @@
+"""Replica bootstrap: download a primary's checkpoint into a staging dir and install it before open.
+
+Owns the staging layout under ``<data_dir>/bootstrap`` (``manifest.json``, ``files/`` with
+``*.part`` while a file is in flight, and the ``COMPLETE`` marker written only after every file
+verified), resuming per file after an interruption, and the atomic swap of ``files/`` into
+``<data_dir>/db``. It must never touch ``db/`` while RocksDB has it open (the caller closes the
+store first), never install an unverified file, and never leave ``db/`` half-installed: the swap
+is two renames guarded by ``COMPLETE``, which ``recover()`` finishes after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import crc32c
+
+from hacluster.replication.checkpoints import file_crc32c, fsync_dir
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 1.0
+
+
+class BootstrapError(Exception):
+    """The checkpoint could not be fetched or did not verify; nothing was installed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    data_dir: Path
+
+    @property
+    def db(self) -> Path:
+        return self.data_dir / "db"
+
+    @property
+    def old(self) -> Path:
+        return self.data_dir / "db.old"
+
+    @property
+    def staging(self) -> Path:
+        return self.data_dir / "bootstrap"
+
+    @property
+    def files(self) -> Path:
+        return self.staging / "files"
+
+    @property
+    def manifest(self) -> Path:
+        return self.staging / "manifest.json"
+
+    @property
+    def complete(self) -> Path:
+        return self.staging / "COMPLETE"
+
+
+def recover(data_dir: Path) -> bool:
+    """Finish or discard an install interrupted by a crash; True if an install was finished."""
+    lay = Layout(data_dir)
+    if lay.complete.exists():
+        log.info("finishing the checkpoint install interrupted in %s", data_dir)
+        install(data_dir)
+        return True
+    if lay.old.exists():
+        # Without COMPLETE the swap never started; db.old is only leftover clean-up.
+        shutil.rmtree(lay.old, ignore_errors=True)
+    return False
+
+
+def install(data_dir: Path) -> int:
+    """Swap a verified staging dir into place; the DB must be closed. Returns the checkpoint seq."""
+    lay = Layout(data_dir)
+    marker = json.loads(lay.complete.read_text())
+    if lay.files.exists():
+        if lay.old.exists():
+            shutil.rmtree(lay.old)
+        if lay.db.exists():
+            lay.db.rename(lay.old)
+        lay.files.rename(lay.db)
+        fsync_dir(data_dir)
+    shutil.rmtree(lay.staging, ignore_errors=True)
+    shutil.rmtree(lay.old, ignore_errors=True)
+    log.info("installed checkpoint %s (seq %d) into %s", marker.get("id"), marker["seq"], lay.db)
+    return int(marker["seq"])
+
+
+class _Progress:
+    def __init__(self, total: int, done: int) -> None:
+        self.total = total
+        self.done = done
+        self.started = time.monotonic()
+        self.base = done
+        self.last = 0.0
+
+    def add(self, n: int, force: bool = False) -> None:
+        self.done += n
+        now = time.monotonic()
+        if force or now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            elapsed = max(now - self.started, 1e-6)
+            pct = 100.0 * self.done / self.total if self.total else 100.0
+            log.info("bootstrap: %.1f/%.1f MB (%.0f%%), %.1f MB/s", self.done / 1e6,
+                     self.total / 1e6, pct, (self.done - self.base) / 1e6 / elapsed)
+
+    @property
+    def rate_mb_s(self) -> float:
+        return (self.done - self.base) / 1e6 / max(time.monotonic() - self.started, 1e-6)
+
+
+class Bootstrapper:
+    """Fetches one checkpoint from ``primary_url`` into ``data_dir/bootstrap``."""
+
+    def __init__(self, data_dir: Path, primary_url: str, headers: dict[str, str], node: str,
+                 chunk_bytes: int) -> None:
+        self.lay = Layout(data_dir)
+        self.primary_url = primary_url.rstrip("/")
+        self.headers = headers
+        self.node = node
+        self.chunk_bytes = chunk_bytes
+        self.bytes_downloaded = 0
+        self.last_rate_mb_s = 0.0
+
+    async def fetch(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        """Create a checkpoint on the primary and download it; returns the verified manifest."""
+        url = f"{self.primary_url}/v1/replication/checkpoints"
+        async with session.post(url, json={"node": self.node}, headers=self.headers) as resp:
+            if resp.status != 200:
+                raise BootstrapError(f"checkpoint request to {url} failed: HTTP {resp.status} "
+                                     f"{(await resp.text())[:200]}")
+            manifest: dict[str, Any] = await resp.json()
+        log.info("bootstrap: checkpoint %s from %s at seq %d, %d files, %.1f MB",
+                 manifest["id"], self.primary_url, manifest["seq"], len(manifest["files"]),
+                 manifest["total_bytes"] / 1e6)
+        self._prepare(manifest)
+        done = sum(f["size"] for f in manifest["files"] if (self.lay.files / f["name"]).exists())
+        progress = _Progress(manifest["total_bytes"], done)
+        for entry in manifest["files"]:
+            if not (self.lay.files / entry["name"]).exists():
+                await self._download(session, manifest["id"], entry, progress)
+        progress.add(0, force=True)
+        self.last_rate_mb_s = progress.rate_mb_s
+        self._verify_all(manifest)
+        marker = {"id": manifest["id"], "seq": manifest["seq"], "epoch": manifest["epoch"]}
+        tmp = self.lay.staging / "COMPLETE.tmp"
+        tmp.write_text(json.dumps(marker))
+        _fsync_file(tmp)
+        tmp.rename(self.lay.complete)
+        fsync_dir(self.lay.staging)
+        try:
+            async with session.delete(f"{url}/{manifest['id']}", headers=self.headers):
+                pass
+        except aiohttp.ClientError:
+            log.info("bootstrap: could not delete checkpoint %s on the primary; it expires",
+                     manifest["id"])
+        return manifest
+
+    def _prepare(self, manifest: dict[str, Any]) -> None:
+        """Keep staged files (complete or partial) the new checkpoint shares; drop the rest."""
+        self.lay.files.mkdir(parents=True, exist_ok=True)
+        self.lay.complete.unlink(missing_ok=True)
+        old: dict[str, Any] = {}
+        if self.lay.manifest.exists():
+            try:
+                old = {f["name"]: f for f in json.loads(self.lay.manifest.read_text())["files"]}
+            except (ValueError, KeyError, TypeError):
+                old = {}
+        wanted = {f["name"]: f for f in manifest["files"]}
+        for path in self.lay.files.iterdir():
+            name = path.name.removesuffix(".part")
+            prev, new = old.get(name), wanted.get(name)
+            if prev is None or new is None or (
+                    (prev["size"], prev["crc32c"]) != (new["size"], new["crc32c"])) or (
+                    path.suffix == ".part" and path.stat().st_size > new["size"]):
+                path.unlink()
+        self.lay.manifest.write_text(json.dumps(manifest))
+
+    async def _download(self, session: aiohttp.ClientSession, cp_id: str,
+                        entry: dict[str, Any], progress: _Progress) -> None:
+        name, size, want = entry["name"], int(entry["size"]), int(entry["crc32c"])
+        part = self.lay.files / f"{name}.part"
+        have = part.stat().st_size if part.exists() else 0
+        crc = file_crc32c(part) if have else 0
+        if have:
+            log.info("bootstrap: resuming %s at byte %d of %d", name, have, size)
+            progress.add(have)
+        headers = dict(self.headers)
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        url = f"{self.primary_url}/v1/replication/checkpoints/{cp_id}/files/{name}"
+        if have < size:
+            async with session.get(url, headers=headers) as resp:
+                if resp.status not in (200, 206):
+                    raise BootstrapError(f"download of {name} failed: HTTP {resp.status}")
+                if have and resp.status == 200:
+                    raise BootstrapError(f"primary ignored the Range request for {name}")
+                with open(part, "ab") as f:
+                    async for chunk in resp.content.iter_chunked(self.chunk_bytes):
+                        f.write(chunk)
+                        crc = crc32c.crc32c(chunk, crc)
+                        have += len(chunk)
+                        self.bytes_downloaded += len(chunk)
+                        progress.add(len(chunk))
+                    f.flush()
+                    os.fsync(f.fileno())
+        else:
+            part.touch()  # empty files (a fresh WAL) are part of the checkpoint too
+        if have != size or crc != want:
+            part.unlink(missing_ok=True)
+            raise BootstrapError(f"{name}: got {have} bytes with crc32c {crc:#010x}, "
+                                 f"expected {size} bytes with {want:#010x}; discarded")
+        part.rename(self.lay.files / name)
+
+    def _verify_all(self, manifest: dict[str, Any]) -> None:
+        names = {f["name"] for f in manifest["files"]}
+        present = {p.name for p in self.lay.files.iterdir()}
+        if present != names:
+            raise BootstrapError(f"staged files differ from the manifest: missing "
+                                 f"{sorted(names - present)}, extra {sorted(present - names)}")
+        fsync_dir(self.lay.files)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,144 @@
+"""The primary's checkpoint service: create RocksDB checkpoints and serve their files for bootstrap.
+
+Owns ``POST /v1/replication/checkpoints`` (create one, answer its manifest: sequence number,
+files, sizes, CRC32C), ``GET .../checkpoints/{id}/files/{name}`` (a file, with HTTP Range so an
+interrupted download resumes), ``DELETE .../checkpoints/{id}``, and the clean-up of checkpoints
+nobody fetched for ``checkpoint_ttl_seconds``. It must never serve a path outside a checkpoint
+directory, and never serve from the live DB directory (only from immutable hard-linked copies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import crc32c
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[0-9]{10,}-[0-9a-f]{8}$")
+_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+READ_CHUNK = 4 << 20
+
+
+def file_crc32c(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            crc = crc32c.crc32c(chunk, crc)
+    return int(crc)
+
+
+class CheckpointService:
+    def __init__(self, root: Path, *, create: Callable[[Path], int], epoch: Callable[[], int],
+                 column_families: Callable[[], list[str]], ttl_seconds: float,
+                 on_bootstrap: Callable[[str], None] | None = None) -> None:
+        self.root = root
+        self._create = create
+        self._epoch = epoch
+        self._column_families = column_families
+        self._ttl = ttl_seconds
+        self._on_bootstrap = on_bootstrap
+        self._last_used: dict[str, float] = {}
+        # SST files are immutable and hard-linked into every checkpoint: checksum each once.
+        self._crc_cache: dict[tuple[int, int, int, int], int] = {}
+        self._lock = asyncio.Lock()
+
+    def clear(self) -> None:
+        """Checkpoints do not survive a restart: nobody can be mid-download from a dead process."""
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
+    def _checksum(self, path: Path) -> tuple[int, int]:
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in self._crc_cache:
+            self._crc_cache[key] = file_crc32c(path)
+        return st.st_size, self._crc_cache[key]
+
+    def _manifest(self, cp_id: str, seq: int) -> dict[str, Any]:
+        db = self.root / cp_id / "db"
+        files = []
+        for entry in sorted(db.iterdir()):
+            if entry.is_file():
+                size, crc = self._checksum(entry)
+                files.append({"name": entry.name, "size": size, "crc32c": crc})
+        return {"id": cp_id, "seq": seq, "epoch": self._epoch(),
+                "column_families": self._column_families(), "files": files,
+                "total_bytes": sum(f["size"] for f in files)}
+
+    async def handle_create(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        replica = str(body.get("node", "?")) if isinstance(body, dict) else "?"
+        async with self._lock:
+            self.expire()
+            cp_id = f"{int(time.time()):010d}-{secrets.token_hex(4)}"
+            started = time.monotonic()
+            # Checkpoint creation runs on the loop thread on purpose: no write may interleave
+            # between reading the sequence number and linking the files.
+            seq = self._create(self.root / cp_id / "db")
+            manifest = await asyncio.to_thread(self._manifest, cp_id, seq)
+            (self.root / cp_id / "manifest.json").write_text(json.dumps(manifest))
+            self._last_used[cp_id] = time.monotonic()
+        if self._on_bootstrap:
+            self._on_bootstrap(replica)
+        log.info("checkpoint %s for %s: seq %d, %d files, %.1f MB, made in %.2f s", cp_id,
+                 replica, seq, len(manifest["files"]), manifest["total_bytes"] / 1e6,
+                 time.monotonic() - started)
+        return web.json_response(manifest)
+
+    def _checkpoint_dir(self, cp_id: str) -> Path:
+        if not _ID.match(cp_id) or not (self.root / cp_id / "db").is_dir():
+            raise web.HTTPNotFound(text=json.dumps({"error": f"no checkpoint {cp_id!r}"}),
+                                   content_type="application/json")
+        return self.root / cp_id
+
+    async def handle_file(self, request: web.Request) -> web.FileResponse:
+        cp_dir = self._checkpoint_dir(request.match_info["id"])
+        name = request.match_info["name"]
+        path = cp_dir / "db" / name
+        if not _FILE.match(name) or not path.is_file():
+            raise web.HTTPNotFound(text=json.dumps({"error": f"no file {name!r}"}),
+                                   content_type="application/json")
+        self._last_used[cp_dir.name] = time.monotonic()
+        return web.FileResponse(path, chunk_size=1 << 20)
+
+    async def handle_delete(self, request: web.Request) -> web.Response:
+        cp_dir = self._checkpoint_dir(request.match_info["id"])
+        self._remove(cp_dir.name)
+        return web.json_response({"deleted": cp_dir.name})
+
+    def _remove(self, cp_id: str) -> None:
+        shutil.rmtree(self.root / cp_id, ignore_errors=True)
+        self._last_used.pop(cp_id, None)
+        log.info("checkpoint %s removed", cp_id)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for cp_id, used in list(self._last_used.items()):
+            if now - used > self._ttl:
+                self._remove(cp_id)
+
+    def list_ids(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir()) if self.root.exists() else []
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,156 @@
+"""The primary's live WAL feed: one tail of RocksDB's WAL, decoded once, shared by every stream.
+
+Owns a ring of recently encoded batch frames and the wake-up of streams waiting for new data.
+Woken by the write path on every local write (so replicas see a batch one loop turn after it is
+written, not after a poll interval) and by a slow safety poll. It must never block the event
+loop for long (reads are bounded per call), never reorder or drop a batch, and never serve a
+stream from a position the ring does not hold: such streams catch up from disk on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hacluster.replication import frames
+from hacluster.wal.errors import WalError
+from hacluster.wal.reader import WalReader
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.2
+READ_BYTES_PER_TURN = 4 << 20
+
+
+@dataclass(slots=True)
+class FeedState:
+    """What a stream learns from one look at the feed."""
+
+    data: bytes          # encoded frames to send (may be empty)
+    next_seq: int        # the seq the stream needs next after sending ``data``
+    behind: bool         # the stream's position is older than the ring: catch up from disk
+
+
+class WalFeed:
+    def __init__(self, db_dir: Path, start_seq: int, epoch: Callable[[], int],
+                 ring_bytes: int = 64 << 20) -> None:
+        self._db_dir = db_dir
+        self._epoch = epoch
+        self._ring_bytes = ring_bytes
+        self._reader = WalReader(db_dir, start_seq)
+        self._seqs: list[int] = []       # first seq of each frame in the ring
+        self._frames: list[bytes] = []
+        self._size = 0
+        self._start = start_seq          # ring covers [first of _seqs or _start, next_seq)
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.error: str | None = None
+
+    @property
+    def next_seq(self) -> int:
+        return self._reader.next_seq
+
+    @property
+    def ring_first(self) -> int:
+        return self._seqs[0] if self._seqs else self._reader.next_seq
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="wal-feed")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._reader.close()
+        self._changed.set()
+
+    def notify(self) -> None:
+        """Called by the write path after a local write: new WAL records are on disk."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            while self.poll():
+                await asyncio.sleep(0)  # more to read: let writes and streams run in between
+
+    def poll(self) -> bool:
+        """Read what the WAL has now into the ring; return True if a read hit its byte bound."""
+        if self.error:
+            return False
+        try:
+            batches = self._reader.read(max_bytes=READ_BYTES_PER_TURN)
+        except WalError as exc:
+            self.error = str(exc)
+            log.error("WAL feed stopped: %s", exc)
+            self._signal()
+            return False
+        if not batches:
+            return False
+        epoch = self._epoch()
+        size = 0
+        for b in batches:
+            data = frames.encode_batch(epoch, b.seq, b.count, b.ops)
+            self._seqs.append(b.seq)
+            self._frames.append(data)
+            size += len(data)
+        self._size += size
+        self._trim()
+        self._signal()
+        return size >= READ_BYTES_PER_TURN
+
+    def _trim(self) -> None:
+        if self._size <= self._ring_bytes:
+            return
+        drop, freed = 0, 0
+        # Trim to 3/4 of the budget at once so trimming is amortised over many appends.
+        while drop < len(self._frames) and self._size - freed > self._ring_bytes * 3 // 4:
+            freed += len(self._frames[drop])
+            drop += 1
+        del self._seqs[:drop]
+        del self._frames[:drop]
+        self._size -= freed
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def look(self, next_seq: int, max_bytes: int = 1 << 20) -> FeedState:
+        """Frames from ``next_seq`` on, as far as the ring holds them (bounded by max_bytes)."""
+        if next_seq >= self._reader.next_seq:
+            return FeedState(b"", next_seq, behind=False)
+        if not self._seqs or next_seq < self._seqs[0]:
+            return FeedState(b"", next_seq, behind=True)
+        i = bisect.bisect_right(self._seqs, next_seq) - 1
+        if self._seqs[i] != next_seq:
+            # Positions are always batch boundaries; anything else is a caller bug.
+            raise ValueError(f"seq {next_seq} is inside the batch starting at {self._seqs[i]}")
+        out: list[bytes] = []
+        size = 0
+        j = i
+        while j < len(self._frames) and size < max_bytes:
+            out.append(self._frames[j])
+            size += len(self._frames[j])
+            j += 1
+        nxt = self._seqs[j] if j < len(self._seqs) else self._reader.next_seq
+        return FeedState(b"".join(out), nxt, behind=False)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until the ring changes (or ``timeout`` passes)."""
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass

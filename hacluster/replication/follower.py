@@ -1,0 +1,273 @@
+"""The replica's side of replication: stream from the primary, apply, report the position.
+
+Owns the follow loop: connect to the primary's stream after the local seq, verify and apply
+batches strictly in order, acknowledge the applied seq, reconnect with capped exponential
+backoff, and bootstrap from a checkpoint when the primary answers 410 or this node has no DB.
+It must never apply a frame that failed verification or the ``applier.decide`` check, never keep
+applying after a divergence, and never open the DB while a checkpoint is being installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import rocksdict
+
+from hacluster.config import ReplicationConfig
+from hacluster.replication import frames
+from hacluster.replication.applier import Verdict, decide
+from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
+from hacluster.store import DivergenceError, Store, StoreError, has_database
+
+log = logging.getLogger(__name__)
+
+APPLY_TRACE_ENV = "HACLUSTER_APPLY_TRACE"
+
+
+class StreamError(Exception):
+    """The stream ended or carried something we refuse; reconnect after a backoff."""
+
+
+class NeedBootstrap(Exception):
+    """The primary no longer has our position (410) or we have no DB."""
+
+
+@dataclass
+class FollowerStatus:
+    state: str = "starting"   # connecting, streaming, bootstrapping, backoff, diverged, stopped
+    error: str | None = None
+    primary_seq: int | None = None
+    connects: int = 0
+    batches_applied: int = 0
+    ops_applied: int = 0
+    bootstraps: int = 0
+    bootstrap_bytes: int = 0
+    last_frame_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backoff:
+    """Capped exponential backoff with jitter; reset after a successful stream."""
+
+    def __init__(self, low: float, high: float, rng: random.Random | None = None) -> None:
+        self.low, self.high = low, high
+        self.current = low
+        self.rng = rng or random.Random()
+
+    def next(self) -> float:
+        delay = self.current * (0.5 + self.rng.random() / 2)
+        self.current = min(self.current * 2, self.high)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.low
+
+
+class AckSender:
+    """Sends the newest applied seq to the primary; coalesces, one request in flight."""
+
+    def __init__(self, follower: Follower) -> None:
+        self.f = follower
+        self.seq = -1
+        self.sent = -1
+        self.event = asyncio.Event()
+
+    def update(self, seq: int) -> None:
+        self.seq = seq
+        self.event.set()
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        url = f"{self.f.primary_url}/v1/replication/ack"
+        while True:
+            await self.event.wait()
+            self.event.clear()
+            if self.f.cfg.ack_interval:
+                await asyncio.sleep(self.f.cfg.ack_interval)
+            seq = self.seq
+            if seq == self.sent:
+                continue
+            try:
+                async with session.post(url, json={"node": self.f.node, "seq": seq},
+                                        headers=self.f.headers) as resp:
+                    await resp.read()
+                self.sent = seq
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.debug("ack of seq %d failed: %s", seq, exc)
+                await asyncio.sleep(0.2)
+                self.event.set()
+
+
+class Follower:
+    def __init__(self, *, node: str, data_dir: Path, primary_url: str, token: str,
+                 column_families: list[str], cfg: ReplicationConfig,
+                 open_store: Callable[[], Store], known_epoch: int) -> None:
+        self.node = node
+        self.data_dir = data_dir
+        self.primary_url = primary_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.cfg = cfg
+        self.open_store = open_store
+        self.known_epoch = known_epoch
+        self.status = FollowerStatus()
+        self.store: Store | None = None
+        self._backoff = Backoff(cfg.reconnect_backoff_min, cfg.reconnect_backoff_max)
+        self._acks = AckSender(self)
+        self._stopping = False
+        self._handles: dict[int, rocksdict.ColumnFamily] = {}
+        self._trace: TextIO | None = None
+        if os.environ.get(APPLY_TRACE_ENV):
+            self._trace = open(os.environ[APPLY_TRACE_ENV], "a", buffering=1)  # noqa: SIM115
+
+    @property
+    def applied_seq(self) -> int:
+        return self.store.latest_seq() if self.store else 0
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, connect=5,
+                                        sock_read=max(2.0, 4 * self.cfg.heartbeat_interval))
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            acks = asyncio.create_task(self._acks.run(session), name="acks")
+            try:
+                await self._loop(session)
+            finally:
+                acks.cancel()
+                if self._trace:
+                    self._trace.close()
+
+    async def _loop(self, session: aiohttp.ClientSession) -> None:
+        need_bootstrap = not has_database(self.data_dir / "db")
+        if not need_bootstrap:
+            self.store = self.open_store()
+        while not self._stopping:
+            try:
+                if need_bootstrap:
+                    await self._bootstrap(session)
+                    need_bootstrap = False
+                await self._stream(session)
+            except NeedBootstrap as exc:
+                log.warning("%s: bootstrap needed: %s", self.node, exc)
+                need_bootstrap = True
+                continue
+            except DivergenceError as exc:
+                self._fail("diverged", str(exc))
+                log.error("%s: stopped applying: %s", self.node, exc)
+                return
+            except (StreamError, frames.FrameError, BootstrapError, StoreError) as exc:
+                self._fail("backoff", str(exc))
+                log.error("%s: replication stopped: %s", self.node, exc)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                self._fail("backoff", f"{type(exc).__name__}: {exc}")
+                log.warning("%s: cannot stream from %s: %s", self.node, self.primary_url,
+                            self.status.error)
+            except Exception as exc:
+                # A local failure (disk full, I/O error) must not kill replication for good:
+                # report it, back off, try again once the cause may be gone.
+                self._fail("backoff", f"{type(exc).__name__}: {exc}")
+                log.exception("%s: replication failed", self.node)
+            if self._stopping:
+                break
+            delay = self._backoff.next()
+            log.info("%s: reconnecting in %.2f s", self.node, delay)
+            await asyncio.sleep(delay)
+        self.status.state = "stopped"
+
+    def _fail(self, state: str, error: str) -> None:
+        self.status.state = state
+        self.status.error = error
+
+    async def _bootstrap(self, session: aiohttp.ClientSession) -> None:
+        self.status.state = "bootstrapping"
+        self.status.bootstraps += 1
+        boot = Bootstrapper(self.data_dir, self.primary_url, self.headers, self.node,
+                            self.cfg.bootstrap_chunk_bytes)
+        try:
+            manifest = await boot.fetch(session)
+        finally:
+            self.status.bootstrap_bytes += boot.bytes_downloaded
+        # Install before open: the old handle goes first, so no descriptor points at old files.
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        seq = install(self.data_dir)
+        self.store = self.open_store()
+        if self.store.latest_seq() != seq:
+            raise BootstrapError(f"checkpoint {manifest['id']} opened at seq "
+                                 f"{self.store.latest_seq()}, manifest says {seq}")
+        log.info("%s: bootstrapped from checkpoint %s at seq %d (%.1f MB/s)", self.node,
+                 manifest["id"], seq, boot.last_rate_mb_s)
+
+    async def _stream(self, session: aiohttp.ClientSession) -> None:
+        assert self.store is not None
+        since = self.store.latest_seq()
+        self.status.state = "connecting"
+        self.status.connects += 1
+        url = f"{self.primary_url}/v1/replication/stream"
+        async with session.get(url, params={"node": self.node, "since": str(since)},
+                               headers=self.headers) as resp:
+            if resp.status == 410:
+                raise NeedBootstrap((await resp.json()).get("reason", "410 Gone"))
+            if resp.status != 200:
+                raise StreamError(f"stream request failed: HTTP {resp.status}: "
+                                  f"{(await resp.text())[:300]}")
+            decoder = frames.FrameDecoder(self.cfg.max_frame_bytes)
+            self.status.state = "streaming"
+            log.info("%s: streaming from %s after seq %d", self.node, self.primary_url, since)
+            async for chunk in resp.content.iter_any():
+                for frame in decoder.feed(chunk):
+                    self._handle(frame)
+            if decoder.pending:
+                raise frames.FrameError(f"stream ended inside a frame ({decoder.where()}, "
+                                        f"{decoder.pending} bytes of it received)")
+        raise StreamError("primary closed the stream")
+
+    def _handle(self, frame: frames.Frame) -> None:
+        store = self.store
+        assert store is not None
+        self.status.last_frame_at = time.monotonic()
+        if isinstance(frame, frames.BatchFrame):
+            applied = store.latest_seq()
+            decision = decide(applied, self.known_epoch, frame)
+            if decision.verdict is Verdict.SKIP:
+                return
+            if decision.verdict is not Verdict.APPLY:
+                raise StreamError(decision.reason)
+            try:
+                store.apply(frame.seq, frame.count, frame.ops, sync=self.cfg.fsync_on_apply,
+                            handles=self._handles)
+            except (TypeError, ValueError, IndexError) as exc:
+                raise frames.FrameError(f"batch at seq {frame.seq}: malformed ops ({exc}); "
+                                        "nothing applied") from None
+            self.status.batches_applied += 1
+            self.status.ops_applied += frame.count
+            self._acks.update(frame.last_seq)
+            if self._trace:
+                self._trace.write(f"{frame.last_seq} {time.monotonic_ns()}\n")
+        elif isinstance(frame, frames.Heartbeat):
+            self.status.primary_seq = frame.primary_seq
+            if frame.epoch < self.known_epoch:
+                raise StreamError(f"heartbeat from epoch {frame.epoch}, older than epoch "
+                                  f"{self.known_epoch} this node knows")
+            self._acks.update(store.latest_seq())
+        elif isinstance(frame, frames.Hello):
+            if frame.epoch < self.known_epoch:
+                raise StreamError(f"{frame.primary} streams epoch {frame.epoch}, older than "
+                                  f"epoch {self.known_epoch} this node knows")
+            self.known_epoch = frame.epoch
+            self.status.primary_seq = frame.primary_seq
+            self._handles = store.handles_for(frame.column_families)
+            self._backoff.reset()
+            self.status.error = None
+        elif isinstance(frame, frames.ErrorFrame):
+            raise StreamError(f"primary reported: {frame.reason}")

@@ -1,0 +1,70 @@
+"""Replication positions as the primary sees them: each replica's applied seq, lag and link state.
+
+Owns the per-replica records that the status endpoint shows and that the consensus layer will
+hold. Pure state with an injected clock: no sockets. It must never move a replica's position
+backwards on a stale or reordered ack (a restarted replica may legitimately be at a lower
+position; opening a new stream resets it to what the replica asks for).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class ReplicaPosition:
+    name: str
+    applied_seq: int = 0
+    acked_at: float | None = None     # clock() when the last ack arrived
+    connected: bool = False
+    streams: int = 0                  # open stream responses (normally 0 or 1)
+    bootstraps: int = 0
+
+
+@dataclass
+class ReplicaPositions:
+    clock: Callable[[], float] = time.monotonic
+    replicas: dict[str, ReplicaPosition] = field(default_factory=dict)
+
+    def _get(self, name: str) -> ReplicaPosition:
+        if name not in self.replicas:
+            self.replicas[name] = ReplicaPosition(name)
+        return self.replicas[name]
+
+    def stream_opened(self, name: str, since: int) -> None:
+        rep = self._get(name)
+        rep.streams += 1
+        rep.connected = True
+        rep.applied_seq = since
+        rep.acked_at = self.clock()
+
+    def stream_closed(self, name: str) -> None:
+        rep = self._get(name)
+        rep.streams = max(0, rep.streams - 1)
+        rep.connected = rep.streams > 0
+
+    def ack(self, name: str, seq: int) -> None:
+        rep = self._get(name)
+        if seq >= rep.applied_seq:
+            rep.applied_seq = seq
+        rep.acked_at = self.clock()
+
+    def bootstrap_started(self, name: str) -> None:
+        self._get(name).bootstraps += 1
+
+    def snapshot(self, primary_seq: int) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [
+            {
+                "name": r.name,
+                "applied_seq": r.applied_seq,
+                "lag": max(0, primary_seq - r.applied_seq),
+                "connected": r.connected,
+                "last_ack_age": None if r.acked_at is None else round(now - r.acked_at, 3),
+                "bootstraps": r.bootstraps,
+            }
+            for r in sorted(self.replicas.values(), key=lambda r: r.name)
+        ]

@@ -1,0 +1,166 @@
+"""The primary's side of replication: the stream endpoint and the position acks.
+
+Owns ``GET /v1/replication/stream`` (a long-lived response of CBOR frames after a replica's
+position) and ``POST /v1/replication/ack`` (a replica reporting what it has applied). Serves from
+the shared live feed and, for replicas older than the feed's ring, from a private WAL reader run
+off the event loop. It must never send a batch out of order, never send anything after an
+error frame, and never answer 200 to a position it cannot serve: 410 when the WAL no longer holds
+it (the replica bootstraps), 409 when the replica claims more than the primary has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from hacluster.replication import frames
+from hacluster.replication.feed import WalFeed
+from hacluster.replication.positions import ReplicaPositions
+from hacluster.wal.errors import WalError, WalGone
+from hacluster.wal.reader import WalReader
+
+log = logging.getLogger(__name__)
+
+CATCHUP_BYTES = 4 << 20
+SEND_BYTES = 1 << 20
+
+
+class ReplicationSource:
+    def __init__(self, *, node_name: str, db_dir: Path, feed: WalFeed,
+                 positions: ReplicaPositions, latest_seq: Callable[[], int],
+                 column_families: Callable[[], list[str]], epoch: Callable[[], int],
+                 heartbeat_interval: float) -> None:
+        self.node_name = node_name
+        self.db_dir = db_dir
+        self.feed = feed
+        self.positions = positions
+        self.latest_seq = latest_seq
+        self.column_families = column_families
+        self.epoch = epoch
+        self.heartbeat_interval = heartbeat_interval
+        self.closing = asyncio.Event()
+
+    def _params(self, request: web.Request) -> tuple[str, int]:
+        replica = request.query.get("node", "")
+        try:
+            since = int(request.query.get("since", ""))
+        except ValueError:
+            raise web.HTTPBadRequest(
+                text='{"error": "since must be an integer sequence number"}',
+                content_type="application/json") from None
+        if not replica or since < 0:
+            raise web.HTTPBadRequest(text='{"error": "node and since >= 0 are required"}',
+                                     content_type="application/json")
+        return replica, since
+
+    async def handle_stream(self, request: web.Request) -> web.StreamResponse:
+        replica, since = self._params(request)
+        latest = self.latest_seq()
+        if since > latest:
+            log.warning("%s asked for changes after seq %d but this primary is at %d",
+                        replica, since, latest)
+            return web.json_response(
+                {"error": "ahead", "reason": f"replica position {since} is ahead of the "
+                 f"primary's {latest}: its history has diverged", "primary_seq": latest},
+                status=409)
+        next_seq = since + 1
+        private: WalReader | None = None
+        first_chunk = b""
+        if self.feed.look(next_seq).behind:
+            private = WalReader(self.db_dir, next_seq)
+            try:
+                first_chunk, next_seq = await asyncio.to_thread(
+                    self._read_private, private, next_seq)
+            except WalGone as exc:
+                private.close()
+                log.info("%s asked for seq %d, no longer retained (%s): bootstrap needed",
+                         replica, since + 1, exc)
+                return web.json_response(
+                    {"error": "gone", "reason": f"seq {since + 1} is no longer in the "
+                     f"primary's WAL: {exc}", "primary_seq": latest}, status=410)
+            except WalError as exc:
+                private.close()
+                log.error("cannot serve %s from seq %d: %s", replica, since + 1, exc)
+                return web.json_response({"error": "wal", "reason": str(exc)}, status=500)
+
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-hacluster-frames"})
+        await resp.prepare(request)
+        self.positions.stream_opened(replica, since)
+        log.info("%s streaming from seq %d (primary at %d, %s)", replica, since + 1, latest,
+                 "catching up from disk" if private else "live")
+        try:
+            await resp.write(frames.encode_hello(frames.Hello(
+                self.epoch(), self.node_name, latest, tuple(self.column_families()))))
+            if first_chunk:
+                await resp.write(first_chunk)
+            await self._pump(resp, replica, next_seq, private)
+        except (ConnectionResetError, asyncio.CancelledError):
+            log.info("%s stream closed", replica)
+        finally:
+            if private:
+                private.close()
+            self.positions.stream_closed(replica)
+        return resp
+
+    def _read_private(self, reader: WalReader, next_seq: int) -> tuple[bytes, int]:
+        """Runs in a worker thread: read and encode a bounded chunk of old WAL."""
+        epoch = self.epoch()
+        out: list[bytes] = []
+        for b in reader.read(max_bytes=CATCHUP_BYTES):
+            out.append(frames.encode_batch(epoch, b.seq, b.count, b.ops))
+            next_seq = b.last_seq + 1
+        return b"".join(out), next_seq
+
+    async def _pump(self, resp: web.StreamResponse, replica: str, next_seq: int,
+                    private: WalReader | None) -> None:
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        while not self.closing.is_set():
+            if self.feed.error:
+                await resp.write(frames.encode_error(f"primary WAL feed stopped: "
+                                                     f"{self.feed.error}"))
+                return
+            state = self.feed.look(next_seq, SEND_BYTES)
+            data = state.data
+            if state.behind:
+                if private is None:
+                    private = WalReader(self.db_dir, next_seq)
+                try:
+                    data, state.next_seq = await asyncio.to_thread(
+                        self._read_private, private, next_seq)
+                except WalError as exc:
+                    log.error("stream to %s stopped: %s", replica, exc)
+                    await resp.write(frames.encode_error(str(exc)))
+                    return
+            elif private is not None:
+                private.close()
+                private = None
+            if data:
+                await resp.write(data)
+                next_seq = state.next_seq
+                last_sent = loop.time()
+                continue
+            if state.behind:
+                # The ring moved on while we read; the next turn reads on from disk.
+                await asyncio.sleep(0.01)
+                continue
+            wait = self.heartbeat_interval - (loop.time() - last_sent)
+            if wait <= 0:
+                await resp.write(frames.encode_heartbeat(self.epoch(), self.latest_seq()))
+                last_sent = loop.time()
+                continue
+            await self.feed.wait(wait)
+
+    async def handle_ack(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            replica = str(body["node"])
+            seq = int(body["seq"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "body must be JSON {node, seq}"}, status=400)
+        self.positions.ack(replica, seq)
+        return web.json_response({"ok": True, "primary_seq": self.latest_seq()})

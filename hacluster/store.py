@@ -1,0 +1,271 @@
+"""The node's RocksDB database: opening it safely, writing op lists atomically, checkpoints.
+
+Owns the rocksdict handle, the column-family handles and the options that make WAL shipping
+possible (raw mode, WAL retention into ``archive/``, no WAL recycling or compression). Its
+position — ``latest_sequence_number()`` — is the node's replication position: it is atomic with
+the data, so there is nothing else to keep in step. It must never be opened on a directory that
+is being replaced (bootstrap installs before open), never write with the WAL disabled, and never
+drop a column family (column-family ids must stay equal to their index in ``list_cf``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import rocksdict
+
+from hacluster.config import StorageConfig
+from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE
+
+log = logging.getLogger(__name__)
+
+# An op as the store takes it: (kind, column family name, key, value or range end or b"").
+NamedOp = tuple[int, str, bytes, bytes]
+
+
+class StoreError(Exception):
+    """The database cannot be used as configured (bad options, unknown column family)."""
+
+
+class DivergenceError(StoreError):
+    """Applying a batch did not land on the sequence numbers the primary gave it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedRange:
+    first_seq: int
+    last_seq: int
+
+
+_OPTIONS_FILE = re.compile(r"^OPTIONS-(\d+)$")
+
+
+def latest_options_file(db_dir: Path) -> Path | None:
+    best: tuple[int, Path] | None = None
+    if not db_dir.is_dir():
+        return None
+    for entry in db_dir.iterdir():
+        m = _OPTIONS_FILE.match(entry.name)
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), entry)
+    return best[1] if best else None
+
+
+def check_wal_options(db_dir: Path) -> None:
+    """Refuse a DB whose options recycle or compress WAL files: the WAL reader cannot read them."""
+    path = latest_options_file(db_dir)
+    if path is None:
+        return
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "recycle_log_file_num" and value.strip() not in ("", "0"):
+            raise StoreError(
+                f"{path}: recycle_log_file_num={value.strip()}: WAL recycling must be off "
+                "(recycled logs cannot be shipped); open the DB with recycle_log_file_num=0"
+            )
+        if key == "wal_compression" and value.strip() not in ("", "kNoCompression"):
+            raise StoreError(
+                f"{path}: wal_compression={value.strip()}: WAL compression must be off "
+                "(compressed WAL records cannot be decoded by hacluster)"
+            )
+
+
+def has_database(db_dir: Path) -> bool:
+    return (db_dir / "CURRENT").is_file()
+
+
+class Store:
+    """An open RocksDB database in raw (bytes) mode with the configured column families."""
+
+    def __init__(self, db_dir: Path, column_families: Sequence[str], storage: StorageConfig,
+                 *, sync_writes: bool = False) -> None:
+        self.db_dir = db_dir
+        self._storage = storage
+        db_dir.parent.mkdir(parents=True, exist_ok=True)
+        check_wal_options(db_dir)
+        existing = (
+            rocksdict.Rdict.list_cf(str(db_dir), rocksdict.Options(raw_mode=True))
+            if has_database(db_dir) else ["default"]
+        )
+        self._db = rocksdict.Rdict(
+            str(db_dir), self._options(),
+            column_families={n: self._cf_options() for n in existing if n != "default"},
+        )
+        for name in column_families:
+            if name not in existing:
+                # Created one at a time, in config order, so ids follow list_cf order.
+                self._db.create_column_family(name, self._cf_options())
+                log.info("created column family %s in %s", name, db_dir)
+        check_wal_options(db_dir)
+        self._cf_ids: list[str] = list(
+            rocksdict.Rdict.list_cf(str(db_dir), rocksdict.Options(raw_mode=True))
+        )
+        self._handles = {n: self._db.get_column_family_handle(n) for n in self._cf_ids}
+        self._views: dict[str, rocksdict.Rdict] = {}
+        self._write_opts = rocksdict.WriteOptions()
+        self._write_opts.sync = sync_writes
+        log.info("opened %s: seq %d, column families %s", db_dir,
+                 self._db.latest_sequence_number(), ", ".join(self._cf_ids))
+
+    def _options(self) -> rocksdict.Options:
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        # Obsolete logs are archived, not deleted, so lagging replicas can still be served.
+        opts.set_wal_ttl_seconds(self._storage.wal_ttl_seconds)
+        opts.set_wal_size_limit_mb(self._storage.wal_size_limit_mb)
+        opts.set_recycle_log_file_num(0)
+        opts.set_write_buffer_size(self._storage.write_buffer_size_mb << 20)
+        if self._storage.max_total_wal_size_mb:
+            opts.set_max_total_wal_size(self._storage.max_total_wal_size_mb << 20)
+        return opts
+
+    def _cf_options(self) -> rocksdict.Options:
+        opts = rocksdict.Options(raw_mode=True)
+        opts.set_write_buffer_size(self._storage.write_buffer_size_mb << 20)
+        return opts
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def column_families(self) -> list[str]:
+        """Names in column-family-id order: index i is the CF whose WAL id is i."""
+        return list(self._cf_ids)
+
+    def latest_seq(self) -> int:
+        return int(self._db.latest_sequence_number())
+
+    def handle(self, cf: str) -> rocksdict.ColumnFamily:
+        try:
+            return self._handles[cf]
+        except KeyError:
+            raise StoreError(f"unknown column family {cf!r}") from None
+
+    def view(self, cf: str) -> rocksdict.Rdict:
+        if cf not in self._handles:
+            raise StoreError(f"unknown column family {cf!r}")
+        if cf not in self._views:
+            self._views[cf] = self._db if cf == "default" else self._db.get_column_family(cf)
+        return self._views[cf]
+
+    def get(self, key: bytes, cf: str = "default") -> bytes | None:
+        value = self.view(cf).get(key)
+        return None if value is None else bytes(value)
+
+    def items(self, cf: str = "default") -> Iterable[tuple[bytes, bytes]]:
+        for key, value in self.view(cf).items():
+            yield bytes(key), bytes(value)  # type: ignore[arg-type]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, ops: Sequence[NamedOp]) -> AppliedRange:
+        """Apply ``ops`` atomically as one WriteBatch; return the sequence numbers they took."""
+        batch = self._build(ops)
+        before = self.latest_seq()
+        self._db.write(batch, self._write_opts)
+        after = self.latest_seq()
+        return AppliedRange(before + 1, after)
+
+    def handles_for(self, names: Sequence[str]) -> dict[int, rocksdict.ColumnFamily]:
+        """Map another node's column-family ids (index in ``names``) to this DB's handles."""
+        missing = [n for n in names if n not in self._handles]
+        if missing:
+            raise StoreError(f"{self.db_dir}: column families {missing} exist on the primary "
+                             "but not here; add them to column_families in the config")
+        return {i: self._handles[n] for i, n in enumerate(names)}
+
+    def apply(self, first_seq: int, count: int, ops: Sequence[Sequence[Any]], *, sync: bool,
+              handles: Mapping[Any, rocksdict.ColumnFamily] | None = None) -> None:
+        """Apply a replicated batch and prove it landed on exactly [first_seq, first_seq+count-1].
+
+        ``handles`` maps the ops' column-family field to handles (ids from the primary's WAL);
+        by default the field is a column-family name of this DB.
+        """
+        before = self.latest_seq()
+        if before != first_seq - 1:
+            raise DivergenceError(
+                f"{self.db_dir}: batch starts at seq {first_seq} but this DB is at seq {before}"
+            )
+        if len(ops) != count:
+            raise DivergenceError(
+                f"{self.db_dir}: batch at seq {first_seq} says {count} ops but carries {len(ops)}"
+            )
+        batch = self._build(ops, handles)
+        opts = self._write_opts
+        if sync != opts.sync:
+            opts = rocksdict.WriteOptions()
+            opts.sync = sync
+        self._db.write(batch, opts)
+        after = self.latest_seq()
+        if after != first_seq + count - 1:
+            raise DivergenceError(
+                f"{self.db_dir}: applied batch [{first_seq}, {first_seq + count - 1}] but "
+                f"latest_sequence_number() is {after}: the replica has diverged from the primary"
+            )
+
+    def _build(self, ops: Sequence[Sequence[Any]],
+               handles: Mapping[Any, rocksdict.ColumnFamily] | None = None,
+               ) -> rocksdict.WriteBatch:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        if handles is None:
+            handles = self._handles
+        for kind, cf, key, value in ops:
+            try:
+                handle = handles[cf]
+            except (KeyError, TypeError):
+                raise StoreError(f"unknown column family {cf!r}") from None
+            if kind == PUT:
+                batch.put(key, value, handle)
+            elif kind in (DELETE, SINGLE_DELETE):
+                # rocksdict has no SingleDelete; a Delete leaves the same visible state and
+                # consumes the same single sequence number.
+                batch.delete(key, handle)
+            elif kind == DELETE_RANGE:
+                batch.delete_range(key, value, handle)
+            else:
+                raise StoreError(f"unknown op kind {kind}")
+        return batch
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Flush every column family's memtable (this also rolls the WAL to a new file)."""
+        for cf in self._cf_ids:
+            self.view(cf).flush(True)
+
+    def compact(self) -> None:
+        for cf in self._cf_ids:
+            self.view(cf).compact_range(None, None)
+
+    def checkpoint(self, target: Path) -> int:
+        """Create a RocksDB checkpoint (hard links) in ``target``; return its sequence number."""
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Callers run this on the event-loop thread, so no write lands between reading the
+        # sequence number and linking the files.
+        seq = self.latest_seq()
+        rocksdict.Checkpoint(self._db).create_checkpoint(str(target))
+        return seq
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        try:
+            self._db.flush_wal(True)
+        except Exception:  # a failing disk must not keep the handle open
+            log.exception("flush_wal on close failed")
+        self._views.clear()
+        self._handles.clear()
+        self._db.close()
+        self._db = None  # type: ignore[assignment]
+        # rocksdict releases the LOCK file only when the last reference (CF handles included)
+        # is gone; collect now so a reopen in the same process succeeds.
+        gc.collect()

@@ -1,0 +1,118 @@
+"""Parsing client write requests into store ops: the validation half of the write gate.
+
+Owns the request formats of ``PUT /v1/kv/{key}`` and ``POST /v1/batch`` (JSON, or CBOR with
+``Content-Type: application/cbor``) and their limits. Pure: bytes in, ops or a ``BadRequest``
+out. It must never let a malformed or oversized op through, so that nothing is half-applied:
+the whole batch is validated before anything is written.
+
+Batch body: ``{"ops": [op, ...]}`` or a bare list. Each op is a map with ``op`` one of ``put``,
+``delete``, ``delete_range``; ``cf`` (default ``default``); ``key`` and ``value`` for put,
+``key`` for delete, ``start`` and ``end`` for delete_range. In JSON, keys and values are UTF-8
+strings, or base64 in ``key_b64``/``value_b64``/``start_b64``/``end_b64``; in CBOR they may be
+byte strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Collection
+from typing import Any
+
+import cbor2
+
+from hacluster.config import LimitsConfig
+from hacluster.store import NamedOp
+from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT
+
+CBOR_TYPE = "application/cbor"
+_KINDS = {"put": PUT, "delete": DELETE, "delete_range": DELETE_RANGE}
+
+
+class BadRequest(Exception):
+    """The request is malformed or over a limit; the message is safe to show the client."""
+
+
+def _bytes_field(op: dict[str, Any], name: str, index: int, required: bool = True) -> bytes:
+    if name in op:
+        value = op[name]
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        raise BadRequest(f"ops[{index}].{name}: expected a string or bytes")
+    b64 = f"{name}_b64"
+    if b64 in op:
+        if not isinstance(op[b64], str):
+            raise BadRequest(f"ops[{index}].{b64}: expected a base64 string")
+        try:
+            return base64.b64decode(op[b64], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"ops[{index}].{b64}: not valid base64") from None
+    if required:
+        raise BadRequest(f"ops[{index}]: missing {name!r}")
+    return b""
+
+
+def check_key(key: bytes, limits: LimitsConfig, where: str) -> None:
+    if not key:
+        raise BadRequest(f"{where}: key must not be empty")
+    if len(key) > limits.max_key_bytes:
+        raise BadRequest(f"{where}: key of {len(key)} bytes exceeds max_key_bytes "
+                         f"({limits.max_key_bytes})")
+
+
+def check_value(value: bytes, limits: LimitsConfig, where: str) -> None:
+    if len(value) > limits.max_value_bytes:
+        raise BadRequest(f"{where}: value of {len(value)} bytes exceeds max_value_bytes "
+                         f"({limits.max_value_bytes})")
+
+
+def check_cf(cf: Any, column_families: Collection[str], where: str) -> str:
+    if not isinstance(cf, str) or cf not in column_families:
+        raise BadRequest(f"{where}: unknown column family {cf!r}")
+    return cf
+
+
+def parse_batch(body: bytes, content_type: str, limits: LimitsConfig,
+                column_families: Collection[str]) -> list[NamedOp]:
+    if content_type == CBOR_TYPE:
+        try:
+            doc = cbor2.loads(body)
+        except Exception as exc:  # cbor2 raises many types on garbage
+            raise BadRequest(f"body is not valid CBOR: {exc}") from None
+    else:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from None
+    raw = doc.get("ops") if isinstance(doc, dict) else doc
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("body must be a non-empty list of ops, or a map with 'ops'")
+    if len(raw) > limits.max_batch_ops:
+        raise BadRequest(f"{len(raw)} ops exceed max_batch_ops ({limits.max_batch_ops})")
+    ops: list[NamedOp] = []
+    for i, op in enumerate(raw):
+        if not isinstance(op, dict):
+            raise BadRequest(f"ops[{i}]: expected a map")
+        kind = _KINDS.get(op.get("op"))  # type: ignore[arg-type]
+        if kind is None:
+            raise BadRequest(f"ops[{i}].op: expected one of put, delete, delete_range, "
+                             f"got {op.get('op')!r}")
+        cf = check_cf(op.get("cf", "default"), column_families, f"ops[{i}].cf")
+        if kind == DELETE_RANGE:
+            start = _bytes_field(op, "start", i)
+            end = _bytes_field(op, "end", i)
+            check_key(start, limits, f"ops[{i}].start")
+            check_key(end, limits, f"ops[{i}].end")
+            if start >= end:
+                raise BadRequest(f"ops[{i}]: delete_range needs start < end")
+            ops.append((kind, cf, start, end))
+            continue
+        key = _bytes_field(op, "key", i)
+        check_key(key, limits, f"ops[{i}].key")
+        value = _bytes_field(op, "value", i) if kind == PUT else b""
+        check_value(value, limits, f"ops[{i}].value")
+        ops.append((kind, cf, key, value))
+    return ops
