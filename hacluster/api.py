@@ -100,7 +100,31 @@ def build_app(node: Node) -> web.Application:
             return await pick(node)(request)
         return handler
 
+    async def admin_flush(request: web.Request) -> web.Response:
+        store = node.current_store()
+        if store is None:
+            return error(503, "no database open")
+        store.flush()
+        return web.json_response({"flushed": store.column_families, "seq": store.latest_seq()})
+
+    async def admin_compact(request: web.Request) -> web.Response:
+        store = node.current_store()
+        if store is None:
+            return error(503, "no database open")
+        store.compact()
+        return web.json_response({"compacted": store.column_families, "seq": store.latest_seq()})
+
+    async def admin_hash(request: web.Request) -> web.Response:
+        store = node.current_store()
+        if store is None:
+            return error(503, "no database open")
+        # Computed on the loop thread: no apply or write interleaves, so seq and hash agree.
+        return web.json_response(store.content_hash())
+
     app.router.add_get("/health", health)
+    app.router.add_post("/v1/admin/flush", admin_flush)
+    app.router.add_post("/v1/admin/compact", admin_compact)
+    app.router.add_get("/v1/admin/hash", admin_hash)
     app.router.add_get("/status", status)
     app.router.add_put("/v1/kv/{key:.+}", put_kv)
     app.router.add_post("/v1/batch", batch)

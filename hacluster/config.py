@@ -68,6 +68,7 @@ class ReplicationConfig:
     ack_interval: float = 0.0
     checkpoint_ttl_seconds: int = 3600
     bootstrap_chunk_bytes: int = 1 << 20
+    bootstrap_max_rate_mb_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +293,8 @@ def _replication(r: _Reader) -> ReplicationConfig:
                                          minimum=10),
         bootstrap_chunk_bytes=r.integer("bootstrap_chunk_bytes", d.bootstrap_chunk_bytes,
                                         minimum=4096, maximum=64 << 20),
+        bootstrap_max_rate_mb_s=r.number("bootstrap_max_rate_mb_s", d.bootstrap_max_rate_mb_s,
+                                         minimum=0),
     )
     if result.reconnect_backoff_max < result.reconnect_backoff_min:
         raise r.fail(r.key("reconnect_backoff_max"), "must not be less than reconnect_backoff_min")

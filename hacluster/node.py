@@ -71,6 +71,9 @@ class Node:
         except Exception:
             return None
 
+    def current_store(self) -> Store | None:
+        return self.follower.store if self.follower else self.store
+
     def open_store(self) -> Store:
         return Store(self.db_dir, self.cfg.column_families, self.cfg.storage,
                      sync_writes=self.cfg.storage.fsync_writes)
@@ -140,7 +143,7 @@ class Node:
         return applied
 
     def status(self) -> dict[str, Any]:
-        store = self.follower.store if self.follower else self.store
+        store = self.current_store()
         seq = store.latest_seq() if store else None
         out: dict[str, Any] = {
             "node": self.name,

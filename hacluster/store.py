@@ -14,11 +14,13 @@ import gc
 import logging
 import re
 import shutil
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import rocksdict
 
 from hacluster.config import StorageConfig
@@ -44,6 +46,7 @@ class AppliedRange:
     last_seq: int
 
 
+_PAIR = struct.Struct(">II")
 _OPTIONS_FILE = re.compile(r"^OPTIONS-(\d+)$")
 
 
@@ -162,6 +165,19 @@ class Store:
     def items(self, cf: str = "default") -> Iterable[tuple[bytes, bytes]]:
         for key, value in self.view(cf).items():
             yield bytes(key), bytes(value)  # type: ignore[arg-type]
+
+    def content_hash(self) -> dict[str, Any]:
+        """A digest of every column family's contents at the current seq (like etcd's HashKV)."""
+        cfs: dict[str, dict[str, int]] = {}
+        for cf in self._cf_ids:
+            crc, keys = 0, 0
+            for key, value in self.view(cf).items():
+                k, v = bytes(key), bytes(value)  # type: ignore[arg-type]
+                # Length-prefix both parts so (ab, c) and (a, bc) hash differently.
+                crc = crc32c.crc32c(_PAIR.pack(len(k), len(v)) + k + v, crc)
+                keys += 1
+            cfs[cf] = {"keys": keys, "crc32c": int(crc)}
+        return {"seq": self.latest_seq(), "column_families": cfs}
 
     # -- writing ---------------------------------------------------------------------------
 

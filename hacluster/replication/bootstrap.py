@@ -10,6 +10,7 @@ is two renames guarded by ``COMPLETE``, which ``recover()`` finishes after a cra
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -119,12 +120,13 @@ class Bootstrapper:
     """Fetches one checkpoint from ``primary_url`` into ``data_dir/bootstrap``."""
 
     def __init__(self, data_dir: Path, primary_url: str, headers: dict[str, str], node: str,
-                 chunk_bytes: int) -> None:
+                 chunk_bytes: int, max_rate_mb_s: float = 0.0) -> None:
         self.lay = Layout(data_dir)
         self.primary_url = primary_url.rstrip("/")
         self.headers = headers
         self.node = node
         self.chunk_bytes = chunk_bytes
+        self.max_rate = max_rate_mb_s * 1e6
         self.bytes_downloaded = 0
         self.last_rate_mb_s = 0.0
 
@@ -208,6 +210,8 @@ class Bootstrapper:
                         have += len(chunk)
                         self.bytes_downloaded += len(chunk)
                         progress.add(len(chunk))
+                        if self.max_rate:
+                            await self._throttle(progress)
                     f.flush()
                     os.fsync(f.fileno())
         else:
@@ -217,6 +221,12 @@ class Bootstrapper:
             raise BootstrapError(f"{name}: got {have} bytes with crc32c {crc:#010x}, "
                                  f"expected {size} bytes with {want:#010x}; discarded")
         part.rename(self.lay.files / name)
+
+    async def _throttle(self, progress: _Progress) -> None:
+        ahead = (progress.done - progress.base) / self.max_rate - (
+            time.monotonic() - progress.started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
 
     def _verify_all(self, manifest: dict[str, Any]) -> None:
         names = {f["name"] for f in manifest["files"]}

@@ -50,6 +50,7 @@ class CheckpointService:
         self._ttl = ttl_seconds
         self._on_bootstrap = on_bootstrap
         self._last_used: dict[str, float] = {}
+        self._owner: dict[str, str] = {}
         # SST files are immutable and hard-linked into every checkpoint: checksum each once.
         self._crc_cache: dict[tuple[int, int, int, int], int] = {}
         self._lock = asyncio.Lock()
@@ -85,6 +86,10 @@ class CheckpointService:
         replica = str(body.get("node", "?")) if isinstance(body, dict) else "?"
         async with self._lock:
             self.expire()
+            # A replica asking again has abandoned its earlier checkpoint (it was killed or
+            # restarted mid-download); it will resume from its staged files, not from that one.
+            for old in [c for c, owner in self._owner.items() if owner == replica]:
+                self._remove(old)
             cp_id = f"{int(time.time()):010d}-{secrets.token_hex(4)}"
             started = time.monotonic()
             # Checkpoint creation runs on the loop thread on purpose: no write may interleave
@@ -93,6 +98,7 @@ class CheckpointService:
             manifest = await asyncio.to_thread(self._manifest, cp_id, seq)
             (self.root / cp_id / "manifest.json").write_text(json.dumps(manifest))
             self._last_used[cp_id] = time.monotonic()
+            self._owner[cp_id] = replica
         if self._on_bootstrap:
             self._on_bootstrap(replica)
         log.info("checkpoint %s for %s: seq %d, %d files, %.1f MB, made in %.2f s", cp_id,
@@ -124,6 +130,7 @@ class CheckpointService:
     def _remove(self, cp_id: str) -> None:
         shutil.rmtree(self.root / cp_id, ignore_errors=True)
         self._last_used.pop(cp_id, None)
+        self._owner.pop(cp_id, None)
         log.info("checkpoint %s removed", cp_id)
 
     def expire(self) -> None:

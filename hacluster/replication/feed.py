@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hacluster.replication import frames
-from hacluster.wal.errors import WalError
+from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class WalFeed:
             return False
         try:
             batches = self._reader.read(max_bytes=READ_BYTES_PER_TURN)
-        except WalError as exc:
+        except (WalError, WalGone) as exc:
             self.error = str(exc)
             log.error("WAL feed stopped: %s", exc)
             self._signal()

@@ -191,7 +191,7 @@ class Follower:
         self.status.state = "bootstrapping"
         self.status.bootstraps += 1
         boot = Bootstrapper(self.data_dir, self.primary_url, self.headers, self.node,
-                            self.cfg.bootstrap_chunk_bytes)
+                            self.cfg.bootstrap_chunk_bytes, self.cfg.bootstrap_max_rate_mb_s)
         try:
             manifest = await boot.fetch(session)
         finally:

@@ -75,6 +75,10 @@ class ReplicationSource:
             try:
                 first_chunk, next_seq = await asyncio.to_thread(
                     self._read_private, private, next_seq)
+                if not first_chunk:
+                    # The DB has these seqs, so its WAL had them once: no log with data left
+                    # (e.g. only a fresh empty log after a restart) means they are gone.
+                    raise WalGone(f"no retained log holds seq {next_seq}")
             except WalGone as exc:
                 private.close()
                 log.info("%s asked for seq %d, no longer retained (%s): bootstrap needed",
@@ -132,7 +136,9 @@ class ReplicationSource:
                 try:
                     data, state.next_seq = await asyncio.to_thread(
                         self._read_private, private, next_seq)
-                except WalError as exc:
+                    if not data and next_seq < self.feed.ring_first:
+                        raise WalGone(f"no retained log holds seq {next_seq}")
+                except (WalError, WalGone) as exc:
                     log.error("stream to %s stopped: %s", replica, exc)
                     await resp.write(frames.encode_error(str(exc)))
                     return

@@ -1,0 +1,325 @@
+"""Test harness: real hacluster node processes on loopback, real RocksDB dirs, real HTTP.
+
+Owns writing per-node config files, starting and signalling node processes, a tiny HTTP client,
+waiting for convergence and reading a stopped node's RocksDB directory. It must never fake the
+network or the store: tests that use it talk to real processes over real sockets.
+"""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rocksdict
+import yaml
+
+TOKEN = "test-token-0123456789abcdef"
+CFS = ["default", "users", "events", "meta"]
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the thing we wait for may not be up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            token: str | None = TOKEN, headers: dict[str, str] | None = None,
+            timeout: float = 10.0) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        return Response(resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()})
+    finally:
+        conn.close()
+
+
+@dataclass
+class NodeProc:
+    name: str
+    port: int
+    data_dir: Path
+    config: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> None:
+        env = {**os.environ, **self.env}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hacluster", "run", "--config", str(self.config),
+             "--node", self.name, *extra],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        wait_for(lambda: self.get("/health").status == 200, 20, f"{self.name} to serve /health")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, **kw: Any) -> Response:
+        return request(self.port, "GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Response:
+        data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+        return request(self.port, "POST", path, body=data, **kw)
+
+    def put(self, key: str, value: bytes, cf: str = "default", **kw: Any) -> Response:
+        return request(self.port, "PUT", f"/v1/kv/{key}?cf={cf}", body=value, **kw)
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get("/status").json()
+        return result
+
+    def hash(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get("/v1/admin/hash").json()
+        return result
+
+    def batch(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        resp = self.post("/v1/batch", {"ops": ops})
+        assert resp.status == 200, (resp.status, resp.body)
+        result: dict[str, Any] = resp.json()
+        return result
+
+
+class Cluster:
+    """Three (or more) node processes with per-node config files in ``root``."""
+
+    def __init__(self, root: Path, names: Iterable[str] = ("n1", "n2", "n3"), *,
+                 primary: str = "n1", replication: dict[str, Any] | None = None,
+                 storage: dict[str, Any] | None = None) -> None:
+        self.root = root
+        names = list(names)
+        ports = free_ports(len(names))
+        self.primary_name = primary
+        self.replication = {"heartbeat_interval": 0.2, "reconnect_backoff_min": 0.05,
+                            "reconnect_backoff_max": 0.5, **(replication or {})}
+        self.storage = {"wal_ttl_seconds": 3600, "wal_size_limit_mb": 4096,
+                        "write_buffer_size_mb": 4, **(storage or {})}
+        self.addresses = {n: p for n, p in zip(names, ports, strict=True)}
+        self.nodes: dict[str, NodeProc] = {}
+        for name in names:
+            cfg = self.write_config(name)
+            self.nodes[name] = NodeProc(name, self.addresses[name], root / "data" / name, cfg,
+                                        root / f"{name}.log")
+
+    def config_doc(self, addresses: dict[str, int] | None = None,
+                   replication: dict[str, Any] | None = None) -> dict[str, Any]:
+        addresses = addresses or self.addresses
+        return {
+            "cluster": {"name": "test", "token": TOKEN, "primary": self.primary_name,
+                        "epoch": 1},
+            "column_families": CFS,
+            "storage": self.storage,
+            "replication": {**self.replication, **(replication or {})},
+            "nodes": [{"name": n, "api": f"127.0.0.1:{p}",
+                       "data_dir": str(self.root / "data" / n)} for n, p in addresses.items()],
+        }
+
+    def write_config(self, name: str, **kw: Any) -> Path:
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(self.config_doc(**kw), sort_keys=False))
+        return path
+
+    @property
+    def primary(self) -> NodeProc:
+        return self.nodes[self.primary_name]
+
+    @property
+    def replicas(self) -> list[NodeProc]:
+        return [n for name, n in self.nodes.items() if name != self.primary_name]
+
+    def start(self) -> None:
+        self.primary.start()
+        for node in self.replicas:
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def wait_converged(self, timeout: float = 30.0,
+                       nodes: Iterable[NodeProc] | None = None) -> dict[str, Any]:
+        """Wait until every replica has applied the primary's seq; return the primary's hash."""
+        target = self.primary.status()["applied_seq"]
+        check = list(nodes) if nodes is not None else self.replicas
+
+        def caught_up() -> bool:
+            return all(n.status()["applied_seq"] == target for n in check)
+
+        wait_for(caught_up, timeout, f"replicas to reach seq {target}: "
+                 + ", ".join(f"{n.name}={self._seq(n)}" for n in check))
+        expected = self.primary.hash()
+        for node in check:
+            assert node.hash() == expected, f"{node.name} differs from the primary"
+        return expected
+
+    @staticmethod
+    def _seq(node: NodeProc) -> Any:
+        try:
+            return node.status()["applied_seq"]
+        except Exception as exc:
+            return f"unreachable ({exc})"
+
+
+def read_db(db_dir: Path) -> tuple[int, dict[str, dict[bytes, bytes]]]:
+    """Read a stopped node's DB: (latest seq, {cf: {key: value}})."""
+    opts = rocksdict.Options(raw_mode=True)
+    names = rocksdict.Rdict.list_cf(str(db_dir), opts)
+    db = rocksdict.Rdict(str(db_dir), opts, column_families={
+        n: rocksdict.Options(raw_mode=True) for n in names if n != "default"},
+        access_type=rocksdict.AccessType.read_only())
+    try:
+        contents = {}
+        for name in names:
+            view = db if name == "default" else db.get_column_family(name)
+            contents[name] = {bytes(k): bytes(v) for k, v in view.items()}
+            del view
+        return int(db.latest_sequence_number()), contents
+    finally:
+        db.close()
+        del db
+        gc.collect()
+
+
+class FaultyProxy:
+    """A real TCP proxy on loopback that can corrupt or cut what the upstream sends.
+
+    ``mode`` is "pass", "flip" (change one byte of ``pattern`` wherever it passes, keeping the
+    length so HTTP framing stays valid and only the frame checksum can notice) or "truncate"
+    (forward the data up to the middle of ``pattern``, then close both sides).
+    """
+
+    def __init__(self, upstream_port: int, pattern: bytes = b"") -> None:
+        import threading
+        self.upstream_port = upstream_port
+        self.pattern = pattern
+        self.mode = "pass"
+        self.hits = 0
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+
+    def _accept(self) -> None:
+        import threading
+        while not self._stop:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._socks += [client, upstream]
+            for src, dst, down in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(src, dst, down), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if downstream and self.pattern and self.pattern in data and self.mode != "pass":
+                    self.hits += 1
+                    i = data.index(self.pattern)
+                    if self.mode == "flip":
+                        data = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+                    elif self.mode == "truncate":
+                        dst.sendall(data[:i + len(self.pattern) // 2])
+                        break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+        for s in self._socks:
+            try:
+                s.close()
+            except OSError:
+                pass
