@@ -24,7 +24,7 @@ import crc32c
 import rocksdict
 
 from hacluster.config import StorageConfig
-from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE
+from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE, replay_batch
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ class Store:
         self._views: dict[str, rocksdict.Rdict] = {}
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = sync_writes
+        self._sync_opts = rocksdict.WriteOptions()
+        self._sync_opts.sync = True
         log.info("opened %s: seq %d, column families %s", db_dir,
                  self._db.latest_sequence_number(), ", ".join(self._cf_ids))
 
@@ -197,28 +199,26 @@ class Store:
                              "but not here; add them to column_families in the config")
         return {i: self._handles[n] for i, n in enumerate(names)}
 
-    def apply(self, first_seq: int, count: int, ops: Sequence[Sequence[Any]], *, sync: bool,
-              handles: Mapping[Any, rocksdict.ColumnFamily] | None = None) -> None:
-        """Apply a replicated batch and prove it landed on exactly [first_seq, first_seq+count-1].
+    def prepare(self, wb: bytes, handles: Mapping[int, rocksdict.ColumnFamily],
+                where: str = "?") -> rocksdict.WriteBatch:
+        """Decode a replicated serialized WriteBatch into a rocksdict WriteBatch (not written).
 
-        ``handles`` maps the ops' column-family field to handles (ids from the primary's WAL);
-        by default the field is a column-family name of this DB.
+        Raises WalError if the bytes are malformed or hold an unsupported entry, KeyError for
+        a column-family id missing from ``handles``; nothing is written either way.
         """
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        replay_batch(wb, batch.put, batch.delete, batch.delete_range, handles, where=where)
+        return batch
+
+    def commit(self, batch: rocksdict.WriteBatch, first_seq: int, count: int, *,
+               sync: bool) -> None:
+        """Write a prepared replicated batch; prove it landed on [first_seq, first_seq+count-1]."""
         before = self.latest_seq()
         if before != first_seq - 1:
             raise DivergenceError(
                 f"{self.db_dir}: batch starts at seq {first_seq} but this DB is at seq {before}"
             )
-        if len(ops) != count:
-            raise DivergenceError(
-                f"{self.db_dir}: batch at seq {first_seq} says {count} ops but carries {len(ops)}"
-            )
-        batch = self._build(ops, handles)
-        opts = self._write_opts
-        if sync != opts.sync:
-            opts = rocksdict.WriteOptions()
-            opts.sync = sync
-        self._db.write(batch, opts)
+        self._db.write(batch, self._sync_opts if sync else self._write_opts)
         after = self.latest_seq()
         if after != first_seq + count - 1:
             raise DivergenceError(
@@ -226,12 +226,9 @@ class Store:
                 f"latest_sequence_number() is {after}: the replica has diverged from the primary"
             )
 
-    def _build(self, ops: Sequence[Sequence[Any]],
-               handles: Mapping[Any, rocksdict.ColumnFamily] | None = None,
-               ) -> rocksdict.WriteBatch:
+    def _build(self, ops: Sequence[NamedOp]) -> rocksdict.WriteBatch:
         batch = rocksdict.WriteBatch(raw_mode=True)
-        if handles is None:
-            handles = self._handles
+        handles = self._handles
         for kind, cf, key, value in ops:
             try:
                 handle = handles[cf]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, FaultyProxy, read_db, wait_for
+from hacluster.testing.harness import Cluster, FaultyProxy, read_db, wait_for
 
 
 @pytest.fixture
@@ -212,7 +212,7 @@ def test_replication_endpoints_require_token(cluster: Cluster) -> None:
                          ("POST", "/v1/replication/checkpoints"),
                          ("GET", "/v1/replication/checkpoints/1-2/files/CURRENT"),
                          ("PUT", "/v1/kv/a"), ("POST", "/v1/batch")]:
-        from tests.harness import request
+        from hacluster.testing.harness import request
         resp = request(p.port, method, path, body=b"{}", token=None)
         assert resp.status == 401, (method, path, resp.status)
         assert resp.headers.get("www-authenticate") == "Bearer"

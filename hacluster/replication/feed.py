@@ -102,7 +102,7 @@ class WalFeed:
         epoch = self._epoch()
         size = 0
         for b in batches:
-            data = frames.encode_batch(epoch, b.seq, b.count, b.ops)
+            data = frames.encode_batch(epoch, b.seq, b.count, b.payload)
             self._seqs.append(b.seq)
             self._frames.append(data)
             size += len(data)

@@ -27,6 +27,7 @@ from hacluster.replication import frames
 from hacluster.replication.applier import Verdict, decide
 from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
 from hacluster.store import DivergenceError, Store, StoreError, has_database
+from hacluster.wal.errors import WalError
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +245,11 @@ class Follower:
             if decision.verdict is not Verdict.APPLY:
                 raise StreamError(decision.reason)
             try:
-                store.apply(frame.seq, frame.count, frame.ops, sync=self.cfg.fsync_on_apply,
-                            handles=self._handles)
-            except (TypeError, ValueError, IndexError) as exc:
-                raise frames.FrameError(f"batch at seq {frame.seq}: malformed ops ({exc}); "
+                batch = store.prepare(frame.wb, self._handles, where=f"batch at seq {frame.seq}")
+            except (WalError, KeyError) as exc:
+                raise frames.FrameError(f"batch at seq {frame.seq} cannot be applied: {exc}; "
                                         "nothing applied") from None
+            store.commit(batch, frame.seq, frame.count, sync=self.cfg.fsync_on_apply)
             self.status.batches_applied += 1
             self.status.ops_applied += frame.count
             self._acks.update(frame.last_seq)

@@ -9,8 +9,10 @@ A frame on the wire is a 4-byte big-endian body length followed by a CBOR map. K
 
 - ``hello``  first frame of a stream: epoch, primary name, primary seq, column-family names in id
   order (ops refer to column families by id).
-- ``batch``  epoch, first seq, count, ops (a nested CBOR byte string holding a list of
-  ``[kind, cf_id, key, value]``) and a CRC32C over epoch, seq, count and the ops bytes.
+- ``batch``  epoch, first seq, count, ``wb`` (the serialized RocksDB WriteBatch exactly as
+  it is in the primary's WAL; entries refer to column families by id) and a CRC32C over
+  epoch, seq, count and ``wb``. Shipping the WAL's own bytes means the primary encodes
+  nothing per op; the replica decodes them with the same decoder the WAL reader uses.
 - ``hb``     heartbeat when idle: epoch and the primary's latest seq.
 - ``error``  the primary cannot go on (e.g. a corrupt WAL record); reason text, then it closes.
 """
@@ -18,17 +20,15 @@ A frame on the wire is a 4-byte big-endian body length followed by a CBOR map. K
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 import crc32c
 
-from hacluster.wal.batch import Op
-
 LENGTH = struct.Struct(">I")
 _CRC_HEADER = struct.Struct(">QQI")
+_WB_HEADER = struct.Struct("<QI")
 
 HELLO, BATCH, HEARTBEAT, ERROR = "hello", "batch", "hb", "error"
 
@@ -50,7 +50,7 @@ class BatchFrame:
     epoch: int
     seq: int
     count: int
-    ops: list[Op]
+    wb: bytes   # serialized WriteBatch; its header matches seq and count (checked)
 
     @property
     def last_seq(self) -> int:
@@ -71,8 +71,8 @@ class ErrorFrame:
 Frame = Hello | BatchFrame | Heartbeat | ErrorFrame
 
 
-def batch_checksum(epoch: int, seq: int, count: int, ops_bytes: bytes) -> int:
-    return int(crc32c.crc32c(ops_bytes, crc32c.crc32c(_CRC_HEADER.pack(epoch, seq, count))))
+def batch_checksum(epoch: int, seq: int, count: int, wb: bytes) -> int:
+    return int(crc32c.crc32c(wb, crc32c.crc32c(_CRC_HEADER.pack(epoch, seq, count))))
 
 
 def _frame(body: dict[str, Any]) -> bytes:
@@ -85,10 +85,10 @@ def encode_hello(hello: Hello) -> bytes:
                    "seq": hello.primary_seq, "cfs": list(hello.column_families)})
 
 
-def encode_batch(epoch: int, seq: int, count: int, ops: Sequence[Op]) -> bytes:
-    ops_bytes = cbor2.dumps(ops)
-    return _frame({"t": BATCH, "epoch": epoch, "seq": seq, "count": count, "ops": ops_bytes,
-                   "crc": batch_checksum(epoch, seq, count, ops_bytes)})
+def encode_batch(epoch: int, seq: int, count: int, wb: bytes) -> bytes:
+    """A batch frame around ``wb``, a serialized WriteBatch covering [seq, seq+count-1]."""
+    return _frame({"t": BATCH, "epoch": epoch, "seq": seq, "count": count, "wb": wb,
+                   "crc": batch_checksum(epoch, seq, count, wb)})
 
 
 def encode_heartbeat(epoch: int, primary_seq: int) -> bytes:
@@ -134,20 +134,17 @@ def _decode_batch(body: dict[Any, Any], where: str) -> BatchFrame:
     epoch = _field(body, "epoch", int, where)
     seq = _field(body, "seq", int, where)
     count = _field(body, "count", int, where)
-    ops_bytes = _field(body, "ops", bytes, where)
+    wb = _field(body, "wb", bytes, where)
     crc = _field(body, "crc", int, where)
     if seq < 1 or count < 1 or epoch < 0:
         raise FrameError(f"{where}: bad batch header epoch={epoch} seq={seq} count={count}")
-    if batch_checksum(epoch, seq, count, ops_bytes) != crc:
+    if batch_checksum(epoch, seq, count, wb) != crc:
         raise FrameError(f"{where}: checksum mismatch in batch at seq {seq} (epoch {epoch})")
-    try:
-        ops = cbor2.loads(ops_bytes)
-    except Exception as exc:
-        raise FrameError(f"{where}: batch at seq {seq}: ops not valid CBOR ({exc})") from None
-    if not isinstance(ops, list) or len(ops) != count:
-        raise FrameError(f"{where}: batch at seq {seq} says {count} ops, carries "
-                         f"{len(ops) if isinstance(ops, list) else 'no list of'} ops")
-    return BatchFrame(epoch, seq, count, ops)
+    if len(wb) < _WB_HEADER.size or _WB_HEADER.unpack_from(wb) != (seq, count):
+        raise FrameError(f"{where}: frame says batch [{seq}, {seq + count - 1}] but its "
+                         "WriteBatch header disagrees")
+    # The entries themselves are decoded (and checked) as they are applied.
+    return BatchFrame(epoch, seq, count, wb)
 
 
 class FrameDecoder:
@@ -160,19 +157,22 @@ class FrameDecoder:
         self.bytes_seen = 0
 
     def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
+        buf = bytes(self._buf) + data if self._buf else data
         frames: list[Frame] = []
-        while len(self._buf) >= LENGTH.size:
-            (length,) = LENGTH.unpack_from(self._buf)
+        pos, size = 0, len(buf)
+        # Walk an offset through the chunk and keep only the tail: deleting each frame from the
+        # front of a buffer would move the rest of a 1 MB chunk once per frame.
+        while size - pos >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(buf, pos)
             self.check_length(length)
-            end = LENGTH.size + length
-            if len(self._buf) < end:
+            end = pos + LENGTH.size + length
+            if size < end:
                 break
-            body = bytes(self._buf[LENGTH.size:end])
-            frames.append(decode_body(body, self.where()))
-            del self._buf[:end]
+            frames.append(decode_body(buf[pos + LENGTH.size:end], self.where()))
             self.frames_seen += 1
-            self.bytes_seen += end
+            self.bytes_seen += end - pos
+            pos = end
+        self._buf = bytearray(buf[pos:])
         return frames
 
     def check_length(self, length: int) -> None:

@@ -115,7 +115,7 @@ class ReplicationSource:
         epoch = self.epoch()
         out: list[bytes] = []
         for b in reader.read(max_bytes=CATCHUP_BYTES):
-            out.append(frames.encode_batch(epoch, b.seq, b.count, b.ops))
+            out.append(frames.encode_batch(epoch, b.seq, b.count, b.payload))
             next_seq = b.last_seq + 1
         return b"".join(out), next_seq
 

@@ -19,8 +19,9 @@ raise ``IndexError`` (free inside ``try`` on 3.11+) instead of checking each rea
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from hacluster.wal.errors import WalCorruption, WalUnsupported
 
@@ -108,6 +109,8 @@ class WalBatch:
     ops: list[Op]
     log_number: int
     offset: int
+    payload: bytes = field(default=b"", compare=False, repr=False)
+    """The serialized WriteBatch itself: what the stream ships, so nothing is re-encoded."""
 
     @property
     def last_seq(self) -> int:
@@ -124,6 +127,7 @@ _set_count = WalBatch.__dict__["count"].__set__
 _set_ops = WalBatch.__dict__["ops"].__set__
 _set_log_number = WalBatch.__dict__["log_number"].__set__
 _set_offset = WalBatch.__dict__["offset"].__set__
+_set_payload = WalBatch.__dict__["payload"].__set__
 
 
 class _TooLong(Exception):
@@ -283,7 +287,134 @@ def decode_batch(
     _set_ops(batch, ops)
     _set_log_number(batch, log_number)
     _set_offset(batch, offset)
+    _set_payload(batch, p)
     return batch
+
+
+def replay_batch(
+    payload: bytes,
+    put: Callable[[bytes, bytes, Any], object],
+    delete: Callable[[bytes, Any], object],
+    delete_range: Callable[[bytes, bytes, Any], object],
+    handles: Mapping[int, Any],
+    *,
+    where: str = "?",
+) -> tuple[int, int]:
+    """Decode a serialized WriteBatch straight into ``put``/``delete``/``delete_range`` calls.
+
+    The replica's apply path: ``put(key, value, handles[cf_id])`` and friends, in entry order,
+    with no intermediate op tuples. Accepts and rejects exactly what ``decode_batch`` does
+    (a property test holds the two to that); single deletes are replayed as deletes. Returns
+    ``(seq, count)``. On any error nothing has been written by this function itself: callers
+    pass the methods of a WriteBatch they only commit after this returns.
+    """
+    p = payload if type(payload) is bytes else bytes(payload)
+    n = len(p)
+    if n < HEADER_SIZE:
+        raise WalCorruption(
+            where, 0, f"WriteBatch of {n} bytes is shorter than its {HEADER_SIZE}-byte header"
+        )
+    seq, count = _HEADER.unpack_from(p, 0)
+    done = 0
+    i = HEADER_SIZE
+    start = i
+    try:
+        while i < n:
+            start = i
+            tag = p[i]
+            i += 1
+            if tag == 0x5 or tag == 0x1:
+                if tag == 0x5:
+                    cf = p[i]
+                    i += 1
+                    if cf >= 0x80:
+                        cf, i = _varint32(p, i - 1)
+                else:
+                    cf = 0
+                klen = p[i]
+                i += 1
+                if klen >= 0x80:
+                    klen, i = _varint32(p, i - 1)
+                j = i + klen
+                key = p[i:j]
+                vlen = p[j]
+                j += 1
+                if vlen >= 0x80:
+                    b = p[j]
+                    if b < 0x80:
+                        vlen = (vlen & 0x7F) | (b << 7)
+                        j += 1
+                    else:
+                        vlen, j = _varint32(p, j - 1)
+                i = j + vlen
+                if i > n:
+                    raise IndexError
+                put(key, p[j:i], handles[cf])
+                done += 1
+            elif tag == 0x4 or tag == 0x0 or tag == 0x7 or tag == 0x8:
+                if tag == 0x4 or tag == 0x8:
+                    cf = p[i]
+                    i += 1
+                    if cf >= 0x80:
+                        cf, i = _varint32(p, i - 1)
+                else:
+                    cf = 0
+                klen = p[i]
+                i += 1
+                if klen >= 0x80:
+                    klen, i = _varint32(p, i - 1)
+                j = i + klen
+                if j > n:
+                    raise IndexError
+                delete(p[i:j], handles[cf])
+                done += 1
+                i = j
+            elif tag == 0xE or tag == 0xF:
+                if tag == 0xE:
+                    cf = p[i]
+                    i += 1
+                    if cf >= 0x80:
+                        cf, i = _varint32(p, i - 1)
+                else:
+                    cf = 0
+                klen = p[i]
+                i += 1
+                if klen >= 0x80:
+                    klen, i = _varint32(p, i - 1)
+                j = i + klen
+                begin = p[i:j]
+                vlen = p[j]
+                j += 1
+                if vlen >= 0x80:
+                    vlen, j = _varint32(p, j - 1)
+                i = j + vlen
+                if i > n:
+                    raise IndexError
+                delete_range(begin, p[j:i], handles[cf])
+                done += 1
+            elif tag == 0x3:
+                blen = p[i]
+                i += 1
+                if blen >= 0x80:
+                    blen, i = _varint32(p, i - 1)
+                i += blen
+                if i > n:
+                    raise IndexError
+            else:
+                raise WalUnsupported(where, 0, f"tag {tag:#x} ({tag_name(tag)})", tag)
+    except IndexError:
+        raise WalCorruption(
+            where, 0, f"WriteBatch entry at payload byte {start} (tag {p[start]:#x}) is truncated"
+        ) from None
+    except _TooLong:
+        raise WalCorruption(
+            where, 0, f"WriteBatch entry at payload byte {start} has an invalid varint32"
+        ) from None
+    if done != count:
+        raise WalCorruption(
+            where, 0, f"WriteBatch count mismatch: header says {count}, decoded {done} entries"
+        )
+    return seq, count
 
 
 def _put_varint32(out: bytearray, v: int) -> None:

@@ -306,6 +306,10 @@ class WalReader:
                     if not self._switch_log():
                         return
                     continue
+                if out:
+                    # Data came from this log during this call: look for a newer log on the
+                    # next call, so live tailing does not list two directories per write.
+                    return
                 if any(n > self._log_number for n in list_logs(self._dir)):
                     self._sealed = True
                     continue

@@ -160,6 +160,7 @@ class Cluster:
                  primary: str = "n1", replication: dict[str, Any] | None = None,
                  storage: dict[str, Any] | None = None) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         names = list(names)
         ports = free_ports(len(names))
         self.primary_name = primary
@@ -244,7 +245,7 @@ def read_db(db_dir: Path) -> tuple[int, dict[str, dict[bytes, bytes]]]:
         contents = {}
         for name in names:
             view = db if name == "default" else db.get_column_family(name)
-            contents[name] = {bytes(k): bytes(v) for k, v in view.items()}
+            contents[name] = {bytes(k): bytes(v) for k, v in view.items()}  # type: ignore[arg-type]
             del view
         return int(db.latest_sequence_number()), contents
     finally:

@@ -1,0 +1,1 @@
+"""Test and benchmark support: real node processes on loopback (never mocks)."""
