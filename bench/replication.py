@@ -183,6 +183,10 @@ def bench_cluster(root: Path, seconds: float) -> dict[str, float]:
         print(f"sustained: primary {write_rate:,.0f} ops/s, replica n2 {apply_rate:,.0f} ops/s "
               f"(client saw {load['ops'] / load['elapsed']:,.0f} ops/s, {load['errors']} errors)")
 
+        # Let the flushes and compactions the sustained load left behind finish first, so the
+        # lag figure is about replication, not a compaction backlog.
+        wait_for(lambda: all(not any(n.status()["rocksdb"].values())
+                             for n in cluster.nodes.values()), 120, "compactions to settle")
         trace.write_text("")
         paced = run_load(p.port, seconds, 1, write_rate / 2, 3)
         cluster.wait_converged(timeout=60)
@@ -337,6 +341,9 @@ def bench_bootstrap(root: Path, target_mb: int) -> dict[str, float]:
                          for _ in range(100)])
         store.flush()
     store.compact()
+    # cp -r copies what a bootstrap transfers: a checkpoint of the DB (not its WAL archive).
+    cp_src = root / "cp-source"
+    store.checkpoint(cp_src)
     store.close()
     try:
         cluster.start()
@@ -345,7 +352,7 @@ def bench_bootstrap(root: Path, target_mb: int) -> dict[str, float]:
                        check=True)
         cp_dst = root / "cp-copy"
         started = time.perf_counter()
-        subprocess.run(["cp", "-r", str(db_dir), str(cp_dst)], check=True)
+        subprocess.run(["cp", "-r", str(cp_src), str(cp_dst)], check=True)
         cp_s = time.perf_counter() - started
         cp_bytes = dir_bytes(cp_dst)
         shutil.rmtree(cp_dst)
@@ -356,8 +363,7 @@ def bench_bootstrap(root: Path, target_mb: int) -> dict[str, float]:
         async def fetch() -> dict[str, Any]:
             boot = Bootstrapper(replica, f"http://127.0.0.1:{cluster.primary.port}",
                                 {"Authorization": f"Bearer {TOKEN}"}, "bench", 1 << 20)
-            async with aiohttp.ClientSession() as session:
-                manifest = await boot.fetch(session)
+            manifest = await boot.fetch()
             install(replica)
             return manifest
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from hacluster.config import FRAME_OVERHEAD
 from hacluster.store import StoreError
 from hacluster.wal.batch import PUT
 from hacluster.writes import BadRequest, check_cf, check_key, check_value, parse_batch
@@ -67,7 +68,8 @@ def build_app(node: Node) -> web.Application:
         url = node.primary_url()
         if url is None:
             return error(503, "no primary is known", leader=None)
-        # 307 keeps method and body, so `curl -L` replays the write on the primary.
+        # 307 keeps method and body; `curl --location-trusted` replays the write (with its
+        # Authorization header) on the primary.
         raise web.HTTPTemporaryRedirect(location=f"{url}{request.rel_url}")
 
     async def put_kv(request: web.Request) -> web.Response:
@@ -143,6 +145,13 @@ def build_app(node: Node) -> web.Application:
 
 
 async def _write(node: Node, ops: list[tuple[int, str, bytes, bytes]]) -> web.Response:
+    # A WriteBatch costs each op its key and value plus at most 16 bytes of tags and varints;
+    # a batch that could not travel in one replication frame is refused before it is written.
+    size = 12 + sum(len(k) + len(v) + 16 for _, _, k, v in ops)
+    limit = node.cfg.replication.max_frame_bytes - FRAME_OVERHEAD
+    if size > limit:
+        return error(413, f"write of ~{size} bytes exceeds what one replication frame carries "
+                          f"({limit} bytes; replication.max_frame_bytes)")
     try:
         applied = node.write(ops)
     except StoreError as exc:

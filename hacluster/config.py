@@ -21,6 +21,8 @@ import yaml
 TOKEN_ENV = "HACLUSTER_TOKEN"
 RAFT_PASSWORD_ENV = "HACLUSTER_RAFT_PASSWORD"
 
+# Room in a frame beyond the WriteBatch itself (CBOR map, header fields, checksum).
+FRAME_OVERHEAD = 4096
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -64,7 +66,7 @@ class ReplicationConfig:
     reconnect_backoff_min: float = 0.1
     reconnect_backoff_max: float = 5.0
     fsync_on_apply: bool = False
-    max_frame_bytes: int = 16 << 20
+    max_frame_bytes: int = 80 << 20
     ack_interval: float = 0.0
     checkpoint_ttl_seconds: int = 3600
     bootstrap_chunk_bytes: int = 1 << 20
@@ -227,7 +229,8 @@ def load_config(path: str | os.PathLike[str],
 def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     cluster = top.child("cluster", required=True)
     name = _name(cluster, "cluster.name", cluster.get("name", str))
-    token = env.get(TOKEN_ENV) or cluster.get("token", str, "")
+    token = cluster.get("token", str, "")
+    token = env.get(TOKEN_ENV) or token  # the environment overrides the file
     if not token:
         raise cluster.fail("cluster.token", f"required (in the file or in ${TOKEN_ENV})")
     if len(token) < 16:
@@ -252,6 +255,11 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     nodes = _nodes(top, source)
     top.finish()
 
+    if limits.max_body_bytes + FRAME_OVERHEAD > replication.max_frame_bytes:
+        raise ConfigError(
+            f"{source}: replication.max_frame_bytes: {replication.max_frame_bytes} is too small "
+            f"for limits.max_body_bytes {limits.max_body_bytes}: the largest write must fit in "
+            f"one frame (need at least max_body_bytes + {FRAME_OVERHEAD})")
     if primary not in {n.name for n in nodes}:
         raise cluster.fail("cluster.primary", f"{primary!r} is not one of the nodes")
     return ClusterConfig(

@@ -149,9 +149,10 @@ class Node:
             "node": self.name,
             "role": "primary" if self.is_primary else "replica",
             "primary": self.role.primary,
-            "epoch": self.role.epoch,
+            "epoch": self.follower.known_epoch if self.follower else self.role.epoch,
             "applied_seq": seq,
             "column_families": self.column_families,
+            "rocksdb": store.background_work() if store else None,
             "uptime": round(time.time() - self.started_at, 1),
         }
         if self.is_primary:

@@ -168,6 +168,20 @@ class Store:
         for key, value in self.view(cf).items():
             yield bytes(key), bytes(value)  # type: ignore[arg-type]
 
+    def background_work(self) -> dict[str, int]:
+        """RocksDB's flush and compaction activity (running now, and pending across CFs)."""
+        db = self._db
+        pending = sum(
+            int(self.view(cf).property_int_value("rocksdb.compaction-pending") or 0)
+            + int(self.view(cf).property_int_value("rocksdb.mem-table-flush-pending") or 0)
+            for cf in self._cf_ids)
+        return {
+            "running_flushes": int(db.property_int_value("rocksdb.num-running-flushes") or 0),
+            "running_compactions": int(
+                db.property_int_value("rocksdb.num-running-compactions") or 0),
+            "pending": pending,
+        }
+
     def content_hash(self) -> dict[str, Any]:
         """A digest of every column family's contents at the current seq (like etcd's HashKV)."""
         cfs: dict[str, dict[str, int]] = {}

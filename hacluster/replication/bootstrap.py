@@ -28,6 +28,8 @@ from hacluster.replication.checkpoints import file_crc32c, fsync_dir
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 1.0
+READ_BUFFER = 4 << 20
+PARALLEL_FILES = 3
 
 
 class BootstrapError(Exception):
@@ -111,6 +113,11 @@ class _Progress:
             log.info("bootstrap: %.1f/%.1f MB (%.0f%%), %.1f MB/s", self.done / 1e6,
                      self.total / 1e6, pct, (self.done - self.base) / 1e6 / elapsed)
 
+    def skip(self, n: int) -> None:
+        """Bytes already on disk from an earlier attempt: done, but not transferred now."""
+        self.done += n
+        self.base += n
+
     @property
     def rate_mb_s(self) -> float:
         return (self.done - self.base) / 1e6 / max(time.monotonic() - self.started, 1e-6)
@@ -130,8 +137,15 @@ class Bootstrapper:
         self.bytes_downloaded = 0
         self.last_rate_mb_s = 0.0
 
-    async def fetch(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+    async def fetch(self) -> dict[str, Any]:
         """Create a checkpoint on the primary and download it; returns the verified manifest."""
+        # A session of its own: large read buffers for file transfer, and a read timeout long
+        # enough for the primary to checksum a large checkpoint before it answers.
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
+        async with aiohttp.ClientSession(timeout=timeout, read_bufsize=READ_BUFFER) as session:
+            return await self._fetch(session)
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> dict[str, Any]:
         url = f"{self.primary_url}/v1/replication/checkpoints"
         async with session.post(url, json={"node": self.node}, headers=self.headers) as resp:
             if resp.status != 200:
@@ -144,9 +158,15 @@ class Bootstrapper:
         self._prepare(manifest)
         done = sum(f["size"] for f in manifest["files"] if (self.lay.files / f["name"]).exists())
         progress = _Progress(manifest["total_bytes"], done)
-        for entry in manifest["files"]:
-            if not (self.lay.files / entry["name"]).exists():
+        # A few files at once: one file's fsync (off the loop) overlaps the others' transfer.
+        gate = asyncio.Semaphore(PARALLEL_FILES)
+
+        async def one(entry: dict[str, Any]) -> None:
+            async with gate:
                 await self._download(session, manifest["id"], entry, progress)
+
+        await asyncio.gather(*(one(e) for e in manifest["files"]
+                               if not (self.lay.files / e["name"]).exists()))
         progress.add(0, force=True)
         self.last_rate_mb_s = progress.rate_mb_s
         self._verify_all(manifest)
@@ -192,7 +212,7 @@ class Bootstrapper:
         crc = file_crc32c(part) if have else 0
         if have:
             log.info("bootstrap: resuming %s at byte %d of %d", name, have, size)
-            progress.add(have)
+            progress.skip(have)
         headers = dict(self.headers)
         if have:
             headers["Range"] = f"bytes={have}-"
@@ -213,7 +233,7 @@ class Bootstrapper:
                         if self.max_rate:
                             await self._throttle(progress)
                     f.flush()
-                    os.fsync(f.fileno())
+                    await asyncio.to_thread(os.fsync, f.fileno())
         else:
             part.touch()  # empty files (a fresh WAL) are part of the checkpoint too
         if have != size or crc != want:

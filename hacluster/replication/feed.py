@@ -73,8 +73,13 @@ class WalFeed:
         self._changed.set()
 
     def notify(self) -> None:
-        """Called by the write path after a local write: new WAL records are on disk."""
-        self._wake.set()
+        """Called by the write path after a local write: new WAL records are on disk.
+
+        Reads them at once, so the streams are woken before the writer's response goes out;
+        only a read that hit its byte bound leaves the rest to the feed task.
+        """
+        if self.poll():
+            self._wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -135,8 +140,8 @@ class WalFeed:
             return FeedState(b"", next_seq, behind=True)
         i = bisect.bisect_right(self._seqs, next_seq) - 1
         if self._seqs[i] != next_seq:
-            # Positions are always batch boundaries; anything else is a caller bug.
-            raise ValueError(f"seq {next_seq} is inside the batch starting at {self._seqs[i]}")
+            # Inside a batch: only the disk reader can say so precisely (WalNotAtBoundary).
+            return FeedState(b"", next_seq, behind=True)
         out: list[bytes] = []
         size = 0
         j = i

@@ -38,6 +38,10 @@ class StreamError(Exception):
     """The stream ended or carried something we refuse; reconnect after a backoff."""
 
 
+class Diverged(Exception):
+    """This node's history is not a prefix of the primary's; applying more would be wrong."""
+
+
 class NeedBootstrap(Exception):
     """The primary no longer has our position (410) or we have no DB."""
 
@@ -149,19 +153,19 @@ class Follower:
 
     async def _loop(self, session: aiohttp.ClientSession) -> None:
         need_bootstrap = not has_database(self.data_dir / "db")
-        if not need_bootstrap:
-            self.store = self.open_store()
         while not self._stopping:
             try:
+                if self.store is None and not need_bootstrap:
+                    self.store = self.open_store()
                 if need_bootstrap:
-                    await self._bootstrap(session)
+                    await self._bootstrap()
                     need_bootstrap = False
                 await self._stream(session)
             except NeedBootstrap as exc:
                 log.warning("%s: bootstrap needed: %s", self.node, exc)
                 need_bootstrap = True
                 continue
-            except DivergenceError as exc:
+            except (DivergenceError, Diverged) as exc:
                 self._fail("diverged", str(exc))
                 log.error("%s: stopped applying: %s", self.node, exc)
                 return
@@ -188,13 +192,13 @@ class Follower:
         self.status.state = state
         self.status.error = error
 
-    async def _bootstrap(self, session: aiohttp.ClientSession) -> None:
+    async def _bootstrap(self) -> None:
         self.status.state = "bootstrapping"
         self.status.bootstraps += 1
         boot = Bootstrapper(self.data_dir, self.primary_url, self.headers, self.node,
                             self.cfg.bootstrap_chunk_bytes, self.cfg.bootstrap_max_rate_mb_s)
         try:
-            manifest = await boot.fetch(session)
+            manifest = await boot.fetch()
         finally:
             self.status.bootstrap_bytes += boot.bytes_downloaded
         # Install before open: the old handle goes first, so no descriptor points at old files.
@@ -219,6 +223,8 @@ class Follower:
                                headers=self.headers) as resp:
             if resp.status == 410:
                 raise NeedBootstrap((await resp.json()).get("reason", "410 Gone"))
+            if resp.status == 409:
+                raise Diverged((await resp.json()).get("reason", "409 Conflict"))
             if resp.status != 200:
                 raise StreamError(f"stream request failed: HTTP {resp.status}: "
                                   f"{(await resp.text())[:300]}")
@@ -242,6 +248,8 @@ class Follower:
             decision = decide(applied, self.known_epoch, frame)
             if decision.verdict is Verdict.SKIP:
                 return
+            if decision.verdict is Verdict.OVERLAP:
+                raise Diverged(decision.reason)
             if decision.verdict is not Verdict.APPLY:
                 raise StreamError(decision.reason)
             try:
@@ -250,6 +258,8 @@ class Follower:
                 raise frames.FrameError(f"batch at seq {frame.seq} cannot be applied: {exc}; "
                                         "nothing applied") from None
             store.commit(batch, frame.seq, frame.count, sync=self.cfg.fsync_on_apply)
+            if self.status.primary_seq is None or frame.last_seq > self.status.primary_seq:
+                self.status.primary_seq = frame.last_seq
             self.status.batches_applied += 1
             self.status.ops_applied += frame.count
             self._acks.update(frame.last_seq)
