@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="text", choices=["text", "json"])
+    up = sub.add_parser(
+        "up", help="run every node of a config on this machine (local cluster)",
+        description="Start one `hacluster run` process per node of the config, print where "
+                    "they listen and how to try them, and stop them all on Ctrl-C/SIGTERM.")
+    up.add_argument("--config", required=True, help="cluster config file (YAML)")
+    up.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check-config", help="validate a config file and exit",
                            description="Validate a config file; exit 0 if it is good.")
     check.add_argument("--config", required=True)
@@ -75,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(cfg.nodes)} nodes)")
         return 0
+    if args.command == "up":
+        from hacluster.local import run_local_cluster
+        return run_local_cluster(cfg, args.config, args.log_level)
     try:
         cfg.node(args.node)
     except ConfigError as exc:
