@@ -262,7 +262,8 @@ def bench_wal(root: Path, target_mb: int) -> dict[str, float]:
         decoded.extend(batch_list)
     reader.close()
     raw_dir = root / "raw" / "db"
-    storage = StorageConfig(write_buffer_size_mb=64)
+    # Large memtables: neither run is slowed by flushes or compactions competing for the CPU.
+    storage = StorageConfig(write_buffer_size_mb=512)
     store = Store(raw_dir, CFS, storage)
     db = store._db
     handles = [store.handle(n) for n in names]
@@ -351,11 +352,19 @@ def bench_bootstrap(root: Path, target_mb: int) -> dict[str, float]:
         subprocess.run(["cat", *map(str, db_dir.glob("*.sst"))], stdout=subprocess.DEVNULL,
                        check=True)
         cp_dst = root / "cp-copy"
-        started = time.perf_counter()
-        subprocess.run(["cp", "-r", str(cp_src), str(cp_dst)], check=True)
-        cp_s = time.perf_counter() - started
-        cp_bytes = dir_bytes(cp_dst)
-        shutil.rmtree(cp_dst)
+        cp_bytes = dir_bytes(cp_src)
+
+        def timed_cp(sync: bool) -> float:
+            started = time.perf_counter()
+            subprocess.run(["cp", "-r", str(cp_src), str(cp_dst)], check=True)
+            if sync:  # the same durability the bootstrap gives: every file fsync'd
+                subprocess.run(["sync", *map(str, cp_dst.iterdir())], check=True)
+            elapsed = time.perf_counter() - started
+            shutil.rmtree(cp_dst)
+            return elapsed
+
+        cp_s = statistics.median(timed_cp(False) for _ in range(3))
+        cp_sync_s = statistics.median(timed_cp(True) for _ in range(3))
 
         replica = root / "replica"
         replica.mkdir()
@@ -377,10 +386,13 @@ def bench_bootstrap(root: Path, target_mb: int) -> dict[str, float]:
         cluster.stop()
     boot_mb_s = manifest["total_bytes"] / 1e6 / boot_s
     cp_mb_s = cp_bytes / 1e6 / cp_s
+    cp_sync_mb_s = cp_bytes / 1e6 / cp_sync_s
     print(f"bootstrap: {manifest['total_bytes'] / 1e6:.0f} MB in {boot_s:.2f} s = "
           f"{boot_mb_s:.0f} MB/s (checkpoint, checksums, HTTP, fsync, install); "
-          f"cp -r {cp_bytes / 1e6:.0f} MB in {cp_s:.2f} s = {cp_mb_s:.0f} MB/s")
-    return {"bootstrap_mb_s": boot_mb_s, "cp_mb_s": cp_mb_s, "bootstrap_ratio": boot_mb_s / cp_mb_s}
+          f"cp -r {cp_bytes / 1e6:.0f} MB: {cp_mb_s:.0f} MB/s, cp -r + sync: "
+          f"{cp_sync_mb_s:.0f} MB/s (medians of 3)")
+    return {"bootstrap_mb_s": boot_mb_s, "cp_mb_s": cp_mb_s, "bootstrap_ratio": boot_mb_s / cp_mb_s,
+            "cp_sync_mb_s": cp_sync_mb_s, "bootstrap_sync_ratio": boot_mb_s / cp_sync_mb_s}
 
 
 def main() -> int:
@@ -408,7 +420,7 @@ def main() -> int:
     print()
     print(f"{'figure':<22}{'value':>14}   goal")
     goals = {"apply_ratio": ">= 0.95", "lag_p99_ms": "<= 5 ms", "wal_apply_ratio": ">= 0.8",
-             "bootstrap_ratio": ">= 0.8"}
+             "bootstrap_ratio": ">= 0.8 (vs cp -r)"}
     for key, value in result.items():
         print(f"{key:<22}{value:>14,.3f}   {goals.get(key, '')}")
     print(f"(total {time.monotonic() - started:.0f} s)")

@@ -36,7 +36,8 @@ class Address:
     port: int
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -153,6 +154,8 @@ class _Reader:
         return value
 
     def _bounds(self, name: str, value: float, minimum: float, maximum: float | None) -> None:
+        if value != value:  # NaN compares false with everything, so it would pass the bounds
+            raise self.fail(self.key(name), "must be a number, got NaN")
         if value < minimum or (maximum is not None and value > maximum):
             upper = f" and at most {maximum}" if maximum is not None else ""
             raise self.fail(self.key(name), f"must be at least {minimum}{upper}, got {value}")
@@ -162,7 +165,7 @@ class _Reader:
         return _Reader(self.source, value, self.key(name))
 
     def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
+        unknown = sorted(str(k) for k in set(self.data) - self.seen)
         if unknown:
             raise self.fail(self.key(str(unknown[0])), "unknown key")
 
@@ -215,6 +218,8 @@ def load_config(path: str | os.PathLike[str],
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 from collections.abc import Collection
 from typing import Any
@@ -40,7 +41,10 @@ def _bytes_field(op: dict[str, Any], name: str, index: int, required: bool = Tru
         if isinstance(value, bytes):
             return value
         if isinstance(value, str):
-            return value.encode("utf-8")
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest(f"ops[{index}].{name}: not valid Unicode text") from None
         raise BadRequest(f"ops[{index}].{name}: expected a string or bytes")
     b64 = f"{name}_b64"
     if b64 in op:
@@ -79,9 +83,12 @@ def parse_batch(body: bytes, content_type: str, limits: LimitsConfig,
                 column_families: Collection[str]) -> list[NamedOp]:
     if content_type == CBOR_TYPE:
         try:
-            doc = cbor2.loads(body)
+            stream = io.BytesIO(body)
+            doc = cbor2.CBORDecoder(stream).decode()
         except Exception as exc:  # cbor2 raises many types on garbage
             raise BadRequest(f"body is not valid CBOR: {exc}") from None
+        if stream.tell() != len(body):
+            raise BadRequest(f"body has {len(body) - stream.tell()} bytes after the CBOR value")
     else:
         try:
             doc = json.loads(body)
@@ -96,7 +103,8 @@ def parse_batch(body: bytes, content_type: str, limits: LimitsConfig,
     for i, op in enumerate(raw):
         if not isinstance(op, dict):
             raise BadRequest(f"ops[{i}]: expected a map")
-        kind = _KINDS.get(op.get("op"))  # type: ignore[arg-type]
+        name = op.get("op")
+        kind = _KINDS.get(name) if isinstance(name, str) else None
         if kind is None:
             raise BadRequest(f"ops[{i}].op: expected one of put, delete, delete_range, "
                              f"got {op.get('op')!r}")
