@@ -88,6 +88,7 @@ class ClusterConfig:
 
     name: str
     token: str
+    raft_password: str | None   # for the consensus layer; optional until it lands
     primary: str
     epoch: int
     column_families: tuple[str, ...]
@@ -240,6 +241,10 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         raise cluster.fail("cluster.token", f"required (in the file or in ${TOKEN_ENV})")
     if len(token) < 16:
         raise cluster.fail("cluster.token", "must be at least 16 characters")
+    raft_password = cluster.get("raft_password", str, "")
+    raft_password = env.get(RAFT_PASSWORD_ENV) or raft_password or None
+    if raft_password is not None and len(raft_password) < 16:
+        raise cluster.fail("cluster.raft_password", "must be at least 16 characters")
     primary = cluster.get("primary", str)
     epoch = cluster.integer("epoch", 1, minimum=1)
     cluster.finish()
@@ -268,7 +273,8 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     if primary not in {n.name for n in nodes}:
         raise cluster.fail("cluster.primary", f"{primary!r} is not one of the nodes")
     return ClusterConfig(
-        name=name, token=token, primary=primary, epoch=epoch, column_families=tuple(cfs),
+        name=name, token=token, raft_password=raft_password, primary=primary, epoch=epoch,
+        column_families=tuple(cfs),
         nodes=nodes, storage=storage, replication=replication, limits=limits, source=source,
     )
 

@@ -546,3 +546,15 @@ def test_duplicate_ipv6_address_is_bracketed(tmp_path: Path) -> None:
     data["nodes"][1]["api"] = "[::1]:8701"
     path = write(tmp_path, data)
     assert error_of(path) == f"{path}: nodes[1].api: [::1]:8701 is already used by n1"
+
+
+def test_raft_password_from_file_or_env(tmp_path: Path) -> None:
+    data = doc()
+    data["cluster"]["raft_password"] = "file-raft-password-123"
+    path = write(tmp_path, data)
+    assert load(path).raft_password == "file-raft-password-123"
+    env = {"HACLUSTER_RAFT_PASSWORD": "env-raft-password-456"}
+    assert load(path, env).raft_password == "env-raft-password-456"
+    data["cluster"]["raft_password"] = "short"
+    path = write(tmp_path, data)
+    assert error_of(path) == f"{path}: cluster.raft_password: must be at least 16 characters"
