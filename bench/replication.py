@@ -235,7 +235,7 @@ def write_wal(db_dir: Path, target_mb: int) -> int:
 
 def _produce(db_dir: str, fd: int) -> None:
     """Runs in its own process, as the primary does: read the WAL, encode frames, send."""
-    reader = WalReader(db_dir, 1)
+    reader = WalReader(db_dir, 1, decode_ops=False)
     out = os.fdopen(fd, "wb", buffering=0)
     encode = frames.encode_batch
     while True:

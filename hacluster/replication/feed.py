@@ -41,7 +41,7 @@ class WalFeed:
         self._db_dir = db_dir
         self._epoch = epoch
         self._ring_bytes = ring_bytes
-        self._reader = WalReader(db_dir, start_seq)
+        self._reader = WalReader(db_dir, start_seq, decode_ops=False)
         self._seqs: list[int] = []       # first seq of each frame in the ring
         self._frames: list[bytes] = []
         self._size = 0

@@ -71,7 +71,7 @@ class ReplicationSource:
         private: WalReader | None = None
         first_chunk = b""
         if self.feed.look(next_seq).behind:
-            private = WalReader(self.db_dir, next_seq)
+            private = WalReader(self.db_dir, next_seq, decode_ops=False)
             try:
                 first_chunk, next_seq = await asyncio.to_thread(
                     self._read_private, private, next_seq)
@@ -132,7 +132,7 @@ class ReplicationSource:
             data = state.data
             if state.behind:
                 if private is None:
-                    private = WalReader(self.db_dir, next_seq)
+                    private = WalReader(self.db_dir, next_seq, decode_ops=False)
                 try:
                     data, state.next_seq = await asyncio.to_thread(
                         self._read_private, private, next_seq)

@@ -25,6 +25,13 @@ from typing import Any
 
 from hacluster.wal.errors import WalCorruption, WalUnsupported
 
+try:
+    from hacluster.wal import _replay as _c_replay  # type: ignore[attr-defined]
+except ImportError:  # not compiled (no C compiler at install time): pure Python it is
+    _c_replay = None
+
+C_ACCELERATED = _c_replay is not None
+
 __all__ = [
     "DELETE",
     "DELETE_RANGE",
@@ -304,10 +311,68 @@ def replay_batch(
 
     The replica's apply path: ``put(key, value, handles[cf_id])`` and friends, in entry order,
     with no intermediate op tuples. Accepts and rejects exactly what ``decode_batch`` does
-    (a property test holds the two to that); single deletes are replayed as deletes. Returns
-    ``(seq, count)``. On any error nothing has been written by this function itself: callers
-    pass the methods of a WriteBatch they only commit after this returns.
+    (property tests hold both implementations to that); single deletes are replayed as
+    deletes. Returns ``(seq, count)``. On an error some calls may already have been made:
+    callers pass the methods of a WriteBatch they only commit after this returns.
+
+    Uses the C accelerator when it was built; on malformed input it re-decodes in Python
+    (with no-op sinks) only to raise the precise error.
     """
+    if _c_replay is not None:
+        result: tuple[int, int] | None = _c_replay.replay(payload, put, delete, delete_range,
+                                                          handles)
+        if result is not None:
+            return result
+        _replay_batch_py(payload, _ignore, _ignore, _ignore, _AnyHandle(), where=where)
+        raise WalCorruption(where, 0, "WriteBatch rejected by the C decoder but not by the "
+                            "Python one; refusing it")  # a decoder bug; never apply
+    return _replay_batch_py(payload, put, delete, delete_range, handles, where=where)
+
+
+def check_batch(
+    payload: bytes, *, path: str = "?", offset: int = 0, log_number: int = 0
+) -> WalBatch:
+    """Validate a serialized WriteBatch as ``decode_batch`` does, without decoding its ops.
+
+    For readers that only forward the bytes (the primary's stream): read ``payload``, not
+    ``ops`` (empty when the C accelerator did the check). Raises what ``decode_batch`` raises.
+    """
+    if _c_replay is not None:
+        header: tuple[int, int] | None = _c_replay.validate(payload)
+        if header is not None:
+            batch: WalBatch = _new_object(WalBatch)
+            _set_seq(batch, header[0])
+            _set_count(batch, header[1])
+            _set_ops(batch, [])
+            _set_log_number(batch, log_number)
+            _set_offset(batch, offset)
+            _set_payload(batch, payload if type(payload) is bytes else bytes(payload))
+            return batch
+    # No accelerator, or a bad batch: the Python decoder validates and names any error.
+    return decode_batch(payload, path=path, offset=offset, log_number=log_number)
+
+
+def _ignore(*args: object) -> None:
+    return None
+
+
+class _AnyHandle:
+    """A handles mapping for error re-decoding: every column-family id maps to None."""
+
+    def __getitem__(self, cf: int) -> None:
+        return None
+
+
+def _replay_batch_py(
+    payload: bytes,
+    put: Callable[[bytes, bytes, Any], object],
+    delete: Callable[[bytes, Any], object],
+    delete_range: Callable[[bytes, bytes, Any], object],
+    handles: Mapping[int, Any] | _AnyHandle,
+    *,
+    where: str = "?",
+) -> tuple[int, int]:
+    """The pure-Python replay: the reference the C accelerator is tested against."""
     p = payload if type(payload) is bytes else bytes(payload)
     n = len(p)
     if n < HEADER_SIZE:

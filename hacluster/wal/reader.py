@@ -25,7 +25,7 @@ import struct
 from pathlib import Path
 
 from hacluster.wal.batch import HEADER_SIZE as BATCH_HEADER_SIZE
-from hacluster.wal.batch import WalBatch, decode_batch
+from hacluster.wal.batch import WalBatch, check_batch, decode_batch
 from hacluster.wal.errors import (
     WalCorruption,
     WalError,
@@ -93,12 +93,16 @@ class WalReader:
     that error (every later ``read`` raises it again): open a new one.
     """
 
-    def __init__(self, db_dir: str | os.PathLike[str], start_seq: int) -> None:
+    def __init__(self, db_dir: str | os.PathLike[str], start_seq: int, *,
+                 decode_ops: bool = True) -> None:
+        """``decode_ops=False``: batches are validated but only their ``payload`` is kept (a
+        stream forwards the bytes; decoding every op on the primary would be wasted work)."""
         if start_seq < 1:
             raise ValueError(
                 f"start_seq must be >= 1 (RocksDB numbers writes from 1), got {start_seq}"
             )
         self._dir = Path(db_dir)
+        self._decode = decode_batch if decode_ops else check_batch
         self._start_seq = start_seq
         self._next_seq = start_seq
         self._rr: LogRecordReader | None = None
@@ -325,7 +329,7 @@ class WalReader:
                     if not self._found_start and seq + count - 1 < self._next_seq:
                         continue
                 try:
-                    batch = decode_batch(payload, path=path, offset=offset, log_number=number)
+                    batch = self._decode(payload, path=path, offset=offset, log_number=number)
                     if batch.seq != self._next_seq:
                         self._sequence_error(batch, path)
                 except (WalError, WalGone):

@@ -1,0 +1,11 @@
+"""Build hook for the optional C accelerator; all metadata lives in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        # optional: where it cannot be compiled, hacluster uses the pure-Python decoder.
+        Extension("hacluster.wal._replay", ["hacluster/wal/_replay.c"], optional=True,
+                  extra_compile_args=["-O2", "-Wall", "-Wextra"]),
+    ],
+)
