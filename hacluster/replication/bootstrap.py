@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import crc32c
 
-from hacluster.replication.checkpoints import file_crc32c, fsync_dir
+from hacluster.replication.checkpoints import file_crc32c, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def install(data_dir: Path) -> int:
         if lay.db.exists():
             lay.db.rename(lay.old)
         lay.files.rename(lay.db)
-        fsync_dir(data_dir)
+        fsync_path(data_dir)
     shutil.rmtree(lay.staging, ignore_errors=True)
     shutil.rmtree(lay.old, ignore_errors=True)
     log.info("installed checkpoint %s (seq %d) into %s", marker.get("id"), marker["seq"], lay.db)
@@ -173,9 +173,9 @@ class Bootstrapper:
         marker = {"id": manifest["id"], "seq": manifest["seq"], "epoch": manifest["epoch"]}
         tmp = self.lay.staging / "COMPLETE.tmp"
         tmp.write_text(json.dumps(marker))
-        _fsync_file(tmp)
+        fsync_path(tmp)
         tmp.rename(self.lay.complete)
-        fsync_dir(self.lay.staging)
+        fsync_path(self.lay.staging)
         try:
             async with session.delete(f"{url}/{manifest['id']}", headers=self.headers):
                 pass
@@ -254,12 +254,4 @@ class Bootstrapper:
         if present != names:
             raise BootstrapError(f"staged files differ from the manifest: missing "
                                  f"{sorted(names - present)}, extra {sorted(present - names)}")
-        fsync_dir(self.lay.files)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(self.lay.files)

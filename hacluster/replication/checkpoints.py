@@ -143,7 +143,8 @@ class CheckpointService:
         return sorted(p.name for p in self.root.iterdir()) if self.root.exists() else []
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes renames in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

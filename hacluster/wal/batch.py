@@ -1,7 +1,10 @@
 """WriteBatch payload decoding (and encoding, for tests).
 
 Owns: turning the payload of one logical WAL record (a serialized RocksDB
-WriteBatch) into a ``WalBatch`` of plain op tuples, and the inverse for tests.
+WriteBatch) into a ``WalBatch`` of plain op tuples (``decode_batch``), into
+WriteBatch calls on a replica (``replay_batch``), or only checking it
+(``check_batch``); and the inverse for tests. One Python parser (``_scan``) serves
+all three; the optional C module ``_replay`` accelerates the last two.
 Must never: do I/O, skip an entry it does not understand (anything other than
 put / delete / single delete / range delete / LogData raises ``WalUnsupported``),
 or let a malformed payload escape as anything but a ``WalError`` subclass.
@@ -10,10 +13,6 @@ Layout (RocksDB db/write_batch.cc): fixed64 sequence, fixed32 count, then entrie
 each a tag byte (db/dbformat.h ``ValueType``) followed by an optional varint32
 column family id and varint32-length-prefixed slices.
 
-This runs for every replicated write, so ``decode_batch`` is written for CPython
-speed: one ``bytes`` object sliced directly, varints decoded inline with a
-single-byte fast path, and truncation detected by letting an out-of-range index
-raise ``IndexError`` (free inside ``try`` on 3.11+) instead of checking each read.
 """
 
 from __future__ import annotations
@@ -164,7 +163,7 @@ def _varint32(p: bytes, i: int) -> tuple[int, int]:
 def decode_batch(
     payload: bytes, *, path: str = "?", offset: int = 0, log_number: int = 0
 ) -> WalBatch:
-    """Decode a serialized WriteBatch.
+    """Decode a serialized WriteBatch into op tuples.
 
     ``path``/``offset``/``log_number`` only label the result and any error: the
     offset is that of the log record carrying the payload.
@@ -173,121 +172,19 @@ def decode_batch(
     ``WalUnsupported`` for entry types other than put/delete/single
     delete/range delete (LogData entries are skipped: they carry no sequence number).
     """
-    # Slicing a memoryview would copy twice (view slice, then bytes()); one copy here
-    # makes every key/value slice below a single copy.
     p = payload if type(payload) is bytes else bytes(payload)
-    n = len(p)
-    if n < HEADER_SIZE:
-        raise WalCorruption(
-            path, offset, f"WriteBatch of {n} bytes is shorter than its {HEADER_SIZE}-byte header"
-        )
-    seq, count = _HEADER.unpack_from(p, 0)
     ops: list[Op] = []
     append = ops.append
-    i = HEADER_SIZE
-    start = i  # start of the entry being decoded, for error messages
-    try:
-        while i < n:
-            start = i
-            tag = p[i]
-            i += 1
-            # Most frequent tags first: CF value, value, CF deletion, deletion.
-            if tag == 0x5 or tag == 0x1:
-                if tag == 0x5:
-                    cf = p[i]
-                    i += 1
-                    if cf >= 0x80:
-                        cf, i = _varint32(p, i - 1)
-                else:
-                    cf = 0
-                klen = p[i]
-                i += 1
-                if klen >= 0x80:
-                    klen, i = _varint32(p, i - 1)
-                j = i + klen
-                key = p[i:j]
-                # Reading the value length past the end raises IndexError, which is
-                # also the bounds check for the key slice above.
-                vlen = p[j]
-                j += 1
-                if vlen >= 0x80:
-                    b = p[j]
-                    if b < 0x80:
-                        vlen = (vlen & 0x7F) | (b << 7)
-                        j += 1
-                    else:
-                        vlen, j = _varint32(p, j - 1)
-                i = j + vlen
-                if i > n:
-                    raise IndexError
-                append((PUT, cf, key, p[j:i]))
-            elif tag == 0x4 or tag == 0x0 or tag == 0x7 or tag == 0x8:
-                if tag == 0x4 or tag == 0x8:
-                    cf = p[i]
-                    i += 1
-                    if cf >= 0x80:
-                        cf, i = _varint32(p, i - 1)
-                else:
-                    cf = 0
-                klen = p[i]
-                i += 1
-                if klen >= 0x80:
-                    klen, i = _varint32(p, i - 1)
-                j = i + klen
-                if j > n:
-                    raise IndexError
-                append((DELETE if tag <= 0x4 else SINGLE_DELETE, cf, p[i:j], b""))
-                i = j
-            elif tag == 0xE or tag == 0xF:
-                if tag == 0xE:
-                    cf = p[i]
-                    i += 1
-                    if cf >= 0x80:
-                        cf, i = _varint32(p, i - 1)
-                else:
-                    cf = 0
-                klen = p[i]
-                i += 1
-                if klen >= 0x80:
-                    klen, i = _varint32(p, i - 1)
-                j = i + klen
-                begin = p[i:j]
-                vlen = p[j]
-                j += 1
-                if vlen >= 0x80:
-                    vlen, j = _varint32(p, j - 1)
-                i = j + vlen
-                if i > n:
-                    raise IndexError
-                append((DELETE_RANGE, cf, begin, p[j:i]))
-            elif tag == 0x3:
-                # LogData is a caller-supplied blob that is neither applied nor
-                # given a sequence number, so it has nothing to replicate.
-                blen = p[i]
-                i += 1
-                if blen >= 0x80:
-                    blen, i = _varint32(p, i - 1)
-                i += blen
-                if i > n:
-                    raise IndexError
-            else:
-                raise WalUnsupported(path, offset, f"tag {tag:#x} ({tag_name(tag)})", tag)
-    except IndexError:
-        raise WalCorruption(
-            path,
-            offset,
-            f"WriteBatch entry at payload byte {start} (tag {p[start]:#x}) is truncated",
-        ) from None
-    except _TooLong:
-        raise WalCorruption(
-            path, offset, f"WriteBatch entry at payload byte {start} has an invalid varint32"
-        ) from None
-    if len(ops) != count:
-        raise WalCorruption(
-            path,
-            offset,
-            f"WriteBatch count mismatch: header says {count}, decoded {len(ops)} entries",
-        )
+    seq, count = _scan(
+        p,
+        lambda key, value, cf: append((PUT, cf, key, value)),
+        lambda key, cf: append((DELETE, cf, key, b"")),
+        lambda key, cf: append((SINGLE_DELETE, cf, key, b"")),
+        lambda begin, end, cf: append((DELETE_RANGE, cf, begin, end)),
+        _IDENTITY,
+        path,
+        offset,
+    )
     batch: WalBatch = _new_object(WalBatch)
     _set_seq(batch, seq)
     _set_count(batch, count)
@@ -373,11 +270,40 @@ def _replay_batch_py(
     where: str = "?",
 ) -> tuple[int, int]:
     """The pure-Python replay: the reference the C accelerator is tested against."""
+    return _scan(payload, put, delete, delete, delete_range, handles, where, 0)
+
+
+class _Identity:
+    """Maps every column-family id to itself (decode_batch wants ids, not handles)."""
+
+    def __getitem__(self, cf: int) -> int:
+        return cf
+
+
+_IDENTITY = _Identity()
+
+
+def _scan(
+    payload: bytes,
+    put: Callable[[bytes, bytes, Any], object],
+    delete: Callable[[bytes, Any], object],
+    single_delete: Callable[[bytes, Any], object],
+    delete_range: Callable[[bytes, bytes, Any], object],
+    handles: Mapping[int, Any] | _AnyHandle | _Identity,
+    path: str,
+    offset: int,
+) -> tuple[int, int]:
+    """The one Python WriteBatch parser: calls a sink per entry, returns (seq, count).
+
+    Written for CPython speed: one ``bytes`` object sliced directly, varints decoded inline
+    with a single-byte fast path, and truncation detected by letting an out-of-range index
+    raise ``IndexError`` (free inside ``try`` on 3.11+) instead of checking each read.
+    """
     p = payload if type(payload) is bytes else bytes(payload)
     n = len(p)
     if n < HEADER_SIZE:
         raise WalCorruption(
-            where, 0, f"WriteBatch of {n} bytes is shorter than its {HEADER_SIZE}-byte header"
+            path, offset, f"WriteBatch of {n} bytes is shorter than its {HEADER_SIZE}-byte header"
         )
     seq, count = _HEADER.unpack_from(p, 0)
     done = 0
@@ -431,7 +357,7 @@ def _replay_batch_py(
                 j = i + klen
                 if j > n:
                     raise IndexError
-                delete(p[i:j], handles[cf])
+                (delete if tag <= 0x4 else single_delete)(p[i:j], handles[cf])
                 done += 1
                 i = j
             elif tag == 0xE or tag == 0xF:
@@ -466,18 +392,19 @@ def _replay_batch_py(
                 if i > n:
                     raise IndexError
             else:
-                raise WalUnsupported(where, 0, f"tag {tag:#x} ({tag_name(tag)})", tag)
+                raise WalUnsupported(path, offset, f"tag {tag:#x} ({tag_name(tag)})", tag)
     except IndexError:
         raise WalCorruption(
-            where, 0, f"WriteBatch entry at payload byte {start} (tag {p[start]:#x}) is truncated"
+            path, offset,
+            f"WriteBatch entry at payload byte {start} (tag {p[start]:#x}) is truncated",
         ) from None
     except _TooLong:
         raise WalCorruption(
-            where, 0, f"WriteBatch entry at payload byte {start} has an invalid varint32"
+            path, offset, f"WriteBatch entry at payload byte {start} has an invalid varint32"
         ) from None
     if done != count:
         raise WalCorruption(
-            where, 0, f"WriteBatch count mismatch: header says {count}, decoded {done} entries"
+            path, offset, f"WriteBatch count mismatch: header says {count}, decoded {done} entries"
         )
     return seq, count
 
