@@ -126,7 +126,7 @@ class Node:
         assert primary_url is not None
         self.follower = Follower(
             node=self.name, data_dir=self.data_dir, primary_url=primary_url,
-            token=self.cfg.token, column_families=list(self.cfg.column_families),
+            token=self.cfg.token,
             cfg=self.cfg.replication, open_store=self._replica_store,
             known_epoch=self.role.epoch)
         self._tasks.append(asyncio.get_running_loop().create_task(self.follower.run()))

@@ -15,9 +15,9 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import aiohttp
 import rocksdict
@@ -57,7 +57,6 @@ class FollowerStatus:
     bootstraps: int = 0
     bootstrap_bytes: int = 0
     last_frame_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Backoff:
@@ -113,7 +112,7 @@ class AckSender:
 
 class Follower:
     def __init__(self, *, node: str, data_dir: Path, primary_url: str, token: str,
-                 column_families: list[str], cfg: ReplicationConfig,
+                 cfg: ReplicationConfig,
                  open_store: Callable[[], Store], known_epoch: int) -> None:
         self.node = node
         self.data_dir = data_dir
@@ -131,10 +130,6 @@ class Follower:
         self._trace: TextIO | None = None
         if os.environ.get(APPLY_TRACE_ENV):
             self._trace = open(os.environ[APPLY_TRACE_ENV], "a", buffering=1)  # noqa: SIM115
-
-    @property
-    def applied_seq(self) -> int:
-        return self.store.latest_seq() if self.store else 0
 
     def stop(self) -> None:
         self._stopping = True
