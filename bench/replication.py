@@ -445,7 +445,9 @@ def main() -> int:
         result.update(bench_cluster(root / "c", seconds))
         result = {k: result[k] for k in KEY_ORDER if k in result}
     finally:
-        if not args.keep:
+        if args.keep:
+            print(f"kept {root}")
+        else:
             shutil.rmtree(root, ignore_errors=True)
     print()
     print(f"{'figure':<22}{'value':>14}   goal")

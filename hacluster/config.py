@@ -240,7 +240,8 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     if not token:
         raise cluster.fail("cluster.token", f"required (in the file or in ${TOKEN_ENV})")
     if len(token) < 16:
-        raise cluster.fail("cluster.token", "must be at least 16 characters")
+        where = f"${TOKEN_ENV}" if env.get(TOKEN_ENV) else "cluster.token"
+        raise cluster.fail(where, "must be at least 16 characters")
     raft_password = cluster.get("raft_password", str, "")
     raft_password = env.get(RAFT_PASSWORD_ENV) or raft_password or None
     if raft_password is not None and len(raft_password) < 16:

@@ -46,6 +46,8 @@ def run_local_cluster(cfg: ClusterConfig, config_path: str, log_level: str) -> i
                  "--node", node.name, "--log-level", log_level])
             deadline = time.monotonic() + HEALTH_TIMEOUT
             while not _healthy(node.api.url):
+                if stopping:
+                    return 0
                 if procs[node.name].poll() is not None or time.monotonic() > deadline:
                     print(f"hacluster up: {node.name} did not start (see its log above)",
                           file=sys.stderr)

@@ -82,12 +82,6 @@ class Node:
                      sync_writes=self.cfg.storage.fsync_writes)
 
     async def start(self) -> None:
-        # Objects alive after start-up live for the whole process: keep them out of the
-        # cyclic collector, and collect young objects less often, so collection pauses stay
-        # short and rare on the write and apply paths.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         bootstrap.recover(self.data_dir)
         if self.is_primary:
@@ -98,6 +92,12 @@ class Node:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.me.api.host, self.me.api.port, reuse_address=True)
         await site.start()
+        # Objects alive after start-up live for the whole process: keep them out of the
+        # cyclic collector, and collect young objects less often, so collection pauses stay
+        # short and rare on the write and apply paths.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         log.info("%s serving on %s as %s (epoch %d)", self.name, self.me.api.url,
                  "primary" if self.is_primary else f"replica of {self.role.primary}",
                  self.role.epoch)

@@ -114,8 +114,10 @@ class Store:
         self._views: dict[str, rocksdict.Rdict] = {}
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = sync_writes
+        # Replicated batches are synced per replication.fsync_on_apply, not per fsync_writes.
         self._sync_opts = rocksdict.WriteOptions()
         self._sync_opts.sync = True
+        self._nosync_opts = rocksdict.WriteOptions()
         log.info("opened %s: seq %d, column families %s", db_dir,
                  self._db.latest_sequence_number(), ", ".join(self._cf_ids))
 
@@ -232,7 +234,7 @@ class Store:
             raise DivergenceError(
                 f"{self.db_dir}: batch starts at seq {first_seq} but this DB is at seq {before}"
             )
-        self._db.write(batch, self._sync_opts if sync else self._write_opts)
+        self._db.write(batch, self._sync_opts if sync else self._nosync_opts)
         after = self.latest_seq()
         if after != first_seq + count - 1:
             raise DivergenceError(

@@ -92,8 +92,8 @@ def parse_batch(body: bytes, content_type: str, limits: LimitsConfig,
     else:
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise BadRequest(f"body is not valid JSON: {type(exc).__name__}: {exc}") from None
     raw = doc.get("ops") if isinstance(doc, dict) else doc
     if not isinstance(raw, list) or not raw:
         raise BadRequest("body must be a non-empty list of ops, or a map with 'ops'")

@@ -202,7 +202,7 @@ def test_env_token_is_read_from_os_environ_by_default(
 def test_short_env_token_is_refused_even_with_good_file_token(tmp_path: Path) -> None:
     path = write(tmp_path, doc())
     assert error_of(path, {TOKEN_ENV: "short"}) == (
-        f"{path}: cluster.token: must be at least 16 characters")
+        f"{path}: $HACLUSTER_TOKEN: must be at least 16 characters")
 
 
 def test_no_token_anywhere(tmp_path: Path) -> None:

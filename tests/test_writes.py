@@ -269,3 +269,9 @@ def test_trailing_bytes_after_cbor_are_refused() -> None:
     body = cbor2.dumps({"ops": [{"op": "delete", "key": b"k"}]}) + b"\x00\x01"
     with pytest.raises(BadRequest, match="2 bytes after the CBOR value"):
         parse_batch(body, CBOR_TYPE, BIG, CFS)
+
+
+def test_deeply_nested_json_is_a_bad_request() -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(BadRequest, match="not valid JSON: RecursionError"):
+        parse_batch(body, "application/json", BIG, CFS)

@@ -165,8 +165,14 @@ class Bootstrapper:
             async with gate:
                 await self._download(session, manifest["id"], entry, progress)
 
-        await asyncio.gather(*(one(e) for e in manifest["files"]
-                               if not (self.lay.files / e["name"]).exists()))
+        try:
+            # A TaskGroup cancels the other downloads as soon as one fails.
+            async with asyncio.TaskGroup() as group:
+                for e in manifest["files"]:
+                    if not (self.lay.files / e["name"]).exists():
+                        group.create_task(one(e))
+        except* (BootstrapError, aiohttp.ClientError, TimeoutError, OSError) as failed:
+            raise failed.exceptions[0] from None
         progress.add(0, force=True)
         self.last_rate_mb_s = progress.rate_mb_s
         self._verify_all(manifest)

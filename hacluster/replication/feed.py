@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
 READ_BYTES_PER_TURN = 4 << 20
+READ_BATCHES_PER_TURN = 1000
 
 
 @dataclass(slots=True)
@@ -92,11 +93,12 @@ class WalFeed:
                 await asyncio.sleep(0)  # more to read: let writes and streams run in between
 
     def poll(self) -> bool:
-        """Read what the WAL has now into the ring; return True if a read hit its byte bound."""
+        """Read what the WAL has now into the ring; return True if the read hit a bound."""
         if self.error:
             return False
         try:
-            batches = self._reader.read(max_bytes=READ_BYTES_PER_TURN)
+            batches = self._reader.read(max_batches=READ_BATCHES_PER_TURN,
+                                        max_bytes=READ_BYTES_PER_TURN)
         except (WalError, WalGone) as exc:
             self.error = str(exc)
             log.error("WAL feed stopped: %s", exc)
@@ -114,7 +116,7 @@ class WalFeed:
         self._size += size
         self._trim()
         self._signal()
-        return size >= READ_BYTES_PER_TURN
+        return size >= READ_BYTES_PER_TURN or len(batches) >= READ_BATCHES_PER_TURN
 
     def _trim(self) -> None:
         if self._size <= self._ring_bytes:

@@ -261,10 +261,10 @@ class Follower:
             if self._trace:
                 self._trace.write(f"{frame.last_seq} {time.monotonic_ns()}\n")
         elif isinstance(frame, frames.Heartbeat):
-            self.status.primary_seq = frame.primary_seq
             if frame.epoch < self.known_epoch:
                 raise StreamError(f"heartbeat from epoch {frame.epoch}, older than epoch "
                                   f"{self.known_epoch} this node knows")
+            self.status.primary_seq = frame.primary_seq
             self._acks.update(store.latest_seq())
         elif isinstance(frame, frames.Hello):
             if frame.epoch < self.known_epoch:

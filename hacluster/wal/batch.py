@@ -245,7 +245,10 @@ def check_batch(
             _set_offset(batch, offset)
             _set_payload(batch, payload if type(payload) is bytes else bytes(payload))
             return batch
-    # No accelerator, or a bad batch: the Python decoder validates and names any error.
+        # A bad batch: the Python decoder names the error.
+        decode_batch(payload, path=path, offset=offset, log_number=log_number)
+        raise WalCorruption(path, offset, "WriteBatch rejected by the C decoder but not by the "
+                            "Python one; refusing it")  # a decoder bug; never forward
     return decode_batch(payload, path=path, offset=offset, log_number=log_number)
 
 
