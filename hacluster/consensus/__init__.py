@@ -1,0 +1,1 @@
+"""Consensus: the replicated cluster state (Raft via pysyncobj), leases, failover decisions."""

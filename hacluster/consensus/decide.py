@@ -1,0 +1,162 @@
+"""One pass of the control loop, decided: a pure function from a snapshot to one sentence.
+
+Owns the failover rules: who may hold the primary lock, when a lease counts as expired, who is
+the best candidate, what a node without quorum does, what pause mode holds back. Input is an
+immutable snapshot of the replicated state plus this node's local observations (its monotonic
+clock, whether Raft has quorum, when it last saw the lock renewed); output is an action and the
+sentence that explains it ("n2: promoting, epoch 7 from seq 81234; n1's lease expired 0.31 s
+ago"), which the loop logs and shows in status. It must never read a clock, touch the network or
+the disk, and never choose to promote on a side without quorum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hacluster.consensus.lease import LeaseTiming, holder_lease_end, observer_lease_end
+from hacluster.consensus.state import ClusterState, Member
+
+
+class Action(Enum):
+    RENEW = "renew"          # I hold the lock: renew it (and write while the lease lasts)
+    PROMOTE = "promote"      # propose Acquire for myself
+    FOLLOW = "follow"        # replicate from ``target``
+    DEMOTE = "demote"        # I held the lock and must stop writing now
+    WAIT = "wait"            # nothing to do this pass
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    timing: LeaseTiming = field(default_factory=LeaseTiming)
+    sync_mode: bool = True
+    maximum_lag_on_failover: int = 1 << 20     # sequence numbers
+    member_stale_s: float = 3.0                # a member report older than this is not a candidate
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What this node knows locally, beside the replicated state."""
+
+    me: str
+    now: float                                  # monotonic
+    has_quorum: bool                            # Raft has a leader and commits reach it
+    lock_seen_at: float | None                  # when the current (epoch, renewals) was applied
+    renewal_proposed_at: float | None           # mine: proposal time of my last effective renewal
+    my_applied_seq: int
+    member_seen_at: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    sentence: str
+    target: str | None = None                   # the primary to follow, or me when promoting
+    epoch: int | None = None                    # the epoch to expect (follow) or create (promote)
+    start_seq: int | None = None                # promote: the first seq of the new epoch
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds:.2f} s ago"
+
+
+def decide(state: ClusterState, obs: Observation, policy: Policy) -> Decision:
+    me, now, t = obs.me, obs.now, policy.timing
+    lock = state.lock
+    pause = "PAUSE: " if state.paused else ""
+
+    if lock.held and lock.holder == me:
+        end = (holder_lease_end(obs.renewal_proposed_at, t)
+               if obs.renewal_proposed_at is not None else None)
+        if not obs.has_quorum:
+            if end is None or now >= end:
+                late = "" if end is None else f", lease expired {_ago(now - end)}"
+                return Decision(Action.DEMOTE, f"{pause}{me}: demoted, no quorum{late}",
+                                epoch=lock.epoch)
+            return Decision(Action.WAIT, f"{pause}{me}: primary without quorum, epoch "
+                            f"{lock.epoch}; lease ends in {end - now:.2f} s unless renewed",
+                            target=me, epoch=lock.epoch)
+        if end is None or now >= end:
+            return Decision(Action.RENEW, f"{pause}{me}: primary, epoch {lock.epoch}; lease "
+                            "lapsed, renewing before accepting writes", target=me,
+                            epoch=lock.epoch)
+        return Decision(Action.RENEW, f"{pause}{me}: primary, epoch {lock.epoch}; lease valid "
+                        f"for {end - now:.2f} s", target=me, epoch=lock.epoch)
+
+    if not obs.has_quorum:
+        following = f"; last known primary {lock.holder} (epoch {lock.epoch})" if lock.held \
+            else ""
+        return Decision(Action.WAIT, f"{pause}{me}: no quorum, electing no one{following}",
+                        target=lock.holder if lock.held else None, epoch=lock.epoch)
+
+    why: str
+    if lock.held:
+        assert lock.holder is not None
+        if obs.lock_seen_at is None:
+            # Just started or just learned of this lock: a full lease from now, to be safe.
+            return Decision(Action.FOLLOW, f"{pause}{me}: following {lock.holder} (epoch "
+                            f"{lock.epoch}); waiting for its next renewal", target=lock.holder,
+                            epoch=lock.epoch)
+        expires = observer_lease_end(obs.lock_seen_at, t)
+        if now < expires:
+            return Decision(Action.FOLLOW, f"{pause}{me}: following {lock.holder} (epoch "
+                            f"{lock.epoch})", target=lock.holder, epoch=lock.epoch)
+        why = f"{lock.holder}'s lease expired {_ago(now - expires)}"
+    elif lock.holder is not None:
+        why = f"{lock.holder} released the lock (epoch {lock.epoch})"
+    else:
+        why = "no primary yet"
+
+    if state.paused:
+        return Decision(Action.WAIT, f"PAUSE: {me}: {why}; no automatic failover in "
+                        "maintenance mode", epoch=lock.epoch)
+    return _elect(state, obs, policy, why)
+
+
+def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> Decision:
+    me, lock = obs.me, state.lock
+    members = {m.name: m for m in state.members}
+    mine = members.get(me)
+    if mine is None:
+        return Decision(Action.WAIT, f"{me}: {why}; not a candidate until my report is in the "
+                        "cluster state", epoch=lock.epoch)
+    best_known = max([m.applied_seq for m in state.members] + [obs.my_applied_seq])
+    if policy.sync_mode and lock.holder is not None and not state.sync_set:
+        return Decision(Action.WAIT, f"{me}: {why}; no synchronous standby was recorded, so "
+                        "no one can be promoted without risking acknowledged writes",
+                        epoch=lock.epoch)
+
+    def refusal(m: Member, seq: int) -> str | None:
+        if "nofailover" in m.tags:
+            return "tagged nofailover"
+        if not m.healthy:
+            return "unhealthy"
+        seen = obs.member_seen_at.get(m.name)
+        if m.name != me and (seen is None or obs.now - seen > policy.member_stale_s):
+            return "no recent report"
+        if policy.sync_mode and lock.holder is not None and m.name not in state.sync_set:
+            return "not in the synchronous set"
+        if best_known - seq > policy.maximum_lag_on_failover:
+            return f"{best_known - seq} behind, over maximum_lag_on_failover"
+        return None
+
+    # The node that held the lock is never its own successor: it released it on purpose
+    # (switchover), or its lease ran out while it was cut off.
+    my_refusal = "I held the lock" if me == lock.holder else refusal(mine, obs.my_applied_seq)
+    if my_refusal:
+        return Decision(Action.WAIT, f"{me}: {why}; not a candidate ({my_refusal})",
+                        epoch=lock.epoch)
+    candidates = [(obs.my_applied_seq if m.name == me else m.applied_seq, m.name)
+                  for m in state.members if m.name != lock.holder]
+    eligible = [(seq, name) for seq, name in candidates
+                if name == me or refusal(members[name], seq) is None]
+    # Highest position wins; on a tie the smallest name, so every node picks the same one.
+    best_seq, best = min(eligible, key=lambda c: (-c[0], c[1]))
+    if best != me:
+        return Decision(Action.WAIT, f"{me}: {why}; {best} is the better candidate (seq "
+                        f"{best_seq} vs {obs.my_applied_seq})", target=best, epoch=lock.epoch)
+    epoch = lock.epoch + 1
+    start = obs.my_applied_seq + 1
+    return Decision(Action.PROMOTE, f"{me}: promoting, epoch {epoch} from seq {start}; {why}",
+                    target=me, epoch=epoch, start_seq=start)

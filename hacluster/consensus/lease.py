@@ -1,0 +1,42 @@
+"""Lease arithmetic: when a holder must stop writing, and when others may take over.
+
+Owns the two sides of one inequality. The holder measures its lease from the moment it
+*proposed* the renewal that Raft later committed (a majority accepted it after that moment) and
+shortens it by the drift bound; every other node measures from the moment it *applied* that
+renewal (necessarily later) and lengthens it by the drift bound plus a margin. As long as no two
+clocks run apart by more than ``drift`` (a rate, e.g. 0.05 = 5 %), the holder's lease ends
+before anyone else's view of it does. Clocks are monotonic and never compared across machines.
+Pure functions of numbers; no clock is read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTiming:
+    lease_s: float = 1.0          # how long one committed renewal lets the holder write
+    renew_interval_s: float = 0.25
+    drift: float = 0.05           # bound on clock rate difference between any two nodes
+    margin_s: float = 0.05        # extra wait for the others (scheduling, apply delays)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.renew_interval_s < self.lease_s * (1 - self.drift):
+            raise ValueError("renew_interval_s must be shorter than the drift-adjusted lease")
+        if not 0 <= self.drift < 0.5 or self.margin_s < 0:
+            raise ValueError("drift must be in [0, 0.5) and margin_s >= 0")
+
+
+def holder_lease_end(proposed_at: float, t: LeaseTiming) -> float:
+    """Until when the holder may acknowledge writes after a renewal proposed at ``proposed_at``."""
+    return proposed_at + t.lease_s * (1 - t.drift)
+
+
+def observer_lease_end(seen_at: float, t: LeaseTiming) -> float:
+    """From when another node may treat that lease as expired (it saw the renewal at seen_at)."""
+    return seen_at + t.lease_s * (1 + t.drift) + t.margin_s
+
+
+def holder_may_write(proposed_at: float | None, now: float, t: LeaseTiming) -> bool:
+    return proposed_at is not None and now < holder_lease_end(proposed_at, t)

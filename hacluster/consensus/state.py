@@ -1,0 +1,219 @@
+"""The replicated cluster state and its commands, as pure data and pure transitions.
+
+Owns what every node agrees on through Raft: the primary lock (holder, epoch, lease length, a
+renewal counter), the members and their reported replication positions, the epoch history, the
+synchronous standby set and the maintenance flag — and the only ways to change them
+(``apply_command``). Pure: no clock, no I/O, no randomness, so every node that applies the same
+log reaches the same state. It must never read the time (the state machine would diverge), and
+never grant the lock except by compare-and-set on the epoch: whether a lease has expired is a
+judgement each node makes with its own clock (see ``lease``), not something the log can know.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+MAX_MEMBERS = 64
+MAX_HISTORY = 100
+MAX_URL = 256
+MAX_TAGS = 8
+KNOWN_TAGS = frozenset({"nofailover", "noloadbalance"})
+REASONS = frozenset({"bootstrap", "failover", "switchover"})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class CommandError(ValueError):
+    """A command is malformed (bad name, too long, unknown tag); it never reaches the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    holder: str | None = None
+    epoch: int = 0
+    lease_s: float = 0.0
+    renewals: int = 0          # bumped by each renewal, so observers can time it locally
+    released: bool = False     # given up on purpose (switchover): no lease to wait out
+
+    @property
+    def held(self) -> bool:
+        return self.holder is not None and not self.released
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    api_url: str
+    applied_seq: int
+    role: str                  # "primary", "replica", "starting"
+    healthy: bool
+    tags: frozenset[str] = frozenset()
+    reports: int = 0           # bumped by each report, so observers can time freshness
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    epoch: int
+    primary: str
+    start_seq: int             # the first sequence number written in this epoch
+    reason: str
+    wall_time: float           # proposer's wall clock; for operators, never for decisions
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    lock: Lock = field(default_factory=Lock)
+    members: tuple[Member, ...] = ()
+    history: tuple[EpochRecord, ...] = ()
+    sync_set: frozenset[str] = frozenset()
+    paused: bool = False
+
+    def member(self, name: str) -> Member | None:
+        for m in self.members:
+            if m.name == name:
+                return m
+        return None
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise CommandError(f"{what}: bad node name {name!r}")
+    return name
+
+
+def _check_epoch(epoch: Any, what: str) -> int:
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise CommandError(f"{what}: bad epoch {epoch!r}")
+    return epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Take the lock if it is still at ``expected_epoch`` and ``expected_renewals``.
+
+    Both are compared: a candidate judges the lease expired from the last renewal it applied,
+    and a renewal committed in between (which the candidate has not seen) must make the
+    acquisition fail rather than take the lock from a holder whose lease is still running.
+    """
+
+    candidate: str
+    expected_epoch: int
+    expected_renewals: int
+    start_seq: int
+    lease_s: float
+    reason: str
+    wall_time: float
+
+    def __post_init__(self) -> None:
+        _check_name(self.candidate, "acquire")
+        _check_epoch(self.expected_epoch, "acquire")
+        _check_epoch(self.expected_renewals, "acquire")
+        if self.start_seq < 1 or not 0 < self.lease_s <= 60 or self.reason not in REASONS:
+            raise CommandError(f"acquire: bad arguments {self!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    holder: str
+    epoch: int
+
+    def __post_init__(self) -> None:
+        _check_name(self.holder, "renew")
+        _check_epoch(self.epoch, "renew")
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    holder: str
+    epoch: int
+
+    def __post_init__(self) -> None:
+        _check_name(self.holder, "release")
+        _check_epoch(self.epoch, "release")
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    name: str
+    api_url: str
+    applied_seq: int
+    role: str
+    healthy: bool
+    tags: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "report")
+        if not isinstance(self.api_url, str) or len(self.api_url) > MAX_URL:
+            raise CommandError("report: api_url missing or too long")
+        if self.applied_seq < 0 or self.role not in ("primary", "replica", "starting"):
+            raise CommandError(f"report: bad arguments {self!r}")
+        if len(self.tags) > MAX_TAGS or not self.tags <= KNOWN_TAGS:
+            raise CommandError(f"report: unknown tags {sorted(self.tags - KNOWN_TAGS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class SetSyncSet:
+    """The primary records which replicas confirm writes before it relies on them."""
+
+    holder: str
+    epoch: int
+    names: frozenset[str]
+
+    def __post_init__(self) -> None:
+        _check_name(self.holder, "sync set")
+        _check_epoch(self.epoch, "sync set")
+        if len(self.names) > MAX_MEMBERS:
+            raise CommandError("sync set: too many names")
+        for name in self.names:
+            _check_name(name, "sync set")
+
+
+@dataclass(frozen=True, slots=True)
+class SetPaused:
+    paused: bool
+
+
+Command = Acquire | Renew | Release | Report | SetSyncSet | SetPaused
+
+
+def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool]:
+    """The state machine: the next state and whether the command took effect."""
+    lock = state.lock
+    if isinstance(cmd, Acquire):
+        if (lock.epoch, lock.renewals) != (cmd.expected_epoch, cmd.expected_renewals):
+            return state, False
+        epoch = lock.epoch + 1
+        record = EpochRecord(epoch, cmd.candidate, cmd.start_seq, cmd.reason, cmd.wall_time)
+        # A new primary starts with an empty synchronous set: it must record its own before
+        # it may count on any replica.
+        return replace(
+            state, lock=Lock(cmd.candidate, epoch, cmd.lease_s, 0, False),
+            history=(*state.history, record)[-MAX_HISTORY:], sync_set=frozenset(),
+        ), True
+    if isinstance(cmd, Renew):
+        if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
+            return state, False
+        return replace(state, lock=replace(lock, renewals=lock.renewals + 1)), True
+    if isinstance(cmd, Release):
+        if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
+            return state, False
+        return replace(state, lock=replace(lock, released=True), sync_set=frozenset()), True
+    if isinstance(cmd, Report):
+        old = state.member(cmd.name)
+        if old is None and len(state.members) >= MAX_MEMBERS:
+            return state, False
+        member = Member(cmd.name, cmd.api_url, cmd.applied_seq, cmd.role, cmd.healthy,
+                        cmd.tags, (old.reports + 1) if old else 1)
+        others = tuple(m for m in state.members if m.name != cmd.name)
+        return replace(state, members=tuple(sorted((*others, member),
+                                                   key=lambda m: m.name))), True
+    if isinstance(cmd, SetSyncSet):
+        if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
+            return state, False
+        return replace(state, sync_set=cmd.names), True
+    if isinstance(cmd, SetPaused):
+        return replace(state, paused=cmd.paused), True
+    raise CommandError(f"unknown command {cmd!r}")

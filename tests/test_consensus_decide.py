@@ -1,0 +1,248 @@
+"""The failover decision table: small factories build a snapshot, each test asserts the sentence.
+
+Like Patroni's test_ha: every branch of ``decide`` is pinned by the exact sentence it returns,
+with a fake monotonic clock. Plus properties: a node without quorum never promotes; at most one
+node of a cluster decides to promote from the same snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hacluster.consensus.decide import Action, Decision, Observation, Policy, decide
+from hacluster.consensus.lease import (
+    LeaseTiming,
+    holder_lease_end,
+    holder_may_write,
+    observer_lease_end,
+)
+from hacluster.consensus.state import ClusterState, Lock, Member
+
+T = LeaseTiming(lease_s=1.0, renew_interval_s=0.25, drift=0.05, margin_s=0.05)
+ASYNC = Policy(timing=T, sync_mode=False, maximum_lag_on_failover=1000, member_stale_s=3.0)
+SYNC = replace(ASYNC, sync_mode=True)
+NOW = 100.0
+
+
+def member(name: str, seq: int, *, healthy: bool = True, tags: frozenset[str] = frozenset(),
+           role: str = "replica") -> Member:
+    return Member(name, f"http://{name}", seq, role, healthy, tags, 1)
+
+
+def cluster(holder: str | None = "n1", *, epoch: int = 7, released: bool = False,
+            seqs: dict[str, int] | None = None, sync: frozenset[str] = frozenset(),
+            paused: bool = False, **member_kw: dict[str, object]) -> ClusterState:
+    seqs = seqs if seqs is not None else {"n1": 81233, "n2": 81233, "n3": 81200}
+    members = tuple(member(n, s, **member_kw.get(n, {})) for n, s in sorted(seqs.items()))  # type: ignore[arg-type]
+    return ClusterState(Lock(holder, epoch, 1.0, 5, released), members, (), sync, paused)
+
+
+def obs(me: str, *, quorum: bool = True, seen: float | None = NOW - 0.2,
+        proposed: float | None = None, seq: int | None = None,
+        member_seen: dict[str, float] | None = None) -> Observation:
+    seen_map = member_seen if member_seen is not None else {
+        n: NOW - 0.5 for n in ("n1", "n2", "n3")}
+    return Observation(me, NOW, quorum, seen, proposed,
+                       81233 if seq is None else seq, seen_map)
+
+
+def expired_seen() -> float:
+    """A lock_seen_at whose lease ran out 0.31 s before NOW in the observer's view."""
+    return NOW - 0.31 - (observer_lease_end(0.0, T))
+
+
+# -- lease arithmetic -------------------------------------------------------------------------
+
+def test_holder_stops_before_any_observer_may_take_over() -> None:
+    # Proposal precedes every observer's apply, and the holder shortens what others lengthen.
+    for proposed in (0.0, 10.0, 1234.5):
+        assert holder_lease_end(proposed, T) < observer_lease_end(proposed, T)
+    assert holder_may_write(10.0, 10.94, T)
+    assert not holder_may_write(10.0, 10.95, T)
+    assert not holder_may_write(None, 10.0, T)
+
+
+def test_timing_rejects_a_renewal_interval_longer_than_the_lease() -> None:
+    with pytest.raises(ValueError, match="renew_interval_s"):
+        LeaseTiming(lease_s=1.0, renew_interval_s=0.96, drift=0.05)
+
+
+# -- the holder -------------------------------------------------------------------------------
+
+def test_primary_renews_while_its_lease_is_valid() -> None:
+    d = decide(cluster(), obs("n1", proposed=NOW - 0.2), ASYNC)
+    assert d == Decision(Action.RENEW, "n1: primary, epoch 7; lease valid for 0.75 s",
+                         target="n1", epoch=7)
+
+
+def test_primary_with_lapsed_lease_renews_before_writing() -> None:
+    d = decide(cluster(), obs("n1", proposed=NOW - 2.0), ASYNC)
+    assert (d.action, d.sentence) == (
+        Action.RENEW, "n1: primary, epoch 7; lease lapsed, renewing before accepting writes")
+
+
+def test_restarted_primary_has_no_lease_until_it_renews() -> None:
+    d = decide(cluster(), obs("n1", proposed=None), ASYNC)
+    assert d.sentence == "n1: primary, epoch 7; lease lapsed, renewing before accepting writes"
+
+
+def test_primary_without_quorum_keeps_only_its_lease() -> None:
+    d = decide(cluster(), obs("n1", quorum=False, proposed=NOW - 0.5), ASYNC)
+    assert (d.action, d.sentence) == (
+        Action.WAIT, "n1: primary without quorum, epoch 7; lease ends in 0.45 s unless renewed")
+
+
+def test_primary_without_quorum_demotes_when_its_lease_ends() -> None:
+    d = decide(cluster(), obs("n1", quorum=False, proposed=NOW - 1.26), ASYNC)
+    assert (d.action, d.sentence) == (
+        Action.DEMOTE, "n1: demoted, no quorum, lease expired 0.31 s ago")
+
+
+def test_pause_prefixes_the_sentence_but_the_primary_still_renews() -> None:
+    d = decide(cluster(paused=True), obs("n1", proposed=NOW - 0.2), ASYNC)
+    assert d.sentence == "PAUSE: n1: primary, epoch 7; lease valid for 0.75 s"
+
+
+# -- followers --------------------------------------------------------------------------------
+
+def test_replica_follows_a_primary_whose_lease_runs() -> None:
+    d = decide(cluster(), obs("n2"), ASYNC)
+    assert d == Decision(Action.FOLLOW, "n2: following n1 (epoch 7)", target="n1", epoch=7)
+
+
+def test_replica_that_never_saw_a_renewal_waits_for_one() -> None:
+    d = decide(cluster(), obs("n2", seen=None), ASYNC)
+    assert d.sentence == "n2: following n1 (epoch 7); waiting for its next renewal"
+
+
+def test_minority_side_elects_no_one() -> None:
+    d = decide(cluster(), obs("n2", quorum=False, seen=expired_seen()), ASYNC)
+    assert (d.action, d.sentence) == (
+        Action.WAIT, "n2: no quorum, electing no one; last known primary n1 (epoch 7)")
+
+
+# -- elections --------------------------------------------------------------------------------
+
+def test_best_candidate_promotes_after_the_lease_expired() -> None:
+    d = decide(cluster(), obs("n2", seen=expired_seen()), ASYNC)
+    assert d == Decision(
+        Action.PROMOTE, "n2: promoting, epoch 8 from seq 81234; n1's lease expired 0.31 s ago",
+        target="n2", epoch=8, start_seq=81234)
+
+
+def test_other_replica_defers_to_the_better_candidate() -> None:
+    d = decide(cluster(), obs("n3", seen=expired_seen(), seq=81200), ASYNC)
+    assert (d.action, d.sentence) == (
+        Action.WAIT, "n3: n1's lease expired 0.31 s ago; n2 is the better candidate "
+                     "(seq 81233 vs 81200)")
+
+
+def test_tie_goes_to_the_smallest_name() -> None:
+    state = cluster(seqs={"n1": 10, "n2": 50, "n3": 50})
+    assert decide(state, obs("n2", seen=expired_seen(), seq=50), ASYNC).action is Action.PROMOTE
+    d = decide(state, obs("n3", seen=expired_seen(), seq=50), ASYNC)
+    assert d.sentence.endswith("n2 is the better candidate (seq 50 vs 50)")
+
+
+def test_nofailover_member_is_never_a_candidate() -> None:
+    state = cluster(n2={"tags": frozenset({"nofailover"})})
+    d = decide(state, obs("n2", seen=expired_seen()), ASYNC)
+    assert d.sentence == ("n2: n1's lease expired 0.31 s ago; not a candidate "
+                          "(tagged nofailover)")
+    d = decide(state, obs("n3", seen=expired_seen(), seq=81200), ASYNC)
+    assert d.action is Action.PROMOTE
+
+
+def test_unhealthy_and_stale_members_are_skipped() -> None:
+    state = cluster(n2={"healthy": False})
+    assert decide(state, obs("n2", seen=expired_seen()), ASYNC).sentence.endswith(
+        "not a candidate (unhealthy)")
+    stale = obs("n3", seen=expired_seen(), seq=81200,
+                member_seen={"n1": NOW - 0.5, "n2": NOW - 10, "n3": NOW})
+    assert decide(cluster(), stale, ASYNC).action is Action.PROMOTE
+
+
+def test_a_member_too_far_behind_may_not_promote() -> None:
+    state = cluster(seqs={"n1": 90000, "n2": 81233, "n3": 81200})
+    d = decide(state, obs("n2", seen=expired_seen()), ASYNC)
+    assert d.sentence == ("n2: n1's lease expired 0.31 s ago; not a candidate "
+                          "(8767 behind, over maximum_lag_on_failover)")
+
+
+def test_sync_mode_promotes_only_a_synchronous_standby() -> None:
+    state = cluster(sync=frozenset({"n3"}))
+    d = decide(state, obs("n2", seen=expired_seen()), SYNC)
+    assert d.sentence == ("n2: n1's lease expired 0.31 s ago; not a candidate "
+                          "(not in the synchronous set)")
+    d = decide(state, obs("n3", seen=expired_seen(), seq=81200), SYNC)
+    assert d.sentence == ("n3: promoting, epoch 8 from seq 81201; n1's lease expired "
+                          "0.31 s ago")
+
+
+def test_sync_mode_without_a_recorded_standby_promotes_no_one() -> None:
+    d = decide(cluster(), obs("n2", seen=expired_seen()), SYNC)
+    assert d.sentence == ("n2: n1's lease expired 0.31 s ago; no synchronous standby was "
+                          "recorded, so no one can be promoted without risking acknowledged "
+                          "writes")
+
+
+def test_pause_holds_back_failover() -> None:
+    d = decide(cluster(paused=True), obs("n2", seen=expired_seen()), ASYNC)
+    assert (d.action, d.sentence) == (
+        Action.WAIT, "PAUSE: n2: n1's lease expired 0.31 s ago; no automatic failover in "
+                     "maintenance mode")
+
+
+def test_released_lock_is_taken_at_once() -> None:
+    d = decide(cluster(released=True), obs("n2"), ASYNC)
+    assert d.sentence == "n2: promoting, epoch 8 from seq 81234; n1 released the lock (epoch 7)"
+
+
+def test_first_primary_of_a_new_cluster() -> None:
+    state = cluster(holder=None, epoch=0, seqs={"n1": 0, "n2": 0, "n3": 0})
+    d = decide(state, obs("n1", seq=0), SYNC)
+    assert d.sentence == "n1: promoting, epoch 1 from seq 1; no primary yet"
+    assert decide(state, obs("n2", seq=0), SYNC).sentence == (
+        "n2: no primary yet; n1 is the better candidate (seq 0 vs 0)")
+
+
+def test_node_not_yet_reported_waits() -> None:
+    state = cluster(seqs={"n1": 5, "n2": 5})
+    d = decide(state, obs("n3", seen=expired_seen(), seq=5), ASYNC)
+    assert d.sentence == ("n3: n1's lease expired 0.31 s ago; not a candidate until my report "
+                          "is in the cluster state")
+
+
+# -- properties -------------------------------------------------------------------------------
+
+names = st.sampled_from(["n1", "n2", "n3", "n4", "n5"])
+
+
+@given(seqs=st.dictionaries(names, st.integers(0, 2000), min_size=1),
+       holder=st.one_of(st.none(), names), released=st.booleans(), paused=st.booleans(),
+       sync=st.frozensets(names), sync_mode=st.booleans(),
+       seen=st.one_of(st.none(), st.floats(0, NOW)), quorum=st.booleans())
+def test_at_most_one_promoter_and_never_without_quorum(
+        seqs: dict[str, int], holder: str | None, released: bool, paused: bool,
+        sync: frozenset[str], sync_mode: bool, seen: float | None, quorum: bool) -> None:
+    state = cluster(holder=holder, released=released, seqs=seqs, sync=sync, paused=paused)
+    policy = replace(ASYNC, sync_mode=sync_mode)
+    promoters = []
+    for me in seqs:
+        o = Observation(me, NOW, quorum, seen, None, seqs[me], {n: NOW for n in seqs})
+        d = decide(state, o, policy)
+        if d.action is Action.PROMOTE:
+            promoters.append(me)
+            assert quorum, "a node without quorum must never promote"
+            assert d.epoch == state.lock.epoch + 1
+    assert len(promoters) <= 1, promoters
+
+
+def test_the_node_that_released_the_lock_does_not_take_it_back() -> None:
+    d = decide(cluster(released=True), obs("n1"), ASYNC)
+    assert d.sentence == ("n1: n1 released the lock (epoch 7); not a candidate "
+                          "(I held the lock)")
