@@ -1,0 +1,206 @@
+"""The Raft edge: the replicated ``ClusterState`` on pysyncobj, with its journal on disk.
+
+Owns the pysyncobj object (its port, password, journal and dump files under the node's data
+dir, timing), turning commands into small tuples of plain values for the log and back, calling
+``state.apply_command`` when entries commit, and the local observations the decision needs: when
+this node last saw the lock change, and when its own last proposal was committed (proof, by
+commit, that a majority still answers). It must never start without a password (pysyncobj
+unpickles what it receives), never run ticks before the state exists, and never decide
+anything: ``decide`` does, from ``snapshot()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+from hacluster.consensus.state import (
+    Acquire,
+    ClusterState,
+    Command,
+    CommandError,
+    Release,
+    Renew,
+    Report,
+    SetPaused,
+    SetSyncSet,
+    apply_command,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RaftConfigError(Exception):
+    """The Raft layer cannot start as configured (no password, bad addresses)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftTiming:
+    election_min_s: float = 0.2
+    election_max_s: float = 0.5
+    heartbeat_s: float = 0.05
+    connection_timeout_s: float = 1.5
+    compaction_min_entries: int = 5000
+    compaction_min_time_s: float = 60.0
+
+
+def encode_command(cmd: Command) -> tuple[Any, ...]:
+    """Plain values only in the log: the receiver rebuilds (and re-validates) the command."""
+    if isinstance(cmd, Acquire):
+        return ("acquire", cmd.candidate, cmd.expected_epoch, cmd.expected_renewals,
+                cmd.start_seq, cmd.lease_s, cmd.reason, cmd.wall_time)
+    if isinstance(cmd, Renew):
+        return ("renew", cmd.holder, cmd.epoch)
+    if isinstance(cmd, Release):
+        return ("release", cmd.holder, cmd.epoch)
+    if isinstance(cmd, Report):
+        return ("report", cmd.name, cmd.api_url, cmd.applied_seq, cmd.role, cmd.healthy,
+                tuple(sorted(cmd.tags)))
+    if isinstance(cmd, SetSyncSet):
+        return ("sync_set", cmd.holder, cmd.epoch, tuple(sorted(cmd.names)))
+    return ("pause", cmd.paused)
+
+
+def decode_command(raw: Any) -> Command:
+    if not isinstance(raw, tuple) or not raw or not isinstance(raw[0], str):
+        raise CommandError(f"not a command: {type(raw).__name__}")
+    kind, args = raw[0], raw[1:]
+    try:
+        if kind == "acquire":
+            return Acquire(*args)
+        if kind == "renew":
+            return Renew(*args)
+        if kind == "release":
+            return Release(*args)
+        if kind == "report":
+            name, api_url, applied_seq, role, healthy, tags = args
+            return Report(name, api_url, applied_seq, role, healthy, frozenset(tags))
+        if kind == "sync_set":
+            holder, epoch, names = args
+            return SetSyncSet(holder, epoch, frozenset(names))
+        if kind == "pause":
+            return SetPaused(bool(args[0]))
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"bad {kind} command: {exc}") from None
+    raise CommandError(f"unknown command {kind!r}")
+
+
+class RaftNode(SyncObj):  # type: ignore[misc]
+    """One node's replica of the cluster state. Ticks run on its own thread after start()."""
+
+    def __init__(self, self_addr: str, partner_addrs: list[str], data_dir: Path,
+                 password: str | None, timing: RaftTiming,
+                 on_change: Callable[[ClusterState], None] | None = None) -> None:
+        if not password:
+            raise RaftConfigError("the Raft port needs a password (cluster.raft_password or "
+                                  "HACLUSTER_RAFT_PASSWORD): pysyncobj unpickles what it "
+                                  "receives, so an open port would run anyone's code")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # Attributes set before SyncObj.__init__ are not part of the serialized state.
+        self._on_change = on_change
+        self._lock_key: tuple[int, int, bool] | None = None
+        self._lock_seen_at: float | None = None
+        self._last_ack_at: float | None = None
+        self._obs_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        conf = SyncObjConf(
+            password=password, autoTick=False, commandsWaitLeader=False,
+            journalFile=str(data_dir / "raft.journal"),
+            fullDumpFile=str(data_dir / "raft.dump"),
+            raftMinTimeout=timing.election_min_s, raftMaxTimeout=timing.election_max_s,
+            appendEntriesPeriod=timing.heartbeat_s,
+            connectionTimeout=timing.connection_timeout_s, connectionRetryTime=0.5,
+            logCompactionMinEntries=timing.compaction_min_entries,
+            logCompactionMinTime=timing.compaction_min_time_s, useFork=False,
+            # A leader cut off from the majority steps down after this long; fencing never
+            # relies on it (leases do), it only keeps the Raft view honest.
+            leaderFallbackTimeout=max(2.0, timing.election_max_s * 4),
+        )
+        super().__init__(self_addr, partner_addrs, conf)
+        self._state = ClusterState()
+
+    # -- the state machine ----------------------------------------------------------------
+
+    @replicated  # type: ignore[untyped-decorator]
+    def _apply(self, raw: Any) -> bool:
+        try:
+            cmd = decode_command(raw)
+        except CommandError as exc:
+            log.error("ignored a malformed Raft command: %s", exc)
+            return False
+        self._state, ok = apply_command(self._state, cmd)
+        lock = self._state.lock
+        key = (lock.epoch, lock.renewals, lock.released)
+        with self._obs_lock:
+            if key != self._lock_key:
+                self._lock_key = key
+                self._lock_seen_at = time.monotonic()
+        if self._on_change is not None:
+            self._on_change(self._state)
+        return ok
+
+    # -- the node's side ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._tick, name="raft", daemon=True)
+        self._thread.start()
+
+    def _tick(self) -> None:
+        while not self._stop.is_set():
+            self.doTick(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        self.destroy()
+
+    def propose(self, cmd: Command,
+                done: Callable[[bool, float], None] | None = None) -> float:
+        """Append ``cmd`` to the log; ``done(took_effect, proposed_at)`` runs once committed.
+
+        Returns the proposal time (monotonic). A commit also proves a majority answered after
+        that time, which ``has_quorum`` and lease renewals rely on.
+        """
+        proposed_at = time.monotonic()
+
+        def callback(result: Any, error: Any) -> None:
+            if error != FAIL_REASON.SUCCESS:
+                log.debug("Raft command %s not committed: %s", cmd, error)
+                return
+            with self._obs_lock:
+                if self._last_ack_at is None or proposed_at > self._last_ack_at:
+                    self._last_ack_at = proposed_at
+            if done is not None:
+                done(bool(result), proposed_at)
+
+        self._apply(encode_command(cmd), callback=callback)
+        return proposed_at
+
+    def snapshot(self) -> ClusterState:
+        return self._state
+
+    def lock_seen_at(self) -> float | None:
+        with self._obs_lock:
+            return self._lock_seen_at
+
+    def has_quorum(self, now: float, window_s: float) -> bool:
+        """A proposal of ours made within ``window_s`` has been committed."""
+        with self._obs_lock:
+            return self._last_ack_at is not None and now - self._last_ack_at <= window_s
+
+    def raft_status(self) -> dict[str, Any]:
+        status = self.getStatus()
+        leader = status.get("leader")
+        return {"leader": str(leader) if leader is not None else None,
+                "term": status.get("raft_term"), "log_len": status.get("log_len"),
+                "commit_idx": status.get("commit_idx"),
+                "last_applied": status.get("last_applied")}

@@ -1,0 +1,139 @@
+"""RaftNode on real pysyncobj: three nodes on loopback sockets, journals in real directories."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hacluster.consensus.raft import (
+    RaftConfigError,
+    RaftNode,
+    RaftTiming,
+    decode_command,
+    encode_command,
+)
+from hacluster.consensus.state import (
+    Acquire,
+    CommandError,
+    Release,
+    Renew,
+    Report,
+    SetPaused,
+    SetSyncSet,
+)
+from hacluster.testing.harness import free_ports, wait_for
+
+PASSWORD = "raft-test-password-0123"
+TIMING = RaftTiming(election_min_s=0.2, election_max_s=0.5, heartbeat_s=0.05)
+
+
+class Trio:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+        self.nodes: dict[int, RaftNode] = {}
+
+    def start(self, i: int) -> RaftNode:
+        partners = [a for j, a in enumerate(self.addrs) if j != i]
+        node = RaftNode(self.addrs[i], partners, self.root / f"n{i}", PASSWORD, TIMING)
+        node.start()
+        self.nodes[i] = node
+        return node
+
+    def stop(self, i: int) -> None:
+        self.nodes.pop(i).stop()
+
+    def propose_and_wait(self, i: int, cmd: object, timeout: float = 10.0) -> bool:
+        done = threading.Event()
+        result: list[bool] = []
+
+        def cb(ok: bool, proposed_at: float) -> None:
+            result.append(ok)
+            done.set()
+
+        node = self.nodes[i]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # no leader yet: proposals fail, try again
+            done.clear()
+            node.propose(cmd, cb)  # type: ignore[arg-type]
+            if done.wait(0.5):
+                return result[-1]
+        raise AssertionError(f"{cmd} was not committed within {timeout} s")
+
+
+@pytest.fixture
+def trio(tmp_path: Path) -> Iterator[Trio]:
+    t = Trio(tmp_path)
+    yield t
+    for i in list(t.nodes):
+        t.stop(i)
+
+
+def test_refuses_to_start_without_a_password(tmp_path: Path) -> None:
+    with pytest.raises(RaftConfigError, match="needs a password"):
+        RaftNode("127.0.0.1:1", [], tmp_path, None, TIMING)
+
+
+def test_commands_round_trip_as_plain_tuples() -> None:
+    cmds = [Acquire("n1", 3, 4, 100, 1.0, "failover", 1.5), Renew("n1", 4), Release("n1", 4),
+            Report("n2", "http://x", 5, "replica", True, frozenset({"nofailover"})),
+            SetSyncSet("n1", 4, frozenset({"n2", "n3"})), SetPaused(True)]
+    for cmd in cmds:
+        raw = encode_command(cmd)
+        assert all(isinstance(v, str | int | float | bool | tuple) for v in raw)
+        assert decode_command(raw) == cmd
+    for junk in [None, (), ("launch",), ("renew", "bad name", 1), ("acquire", "n1")]:
+        with pytest.raises(CommandError):
+            decode_command(junk)
+
+
+def test_three_nodes_agree_and_the_lock_is_compare_and_set(trio: Trio) -> None:
+    for i in range(3):
+        trio.start(i)
+    for i in range(3):
+        assert trio.propose_and_wait(i, Report(f"n{i}", f"http://n{i}", 10 * i, "replica", True))
+    # Two candidates race for the same epoch: exactly one wins.
+    a = trio.propose_and_wait(1, Acquire("n1", 0, 0, 11, 1.0, "bootstrap", time.time()))
+    b = trio.propose_and_wait(2, Acquire("n2", 0, 0, 21, 1.0, "bootstrap", time.time()))
+    assert (a, b) == (True, False)
+    assert trio.propose_and_wait(1, Renew("n1", 1))
+    wait_for(lambda: all(n.snapshot() == trio.nodes[0].snapshot() for n in trio.nodes.values())
+             and trio.nodes[0].snapshot().lock.renewals == 1, 10, "all nodes to agree")
+    state = trio.nodes[2].snapshot()
+    assert (state.lock.holder, state.lock.epoch) == ("n1", 1)
+    assert [m.applied_seq for m in state.members] == [0, 10, 20]
+    seen = trio.nodes[2].lock_seen_at()
+    assert seen is not None and time.monotonic() - seen < 10
+    assert trio.nodes[0].raft_status()["leader"] is not None
+
+
+def test_quorum_is_proven_by_commits_and_lost_with_the_majority(trio: Trio) -> None:
+    for i in range(3):
+        trio.start(i)
+    assert trio.propose_and_wait(0, SetPaused(False))
+    assert trio.nodes[0].has_quorum(time.monotonic(), 2.0)
+    trio.stop(1)
+    trio.stop(2)
+    # Alone, nothing commits any more: the last proof of quorum ages out.
+    trio.nodes[0].propose(SetPaused(True))
+    time.sleep(1.5)
+    assert not trio.nodes[0].has_quorum(time.monotonic(), 1.0)
+    assert trio.nodes[0].snapshot().paused is False
+
+
+def test_state_survives_a_full_restart(trio: Trio) -> None:
+    for i in range(3):
+        trio.start(i)
+    assert trio.propose_and_wait(0, Acquire("n0", 0, 0, 1, 1.0, "bootstrap", time.time()))
+    assert trio.propose_and_wait(0, SetPaused(True))
+    for i in range(3):
+        trio.stop(i)
+    for i in range(3):
+        trio.start(i)
+    wait_for(lambda: all(n.snapshot().paused and n.snapshot().lock.holder == "n0"
+                         for n in trio.nodes.values()), 15, "the journal to be replayed")
+    assert [r.epoch for r in trio.nodes[1].snapshot().history] == [1]
