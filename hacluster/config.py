@@ -21,6 +21,7 @@ import yaml
 TOKEN_ENV = "HACLUSTER_TOKEN"
 RAFT_PASSWORD_ENV = "HACLUSTER_RAFT_PASSWORD"
 
+NODE_TAGS = frozenset({"nofailover", "noloadbalance"})
 # Room in a frame beyond the WriteBatch itself (CBOR map, header fields, checksum).
 FRAME_OVERHEAD = 4096
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -50,6 +51,8 @@ class NodeConfig:
     name: str
     api: Address
     data_dir: Path
+    raft: Address | None = None
+    tags: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,22 @@ class ReplicationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsensusConfig:
+    """Timings of the Raft layer and of the primary lease (used when nodes have ``raft``)."""
+
+    lease_s: float = 1.0
+    renew_interval_s: float = 0.2
+    drift: float = 0.05
+    drift_margin_s: float = 0.05
+    election_min_s: float = 0.2
+    election_max_s: float = 0.5
+    raft_heartbeat_s: float = 0.05
+    report_interval_s: float = 0.5
+    member_stale_s: float = 3.0
+    maximum_lag_on_failover: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_key_bytes: int = 64 << 10
     max_value_bytes: int = 16 << 20
@@ -97,6 +116,12 @@ class ClusterConfig:
     replication: ReplicationConfig
     limits: LimitsConfig
     source: Path
+    consensus: ConsensusConfig = ConsensusConfig()
+
+    @property
+    def uses_consensus(self) -> bool:
+        """Every node has a ``raft`` address: the primary is elected, not configured."""
+        return all(n.raft is not None for n in self.nodes)
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:
@@ -246,7 +271,7 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     raft_password = env.get(RAFT_PASSWORD_ENV) or raft_password or None
     if raft_password is not None and len(raft_password) < 16:
         raise cluster.fail("cluster.raft_password", "must be at least 16 characters")
-    primary = cluster.get("primary", str)
+    primary = cluster.get("primary", str, "")
     epoch = cluster.integer("epoch", 1, minimum=1)
     cluster.finish()
 
@@ -263,20 +288,33 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     storage = _storage(top.child("storage"))
     replication = _replication(top.child("replication"))
     limits = _limits(top.child("limits"))
+    consensus = _consensus(top.child("consensus"))
     nodes = _nodes(top, source)
     top.finish()
+    with_raft = [n.name for n in nodes if n.raft is not None]
+    if with_raft and len(with_raft) != len(nodes):
+        missing = next(i for i, n in enumerate(nodes) if n.raft is None)
+        raise ConfigError(f"{source}: nodes[{missing}].raft: every node needs a raft address "
+                          "once one has (the primary is then elected)")
+    if with_raft and not raft_password:
+        raise cluster.fail("cluster.raft_password", "required (in the file or in "
+                           f"${RAFT_PASSWORD_ENV}) when nodes have raft addresses")
+    if not with_raft and not primary:
+        raise cluster.fail("cluster.primary", "required when nodes have no raft addresses "
+                           "(without consensus the primary is configured)")
 
     if limits.max_body_bytes + FRAME_OVERHEAD > replication.max_frame_bytes:
         raise ConfigError(
             f"{source}: replication.max_frame_bytes: {replication.max_frame_bytes} is too small "
             f"for limits.max_body_bytes {limits.max_body_bytes}: the largest write must fit in "
             f"one frame (need at least max_body_bytes + {FRAME_OVERHEAD})")
-    if primary not in {n.name for n in nodes}:
+    if primary and primary not in {n.name for n in nodes}:
         raise cluster.fail("cluster.primary", f"{primary!r} is not one of the nodes")
     return ClusterConfig(
         name=name, token=token, raft_password=raft_password, primary=primary, epoch=epoch,
         column_families=tuple(cfs),
         nodes=nodes, storage=storage, replication=replication, limits=limits, source=source,
+        consensus=consensus,
     )
 
 
@@ -322,6 +360,34 @@ def _replication(r: _Reader) -> ReplicationConfig:
     return result
 
 
+def _consensus(r: _Reader) -> ConsensusConfig:
+    d = ConsensusConfig()
+    result = ConsensusConfig(
+        lease_s=r.number("lease_s", d.lease_s, minimum=0.1, maximum=60),
+        renew_interval_s=r.number("renew_interval_s", d.renew_interval_s, minimum=0.01,
+                                  maximum=30),
+        drift=r.number("drift", d.drift, minimum=0, maximum=0.4),
+        drift_margin_s=r.number("drift_margin_s", d.drift_margin_s, minimum=0, maximum=10),
+        election_min_s=r.number("election_min_s", d.election_min_s, minimum=0.05, maximum=30),
+        election_max_s=r.number("election_max_s", d.election_max_s, minimum=0.05, maximum=60),
+        raft_heartbeat_s=r.number("raft_heartbeat_s", d.raft_heartbeat_s, minimum=0.01,
+                                  maximum=10),
+        report_interval_s=r.number("report_interval_s", d.report_interval_s, minimum=0.05,
+                                   maximum=60),
+        member_stale_s=r.number("member_stale_s", d.member_stale_s, minimum=0.1, maximum=600),
+        maximum_lag_on_failover=r.integer("maximum_lag_on_failover",
+                                          d.maximum_lag_on_failover, minimum=0),
+    )
+    if result.renew_interval_s >= result.lease_s * (1 - result.drift):
+        raise r.fail(r.key("renew_interval_s"), "must be shorter than lease_s * (1 - drift)")
+    if result.election_max_s <= result.election_min_s:
+        raise r.fail(r.key("election_max_s"), "must be greater than election_min_s")
+    if result.raft_heartbeat_s >= result.election_min_s:
+        raise r.fail(r.key("raft_heartbeat_s"), "must be shorter than election_min_s")
+    r.finish()
+    return result
+
+
 def _limits(r: _Reader) -> LimitsConfig:
     d = LimitsConfig()
     result = LimitsConfig(
@@ -360,7 +426,20 @@ def _nodes(top: _Reader, source: Path) -> tuple[NodeConfig, ...]:
         if not data_dir.is_absolute():
             # Relative to the config file, so the example works from any working directory.
             data_dir = (source.parent / data_dir).resolve()
+        raft = None
+        if r.get("raft", str, None) is not None:
+            raft = parse_address(r.get("raft", str), source, r.key("raft"))
+            if (raft.host, raft.port) in seen_addrs:
+                raise r.fail(r.key("raft"),
+                             f"{raft} is already used by {seen_addrs[raft.host, raft.port]}")
+            seen_addrs[raft.host, raft.port] = name
+        tags = r.get("tags", list, [])
+        for i, tag in enumerate(tags):
+            if tag not in NODE_TAGS:
+                raise r.fail(f"{r.key('tags')}[{i}]",
+                             f"unknown tag {tag!r} (known: {', '.join(sorted(NODE_TAGS))})")
         r.finish()
-        nodes.append(NodeConfig(name=name, api=api, data_dir=data_dir))
+        nodes.append(NodeConfig(name=name, api=api, data_dir=data_dir, raft=raft,
+                                tags=frozenset(tags)))
     return tuple(nodes)
 

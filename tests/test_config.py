@@ -41,6 +41,10 @@ BASE: dict[str, Any] = {
 }
 
 
+NO_PRIMARY = ("cluster.primary: required when nodes have no raft addresses (without consensus "
+              "the primary is configured)")
+
+
 def doc() -> dict[str, Any]:
     return copy.deepcopy(BASE)
 
@@ -266,9 +270,8 @@ CASES: list[tuple[str, Mutator, str]] = [
     # missing required keys
     ("missing-cluster", _del("cluster"), "cluster: required key is missing"),
     ("missing-name", _del("cluster", "name"), "cluster.name: required key is missing"),
-    ("missing-primary", _del("cluster", "primary"), "cluster.primary: required key is missing"),
-    ("null-primary", _set("cluster", "primary", value=None),
-     "cluster.primary: required key is missing"),
+    ("missing-primary", _del("cluster", "primary"), NO_PRIMARY),
+    ("null-primary", _set("cluster", "primary", value=None), NO_PRIMARY),
     ("missing-nodes", _del("nodes"), "nodes: required key is missing"),
     ("empty-nodes", _set("nodes", value=[]), "nodes: must list at least one node"),
     ("missing-node-name", _del("nodes", 1, "name"), "nodes[1].name: required key is missing"),
@@ -558,3 +561,39 @@ def test_raft_password_from_file_or_env(tmp_path: Path) -> None:
     data["cluster"]["raft_password"] = "short"
     path = write(tmp_path, data)
     assert error_of(path) == f"{path}: cluster.raft_password: must be at least 16 characters"
+
+
+def test_consensus_mode_needs_raft_on_every_node_and_a_password(tmp_path: Path) -> None:
+    data = doc()
+    del data["cluster"]["primary"]
+    data["nodes"][0]["raft"] = "127.0.0.1:8801"
+    path = write(tmp_path, data)
+    assert error_of(path) == (f"{path}: nodes[1].raft: every node needs a raft address once "
+                              "one has (the primary is then elected)")
+    data["nodes"][1]["raft"] = "127.0.0.1:8802"
+    path = write(tmp_path, data)
+    assert error_of(path) == (f"{path}: cluster.raft_password: required (in the file or in "
+                              "$HACLUSTER_RAFT_PASSWORD) when nodes have raft addresses")
+    cfg = load(path, {"HACLUSTER_RAFT_PASSWORD": "raft-password-0123456"})
+    assert cfg.uses_consensus and cfg.primary == ""
+    assert str(cfg.nodes[1].raft) == "127.0.0.1:8802"
+
+
+def test_consensus_timings_are_checked(tmp_path: Path) -> None:
+    data = doc()
+    data["consensus"] = {"lease_s": 1.0, "renew_interval_s": 0.99}
+    path = write(tmp_path, data)
+    assert error_of(path) == (f"{path}: consensus.renew_interval_s: must be shorter than "
+                              "lease_s * (1 - drift)")
+    data["consensus"] = {"election_min_s": 0.5, "election_max_s": 0.4}
+    path = write(tmp_path, data)
+    assert error_of(path) == (f"{path}: consensus.election_max_s: must be greater than "
+                              "election_min_s")
+
+
+def test_node_tags_are_checked(tmp_path: Path) -> None:
+    data = doc()
+    data["nodes"][1]["tags"] = ["nofailover", "vip"]
+    path = write(tmp_path, data)
+    assert error_of(path) == (f"{path}: nodes[1].tags[1]: unknown tag 'vip' (known: "
+                              "nofailover, noloadbalance)")
