@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from hacluster.config import FRAME_OVERHEAD
+from hacluster.node_errors import NotWritable, OutcomeUnknown
 from hacluster.store import StoreError
 from hacluster.wal.batch import PUT
 from hacluster.writes import BadRequest, check_cf, check_key, check_value, parse_batch
@@ -154,6 +155,10 @@ async def _write(node: Node, ops: list[tuple[int, str, bytes, bytes]]) -> web.Re
                           f"({limit} bytes; replication.max_frame_bytes)")
     try:
         applied = node.write(ops)
+    except NotWritable as exc:
+        return error(503, f"not accepting writes: {exc}", leader=node.role.primary)
+    except OutcomeUnknown as exc:
+        return error(503, str(exc), outcome="unknown")
     except StoreError as exc:
         return error(400, str(exc))
     except Exception as exc:  # rocksdict raises bare Exception for RocksDB I/O errors

@@ -14,12 +14,15 @@ import gc
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from hacluster.api import build_app
 from hacluster.config import ClusterConfig, NodeConfig
+from hacluster.consensus.lease import LeaseTiming
+from hacluster.fencing import WriteGate
+from hacluster.node_errors import NotWritable, OutcomeUnknown
 from hacluster.replication import bootstrap
 from hacluster.replication.checkpoints import CheckpointService
 from hacluster.replication.feed import WalFeed
@@ -28,6 +31,9 @@ from hacluster.replication.positions import ReplicaPositions
 from hacluster.replication.source import ReplicationSource
 from hacluster.store import AppliedRange, NamedOp, Store
 
+if TYPE_CHECKING:
+    from hacluster.consensus.loop import ControlLoop
+
 log = logging.getLogger(__name__)
 
 GC_GEN0_THRESHOLD = 20_000
@@ -35,9 +41,9 @@ GC_GEN0_THRESHOLD = 20_000
 
 @dataclass(frozen=True, slots=True)
 class Role:
-    """Who is primary, in which epoch. The consensus layer (issue 3) will produce these."""
+    """Who is primary, in which epoch: from the config (static) or the consensus loop."""
 
-    primary: str
+    primary: str | None
     epoch: int
 
 
@@ -54,9 +60,16 @@ class Node:
         self.source: ReplicationSource | None = None
         self.checkpoints: CheckpointService | None = None
         self.follower: Follower | None = None
+        self._follower_task: asyncio.Task[None] | None = None
         self.positions = ReplicaPositions()
+        c = cfg.consensus
+        self.lease_timing = (LeaseTiming(c.lease_s, c.renew_interval_s, c.drift, c.drift_margin_s)
+                             if cfg.uses_consensus else None)
+        self.gate = WriteGate(self.lease_timing)
+        self.control: ControlLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
+        self._role_lock = asyncio.Lock()
         self.started_at = time.time()
         self.writes = 0
 
@@ -69,10 +82,9 @@ class Node:
         return self.store.column_families if self.store else list(self.cfg.column_families)
 
     def primary_url(self) -> str | None:
-        try:
-            return self.cfg.node(self.role.primary).api.url
-        except Exception:
+        if self.role.primary is None:
             return None
+        return self.cfg.node(self.role.primary).api.url
 
     def current_store(self) -> Store | None:
         return self.follower.store if self.follower else self.store
@@ -84,8 +96,14 @@ class Node:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         bootstrap.recover(self.data_dir)
-        if self.is_primary:
-            self._start_primary()
+        if self.cfg.uses_consensus:
+            # The consensus loop decides the role; until then this node is nobody's replica.
+            from hacluster.consensus.loop import ControlLoop
+            self.control = ControlLoop(self)
+            self.control.start()
+        elif self.is_primary:
+            self._start_primary(self.open_store())
+            self.gate.open(self.role.epoch)
         else:
             self._start_replica()
         self._runner = web.AppRunner(build_app(self), access_log=None)
@@ -99,11 +117,12 @@ class Node:
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         log.info("%s serving on %s as %s (epoch %d)", self.name, self.me.api.url,
-                 "primary" if self.is_primary else f"replica of {self.role.primary}",
+                 "primary" if self.is_primary else
+                 ("replica of " + self.role.primary) if self.role.primary else "candidate",
                  self.role.epoch)
 
-    def _start_primary(self) -> None:
-        self.store = store = self.open_store()
+    def _start_primary(self, store: Store) -> None:
+        self.store = store
         self.feed = WalFeed(self.db_dir, store.latest_seq() + 1, lambda: self.role.epoch)
         self.feed.start()
         self.source = ReplicationSource(
@@ -129,11 +148,66 @@ class Node:
             token=self.cfg.token,
             cfg=self.cfg.replication, open_store=self._replica_store,
             known_epoch=self.role.epoch)
-        self._tasks.append(asyncio.get_running_loop().create_task(self.follower.run()))
+        # A store this node already has open (it was primary, or followed another primary)
+        # is handed over, never opened twice.
+        self.follower.store = self.store
+        self._follower_task = asyncio.get_running_loop().create_task(self.follower.run())
 
     def _replica_store(self) -> Store:
         self.store = self.open_store()
         return self.store
+
+    async def _stop_follower(self) -> None:
+        if self.follower is None:
+            return
+        self.follower.stop()
+        if self._follower_task:
+            self._follower_task.cancel()
+            try:
+                await self._follower_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self.store = self.follower.store
+        self.follower = None
+        self._follower_task = None
+
+    async def _stop_primary_parts(self) -> None:
+        if self.source:
+            self.source.closing.set()
+        if self.feed:
+            await self.feed.stop()
+        self.feed = None
+        self.source = None
+        self.checkpoints = None
+
+    async def become_primary(self, epoch: int, proposed_at: float) -> None:
+        """The lock is ours (a committed Acquire or Renew proposed at ``proposed_at``)."""
+        async with self._role_lock:
+            if self.is_primary and self.role.epoch == epoch and self.feed is not None:
+                self.gate.open(epoch, proposed_at)
+                return
+            await self._stop_follower()
+            store = self.store or self.open_store()
+            self.role = Role(self.name, epoch)
+            self._start_primary(store)
+            self.gate.open(epoch, proposed_at)
+
+    async def become_replica(self, primary: str | None, epoch: int) -> None:
+        """Follow ``primary`` (or no one); the write gate closes first."""
+        self.gate.close(f"following {primary}" if primary else "no primary")
+        async with self._role_lock:
+            if self.role == Role(primary, epoch) and (
+                    primary is None or self.follower is not None):
+                return
+            was_primary = self.is_primary
+            await self._stop_primary_parts()
+            await self._stop_follower()
+            self.role = Role(primary, epoch)
+            if was_primary:
+                log.info("%s demoted in epoch %d; now %s", self.name, epoch,
+                         f"following {primary}" if primary else "waiting for a primary")
+            if primary is not None and primary != self.name:
+                self._start_replica()
 
     async def _janitor(self) -> None:
         while True:
@@ -142,13 +216,18 @@ class Node:
                 self.checkpoints.expire()
 
     def write(self, ops: list[NamedOp]) -> AppliedRange:
-        """The write gate: only the primary writes; every write wakes the replication feed."""
-        if not self.is_primary or self.store is None:
-            raise RuntimeError(f"{self.name} is not the primary")
+        """The write gate: checked before the local write and again before acknowledging."""
+        refusal = self.gate.refusal() if self.is_primary else f"{self.name} is not the primary"
+        if refusal or self.store is None:
+            raise NotWritable(refusal or "no database open")
         applied = self.store.write(ops)
         self.writes += 1
         if self.feed:
             self.feed.notify()
+        late = self.gate.refusal()
+        if late:
+            raise OutcomeUnknown(f"written locally at seq {applied.last_seq} but not "
+                                 f"acknowledged: {late}; it may be lost on failover")
         return applied
 
     def status(self) -> dict[str, Any]:
@@ -159,6 +238,7 @@ class Node:
             "role": "primary" if self.is_primary else "replica",
             "primary": self.role.primary,
             "epoch": self.follower.known_epoch if self.follower else self.role.epoch,
+            "writable": self.is_primary and self.gate.refusal() is None,
             "applied_seq": seq,
             "column_families": self.column_families,
             "rocksdb": store.background_work() if store else None,
@@ -178,13 +258,16 @@ class Node:
                 "ops_applied": st.ops_applied, "bootstraps": st.bootstraps,
                 "bootstrap_bytes": st.bootstrap_bytes,
             }
+        if self.control:
+            out["consensus"] = self.control.status()
         return out
 
     async def stop(self) -> None:
-        if self.follower:
-            self.follower.stop()
-        if self.source:
-            self.source.closing.set()
+        self.gate.close("shutting down")
+        if self.control:
+            await self.control.stop()
+        await self._stop_follower()
+        await self._stop_primary_parts()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -192,12 +275,8 @@ class Node:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
-        if self.feed:
-            await self.feed.stop()
         if self._runner:
             await self._runner.cleanup()
-        if self.follower and self.follower.store:
-            self.follower.store.close()
-        elif self.store:
+        if self.store:
             self.store.close()
         log.info("%s stopped", self.name)

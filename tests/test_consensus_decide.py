@@ -246,3 +246,13 @@ def test_the_node_that_released_the_lock_does_not_take_it_back() -> None:
     d = decide(cluster(released=True), obs("n1"), ASYNC)
     assert d.sentence == ("n1: n1 released the lock (epoch 7); not a candidate "
                           "(I held the lock)")
+
+
+def test_a_node_without_a_database_is_only_a_candidate_for_the_first_epoch() -> None:
+    state = cluster(seqs={"n1": 0, "n2": 0, "n3": 0}, n2={"role": "starting"},
+                    n3={"role": "starting"})
+    d = decide(state, obs("n2", seen=expired_seen(), seq=0), ASYNC)
+    assert d.sentence == "n2: n1's lease expired 0.31 s ago; not a candidate (no database yet)"
+    fresh = cluster(holder=None, epoch=0, seqs={"n1": 0, "n2": 0}, n1={"role": "starting"},
+                    n2={"role": "starting"})
+    assert decide(fresh, obs("n1", seq=0), ASYNC).action is Action.PROMOTE

@@ -132,6 +132,8 @@ def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> D
             return "tagged nofailover"
         if not m.healthy:
             return "unhealthy"
+        if lock.epoch > 0 and m.role == "starting":
+            return "no database yet"
         seen = obs.member_seen_at.get(m.name)
         if m.name != me and (seen is None or obs.now - seen > policy.member_stale_s):
             return "no recent report"

@@ -25,6 +25,7 @@ import rocksdict
 import yaml
 
 TOKEN = "test-token-0123456789abcdef"
+RAFT_PASSWORD = "test-raft-password-0123456789"
 CFS = ["default", "users", "events", "meta"]
 
 
@@ -158,17 +159,21 @@ class Cluster:
 
     def __init__(self, root: Path, names: Iterable[str] = ("n1", "n2", "n3"), *,
                  primary: str = "n1", replication: dict[str, Any] | None = None,
-                 storage: dict[str, Any] | None = None) -> None:
+                 storage: dict[str, Any] | None = None, consensus: bool = False,
+                 consensus_timing: dict[str, Any] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         names = list(names)
-        ports = free_ports(len(names))
+        ports = free_ports(len(names) * 2)
+        self.consensus = consensus
+        self.consensus_timing = consensus_timing or {}
+        self.raft_ports = dict(zip(names, ports[len(names):], strict=True))
         self.primary_name = primary
         self.replication = {"heartbeat_interval": 0.2, "reconnect_backoff_min": 0.05,
                             "reconnect_backoff_max": 0.5, **(replication or {})}
         self.storage = {"wal_ttl_seconds": 3600, "wal_size_limit_mb": 4096,
                         "write_buffer_size_mb": 4, **(storage or {})}
-        self.addresses = {n: p for n, p in zip(names, ports, strict=True)}
+        self.addresses = dict(zip(names, ports[:len(names)], strict=True))
         self.nodes: dict[str, NodeProc] = {}
         for name in names:
             cfg = self.write_config(name)
@@ -178,7 +183,7 @@ class Cluster:
     def config_doc(self, addresses: dict[str, int] | None = None,
                    replication: dict[str, Any] | None = None) -> dict[str, Any]:
         addresses = addresses or self.addresses
-        return {
+        doc: dict[str, Any] = {
             "cluster": {"name": "test", "token": TOKEN, "primary": self.primary_name,
                         "epoch": 1},
             "column_families": CFS,
@@ -187,6 +192,13 @@ class Cluster:
             "nodes": [{"name": n, "api": f"127.0.0.1:{p}",
                        "data_dir": str(self.root / "data" / n)} for n, p in addresses.items()],
         }
+        if self.consensus:
+            del doc["cluster"]["primary"]
+            doc["cluster"]["raft_password"] = RAFT_PASSWORD
+            doc["consensus"] = self.consensus_timing
+            for node in doc["nodes"]:
+                node["raft"] = f"127.0.0.1:{self.raft_ports[node['name']]}"
+        return doc
 
     def write_config(self, name: str, **kw: Any) -> Path:
         path = self.root / f"{name}.yaml"
@@ -202,9 +214,36 @@ class Cluster:
         return [n for name, n in self.nodes.items() if name != self.primary_name]
 
     def start(self) -> None:
+        if self.consensus:
+            for node in self.nodes.values():
+                node.start()
+            return
         self.primary.start()
         for node in self.replicas:
             node.start()
+
+    def writable_primary(self, among: Iterable[NodeProc] | None = None) -> NodeProc | None:
+        """The node that says it is primary and its write gate is open (consensus mode)."""
+        found = []
+        for node in among if among is not None else self.nodes.values():
+            if not node.running:
+                continue
+            try:
+                status = node.status()
+            except OSError:
+                continue
+            if status["role"] == "primary" and status.get("writable"):
+                found.append(node)
+        assert len(found) <= 1, f"two writable primaries: {[n.name for n in found]}"
+        return found[0] if found else None
+
+    def wait_primary(self, timeout: float = 20.0,
+                     among: Iterable[NodeProc] | None = None) -> NodeProc:
+        nodes = list(among) if among is not None else None
+        result: NodeProc = wait_for(lambda: self.writable_primary(nodes), timeout,
+                                    "a writable primary")
+        self.primary_name = result.name
+        return result
 
     def stop(self) -> None:
         for node in self.nodes.values():

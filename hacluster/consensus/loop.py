@@ -1,0 +1,190 @@
+"""The control loop: every renew interval, snapshot, decide, act — and say why in one sentence.
+
+Owns the node's RaftNode, its periodic Report of its own replication position, the local
+observations ``decide`` needs (when each member's report last changed here), and carrying out
+the decision: renew the lease, propose an Acquire, follow a primary, or demote. Acting means
+calling the node's role transitions; results of Raft proposals arrive on the Raft thread and are
+handed to the event loop. It must never open the write gate on anything but a committed Acquire
+or Renew that took effect, and never let a failing step stop the loop (a node that stops
+deciding must at least stop writing: the lease does that by itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from hacluster.consensus.decide import Action, Decision, Observation, Policy, decide
+from hacluster.consensus.raft import RaftNode, RaftTiming
+from hacluster.consensus.state import Acquire, ClusterState, Renew, Report
+from hacluster.store import has_database
+
+if TYPE_CHECKING:
+    from hacluster.node import Node
+
+log = logging.getLogger(__name__)
+
+
+class ControlLoop:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        cfg = node.cfg
+        c = cfg.consensus
+        assert node.lease_timing is not None and node.me.raft is not None
+        self.timing = node.lease_timing
+        # Async replication until sync mode lands: candidates are not limited to a sync set.
+        self.policy = Policy(timing=self.timing, sync_mode=False,
+                             maximum_lag_on_failover=c.maximum_lag_on_failover,
+                             member_stale_s=c.member_stale_s)
+        self.quorum_window = max(3 * c.report_interval_s, 3 * c.renew_interval_s)
+        partners = [str(n.raft) for n in cfg.nodes if n.name != node.name]
+        self.raft = RaftNode(
+            str(node.me.raft), partners, node.data_dir / "raft", cfg.raft_password,
+            RaftTiming(election_min_s=c.election_min_s, election_max_s=c.election_max_s,
+                       heartbeat_s=c.raft_heartbeat_s))
+        self.last: Decision | None = None
+        self.passes = 0
+        self._member_reports: dict[str, int] = {}
+        self._member_seen: dict[str, float] = {}
+        self._last_report = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._acquiring = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.raft.start()
+        self._task = self._loop.create_task(self._run(), name="control-loop")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await asyncio.to_thread(self.raft.stop)
+
+    async def _run(self) -> None:
+        interval = self.node.cfg.consensus.renew_interval_s
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("%s: control loop pass failed", self.node.name)
+            await asyncio.sleep(interval)
+
+    def _on_raft(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the event loop (Raft callbacks arrive on the Raft thread)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(fn(*args)))
+
+    def _observe(self, state: ClusterState, now: float) -> Observation:
+        for m in state.members:
+            if self._member_reports.get(m.name) != m.reports:
+                self._member_reports[m.name] = m.reports
+                self._member_seen[m.name] = now
+        store = self.node.current_store()
+        holder = state.lock.held and state.lock.holder == self.node.name
+        return Observation(
+            me=self.node.name, now=now,
+            has_quorum=self.raft.has_quorum(now, self.quorum_window),
+            lock_seen_at=self.raft.lock_seen_at(),
+            renewal_proposed_at=self.node.gate.renewal_proposed_at if holder else None,
+            my_applied_seq=store.latest_seq() if store else self._seq_on_disk(),
+            member_seen_at=dict(self._member_seen))
+
+    def _seq_on_disk(self) -> int:
+        """Before the store is open (a fresh start), the last reported seq is our best guess."""
+        mine = self.raft.snapshot().member(self.node.name)
+        return mine.applied_seq if mine else 0
+
+    async def run_once(self) -> Decision:
+        now = time.monotonic()
+        node = self.node
+        if now - self._last_report >= node.cfg.consensus.report_interval_s:
+            self._last_report = now
+            store = node.current_store()
+            has_db = store is not None or has_database(node.db_dir)
+            # Unhealthy: replication stopped for good (diverged); it must not be promoted.
+            healthy = node.follower is None or node.follower.status.state != "diverged"
+            self.raft.propose(Report(
+                node.name, node.me.api.url, store.latest_seq() if store else 0,
+                "primary" if node.is_primary else ("replica" if has_db else "starting"),
+                healthy, node.me.tags))
+        state = self.raft.snapshot()
+        decision = decide(state, self._observe(state, now), self.policy)
+        self._record(decision)
+        await self._act(decision, state)
+        return decision
+
+    def _record(self, d: Decision) -> None:
+        self.passes += 1
+        prev = self.last
+        self.last = d
+        if prev is None or (prev.action, prev.target, prev.epoch) != (d.action, d.target,
+                                                                       d.epoch):
+            log.info("%s", d.sentence)
+        else:
+            log.debug("%s", d.sentence)
+
+    async def _act(self, d: Decision, state: ClusterState) -> None:
+        node, lock = self.node, state.lock
+        if lock.held and lock.holder == node.name:
+            # Renew on every pass while the lock is ours, with or without proven quorum:
+            # the commit of the renewal is itself the proof.
+            epoch = lock.epoch
+
+            def renewed(ok: bool, proposed_at: float) -> None:
+                if ok:
+                    self._on_raft(node.become_primary, epoch, proposed_at)
+
+            self.raft.propose(Renew(node.name, epoch), renewed)
+            if d.action is Action.DEMOTE:
+                node.gate.close("no quorum and the lease expired")
+            return
+        if node.is_primary:
+            # The lock is someone else's (or released): stop writing before anything else.
+            await node.become_replica(lock.holder if lock.held else None, lock.epoch)
+        if d.action is Action.FOLLOW and d.target is not None and d.epoch is not None:
+            await node.become_replica(d.target, d.epoch)
+        elif d.action is Action.PROMOTE and not self._acquiring:
+            assert d.epoch is not None and d.start_seq is not None
+            self._acquiring = True
+            reason = "bootstrap" if lock.holder is None else "failover"
+            cmd = Acquire(node.name, lock.epoch, lock.renewals, d.start_seq,
+                          self.timing.lease_s, reason, time.time())
+
+            def acquired(ok: bool, proposed_at: float, epoch: int = d.epoch) -> None:
+                self._acquiring = False
+                if ok:
+                    log.info("%s: promoted, epoch %d, from seq %d", node.name, epoch,
+                             cmd.start_seq)
+                    self._on_raft(node.become_primary, epoch, proposed_at)
+
+            self.raft.propose(cmd, acquired)
+            # If the proposal never commits (no leader), try again on a later pass.
+            assert self._loop is not None
+            self._loop.call_later(1.0, self._clear_acquiring)
+
+    def _clear_acquiring(self) -> None:
+        self._acquiring = False
+
+    def status(self) -> dict[str, Any]:
+        state = self.raft.snapshot()
+        lock = state.lock
+        return {
+            "decision": self.last.sentence if self.last else None,
+            "lock": {"holder": lock.holder, "epoch": lock.epoch, "released": lock.released,
+                     "renewals": lock.renewals},
+            "lease_left_s": round(self.node.gate.lease_left(), 3) if self.node.is_primary
+            else None,
+            "paused": state.paused,
+            "members": [{"name": m.name, "applied_seq": m.applied_seq, "role": m.role,
+                         "healthy": m.healthy, "tags": sorted(m.tags)} for m in state.members],
+            "history": [{"epoch": r.epoch, "primary": r.primary, "start_seq": r.start_seq,
+                         "reason": r.reason, "time": r.wall_time} for r in state.history[-10:]],
+            "raft": self.raft.raft_status(),
+        }

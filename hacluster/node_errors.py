@@ -1,0 +1,9 @@
+"""Why a node refused or could not confirm a write: shared by the node and the HTTP layer."""
+
+
+class NotWritable(Exception):
+    """This node may not acknowledge writes now (not primary, or its lease is not valid)."""
+
+
+class OutcomeUnknown(Exception):
+    """The write reached the local DB but the lease ran out before it could be acknowledged."""

@@ -1,0 +1,111 @@
+"""Automatic failover with real processes: Raft elects, leases fence, replicas follow.
+
+Three node processes with raft addresses on loopback (pysyncobj with a password, journals in
+their data dirs). These tests use real signals; network partitions (which need namespaces and
+root) come with the fault-injection suite.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hacluster.testing.harness import Cluster, NodeProc, wait_for
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, consensus=True)
+    c.start()
+    yield c
+    c.stop()
+
+
+def put(node: NodeProc, key: str, value: bytes = b"v") -> int:
+    resp = node.put(key, value)
+    assert resp.status == 200, (node.name, resp.status, resp.body)
+    seq: int = resp.json()["seq"]
+    return seq
+
+
+def test_a_primary_is_elected_and_replicas_follow_it(cluster: Cluster) -> None:
+    primary = cluster.wait_primary()
+    for i in range(20):
+        put(primary, f"k{i}")
+    cluster.wait_converged()
+    status = primary.status()
+    assert status["consensus"]["lock"] == {"holder": primary.name, "epoch": 1,
+                                           "released": False,
+                                           "renewals": status["consensus"]["lock"]["renewals"]}
+    assert status["consensus"]["decision"].startswith(f"{primary.name}: primary, epoch 1")
+    for node in cluster.replicas:
+        s = node.status()
+        assert s["role"] == "replica" and s["primary"] == primary.name
+        assert s["consensus"]["decision"] == f"{node.name}: following {primary.name} (epoch 1)"
+        # A replica refuses writes: it redirects to the primary.
+        assert node.put("x", b"y").status == 307
+
+
+def test_sigkill_of_the_primary_elects_a_new_one(cluster: Cluster) -> None:
+    old = cluster.wait_primary()
+    for i in range(50):
+        put(old, f"before-{i}")
+    cluster.wait_converged()
+    old.signal(signal.SIGKILL)
+    old.proc.wait(10)  # type: ignore[union-attr]
+    killed_at = time.monotonic()
+    survivors = [n for n in cluster.nodes.values() if n is not old]
+    new = cluster.wait_primary(timeout=20, among=survivors)
+    elapsed = time.monotonic() - killed_at
+    assert elapsed < 15, f"failover took {elapsed:.1f} s"
+    status = new.status()
+    assert status["epoch"] == 2
+    sentences = new.log()
+    assert f"{new.name}: promoting, epoch 2 from seq 51; {old.name}'s lease expired" in sentences
+    history = status["consensus"]["history"]
+    assert [(h["epoch"], h["primary"], h["reason"]) for h in history] == [
+        (1, old.name, "bootstrap"), (2, new.name, "failover")]
+    for i in range(50):
+        put(new, f"after-{i}")
+    cluster.wait_converged(nodes=[n for n in survivors if n is not new])
+    # The old primary comes back as a replica of the new one and catches up.
+    old.start()
+    cluster.wait_converged()
+    s = old.status()
+    assert (s["role"], s["primary"], s["epoch"]) == ("replica", new.name, 2)
+
+
+def test_sigstopped_primary_does_not_acknowledge_after_it_resumes(cluster: Cluster) -> None:
+    old = cluster.wait_primary()
+    put(old, "before")
+    cluster.wait_converged()
+    old.signal(signal.SIGSTOP)
+    try:
+        survivors = [n for n in cluster.nodes.values() if n is not old]
+        new = cluster.wait_primary(timeout=20, among=survivors)
+        put(new, "during")
+    finally:
+        old.signal(signal.SIGCONT)
+    # Resumed, the old primary's lease is long gone: it must refuse or redirect, never ack.
+    resp = old.put("stale-write", b"x")
+    assert resp.status != 200, resp.body
+    wait_for(lambda: old.status()["primary"] == new.name, 15, "the old primary to follow")
+    cluster.wait_converged()
+    assert new.hash() == old.hash()
+
+
+def test_full_cluster_restart_keeps_the_epoch_history(cluster: Cluster) -> None:
+    primary = cluster.wait_primary()
+    put(primary, "a")
+    cluster.wait_converged()
+    cluster.stop()
+    cluster.start()
+    again = cluster.wait_primary(timeout=30)
+    history = again.status()["consensus"]["history"]
+    assert history[0]["epoch"] == 1 and history[-1]["primary"] == again.name
+    put(again, "b")
+    cluster.wait_converged()
