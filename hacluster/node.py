@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,9 @@ from aiohttp import web
 from hacluster.api import build_app
 from hacluster.config import ClusterConfig, NodeConfig
 from hacluster.consensus.lease import LeaseTiming
+from hacluster.consensus.lineage import Lineage, find_divergence
+from hacluster.consensus.state import EpochRecord
+from hacluster.divergence import list_divergent_tails, save_divergent_tail
 from hacluster.fencing import WriteGate
 from hacluster.node_errors import NotWritable, OutcomeUnknown
 from hacluster.replication import bootstrap
@@ -29,7 +34,7 @@ from hacluster.replication.feed import WalFeed
 from hacluster.replication.follower import Follower
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.replication.source import ReplicationSource
-from hacluster.store import AppliedRange, NamedOp, Store
+from hacluster.store import AppliedRange, NamedOp, Store, has_database
 
 if TYPE_CHECKING:
     from hacluster.consensus.loop import ControlLoop
@@ -66,6 +71,7 @@ class Node:
         self.lease_timing = (LeaseTiming(c.lease_s, c.renew_interval_s, c.drift, c.drift_margin_s)
                              if cfg.uses_consensus else None)
         self.gate = WriteGate(self.lease_timing)
+        self.lineage = Lineage(self.data_dir) if self.data_dir.exists() else None
         self.control: ControlLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -95,6 +101,8 @@ class Node:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.lineage is None:
+            self.lineage = Lineage(self.data_dir)
         bootstrap.recover(self.data_dir)
         if self.cfg.uses_consensus:
             # The consensus loop decides the role; until then this node is nobody's replica.
@@ -147,7 +155,7 @@ class Node:
             node=self.name, data_dir=self.data_dir, primary_url=primary_url,
             token=self.cfg.token,
             cfg=self.cfg.replication, open_store=self._replica_store,
-            known_epoch=self.role.epoch)
+            known_epoch=self.role.epoch, lineage=self.lineage)
         # A store this node already has open (it was primary, or followed another primary)
         # is handed over, never opened twice.
         self.follower.store = self.store
@@ -188,6 +196,9 @@ class Node:
                 return
             await self._stop_follower()
             store = self.store or self.open_store()
+            # Durable before the first write of this epoch: what follows is epoch's data.
+            assert self.lineage is not None
+            self.lineage.record(epoch, store.latest_seq() + 1)
             self.role = Role(self.name, epoch)
             self._start_primary(store)
             self.gate.open(epoch, proposed_at)
@@ -207,7 +218,34 @@ class Node:
                 log.info("%s demoted in epoch %d; now %s", self.name, epoch,
                          f"following {primary}" if primary else "waiting for a primary")
             if primary is not None and primary != self.name:
+                if self.control is not None:
+                    self._handle_divergence(self.control.raft.snapshot().history)
                 self._start_replica()
+
+    def _handle_divergence(self, history: Sequence[EpochRecord]) -> None:
+        """Before following: keep writes no current primary has in a file, then start over."""
+        store = self.store
+        if store is None and has_database(self.db_dir):
+            store = self.store = self.open_store()
+        if store is None or self.lineage is None:
+            return
+        div = find_divergence(self.lineage, store.latest_seq(), history)
+        if div is None:
+            return
+        path, complete, ops = save_divergent_tail(self.data_dir, self.name, store, div)
+        log.error("%s: divergent tail: seqs %d..%d were written in epoch %d but epoch history "
+                  "gives them to a later epoch; %d ops saved to %s%s; re-bootstrapping from "
+                  "the primary", self.name, div.first_seq, div.last_seq, div.epoch, ops, path,
+                  "" if complete else " (INCOMPLETE: the WAL no longer held all of them)")
+        store.close()
+        self.store = None
+        aside = self.data_dir / f"db.diverged-{int(time.time())}"
+        self.db_dir.rename(aside)
+        if complete:
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            log.error("%s: kept the old database at %s for manual recovery", self.name, aside)
+        self.lineage.reset(0, 1)
 
     async def _janitor(self) -> None:
         while True:
@@ -260,6 +298,7 @@ class Node:
             }
         if self.control:
             out["consensus"] = self.control.status()
+        out["divergent_tails"] = list_divergent_tails(self.data_dir)
         return out
 
     async def stop(self) -> None:

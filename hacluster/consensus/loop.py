@@ -165,12 +165,6 @@ class ControlLoop:
                     self._on_raft(node.become_primary, epoch, proposed_at)
 
             self.raft.propose(cmd, acquired)
-            # If the proposal never commits (no leader), try again on a later pass.
-            assert self._loop is not None
-            self._loop.call_later(1.0, self._clear_acquiring)
-
-    def _clear_acquiring(self) -> None:
-        self._acquiring = False
 
     def status(self) -> dict[str, Any]:
         state = self.raft.snapshot()

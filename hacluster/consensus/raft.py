@@ -165,7 +165,10 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     def propose(self, cmd: Command,
                 done: Callable[[bool, float], None] | None = None) -> float:
-        """Append ``cmd`` to the log; ``done(took_effect, proposed_at)`` runs once committed.
+        """Append ``cmd`` to the log; ``done(took_effect, proposed_at)`` runs when it is decided.
+
+        ``took_effect`` is False both when the command committed without effect and when it
+        could not be committed (no leader, timeout): either way nothing changed for us.
 
         Returns the proposal time (monotonic). A commit also proves a majority answered after
         that time, which ``has_quorum`` and lease renewals rely on.
@@ -175,6 +178,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         def callback(result: Any, error: Any) -> None:
             if error != FAIL_REASON.SUCCESS:
                 log.debug("Raft command %s not committed: %s", cmd, error)
+                if done is not None:
+                    done(False, proposed_at)
                 return
             with self._obs_lock:
                 if self._last_ack_at is None or proposed_at > self._last_ack_at:

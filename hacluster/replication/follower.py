@@ -23,6 +23,7 @@ import aiohttp
 import rocksdict
 
 from hacluster.config import ReplicationConfig
+from hacluster.consensus.lineage import Lineage
 from hacluster.replication import frames
 from hacluster.replication.applier import Verdict, decide
 from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
@@ -113,7 +114,8 @@ class AckSender:
 class Follower:
     def __init__(self, *, node: str, data_dir: Path, primary_url: str, token: str,
                  cfg: ReplicationConfig,
-                 open_store: Callable[[], Store], known_epoch: int) -> None:
+                 open_store: Callable[[], Store], known_epoch: int,
+                 lineage: Lineage | None = None) -> None:
         self.node = node
         self.data_dir = data_dir
         self.primary_url = primary_url.rstrip("/")
@@ -121,6 +123,7 @@ class Follower:
         self.cfg = cfg
         self.open_store = open_store
         self.known_epoch = known_epoch
+        self.lineage = lineage
         self.status = FollowerStatus()
         self.store: Store | None = None
         self._backoff = Backoff(cfg.reconnect_backoff_min, cfg.reconnect_backoff_max)
@@ -201,6 +204,8 @@ class Follower:
             self.store.close()
             self.store = None
         seq = install(self.data_dir)
+        if self.lineage is not None:
+            self.lineage.reset(int(manifest["epoch"]), 1)
         self.store = self.open_store()
         if self.store.latest_seq() != seq:
             raise BootstrapError(f"checkpoint {manifest['id']} opened at seq "
@@ -252,6 +257,9 @@ class Follower:
             except (WalError, KeyError) as exc:
                 raise frames.FrameError(f"batch at seq {frame.seq} cannot be applied: {exc}; "
                                         "nothing applied") from None
+            if self.lineage is not None:
+                # Durable before the batch: from here on the data is frame.epoch's.
+                self.lineage.record(frame.epoch, frame.seq)
             store.commit(batch, frame.seq, frame.count, sync=self.cfg.fsync_on_apply)
             if self.status.primary_seq is None or frame.last_seq > self.status.primary_seq:
                 self.status.primary_seq = frame.last_seq
