@@ -51,8 +51,9 @@ class Trio:
         done = threading.Event()
         result: list[bool] = []
 
-        def cb(ok: bool, proposed_at: float) -> None:
-            result.append(ok)
+        def cb(ok: bool | None, proposed_at: float) -> None:
+            if ok is not None:  # None: not committed (no leader yet); propose again
+                result.append(ok)
             done.set()
 
         node = self.nodes[i]
@@ -60,7 +61,7 @@ class Trio:
         while time.monotonic() < deadline:  # no leader yet: proposals fail, try again
             done.clear()
             node.propose(cmd, cb)  # type: ignore[arg-type]
-            if done.wait(0.5):
+            if done.wait(0.5) and result:
                 return result[-1]
         raise AssertionError(f"{cmd} was not committed within {timeout} s")
 

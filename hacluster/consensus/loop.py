@@ -137,7 +137,7 @@ class ControlLoop:
             # the commit of the renewal is itself the proof.
             epoch = lock.epoch
 
-            def renewed(ok: bool, proposed_at: float) -> None:
+            def renewed(ok: bool | None, proposed_at: float) -> None:
                 if ok:
                     self._on_raft(node.become_primary, epoch, proposed_at)
 
@@ -157,7 +157,7 @@ class ControlLoop:
             cmd = Acquire(node.name, lock.epoch, lock.renewals, d.start_seq,
                           self.timing.lease_s, reason, time.time())
 
-            def acquired(ok: bool, proposed_at: float, epoch: int = d.epoch) -> None:
+            def acquired(ok: bool | None, proposed_at: float, epoch: int = d.epoch) -> None:
                 self._acquiring = False
                 if ok:
                     log.info("%s: promoted, epoch %d, from seq %d", node.name, epoch,

@@ -164,11 +164,11 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self.destroy()
 
     def propose(self, cmd: Command,
-                done: Callable[[bool, float], None] | None = None) -> float:
+                done: Callable[[bool | None, float], None] | None = None) -> float:
         """Append ``cmd`` to the log; ``done(took_effect, proposed_at)`` runs when it is decided.
 
-        ``took_effect`` is False both when the command committed without effect and when it
-        could not be committed (no leader, timeout): either way nothing changed for us.
+        ``took_effect`` is True or False once the command committed (with or without effect),
+        None when it could not be committed (no leader, timeout): nothing changed then.
 
         Returns the proposal time (monotonic). A commit also proves a majority answered after
         that time, which ``has_quorum`` and lease renewals rely on.
@@ -179,7 +179,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             if error != FAIL_REASON.SUCCESS:
                 log.debug("Raft command %s not committed: %s", cmd, error)
                 if done is not None:
-                    done(False, proposed_at)
+                    done(None, proposed_at)
                 return
             with self._obs_lock:
                 if self._last_ack_at is None or proposed_at > self._last_ack_at:
