@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
 
-from hacluster.testing.harness import Cluster, NodeProc, wait_for
+from hacluster.testing.harness import Cluster, FaultyProxy, NodeProc, wait_for
 
 
 @pytest.fixture
@@ -109,3 +110,51 @@ def test_full_cluster_restart_keeps_the_epoch_history(cluster: Cluster) -> None:
     assert history[0]["epoch"] == 1 and history[-1]["primary"] == again.name
     put(again, "b")
     cluster.wait_converged()
+
+
+def test_async_writes_lost_on_failover_are_kept_in_a_divergent_tail_file(tmp_path: Path) -> None:
+    """n1 acknowledges writes n2 never receives; n2 takes over; n1 rejoins and keeps them."""
+    cluster = Cluster(tmp_path, consensus=True)
+    n1, n2, n3 = (cluster.nodes[n] for n in ("n1", "n2", "n3"))
+    proxy = FaultyProxy(cluster.addresses["n1"])
+    try:
+        only_n1 = {"n2": ["nofailover"], "n3": ["nofailover"]}
+        via_proxy = dict(cluster.addresses, n1=proxy.port)
+        cluster.write_config("n2", addresses=via_proxy, tags=only_n1)
+        cluster.write_config("n3", tags=only_n1)
+        cluster.write_config("n1", tags=only_n1)
+        cluster.start()
+        assert cluster.wait_primary() is n1
+        for i in range(20):
+            put(n1, f"shared-{i}")
+        cluster.wait_converged()
+        n3.stop()
+        proxy.mode = "drop"                      # n2 stays in the Raft quorum, gets no data
+        lost = [f"lost-{i}" for i in range(15)]
+        for key in lost:
+            put(n1, key)                         # acknowledged: async replication
+        n2.stop()
+        cluster.write_config("n2", addresses=via_proxy)   # n2 may now be promoted
+        n2.start()
+        cluster.wait_primary(among=[n1])         # quorum again; n1 still primary
+        n1.signal(signal.SIGKILL)
+        n1.proc.wait(10)  # type: ignore[union-attr]
+        n3.start()
+        assert cluster.wait_primary(among=[n2, n3]) is n2
+        for i in range(30):
+            put(n2, f"new-{i}")                  # reuses the seqs n1 gave the lost writes
+        n1.start()
+        wait_for(lambda: n1.status()["divergent_tails"], 20, "n1 to save its divergent tail")
+        tail = n1.status()["divergent_tails"][0]
+        assert (tail["epoch"], tail["ops"], tail["complete"]) == (1, 15, True)
+        assert tail["first_seq"] == 21
+        with open(tail["file"], "rb") as f:
+            doc = cbor2.load(f)
+        saved = [op[2].decode() for b in doc["batches"] for op in b["ops"]]
+        assert saved == lost
+        assert "divergent tail: seqs 21..35 were written in epoch 1" in n1.log()
+        proxy.mode = "pass"
+        cluster.wait_converged()
+    finally:
+        proxy.close()
+        cluster.stop()

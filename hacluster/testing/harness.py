@@ -181,7 +181,8 @@ class Cluster:
                                         root / f"{name}.log")
 
     def config_doc(self, addresses: dict[str, int] | None = None,
-                   replication: dict[str, Any] | None = None) -> dict[str, Any]:
+                   replication: dict[str, Any] | None = None,
+                   tags: dict[str, list[str]] | None = None) -> dict[str, Any]:
         addresses = addresses or self.addresses
         doc: dict[str, Any] = {
             "cluster": {"name": "test", "token": TOKEN, "primary": self.primary_name,
@@ -198,6 +199,8 @@ class Cluster:
             doc["consensus"] = self.consensus_timing
             for node in doc["nodes"]:
                 node["raft"] = f"127.0.0.1:{self.raft_ports[node['name']]}"
+                if tags and node["name"] in tags:
+                    node["tags"] = tags[node["name"]]
         return doc
 
     def write_config(self, name: str, **kw: Any) -> Path:
@@ -298,7 +301,8 @@ class FaultyProxy:
 
     ``mode`` is "pass", "flip" (change one byte of ``pattern`` wherever it passes, keeping the
     length so HTTP framing stays valid and only the frame checksum can notice) or "truncate"
-    (forward the data up to the middle of ``pattern``, then close both sides).
+    (forward the data up to the middle of ``pattern``, then close both sides) or "drop"
+    (forward nothing downstream: a stream that stays silent).
     """
 
     def __init__(self, upstream_port: int, pattern: bytes = b"") -> None:
@@ -325,7 +329,11 @@ class FaultyProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the upstream is down: the client sees its connection close
+                client.close()
+                continue
             self._socks += [client, upstream]
             for src, dst, down in ((client, upstream, False), (upstream, client, True)):
                 threading.Thread(target=self._pipe, args=(src, dst, down), daemon=True).start()
@@ -336,6 +344,8 @@ class FaultyProxy:
                 data = src.recv(1 << 16)
                 if not data:
                     break
+                if downstream and self.mode == "drop":
+                    continue  # swallowed: the client sees a stream that stays silent
                 if downstream and self.pattern and self.pattern in data and self.mode != "pass":
                     self.hits += 1
                     i = data.index(self.pattern)
