@@ -7,12 +7,14 @@ on Ctrl-C or SIGTERM. It must never leave a node process behind when it exits.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from types import FrameType
 
 from hacluster.config import ClusterConfig
@@ -28,7 +30,24 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _wait_for_primary(cfg: ClusterConfig, stopping: Callable[[], bool]) -> str | None:
+    """Consensus mode: the node whose status says it is a writable primary."""
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    while time.monotonic() < deadline and not stopping():
+        for node in cfg.nodes:
+            try:
+                with urllib.request.urlopen(f"{node.api.url}/status", timeout=1) as resp:
+                    status = json.loads(resp.read())
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+            if status.get("role") == "primary" and status.get("writable"):
+                return node.name
+        time.sleep(0.2)
+    return None
+
+
 def run_local_cluster(cfg: ClusterConfig, config_path: str, log_level: str) -> int:
+    # Static mode: the primary first, so replicas find it; with consensus the order is free.
     order = sorted(cfg.nodes, key=lambda n: n.name != cfg.primary)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -53,10 +72,16 @@ def run_local_cluster(cfg: ClusterConfig, config_path: str, log_level: str) -> i
                           file=sys.stderr)
                     return 1
                 time.sleep(0.1)
-        primary = cfg.node(cfg.primary).api.url
+        leader = cfg.primary or _wait_for_primary(cfg, lambda: stopping)
+        if leader is None:
+            print("hacluster up: no primary was elected in time (see the logs above)",
+                  file=sys.stderr)
+            return 1
+        primary = cfg.node(leader).api.url
         print("\n".join([
             "",
-            f"hacluster up: {len(procs)} nodes running (primary {cfg.primary}):",
+            f"hacluster up: {len(procs)} nodes running (primary {leader}"
+            f"{', elected' if cfg.uses_consensus else ''}):",
             *[f"  {n.name:<6} {n.api.url}   data {n.data_dir}" for n in order],
             "Try (the token is cluster.token of your config, or $HACLUSTER_TOKEN):",
             f"  curl -s {primary}/status",
