@@ -100,9 +100,10 @@ def test_repo_cluster_yaml_loads() -> None:
     assert cfg.name == "demo"
     assert cfg.column_families[0] == "default"
     assert len(cfg.nodes) == 3
-    assert cfg.primary in {n.name for n in cfg.nodes}
-    assert len(cfg.token) >= 16
+    assert cfg.uses_consensus and cfg.primary == ""  # the example elects its primary
+    assert cfg.raft_password is not None and len(cfg.token) >= 16
     for node in cfg.nodes:
+        assert node.raft is not None
         assert node.data_dir.is_absolute()
         assert node.data_dir.is_relative_to(REPO)
 
