@@ -124,6 +124,23 @@ def build_app(node: Node) -> web.Application:
         # Computed on the loop thread: no apply or write interleaves, so seq and hash agree.
         return web.json_response(store.content_hash())
 
+    async def set_paused(paused: bool) -> web.Response:
+        if node.control is None:
+            return error(409, "no consensus in this cluster (static primary): nothing to pause")
+        ok = await node.control.set_paused(paused)
+        if ok is None:
+            return error(503, "not committed: no Raft quorum reachable")
+        log.info("%s: maintenance mode %s", node.name, "on" if paused else "off")
+        return web.json_response({"paused": paused})
+
+    async def admin_pause(request: web.Request) -> web.Response:
+        return await set_paused(True)
+
+    async def admin_resume(request: web.Request) -> web.Response:
+        return await set_paused(False)
+
+    app.router.add_post("/v1/admin/pause", admin_pause)
+    app.router.add_post("/v1/admin/resume", admin_resume)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/admin/flush", admin_flush)
     app.router.add_post("/v1/admin/compact", admin_compact)

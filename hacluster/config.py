@@ -95,6 +95,16 @@ class ConsensusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HooksConfig:
+    """Shell commands run on role changes (in the background, with a timeout)."""
+
+    on_promote: str | None = None
+    on_demote: str | None = None
+    on_role_change: str | None = None
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_key_bytes: int = 64 << 10
     max_value_bytes: int = 16 << 20
@@ -118,6 +128,7 @@ class ClusterConfig:
     limits: LimitsConfig
     source: Path
     consensus: ConsensusConfig = ConsensusConfig()
+    hooks: HooksConfig = HooksConfig()
 
     @property
     def uses_consensus(self) -> bool:
@@ -290,6 +301,14 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     replication = _replication(top.child("replication"))
     limits = _limits(top.child("limits"))
     consensus = _consensus(top.child("consensus"))
+    hooks_r = top.child("hooks")
+    hooks = HooksConfig(
+        on_promote=hooks_r.get("on_promote", str, None),
+        on_demote=hooks_r.get("on_demote", str, None),
+        on_role_change=hooks_r.get("on_role_change", str, None),
+        timeout_s=hooks_r.number("timeout_s", HooksConfig().timeout_s, minimum=0.1,
+                                 maximum=3600))
+    hooks_r.finish()
     nodes = _nodes(top, source)
     top.finish()
     with_raft = [n.name for n in nodes if n.raft is not None]
@@ -315,7 +334,7 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         name=name, token=token, raft_password=raft_password, primary=primary, epoch=epoch,
         column_families=tuple(cfs),
         nodes=nodes, storage=storage, replication=replication, limits=limits, source=source,
-        consensus=consensus,
+        consensus=consensus, hooks=hooks,
     )
 
 

@@ -27,6 +27,7 @@ from hacluster.consensus.lineage import Lineage, find_divergence
 from hacluster.consensus.state import EpochRecord
 from hacluster.divergence import list_divergent_tails, save_divergent_tail
 from hacluster.fencing import WriteGate
+from hacluster.hooks import Hooks
 from hacluster.node_errors import NotWritable, OutcomeUnknown
 from hacluster.replication import bootstrap
 from hacluster.replication.checkpoints import CheckpointService
@@ -73,6 +74,7 @@ class Node:
         self.gate = WriteGate(self.lease_timing)
         self.lineage = Lineage(self.data_dir) if self.data_dir.exists() else None
         self.control: ControlLoop | None = None
+        self.hooks = Hooks(cfg.hooks, name)
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._role_lock = asyncio.Lock()
@@ -202,6 +204,7 @@ class Node:
             self.role = Role(self.name, epoch)
             self._start_primary(store)
             self.gate.open(epoch, proposed_at)
+            self.hooks.fire("promote", role="primary", epoch=epoch, primary=self.name)
 
     async def become_replica(self, primary: str | None, epoch: int) -> None:
         """Follow ``primary`` (or no one); the write gate closes first."""
@@ -217,6 +220,8 @@ class Node:
             if was_primary:
                 log.info("%s demoted in epoch %d; now %s", self.name, epoch,
                          f"following {primary}" if primary else "waiting for a primary")
+            self.hooks.fire("demote" if was_primary else "follow", role="replica", epoch=epoch,
+                            primary=primary)
             if primary is not None and primary != self.name:
                 if self.control is not None:
                     self._handle_divergence(self.control.raft.snapshot().history)

@@ -158,3 +158,38 @@ def test_async_writes_lost_on_failover_are_kept_in_a_divergent_tail_file(tmp_pat
     finally:
         proxy.close()
         cluster.stop()
+
+
+def test_pause_holds_back_failover_and_hooks_report_role_changes(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, consensus=True)
+    events = tmp_path / "hooks.log"
+    for name in cluster.nodes:
+        doc = cluster.config_doc()
+        doc["hooks"] = {"on_role_change": f"echo $HACLUSTER_NODE $HACLUSTER_EVENT "
+                                          f"$HACLUSTER_EPOCH >> {events}",
+                        "on_promote": "exit 3", "timeout_s": 5}
+        (tmp_path / f"{name}.yaml").write_text(__import__("yaml").safe_dump(doc))
+    cluster.start()
+    try:
+        old = cluster.wait_primary()
+        wait_for(lambda: events.exists() and f"{old.name} promote 1" in events.read_text(), 10,
+                 "the promote hook")
+        assert "promote hook 'exit 3' exited 3" in old.log()   # a failing hook is only logged
+        put(old, "k")
+        cluster.wait_converged()   # replicas have a database: they can be promoted later
+        assert old.post("/v1/admin/pause").json() == {"paused": True}
+        survivors = [n for n in cluster.nodes.values() if n is not old]
+        wait_for(lambda: all(n.status()["consensus"]["paused"] for n in survivors), 10,
+                 "the pause to reach every node")
+        old.signal(signal.SIGKILL)
+        old.proc.wait(10)  # type: ignore[union-attr]
+        time.sleep(3)   # several leases: nobody may take over while paused
+        assert cluster.writable_primary(survivors) is None
+        decision = survivors[0].status()["consensus"]["decision"]
+        assert decision.startswith(f"PAUSE: {survivors[0].name}: {old.name}'s lease expired")
+        assert decision.endswith("no automatic failover in maintenance mode")
+        assert survivors[0].post("/v1/admin/resume").json() == {"paused": False}
+        new = cluster.wait_primary(among=survivors)
+        wait_for(lambda: f"{new.name} promote 2" in events.read_text(), 10, "the new hook")
+    finally:
+        cluster.stop()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from hacluster.consensus.decide import Action, Decision, Observation, Policy, decide
 from hacluster.consensus.raft import RaftNode, RaftTiming
-from hacluster.consensus.state import Acquire, ClusterState, Renew, Report
+from hacluster.consensus.state import Acquire, ClusterState, Renew, Report, SetPaused
 from hacluster.store import has_database
 
 if TYPE_CHECKING:
@@ -165,6 +165,25 @@ class ControlLoop:
                     self._on_raft(node.become_primary, epoch, proposed_at)
 
             self.raft.propose(cmd, acquired)
+
+    async def set_paused(self, paused: bool, timeout: float = 5.0) -> bool | None:
+        """Record the maintenance flag in Raft; None if it could not be committed in time."""
+        assert self._loop is not None
+        loop = self._loop
+        result: asyncio.Future[bool | None] = loop.create_future()
+
+        def settle(ok: bool | None) -> None:
+            if not result.done():
+                result.set_result(ok)
+
+        def done(ok: bool | None, proposed_at: float) -> None:
+            loop.call_soon_threadsafe(settle, ok)
+
+        self.raft.propose(SetPaused(paused), done)
+        try:
+            return await asyncio.wait_for(result, timeout)
+        except TimeoutError:
+            return None
 
     def status(self) -> dict[str, Any]:
         state = self.raft.snapshot()

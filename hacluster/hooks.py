@@ -1,0 +1,59 @@
+"""Operator hooks: commands run on role changes, never in the way of fencing.
+
+Owns running ``hooks.on_promote``, ``hooks.on_demote`` and ``hooks.on_role_change`` as shell
+commands with the node's name, role, epoch and primary in the environment, in the background,
+with a timeout. It must never delay a role change or the write gate (the gate is closed before
+a demotion hook starts; a promotion hook runs after the gate opened), and a failing, hanging or
+missing command is logged, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from hacluster.config import HooksConfig
+
+log = logging.getLogger(__name__)
+
+
+class Hooks:
+    def __init__(self, cfg: HooksConfig, node: str) -> None:
+        self.cfg = cfg
+        self.node = node
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def fire(self, event: str, *, role: str, epoch: int, primary: str | None) -> None:
+        """Start the hooks for ``event`` ("promote", "demote" or "follow") in the background."""
+        commands = [getattr(self.cfg, f"on_{event}", None), self.cfg.on_role_change]
+        env = {**os.environ, "HACLUSTER_NODE": self.node, "HACLUSTER_ROLE": role,
+               "HACLUSTER_EPOCH": str(epoch), "HACLUSTER_PRIMARY": primary or "",
+               "HACLUSTER_EVENT": event}
+        for command in commands:
+            if command:
+                task = asyncio.get_running_loop().create_task(self._run(command, env, event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, command: str, env: dict[str, str], event: str) -> None:
+        try:
+            proc = await asyncio.create_subprocess_shell(
+                command, env=env, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            log.error("%s: %s hook %r could not start: %s", self.node, event, command, exc)
+            return
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), self.cfg.timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            log.error("%s: %s hook %r killed after %.1f s", self.node, event, command,
+                      self.cfg.timeout_s)
+            return
+        if proc.returncode:
+            log.error("%s: %s hook %r exited %d: %s", self.node, event, command,
+                      proc.returncode, err.decode(errors="replace").strip()[-500:])
+        else:
+            log.info("%s: %s hook %r done", self.node, event, command)
