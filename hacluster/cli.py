@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.epoch is not None and args.epoch < 1:
         print(f"hacluster: --epoch must be at least 1, got {args.epoch}", file=sys.stderr)
         return 2
-    role = Role(primary=primary, epoch=cfg.epoch if args.epoch is None else args.epoch)
+    role = Role(primary=primary or None, epoch=cfg.epoch if args.epoch is None else args.epoch)
     try:
         return asyncio.run(_run(Node(cfg, args.node, role)))
     except StoreError as exc:

@@ -86,9 +86,11 @@ class ConsensusConfig:
     renew_interval_s: float = 0.1
     drift: float = 0.05
     drift_margin_s: float = 0.05
-    election_min_s: float = 0.2
-    election_max_s: float = 0.5
-    raft_heartbeat_s: float = 0.05
+    # Raft elections must finish well inside the lease, or losing the Raft leader alone
+    # lapses the primary's lease (writes pause) or even causes a needless failover.
+    election_min_s: float = 0.15
+    election_max_s: float = 0.35
+    raft_heartbeat_s: float = 0.04
     report_interval_s: float = 0.5
     member_stale_s: float = 3.0
     maximum_lag_on_failover: int = 1 << 20
@@ -455,7 +457,7 @@ def _nodes(top: _Reader, source: Path) -> tuple[NodeConfig, ...]:
             seen_addrs[raft.host, raft.port] = name
         tags = r.get("tags", list, [])
         for i, tag in enumerate(tags):
-            if tag not in NODE_TAGS:
+            if not isinstance(tag, str) or tag not in NODE_TAGS:
                 raise r.fail(f"{r.key('tags')}[{i}]",
                              f"unknown tag {tag!r} (known: {', '.join(sorted(NODE_TAGS))})")
         r.finish()

@@ -10,10 +10,12 @@ missing command is logged, never raised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 
-from hacluster.config import HooksConfig
+from hacluster.config import RAFT_PASSWORD_ENV, TOKEN_ENV, HooksConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,9 @@ class Hooks:
     def fire(self, event: str, *, role: str, epoch: int, primary: str | None) -> None:
         """Start the hooks for ``event`` ("promote", "demote" or "follow") in the background."""
         commands = [getattr(self.cfg, f"on_{event}", None), self.cfg.on_role_change]
-        env = {**os.environ, "HACLUSTER_NODE": self.node, "HACLUSTER_ROLE": role,
+        # Secrets stay out of hook environments.
+        env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, RAFT_PASSWORD_ENV)}
+        env |= {"HACLUSTER_NODE": self.node, "HACLUSTER_ROLE": role,
                "HACLUSTER_EPOCH": str(epoch), "HACLUSTER_PRIMARY": primary or "",
                "HACLUSTER_EVENT": event}
         for command in commands:
@@ -40,14 +44,16 @@ class Hooks:
         try:
             proc = await asyncio.create_subprocess_shell(
                 command, env=env, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE)
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             log.error("%s: %s hook %r could not start: %s", self.node, event, command, exc)
             return
         try:
             _, err = await asyncio.wait_for(proc.communicate(), self.cfg.timeout_s)
         except TimeoutError:
-            proc.kill()
+            # The whole process group: the shell's children go too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
             log.error("%s: %s hook %r killed after %.1f s", self.node, event, command,
                       self.cfg.timeout_s)

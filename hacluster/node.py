@@ -194,7 +194,10 @@ class Node:
         """The lock is ours (a committed Acquire or Renew proposed at ``proposed_at``)."""
         async with self._role_lock:
             if self.is_primary and self.role.epoch == epoch and self.feed is not None:
-                self.gate.open(epoch, proposed_at)
+                if self.gate.refusal() is None:
+                    self.gate.extend(proposed_at)   # a routine renewal
+                else:
+                    self.gate.open(epoch, proposed_at)
                 return
             await self._stop_follower()
             store = self.store or self.open_store()
@@ -205,6 +208,14 @@ class Node:
             self._start_primary(store)
             self.gate.open(epoch, proposed_at)
             self.hooks.fire("promote", role="primary", epoch=epoch, primary=self.name)
+
+    async def stop_following(self) -> int:
+        """Stop applying (before proposing to become primary); return the seq we stopped at."""
+        async with self._role_lock:
+            await self._stop_follower()
+            if self.store is None and has_database(self.db_dir):
+                self.store = self.open_store()
+            return self.store.latest_seq() if self.store else 0
 
     async def become_replica(self, primary: str | None, epoch: int) -> None:
         """Follow ``primary`` (or no one); the write gate closes first."""

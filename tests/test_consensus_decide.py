@@ -256,3 +256,9 @@ def test_a_node_without_a_database_is_only_a_candidate_for_the_first_epoch() -> 
     fresh = cluster(holder=None, epoch=0, seqs={"n1": 0, "n2": 0}, n1={"role": "starting"},
                     n2={"role": "starting"})
     assert decide(fresh, obs("n1", seq=0), ASYNC).action is Action.PROMOTE
+
+
+def test_observers_wait_out_the_holders_recorded_lease_when_it_is_longer() -> None:
+    long_lease = replace(cluster(), lock=Lock("n1", 7, 3.0, 5, False))
+    d = decide(long_lease, obs("n2", seen=expired_seen()), ASYNC)
+    assert d.action is Action.FOLLOW  # by our 1.0 s lease it expired; by n1's 3.0 s it has not

@@ -193,3 +193,22 @@ def test_pause_holds_back_failover_and_hooks_report_role_changes(tmp_path: Path)
         wait_for(lambda: f"{new.name} promote 2" in events.read_text(), 10, "the new hook")
     finally:
         cluster.stop()
+
+
+def test_lock_holder_back_with_an_empty_database_hands_the_lock_over(cluster: Cluster) -> None:
+    old = cluster.wait_primary()
+    for i in range(30):
+        put(old, f"k{i}")
+    cluster.wait_converged()
+    assert old.post("/v1/admin/pause").status == 200   # nobody takes over meanwhile
+    old.stop()
+    import shutil
+    shutil.rmtree(old.data_dir / "db")                  # its Raft journal survives
+    old.start()
+    wait_for(lambda: "releasing the lock" in old.log(), 15, "the holder to release the lock")
+    assert cluster.writable_primary() is None
+    others = [n for n in cluster.nodes.values() if n is not old]
+    assert others[0].post("/v1/admin/resume").status == 200
+    new = cluster.wait_primary(among=others)
+    assert new.hash()["column_families"]["default"]["keys"] == 30
+    cluster.wait_converged()                            # the wiped node bootstraps

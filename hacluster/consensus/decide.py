@@ -98,7 +98,8 @@ def decide(state: ClusterState, obs: Observation, policy: Policy) -> Decision:
             return Decision(Action.FOLLOW, f"{pause}{me}: following {lock.holder} (epoch "
                             f"{lock.epoch}); waiting for its next renewal", target=lock.holder,
                             epoch=lock.epoch)
-        expires = observer_lease_end(obs.lock_seen_at, t)
+        # The longer of the holder's recorded lease and ours: configs may differ.
+        expires = observer_lease_end(obs.lock_seen_at, t, lock.lease_s)
         if now < expires:
             return Decision(Action.FOLLOW, f"{pause}{me}: following {lock.holder} (epoch "
                             f"{lock.epoch})", target=lock.holder, epoch=lock.epoch)

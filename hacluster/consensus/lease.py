@@ -33,9 +33,13 @@ def holder_lease_end(proposed_at: float, t: LeaseTiming) -> float:
     return proposed_at + t.lease_s * (1 - t.drift)
 
 
-def observer_lease_end(seen_at: float, t: LeaseTiming) -> float:
-    """From when another node may treat that lease as expired (it saw the renewal at seen_at)."""
-    return seen_at + t.lease_s * (1 + t.drift) + t.margin_s
+def observer_lease_end(seen_at: float, t: LeaseTiming, lease_s: float | None = None) -> float:
+    """From when another node may treat that lease as expired (it saw the renewal at seen_at).
+
+    ``lease_s``: the holder's lease as recorded in the lock, when it may differ from ours.
+    """
+    lease = t.lease_s if lease_s is None else max(lease_s, t.lease_s)
+    return seen_at + lease * (1 + t.drift) + t.margin_s
 
 
 def holder_may_write(proposed_at: float | None, now: float, t: LeaseTiming) -> bool:

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from hacluster.consensus.decide import Action, Decision, Observation, Policy, decide
 from hacluster.consensus.raft import RaftNode, RaftTiming
-from hacluster.consensus.state import Acquire, ClusterState, Renew, Report, SetPaused
+from hacluster.consensus.state import (
+    Acquire,
+    ClusterState,
+    Release,
+    Renew,
+    Report,
+    SetPaused,
+)
 from hacluster.store import has_database
 
 if TYPE_CHECKING:
@@ -51,7 +58,7 @@ class ControlLoop:
         self._last_report = 0.0
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._acquiring = False
+        self._acquiring: float | None = None   # when an Acquire was proposed, until decided
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -132,6 +139,19 @@ class ControlLoop:
 
     async def _act(self, d: Decision, state: ClusterState) -> None:
         node, lock = self.node, state.lock
+        if lock.held and lock.holder == node.name and not node.is_primary:
+            # Resuming a lock after a restart: only with at least the data we last reported.
+            # A holder that came back with less (a wiped or restored data dir) must hand the
+            # lock over rather than serve from a database missing acknowledged writes.
+            reported = state.member(node.name)
+            store = node.current_store()
+            have = store.latest_seq() if store else 0
+            if reported is not None and have < reported.applied_seq:
+                log.error("%s: holds the lock of epoch %d but has seq %d < %d it reported; "
+                          "releasing the lock", node.name, lock.epoch, have,
+                          reported.applied_seq)
+                self.raft.propose(Release(node.name, lock.epoch))
+                return
         if lock.held and lock.holder == node.name:
             # Renew on every pass while the lock is ours, with or without proven quorum:
             # the commit of the renewal is itself the proof.
@@ -150,15 +170,19 @@ class ControlLoop:
             await node.become_replica(lock.holder if lock.held else None, lock.epoch)
         if d.action is Action.FOLLOW and d.target is not None and d.epoch is not None:
             await node.become_replica(d.target, d.epoch)
-        elif d.action is Action.PROMOTE and not self._acquiring:
+        elif d.action is Action.PROMOTE and (
+                self._acquiring is None or time.monotonic() - self._acquiring > 2.0):
             assert d.epoch is not None and d.start_seq is not None
-            self._acquiring = True
+            self._acquiring = time.monotonic()
+            # Stop applying first: the epoch must start after the last batch this node holds,
+            # or nodes holding the same old-epoch batches would look divergent.
+            start_seq = await node.stop_following() + 1
             reason = "bootstrap" if lock.holder is None else "failover"
-            cmd = Acquire(node.name, lock.epoch, lock.renewals, d.start_seq,
+            cmd = Acquire(node.name, lock.epoch, lock.renewals, start_seq,
                           self.timing.lease_s, reason, time.time())
 
             def acquired(ok: bool | None, proposed_at: float, epoch: int = d.epoch) -> None:
-                self._acquiring = False
+                self._acquiring = None
                 if ok:
                     log.info("%s: promoted, epoch %d, from seq %d", node.name, epoch,
                              cmd.start_seq)
