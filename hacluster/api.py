@@ -139,6 +139,26 @@ def build_app(node: Node) -> web.Application:
     async def admin_resume(request: web.Request) -> web.Response:
         return await set_paused(False)
 
+    async def admin_switchover(request: web.Request) -> web.Response:
+        from hacluster.consensus.loop import SwitchoverError
+        if node.control is None:
+            return error(409, "no consensus in this cluster (static primary): no switchover")
+        if not node.is_primary:
+            return not_primary(request)
+        try:
+            body = await request.json() if request.can_read_body else {}
+            target = body.get("to") if isinstance(body, dict) else None
+        except ValueError:
+            return error(400, "body must be JSON {\"to\": NAME} or empty")
+        if target is not None and not isinstance(target, str):
+            return error(400, "'to' must be a node name")
+        try:
+            successor = await node.control.switchover(target)
+        except SwitchoverError as exc:
+            return error(409, str(exc))
+        return web.json_response({"switched_over_to": successor, "from": node.name})
+
+    app.router.add_post("/v1/admin/switchover", admin_switchover)
     app.router.add_post("/v1/admin/pause", admin_pause)
     app.router.add_post("/v1/admin/resume", admin_resume)
     app.router.add_get("/health", health)

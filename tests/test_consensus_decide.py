@@ -262,3 +262,16 @@ def test_observers_wait_out_the_holders_recorded_lease_when_it_is_longer() -> No
     long_lease = replace(cluster(), lock=Lock("n1", 7, 3.0, 5, False))
     d = decide(long_lease, obs("n2", seen=expired_seen()), ASYNC)
     assert d.action is Action.FOLLOW  # by our 1.0 s lease it expired; by n1's 3.0 s it has not
+
+
+def test_switchover_successor_alone_takes_over() -> None:
+    handed = replace(cluster(), lock=Lock("n1", 7, 1.0, 5, True, "n3"))
+    d = decide(handed, obs("n3", seq=81233), ASYNC)
+    assert d.sentence == ("n3: promoting, epoch 8 from seq 81234; n1 handed over to n3 "
+                          "(epoch 7)")
+    d = decide(handed, obs("n2"), ASYNC)
+    assert d.sentence == ("n2: n1 handed over to n3 (epoch 7); n3 is the better candidate "
+                          "(seq 81200 vs 81233)")
+    # A successor that no longer qualifies does not block the others.
+    gone = replace(handed, members=tuple(m for m in handed.members if m.name != "n3"))
+    assert decide(gone, obs("n2"), ASYNC).action is Action.PROMOTE

@@ -212,3 +212,27 @@ def test_lock_holder_back_with_an_empty_database_hands_the_lock_over(cluster: Cl
     new = cluster.wait_primary(among=others)
     assert new.hash()["column_families"]["default"]["keys"] == 30
     cluster.wait_converged()                            # the wiped node bootstraps
+
+
+def test_switchover_to_a_named_replica_loses_nothing(cluster: Cluster) -> None:
+    old = cluster.wait_primary()
+    target = next(n for n in cluster.nodes.values() if n is not old)
+    for i in range(200):
+        put(old, f"k{i}")
+    resp = old.post("/v1/admin/switchover", {"to": target.name})
+    assert resp.status == 200, resp.body
+    assert resp.json() == {"switched_over_to": target.name, "from": old.name}
+    assert cluster.wait_primary() is target
+    status = target.status()
+    history = status["consensus"]["history"]
+    assert (history[-1]["epoch"], history[-1]["primary"], history[-1]["reason"],
+            history[-1]["start_seq"]) == (2, target.name, "switchover", 201)
+    assert f"{old.name} handed over to {target.name}" in target.log()
+    put(target, "after")
+    wait_for(lambda: old.status()["primary"] == target.name, 10, "the old primary to follow")
+    cluster.wait_converged()
+    assert target.hash()["column_families"]["default"]["keys"] == 201
+    assert old.status()["divergent_tails"] == []
+    # Nobody to hand over to: refused, and the primary keeps serving.
+    assert target.post("/v1/admin/switchover", {"to": "nobody"}).status == 409
+    put(target, "still-primary")

@@ -106,6 +106,8 @@ def decide(state: ClusterState, obs: Observation, policy: Policy) -> Decision:
         why = f"{lock.holder}'s lease expired {_ago(now - expires)}"
     elif lock.holder is not None:
         why = f"{lock.holder} released the lock (epoch {lock.epoch})"
+        if lock.successor is not None:
+            why = f"{lock.holder} handed over to {lock.successor} (epoch {lock.epoch})"
     else:
         why = "no primary yet"
 
@@ -154,6 +156,9 @@ def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> D
                   for m in state.members if m.name != lock.holder]
     eligible = [(seq, name) for seq, name in candidates
                 if name == me or refusal(members[name], seq) is None]
+    # A switchover names its successor: it alone may take over, while it qualifies.
+    if lock.released and lock.successor in {name for _, name in eligible}:
+        eligible = [(seq, name) for seq, name in eligible if name == lock.successor]
     # Highest position wins; on a tie the smallest name, so every node picks the same one.
     best_seq, best = min(eligible, key=lambda c: (-c[0], c[1]))
     if best != me:

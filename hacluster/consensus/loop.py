@@ -21,6 +21,7 @@ from hacluster.consensus.raft import RaftNode, RaftTiming
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,
+    Command,
     Release,
     Renew,
     Report,
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from hacluster.node import Node
 
 log = logging.getLogger(__name__)
+
+
+class SwitchoverError(Exception):
+    """A switchover could not be done safely; the primary stays primary."""
 
 
 class ControlLoop:
@@ -59,6 +64,7 @@ class ControlLoop:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._acquiring: float | None = None   # when an Acquire was proposed, until decided
+        self.switching = False                  # a switchover holds the write gate shut
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -158,7 +164,8 @@ class ControlLoop:
             epoch = lock.epoch
 
             def renewed(ok: bool | None, proposed_at: float) -> None:
-                if ok:
+                # During a switchover the lease is kept but the gate stays shut.
+                if ok and not self.switching:
                     self._on_raft(node.become_primary, epoch, proposed_at)
 
             self.raft.propose(Renew(node.name, epoch), renewed)
@@ -177,7 +184,9 @@ class ControlLoop:
             # Stop applying first: the epoch must start after the last batch this node holds,
             # or nodes holding the same old-epoch batches would look divergent.
             start_seq = await node.stop_following() + 1
-            reason = "bootstrap" if lock.holder is None else "failover"
+            reason = ("bootstrap" if lock.holder is None else
+                      "switchover" if lock.released and lock.successor == node.name else
+                      "failover")
             cmd = Acquire(node.name, lock.epoch, lock.renewals, start_seq,
                           self.timing.lease_s, reason, time.time())
 
@@ -190,8 +199,70 @@ class ControlLoop:
 
             self.raft.propose(cmd, acquired)
 
-    async def set_paused(self, paused: bool, timeout: float = 5.0) -> bool | None:
-        """Record the maintenance flag in Raft; None if it could not be committed in time."""
+    async def switchover(self, target: str | None, timeout: float = 5.0) -> str:
+        """Hand the primary role over with no acknowledged write lost; returns the successor.
+
+        Stops acknowledging writes, waits until the successor has applied everything this
+        primary wrote, then releases the lock naming it. Raises SwitchoverError (and reopens
+        the gate) if no successor qualifies or it does not catch up within ``timeout``.
+        """
+        node = self.node
+        state = self.raft.snapshot()
+        lock = state.lock
+        if not (node.is_primary and lock.held and lock.holder == node.name):
+            raise SwitchoverError(f"{node.name} is not the primary")
+        deadline = time.monotonic() + timeout
+        while not (choices := self._successors(target)):
+            # Just after an election, reports may not have been seen yet: give them a moment.
+            if time.monotonic() > deadline:
+                raise SwitchoverError(f"no healthy replica "
+                                      f"{'named ' + target + ' ' if target else ''}"
+                                      "qualifies as successor")
+            await asyncio.sleep(0.05)
+        successor = choices[0]
+        self.switching = True
+        node.gate.close(f"switchover to {successor}")
+        store = node.store
+        assert store is not None
+        last = store.latest_seq()
+        deadline = time.monotonic() + timeout
+        while True:
+            # Wait for the successor's own report in Raft: that is what every node's election
+            # reads, so it must already show the successor holding every acknowledged write.
+            report = self.raft.snapshot().member(successor)
+            if report is not None and report.role == "replica" and report.applied_seq >= last:
+                break
+            if time.monotonic() > deadline:
+                self._reopen(lock.epoch)
+                raise SwitchoverError(f"{successor} did not reach seq {last} within "
+                                      f"{timeout} s; still primary")
+            await asyncio.sleep(0.01)
+        ok = await self._propose_and_wait(Release(node.name, lock.epoch, successor), timeout)
+        if not ok:
+            self._reopen(lock.epoch)
+            raise SwitchoverError("the release could not be committed; still primary")
+        log.info("%s: switchover: handed over to %s at seq %d (epoch %d)", node.name,
+                 successor, last, lock.epoch)
+        await node.become_replica(None, lock.epoch)
+        self.switching = False
+        return successor
+
+    def _successors(self, target: str | None) -> list[str]:
+        """Healthy, recently heard-from replicas that may take over, best first."""
+        state, now = self.raft.snapshot(), time.monotonic()
+        fresh = {m.name for m in state.members
+                 if now - self._member_seen.get(m.name, -1e9) <= self.policy.member_stale_s}
+        choices = sorted(
+            (m for m in state.members if m.name != self.node.name and m.healthy
+             and "nofailover" not in m.tags and m.name in fresh),
+            key=lambda m: (-m.applied_seq, m.name))
+        return [m.name for m in choices if target is None or m.name == target]
+
+    def _reopen(self, epoch: int) -> None:
+        # The next effective renewal reopens the gate (become_primary).
+        self.switching = False
+
+    async def _propose_and_wait(self, cmd: Command, timeout: float) -> bool | None:
         assert self._loop is not None
         loop = self._loop
         result: asyncio.Future[bool | None] = loop.create_future()
@@ -203,11 +274,15 @@ class ControlLoop:
         def done(ok: bool | None, proposed_at: float) -> None:
             loop.call_soon_threadsafe(settle, ok)
 
-        self.raft.propose(SetPaused(paused), done)
+        self.raft.propose(cmd, done)
         try:
             return await asyncio.wait_for(result, timeout)
         except TimeoutError:
             return None
+
+    async def set_paused(self, paused: bool, timeout: float = 5.0) -> bool | None:
+        """Record the maintenance flag in Raft; None if it could not be committed in time."""
+        return await self._propose_and_wait(SetPaused(paused), timeout)
 
     def status(self) -> dict[str, Any]:
         state = self.raft.snapshot()

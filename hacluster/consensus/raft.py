@@ -59,7 +59,7 @@ def encode_command(cmd: Command) -> tuple[Any, ...]:
     if isinstance(cmd, Renew):
         return ("renew", cmd.holder, cmd.epoch)
     if isinstance(cmd, Release):
-        return ("release", cmd.holder, cmd.epoch)
+        return ("release", cmd.holder, cmd.epoch, cmd.successor)
     if isinstance(cmd, Report):
         return ("report", cmd.name, cmd.api_url, cmd.applied_seq, cmd.role, cmd.healthy,
                 tuple(sorted(cmd.tags)))

@@ -35,6 +35,7 @@ class Lock:
     lease_s: float = 0.0
     renewals: int = 0          # bumped by each renewal, so observers can time it locally
     released: bool = False     # given up on purpose (switchover): no lease to wait out
+    successor: str | None = None   # switchover: the node the holder handed over to
 
     @property
     def held(self) -> bool:
@@ -127,12 +128,17 @@ class Renew:
 
 @dataclass(frozen=True, slots=True)
 class Release:
+    """Give the lock up (the holder has stopped writing); ``successor`` is a switchover target."""
+
     holder: str
     epoch: int
+    successor: str | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.holder, "release")
         _check_epoch(self.epoch, "release")
+        if self.successor is not None:
+            _check_name(self.successor, "release")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +206,8 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
     if isinstance(cmd, Release):
         if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
             return state, False
-        return replace(state, lock=replace(lock, released=True), sync_set=frozenset()), True
+        return replace(state, lock=replace(lock, released=True, successor=cmd.successor),
+                       sync_set=frozenset()), True
     if isinstance(cmd, Report):
         old = state.member(cmd.name)
         if old is None and len(state.members) >= MAX_MEMBERS:
