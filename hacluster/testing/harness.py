@@ -68,8 +68,8 @@ class Response:
 
 def request(port: int, method: str, path: str, body: bytes | None = None,
             token: str | None = TOKEN, headers: dict[str, str] | None = None,
-            timeout: float = 10.0) -> Response:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            timeout: float = 10.0, host: str = "127.0.0.1") -> Response:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         hdrs = dict(headers or {})
         if token is not None:
@@ -90,12 +90,15 @@ class NodeProc:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    prefix: list[str] = field(default_factory=list)   # e.g. ["ip", "netns", "exec", NS]
 
     def start(self, *extra: str) -> None:
         env = {**os.environ, **self.env}
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hacluster", "run", "--config", str(self.config),
+            [*self.prefix, sys.executable, "-m", "hacluster", "run", "--config",
+             str(self.config),
              "--node", self.name, *extra],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -130,14 +133,15 @@ class NodeProc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def get(self, path: str, **kw: Any) -> Response:
-        return request(self.port, "GET", path, **kw)
+        return request(self.port, "GET", path, host=self.host, **kw)
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Response:
         data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
-        return request(self.port, "POST", path, body=data, **kw)
+        return request(self.port, "POST", path, body=data, host=self.host, **kw)
 
     def put(self, key: str, value: bytes, cf: str = "default", **kw: Any) -> Response:
-        return request(self.port, "PUT", f"/v1/kv/{key}?cf={cf}", body=value, **kw)
+        return request(self.port, "PUT", f"/v1/kv/{key}?cf={cf}", body=value, host=self.host,
+                       **kw)
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.get("/status").json()
@@ -160,7 +164,9 @@ class Cluster:
     def __init__(self, root: Path, names: Iterable[str] = ("n1", "n2", "n3"), *,
                  primary: str = "n1", replication: dict[str, Any] | None = None,
                  storage: dict[str, Any] | None = None, consensus: bool = False,
-                 consensus_timing: dict[str, Any] | None = None) -> None:
+                 consensus_timing: dict[str, Any] | None = None,
+                 hosts: dict[str, str] | None = None,
+                 prefixes: dict[str, list[str]] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         names = list(names)
@@ -174,11 +180,13 @@ class Cluster:
         self.storage = {"wal_ttl_seconds": 3600, "wal_size_limit_mb": 4096,
                         "write_buffer_size_mb": 4, **(storage or {})}
         self.addresses = dict(zip(names, ports[:len(names)], strict=True))
+        self.hosts = {n: (hosts or {}).get(n, "127.0.0.1") for n in names}
         self.nodes: dict[str, NodeProc] = {}
         for name in names:
             cfg = self.write_config(name)
             self.nodes[name] = NodeProc(name, self.addresses[name], root / "data" / name, cfg,
-                                        root / f"{name}.log")
+                                        root / f"{name}.log", host=self.hosts[name],
+                                        prefix=(prefixes or {}).get(name, []))
 
     def config_doc(self, addresses: dict[str, int] | None = None,
                    replication: dict[str, Any] | None = None,
@@ -190,7 +198,7 @@ class Cluster:
             "column_families": CFS,
             "storage": self.storage,
             "replication": {**self.replication, **(replication or {})},
-            "nodes": [{"name": n, "api": f"127.0.0.1:{p}",
+            "nodes": [{"name": n, "api": f"{self.hosts[n]}:{p}",
                        "data_dir": str(self.root / "data" / n)} for n, p in addresses.items()],
         }
         if self.consensus:
@@ -198,7 +206,7 @@ class Cluster:
             doc["cluster"]["raft_password"] = RAFT_PASSWORD
             doc["consensus"] = self.consensus_timing
             for node in doc["nodes"]:
-                node["raft"] = f"127.0.0.1:{self.raft_ports[node['name']]}"
+                node["raft"] = f"{self.hosts[node['name']]}:{self.raft_ports[node['name']]}"
                 if tags and node["name"] in tags:
                     node["tags"] = tags[node["name"]]
         return doc
