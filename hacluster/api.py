@@ -192,6 +192,7 @@ async def _write(node: Node, ops: list[tuple[int, str, bytes, bytes]]) -> web.Re
                           f"({limit} bytes; replication.max_frame_bytes)")
     try:
         applied = node.write(ops)
+        await node.confirm(applied.last_seq)
     except NotWritable as exc:
         return error(503, f"not accepting writes: {exc}", leader=node.role.primary)
     except OutcomeUnknown as exc:

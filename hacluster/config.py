@@ -75,6 +75,9 @@ class ReplicationConfig:
     checkpoint_ttl_seconds: int = 3600
     bootstrap_chunk_bytes: int = 1 << 20
     bootstrap_max_rate_mb_s: float = 0.0
+    mode: str = "async"            # "sync": a write is acknowledged once the sync set has it
+    sync_replicas: int = 1
+    sync_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +328,12 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         raise cluster.fail("cluster.primary", "required when nodes have no raft addresses "
                            "(without consensus the primary is configured)")
 
+    if replication.mode == "sync" and not with_raft:
+        raise ConfigError(f"{source}: replication.mode: sync needs consensus (raft addresses on "
+                          "every node): the synchronous set is recorded in Raft")
+    if replication.mode == "sync" and replication.sync_replicas > len(nodes) - 1:
+        raise ConfigError(f"{source}: replication.sync_replicas: {replication.sync_replicas} "
+                          f"needs at least {replication.sync_replicas + 1} nodes")
     if limits.max_body_bytes + FRAME_OVERHEAD > replication.max_frame_bytes:
         raise ConfigError(
             f"{source}: replication.max_frame_bytes: {replication.max_frame_bytes} is too small "
@@ -359,6 +368,9 @@ def _storage(r: _Reader) -> StorageConfig:
 def _replication(r: _Reader) -> ReplicationConfig:
     d = ReplicationConfig()
     result = ReplicationConfig(
+        mode=r.get("mode", str, d.mode),
+        sync_replicas=r.integer("sync_replicas", d.sync_replicas, minimum=1, maximum=16),
+        sync_timeout_s=r.number("sync_timeout_s", d.sync_timeout_s, minimum=0.1, maximum=600),
         heartbeat_interval=r.number("heartbeat_interval", d.heartbeat_interval,
                                     minimum=0.01, maximum=60),
         reconnect_backoff_min=r.number("reconnect_backoff_min", d.reconnect_backoff_min,
@@ -376,6 +388,8 @@ def _replication(r: _Reader) -> ReplicationConfig:
         bootstrap_max_rate_mb_s=r.number("bootstrap_max_rate_mb_s", d.bootstrap_max_rate_mb_s,
                                          minimum=0),
     )
+    if result.mode not in ("sync", "async"):
+        raise r.fail(r.key("mode"), f"must be sync or async, got {result.mode!r}")
     if result.reconnect_backoff_max < result.reconnect_backoff_min:
         raise r.fail(r.key("reconnect_backoff_max"), "must not be less than reconnect_backoff_min")
     r.finish()

@@ -284,6 +284,43 @@ class Node:
                                  f"acknowledged: {late}; it may be lost on failover")
         return applied
 
+    @property
+    def sync_mode(self) -> bool:
+        return self.control is not None and self.cfg.replication.mode == "sync"
+
+    async def confirm(self, seq: int) -> None:
+        """Sync mode: return once every member of the committed synchronous set has ``seq``.
+
+        Raises OutcomeUnknown when that does not happen within ``sync_timeout_s``, when the
+        set is being changed, or when the lock or lease is lost meanwhile: the write is then
+        on this node but may be on no replica, so it is not acknowledged.
+        """
+        if not self.sync_mode:
+            return
+        assert self.control is not None
+        deadline = time.monotonic() + self.cfg.replication.sync_timeout_s
+        need = self.cfg.replication.sync_replicas
+        while True:
+            state = self.control.raft.snapshot()
+            lock = state.lock
+            if not (lock.held and lock.holder == self.name and lock.epoch == self.role.epoch):
+                raise OutcomeUnknown(f"written locally at seq {seq} but the lock was lost "
+                                     "before replicas confirmed it")
+            members = state.sync_set
+            if (not self.control.sync_changing and len(members) >= need
+                    and all(self.positions.applied(m) >= seq for m in members)):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OutcomeUnknown(
+                    f"written locally at seq {seq} but not confirmed by the synchronous set "
+                    f"{sorted(members) or '(none recorded yet)'} within "
+                    f"{self.cfg.replication.sync_timeout_s} s")
+            await self.positions.changed(min(left, 0.05))
+        late = self.gate.refusal()
+        if late:
+            raise OutcomeUnknown(f"confirmed at seq {seq} but not acknowledged: {late}")
+
     def status(self) -> dict[str, Any]:
         store = self.current_store()
         seq = store.latest_seq() if store else None

@@ -125,7 +125,9 @@ def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> D
         return Decision(Action.WAIT, f"{me}: {why}; not a candidate until my report is in the "
                         "cluster state", epoch=lock.epoch)
     best_known = max([m.applied_seq for m in state.members] + [obs.my_applied_seq])
-    if policy.sync_mode and lock.holder is not None and not state.sync_set:
+    # After a switchover the holder itself checked its successor holds every write.
+    guarded = policy.sync_mode and lock.holder is not None and not lock.released
+    if guarded and not state.sync_set:
         return Decision(Action.WAIT, f"{me}: {why}; no synchronous standby was recorded, so "
                         "no one can be promoted without risking acknowledged writes",
                         epoch=lock.epoch)
@@ -140,7 +142,7 @@ def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> D
         seen = obs.member_seen_at.get(m.name)
         if m.name != me and (seen is None or obs.now - seen > policy.member_stale_s):
             return "no recent report"
-        if policy.sync_mode and lock.holder is not None and m.name not in state.sync_set:
+        if guarded and m.name not in state.sync_set:
             return "not in the synchronous set"
         if best_known - seq > policy.maximum_lag_on_failover:
             return f"{best_known - seq} behind, over maximum_lag_on_failover"

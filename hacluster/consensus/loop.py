@@ -26,6 +26,7 @@ from hacluster.consensus.state import (
     Renew,
     Report,
     SetPaused,
+    SetSyncSet,
 )
 from hacluster.store import has_database
 
@@ -46,8 +47,7 @@ class ControlLoop:
         c = cfg.consensus
         assert node.lease_timing is not None and node.me.raft is not None
         self.timing = node.lease_timing
-        # Async replication until sync mode lands: candidates are not limited to a sync set.
-        self.policy = Policy(timing=self.timing, sync_mode=False,
+        self.policy = Policy(timing=self.timing, sync_mode=cfg.replication.mode == "sync",
                              maximum_lag_on_failover=c.maximum_lag_on_failover,
                              member_stale_s=c.member_stale_s)
         self.quorum_window = max(3 * c.report_interval_s, 3 * c.renew_interval_s)
@@ -65,6 +65,7 @@ class ControlLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._acquiring: float | None = None   # when an Acquire was proposed, until decided
         self.switching = False                  # a switchover holds the write gate shut
+        self._sync_change_at: float | None = None   # no acknowledgement while the set changes
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -82,6 +83,10 @@ class ControlLoop:
 
     async def _run(self) -> None:
         interval = self.node.cfg.consensus.renew_interval_s
+        # Decide nothing (and report nothing) on a half-replayed log: a stale snapshot could
+        # hide our own earlier report or the lock.
+        while not self.raft.ready.is_set():
+            await asyncio.sleep(0.02)
         while True:
             try:
                 await self.run_once()
@@ -117,7 +122,11 @@ class ControlLoop:
     async def run_once(self) -> Decision:
         now = time.monotonic()
         node = self.node
-        if now - self._last_report >= node.cfg.consensus.report_interval_s:
+        snap = self.raft.snapshot()
+        resuming = snap.lock.held and snap.lock.holder == node.name and not node.is_primary
+        # A holder back from a restart keeps quiet until it has resumed or released the lock:
+        # its report from before is the record of how much data it must still have.
+        if not resuming and now - self._last_report >= node.cfg.consensus.report_interval_s:
             self._last_report = now
             store = node.current_store()
             has_db = store is not None or has_database(node.db_dir)
@@ -150,12 +159,14 @@ class ControlLoop:
             # A holder that came back with less (a wiped or restored data dir) must hand the
             # lock over rather than serve from a database missing acknowledged writes.
             reported = state.member(node.name)
+            started = [r.start_seq for r in state.history if r.epoch == lock.epoch]
+            floor = max([reported.applied_seq if reported else 0] +
+                        [s - 1 for s in started])
             store = node.current_store()
             have = store.latest_seq() if store else 0
-            if reported is not None and have < reported.applied_seq:
-                log.error("%s: holds the lock of epoch %d but has seq %d < %d it reported; "
-                          "releasing the lock", node.name, lock.epoch, have,
-                          reported.applied_seq)
+            if have < floor:
+                log.error("%s: holds the lock of epoch %d but has seq %d < %d it had; "
+                          "releasing the lock", node.name, lock.epoch, have, floor)
                 self.raft.propose(Release(node.name, lock.epoch))
                 return
         if lock.held and lock.holder == node.name:
@@ -169,6 +180,8 @@ class ControlLoop:
                     self._on_raft(node.become_primary, epoch, proposed_at)
 
             self.raft.propose(Renew(node.name, epoch), renewed)
+            if node.is_primary and self.policy.sync_mode:
+                self._maintain_sync_set(state)
             if d.action is Action.DEMOTE:
                 node.gate.close("no quorum and the lease expired")
             return
@@ -247,6 +260,45 @@ class ControlLoop:
         self.switching = False
         return successor
 
+    @property
+    def sync_changing(self) -> bool:
+        # Bounded: a proposal whose answer never comes must not block writes for ever.
+        at = self._sync_change_at
+        return at is not None and time.monotonic() - at < 2.0
+
+    def _maintain_sync_set(self, state: ClusterState) -> None:
+        """Keep ``sync_replicas`` connected replicas in the synchronous set recorded in Raft.
+
+        A member stays while it is connected. A new member is added only once it holds every
+        write so far, and no write is acknowledged from deciding the change until it commits,
+        so every member of the committed set always holds every acknowledged write — which is
+        what lets ``decide`` promote only from that set.
+        """
+        node, lock = self.node, state.lock
+        need = node.cfg.replication.sync_replicas
+        store = node.store
+        if self.sync_changing or store is None:
+            return
+        connected = {r["name"] for r in node.positions.snapshot(0) if r["connected"]}
+        keep = set(state.sync_set) & connected
+        if keep == set(state.sync_set) and len(keep) >= need:
+            return
+        latest = store.latest_seq()
+        ready = sorted((n for n in connected - keep if node.positions.applied(n) >= latest),
+                       key=lambda n: (-node.positions.applied(n), n))
+        new = frozenset(keep | set(ready[:max(0, need - len(keep))]))
+        if not new or new == state.sync_set:
+            return   # nobody can join yet: writes wait (and time out) rather than go unguarded
+        self._sync_change_at = time.monotonic()
+
+        def done(ok: bool | None, proposed_at: float) -> None:
+            self._sync_change_at = None
+            if ok:
+                log.info("%s: synchronous set is now %s (epoch %d, at seq %d)", node.name,
+                         sorted(new), lock.epoch, latest)
+
+        self.raft.propose(SetSyncSet(node.name, lock.epoch, new), done)
+
     def _successors(self, target: str | None) -> list[str]:
         """Healthy, recently heard-from replicas that may take over, best first."""
         state, now = self.raft.snapshot(), time.monotonic()
@@ -294,6 +346,7 @@ class ControlLoop:
             "lease_left_s": round(self.node.gate.lease_left(), 3) if self.node.is_primary
             else None,
             "paused": state.paused,
+            "sync_set": sorted(state.sync_set),
             "members": [{"name": m.name, "applied_seq": m.applied_seq, "role": m.role,
                          "healthy": m.healthy, "tags": sorted(m.tags)} for m in state.members],
             "history": [{"epoch": r.epoch, "primary": r.primary, "start_seq": r.start_seq,

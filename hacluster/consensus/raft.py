@@ -110,6 +110,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self._last_ack_at: float | None = None
         self._obs_lock = threading.Lock()
         self._stop = threading.Event()
+        self.ready = threading.Event()   # set once this node has applied the leader's log
         self._thread: threading.Thread | None = None
         conf = SyncObjConf(
             password=password, autoTick=False, commandsWaitLeader=False,
@@ -123,6 +124,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             # A leader cut off from the majority steps down after this long; fencing never
             # relies on it (leases do), it only keeps the Raft view honest.
             leaderFallbackTimeout=max(2.0, timing.election_max_s * 4),
+            onReady=self.ready.set,
         )
         super().__init__(self_addr, partner_addrs, conf)
         self._state = ClusterState()

@@ -8,6 +8,7 @@ position; opening a new stream resets it to what the replica asks for).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class ReplicaPosition:
 class ReplicaPositions:
     clock: Callable[[], float] = time.monotonic
     replicas: dict[str, ReplicaPosition] = field(default_factory=dict)
+    _changed: asyncio.Event | None = None
 
     def _get(self, name: str) -> ReplicaPosition:
         if name not in self.replicas:
@@ -51,6 +53,22 @@ class ReplicaPositions:
         if seq >= rep.applied_seq:
             rep.applied_seq = seq
         rep.acked_at = self.clock()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def applied(self, name: str) -> int:
+        rep = self.replicas.get(name)
+        return rep.applied_seq if rep else -1
+
+    async def changed(self, timeout: float) -> None:
+        """Wait for the next ack (or ``timeout``)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
 
     def bootstrap_started(self, name: str) -> None:
         self._get(name).bootstraps += 1
