@@ -8,6 +8,7 @@ before any of that happens. Secrets may come from the environment (``HACLUSTER_T
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -75,7 +76,9 @@ class ReplicationConfig:
     checkpoint_ttl_seconds: int = 3600
     bootstrap_chunk_bytes: int = 1 << 20
     bootstrap_max_rate_mb_s: float = 0.0
-    mode: str = "async"            # "sync": a write is acknowledged once the sync set has it
+    # "sync" (the default with consensus): a write is acknowledged once the synchronous set
+    # has it; "async" (the only mode without consensus): once it is in the primary's DB.
+    mode: str = "sync"
     sync_replicas: int = 1
     sync_timeout_s: float = 5.0
 
@@ -328,6 +331,8 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         raise cluster.fail("cluster.primary", "required when nodes have no raft addresses "
                            "(without consensus the primary is configured)")
 
+    if not replication.mode:   # not set: safe by default where it can be
+        replication = dataclasses.replace(replication, mode="sync" if with_raft else "async")
     if replication.mode == "sync" and not with_raft:
         raise ConfigError(f"{source}: replication.mode: sync needs consensus (raft addresses on "
                           "every node): the synchronous set is recorded in Raft")
@@ -368,7 +373,7 @@ def _storage(r: _Reader) -> StorageConfig:
 def _replication(r: _Reader) -> ReplicationConfig:
     d = ReplicationConfig()
     result = ReplicationConfig(
-        mode=r.get("mode", str, d.mode),
+        mode=r.get("mode", str, ""),
         sync_replicas=r.integer("sync_replicas", d.sync_replicas, minimum=1, maximum=16),
         sync_timeout_s=r.number("sync_timeout_s", d.sync_timeout_s, minimum=0.1, maximum=600),
         heartbeat_interval=r.number("heartbeat_interval", d.heartbeat_interval,
@@ -388,7 +393,7 @@ def _replication(r: _Reader) -> ReplicationConfig:
         bootstrap_max_rate_mb_s=r.number("bootstrap_max_rate_mb_s", d.bootstrap_max_rate_mb_s,
                                          minimum=0),
     )
-    if result.mode not in ("sync", "async"):
+    if result.mode not in ("sync", "async", ""):
         raise r.fail(r.key("mode"), f"must be sync or async, got {result.mode!r}")
     if result.reconnect_backoff_max < result.reconnect_backoff_min:
         raise r.fail(r.key("reconnect_backoff_max"), "must not be less than reconnect_backoff_min")

@@ -77,7 +77,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert cfg.epoch == 1
     assert cfg.column_families == ("default",)
     assert cfg.storage == StorageConfig()
-    assert cfg.replication == ReplicationConfig()
+    assert cfg.replication == ReplicationConfig(mode="async")  # static: async only
     assert cfg.limits == LimitsConfig()
     assert cfg.source == path
     assert [n.name for n in cfg.nodes] == ["n1", "n2"]
@@ -126,7 +126,8 @@ def test_full_config_values_are_read(tmp_path: Path) -> None:
     # default is added first when the list does not name it
     assert cfg.column_families == ("default", "users", "events")
     assert cfg.storage == StorageConfig(10, 2, 4, 8, True)
-    assert cfg.replication == ReplicationConfig(1.0, 0.5, 0.5, True, 1 << 21, 0.25, 60, 8192, 3.0)
+    assert cfg.replication == ReplicationConfig(1.0, 0.5, 0.5, True, 1 << 21, 0.25, 60, 8192, 3.0,
+                                                 mode="async")
     # an integer where a number is expected becomes a float
     assert isinstance(cfg.replication.heartbeat_interval, float)
     assert isinstance(cfg.replication.bootstrap_max_rate_mb_s, float)

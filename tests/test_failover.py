@@ -114,7 +114,7 @@ def test_full_cluster_restart_keeps_the_epoch_history(cluster: Cluster) -> None:
 
 def test_async_writes_lost_on_failover_are_kept_in_a_divergent_tail_file(tmp_path: Path) -> None:
     """n1 acknowledges writes n2 never receives; n2 takes over; n1 rejoins and keeps them."""
-    cluster = Cluster(tmp_path, consensus=True)
+    cluster = Cluster(tmp_path, consensus=True, replication={"mode": "async"})
     n1, n2, n3 = (cluster.nodes[n] for n in ("n1", "n2", "n3"))
     proxy = FaultyProxy(cluster.addresses["n1"])
     try:
