@@ -136,6 +136,11 @@ _set_offset = WalBatch.__dict__["offset"].__set__
 _set_payload = WalBatch.__dict__["payload"].__set__
 
 
+_CF_TAGS = frozenset({0x4, 0x5, 0x8, 0xE})           # carry a varint32 column-family id
+_PLAIN_TAGS = frozenset({0x0, 0x1, 0x3, 0x7, 0xF})    # column family 0 (or LogData)
+_TWO_SLICE_TAGS = frozenset({0x1, 0x5, 0xE, 0xF})     # key and value, or range start and end
+
+
 class _TooLong(Exception):
     """A varint32 ran past 5 bytes; only raised inside this module."""
 
@@ -317,85 +322,47 @@ def _scan(
             start = i
             tag = p[i]
             i += 1
-            if tag == 0x5 or tag == 0x1:
-                if tag == 0x5:
-                    cf = p[i]
-                    i += 1
-                    if cf >= 0x80:
-                        cf, i = _varint32(p, i - 1)
-                else:
-                    cf = 0
-                klen = p[i]
+            if tag in _CF_TAGS:
+                cf = p[i]
                 i += 1
-                if klen >= 0x80:
-                    klen, i = _varint32(p, i - 1)
-                j = i + klen
-                key = p[i:j]
-                vlen = p[j]
-                j += 1
-                if vlen >= 0x80:
-                    b = p[j]
-                    if b < 0x80:
-                        vlen = (vlen & 0x7F) | (b << 7)
-                        j += 1
-                    else:
-                        vlen, j = _varint32(p, j - 1)
-                i = j + vlen
-                if i > n:
-                    raise IndexError
-                put(key, p[j:i], handles[cf])
-                done += 1
-            elif tag == 0x4 or tag == 0x0 or tag == 0x7 or tag == 0x8:
-                if tag == 0x4 or tag == 0x8:
-                    cf = p[i]
-                    i += 1
-                    if cf >= 0x80:
-                        cf, i = _varint32(p, i - 1)
-                else:
-                    cf = 0
-                klen = p[i]
-                i += 1
-                if klen >= 0x80:
-                    klen, i = _varint32(p, i - 1)
-                j = i + klen
-                if j > n:
-                    raise IndexError
-                (delete if tag <= 0x4 else single_delete)(p[i:j], handles[cf])
-                done += 1
-                i = j
-            elif tag == 0xE or tag == 0xF:
-                if tag == 0xE:
-                    cf = p[i]
-                    i += 1
-                    if cf >= 0x80:
-                        cf, i = _varint32(p, i - 1)
-                else:
-                    cf = 0
-                klen = p[i]
-                i += 1
-                if klen >= 0x80:
-                    klen, i = _varint32(p, i - 1)
-                j = i + klen
-                begin = p[i:j]
-                vlen = p[j]
-                j += 1
-                if vlen >= 0x80:
-                    vlen, j = _varint32(p, j - 1)
-                i = j + vlen
-                if i > n:
-                    raise IndexError
-                delete_range(begin, p[j:i], handles[cf])
-                done += 1
-            elif tag == 0x3:
-                blen = p[i]
-                i += 1
-                if blen >= 0x80:
-                    blen, i = _varint32(p, i - 1)
-                i += blen
-                if i > n:
-                    raise IndexError
+                if cf >= 0x80:
+                    cf, i = _varint32(p, i - 1)
+            elif tag in _PLAIN_TAGS:
+                cf = 0
             else:
                 raise WalUnsupported(path, offset, f"tag {tag:#x} ({tag_name(tag)})", tag)
+            # Every supported entry starts with one length-prefixed slice (a key, a range
+            # start, or LogData's blob); puts and range deletes carry a second one.
+            klen = p[i]
+            i += 1
+            if klen >= 0x80:
+                klen, i = _varint32(p, i - 1)
+            j = i + klen
+            if j > n:
+                raise IndexError
+            first = p[i:j]
+            i = j
+            if tag == 0x3:
+                continue  # LogData: no sequence number, nothing to apply
+            if tag in _TWO_SLICE_TAGS:
+                vlen = p[i]
+                i += 1
+                if vlen >= 0x80:
+                    vlen, i = _varint32(p, i - 1)
+                j = i + vlen
+                if j > n:
+                    raise IndexError
+                second = p[i:j]
+                i = j
+                if tag == 0x1 or tag == 0x5:
+                    put(first, second, handles[cf])
+                else:
+                    delete_range(first, second, handles[cf])
+            elif tag == 0x0 or tag == 0x4:
+                delete(first, handles[cf])
+            else:
+                single_delete(first, handles[cf])
+            done += 1
     except IndexError:
         raise WalCorruption(
             path, offset,
