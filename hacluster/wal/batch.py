@@ -225,7 +225,7 @@ def replay_batch(
                                                           handles)
         if result is not None:
             return result
-        _replay_batch_py(payload, _ignore, _ignore, _ignore, _AnyHandle(), where=where)
+        _replay_batch_py(payload, _ignore, _ignore, _ignore, _IDENTITY, where=where)
         raise WalCorruption(where, 0, "WriteBatch rejected by the C decoder but not by the "
                             "Python one; refusing it")  # a decoder bug; never apply
     return _replay_batch_py(payload, put, delete, delete_range, handles, where=where)
@@ -261,19 +261,12 @@ def _ignore(*args: object) -> None:
     return None
 
 
-class _AnyHandle:
-    """A handles mapping for error re-decoding: every column-family id maps to None."""
-
-    def __getitem__(self, cf: int) -> None:
-        return None
-
-
 def _replay_batch_py(
     payload: bytes,
     put: Callable[[bytes, bytes, Any], object],
     delete: Callable[[bytes, Any], object],
     delete_range: Callable[[bytes, bytes, Any], object],
-    handles: Mapping[int, Any] | _AnyHandle,
+    handles: Mapping[int, Any] | _Identity,
     *,
     where: str = "?",
 ) -> tuple[int, int]:
@@ -282,7 +275,8 @@ def _replay_batch_py(
 
 
 class _Identity:
-    """Maps every column-family id to itself (decode_batch wants ids, not handles)."""
+    """Maps every column-family id to itself: decode_batch wants ids, and re-decoding to
+    name an error needs any handle at all."""
 
     def __getitem__(self, cf: int) -> int:
         return cf
@@ -297,7 +291,7 @@ def _scan(
     delete: Callable[[bytes, Any], object],
     single_delete: Callable[[bytes, Any], object],
     delete_range: Callable[[bytes, bytes, Any], object],
-    handles: Mapping[int, Any] | _AnyHandle | _Identity,
+    handles: Mapping[int, Any] | _Identity,
     path: str,
     offset: int,
 ) -> tuple[int, int]:
