@@ -80,7 +80,7 @@ def test_refuses_to_start_without_a_password(tmp_path: Path) -> None:
 
 
 def test_commands_round_trip_as_plain_tuples() -> None:
-    cmds = [Acquire("n1", 3, 4, 100, 1.0, "failover", 1.5), Renew("n1", 4), Release("n1", 4),
+    cmds = [Acquire("n1", 3, 4, 100, 1.0, "failover", 1.5), Renew("n1", 4, 77), Release("n1", 4),
             Release("n1", 4, "n2"),
             Report("n2", "http://x", 5, "replica", True, frozenset({"nofailover"})),
             SetSyncSet("n1", 4, frozenset({"n2", "n3"})), SetPaused(True)]

@@ -40,7 +40,7 @@ def test_acquire_is_compare_and_set_on_epoch_and_renewals() -> None:
     state, ok = run(acquire("n1", 0, seq=1), acquire("n2", 0), Renew("n1", 1),
                     acquire("n2", 1, renewals=0), acquire("n2", 1, renewals=1, seq=42))
     assert ok == [True, False, True, False, True]
-    assert state.lock == Lock("n2", 2, 1.0, 0, False)
+    assert state.lock == Lock("n2", 2, 1.0, 0, False, None, 41)  # holder_seq: start_seq - 1
     assert [(r.epoch, r.primary, r.start_seq) for r in state.history] == [(1, "n1", 1),
                                                                           (2, "n2", 42)]
 
@@ -126,3 +126,10 @@ def test_epochs_only_grow_and_replay_is_deterministic(cmds: list[Command]) -> No
     assert epochs == sorted(epochs)
     assert run(*cmds)[0] == state
     assert [r.epoch for r in state.history] == list(range(1, state.lock.epoch + 1))
+
+
+def test_renewals_record_the_holders_position_as_a_floor() -> None:
+    state, ok = run(acquire("n1", 0, seq=11), Renew("n1", 1, 50), Renew("n1", 1, 40),
+                    Renew("n2", 1, 99))
+    assert ok == [True, True, True, False]
+    assert state.lock.holder_seq == 50   # never lowered, and only by the holder

@@ -159,9 +159,9 @@ class ControlLoop:
             # A holder that came back with less (a wiped or restored data dir) must hand the
             # lock over rather than serve from a database missing acknowledged writes.
             reported = state.member(node.name)
-            started = [r.start_seq for r in state.history if r.epoch == lock.epoch]
-            floor = max([reported.applied_seq if reported else 0] +
-                        [s - 1 for s in started])
+            floor = max(lock.holder_seq, reported.applied_seq if reported else 0)
+            if node.current_store() is None and has_database(node.db_dir):
+                node.store = node.open_store()
             store = node.current_store()
             have = store.latest_seq() if store else 0
             if have < floor:
@@ -179,7 +179,9 @@ class ControlLoop:
                 if ok and not self.switching:
                     self._on_raft(node.become_primary, epoch, proposed_at)
 
-            self.raft.propose(Renew(node.name, epoch), renewed)
+            store = node.store
+            self.raft.propose(Renew(node.name, epoch, store.latest_seq() if store else 0),
+                              renewed)
             if node.is_primary and self.policy.sync_mode:
                 self._maintain_sync_set(state)
             if d.action is Action.DEMOTE:

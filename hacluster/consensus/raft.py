@@ -57,7 +57,7 @@ def encode_command(cmd: Command) -> tuple[Any, ...]:
         return ("acquire", cmd.candidate, cmd.expected_epoch, cmd.expected_renewals,
                 cmd.start_seq, cmd.lease_s, cmd.reason, cmd.wall_time)
     if isinstance(cmd, Renew):
-        return ("renew", cmd.holder, cmd.epoch)
+        return ("renew", cmd.holder, cmd.epoch, cmd.applied_seq)
     if isinstance(cmd, Release):
         return ("release", cmd.holder, cmd.epoch, cmd.successor)
     if isinstance(cmd, Report):

@@ -36,6 +36,8 @@ class Lock:
     renewals: int = 0          # bumped by each renewal, so observers can time it locally
     released: bool = False     # given up on purpose (switchover): no lease to wait out
     successor: str | None = None   # switchover: the node the holder handed over to
+    holder_seq: int = 0        # the holder's latest seq as of its last renewal: a floor on
+                               # the data it must still have if it resumes after a restart
 
     @property
     def held(self) -> bool:
@@ -120,10 +122,12 @@ class Acquire:
 class Renew:
     holder: str
     epoch: int
+    applied_seq: int = 0       # the holder's latest seq when it proposed the renewal
 
     def __post_init__(self) -> None:
         _check_name(self.holder, "renew")
         _check_epoch(self.epoch, "renew")
+        _check_epoch(self.applied_seq, "renew")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,13 +200,15 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
         # A new primary starts with an empty synchronous set: it must record its own before
         # it may count on any replica.
         return replace(
-            state, lock=Lock(cmd.candidate, epoch, cmd.lease_s, 0, False),
+            state, lock=Lock(cmd.candidate, epoch, cmd.lease_s, 0, False, None,
+                             cmd.start_seq - 1),
             history=(*state.history, record)[-MAX_HISTORY:], sync_set=frozenset(),
         ), True
     if isinstance(cmd, Renew):
         if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
             return state, False
-        return replace(state, lock=replace(lock, renewals=lock.renewals + 1)), True
+        return replace(state, lock=replace(lock, renewals=lock.renewals + 1,
+                                           holder_seq=max(lock.holder_seq, cmd.applied_seq))), True
     if isinstance(cmd, Release):
         if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
             return state, False
