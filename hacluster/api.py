@@ -139,6 +139,13 @@ def build_app(node: Node) -> web.Application:
     async def admin_resume(request: web.Request) -> web.Response:
         return await set_paused(False)
 
+    async def admin_raft_compact(request: web.Request) -> web.Response:
+        if node.control is None:
+            return error(409, "no consensus in this cluster (static primary): no Raft log")
+        node.control.raft.compact_log()
+        return web.json_response({"compacting": True,
+                                  "raft": node.control.raft.raft_status()}, status=202)
+
     async def admin_switchover(request: web.Request) -> web.Response:
         from hacluster.consensus.loop import SwitchoverError
         if node.control is None:
@@ -161,6 +168,7 @@ def build_app(node: Node) -> web.Application:
     app.router.add_post("/v1/admin/switchover", admin_switchover)
     app.router.add_post("/v1/admin/pause", admin_pause)
     app.router.add_post("/v1/admin/resume", admin_resume)
+    app.router.add_post("/v1/admin/raft/compact", admin_raft_compact)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/admin/flush", admin_flush)
     app.router.add_post("/v1/admin/compact", admin_compact)

@@ -100,6 +100,19 @@ class ConsensusConfig:
     report_interval_s: float = 0.5
     member_stale_s: float = 3.0
     maximum_lag_on_failover: int = 1 << 20
+    # The Raft log is compacted into a dump once it holds this many entries or is this old:
+    # about 15 entries a second with default timings, so a few minutes of log at most.
+    log_compaction_min_entries: int = 5000
+    log_compaction_min_time_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogConfig:
+    """A Linux watchdog device armed while this node is a writable primary (like Patroni's)."""
+
+    mode: str = "off"                  # off | automatic | required
+    device: Path = Path("/dev/watchdog")
+    timeout_s: int = 5                 # the device resets the host if not fed for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +150,7 @@ class ClusterConfig:
     source: Path
     consensus: ConsensusConfig = ConsensusConfig()
     hooks: HooksConfig = HooksConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
 
     @property
     def uses_consensus(self) -> bool:
@@ -317,6 +331,7 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         timeout_s=hooks_r.number("timeout_s", HooksConfig().timeout_s, minimum=0.1,
                                  maximum=3600))
     hooks_r.finish()
+    watchdog = _watchdog(top.child("watchdog"))
     nodes = _nodes(top, source)
     top.finish()
     with_raft = [n.name for n in nodes if n.raft is not None]
@@ -346,11 +361,14 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
             f"one frame (need at least max_body_bytes + {FRAME_OVERHEAD})")
     if primary and primary not in {n.name for n in nodes}:
         raise cluster.fail("cluster.primary", f"{primary!r} is not one of the nodes")
+    if watchdog.mode != "off" and not with_raft:
+        raise ConfigError(f"{source}: watchdog.mode: {watchdog.mode} needs consensus (raft "
+                          "addresses on every node): the watchdog is fed by the lease loop")
     return ClusterConfig(
         name=name, token=token, raft_password=raft_password, primary=primary, epoch=epoch,
         column_families=tuple(cfs),
         nodes=nodes, storage=storage, replication=replication, limits=limits, source=source,
-        consensus=consensus, hooks=hooks,
+        consensus=consensus, hooks=hooks, watchdog=watchdog,
     )
 
 
@@ -418,6 +436,12 @@ def _consensus(r: _Reader) -> ConsensusConfig:
         member_stale_s=r.number("member_stale_s", d.member_stale_s, minimum=0.1, maximum=600),
         maximum_lag_on_failover=r.integer("maximum_lag_on_failover",
                                           d.maximum_lag_on_failover, minimum=0),
+        log_compaction_min_entries=r.integer("log_compaction_min_entries",
+                                             d.log_compaction_min_entries, minimum=10,
+                                             maximum=10_000_000),
+        log_compaction_min_time_s=r.number("log_compaction_min_time_s",
+                                           d.log_compaction_min_time_s, minimum=1,
+                                           maximum=86_400),
     )
     if result.renew_interval_s >= result.lease_s * (1 - result.drift):
         raise r.fail(r.key("renew_interval_s"), "must be shorter than lease_s * (1 - drift)")
@@ -425,6 +449,18 @@ def _consensus(r: _Reader) -> ConsensusConfig:
         raise r.fail(r.key("election_max_s"), "must be greater than election_min_s")
     if result.raft_heartbeat_s >= result.election_min_s:
         raise r.fail(r.key("raft_heartbeat_s"), "must be shorter than election_min_s")
+    r.finish()
+    return result
+
+
+def _watchdog(r: _Reader) -> WatchdogConfig:
+    d = WatchdogConfig()
+    mode = r.get("mode", str, d.mode)
+    if mode not in ("off", "automatic", "required"):
+        raise r.fail(r.key("mode"), f"must be off, automatic or required, not {mode!r}")
+    result = WatchdogConfig(
+        mode=mode, device=Path(r.get("device", str, str(d.device))),
+        timeout_s=r.integer("timeout_s", d.timeout_s, minimum=1, maximum=600))
     r.finish()
     return result
 

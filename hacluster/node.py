@@ -36,6 +36,7 @@ from hacluster.replication.follower import Follower
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.replication.source import ReplicationSource
 from hacluster.store import AppliedRange, NamedOp, Store, has_database
+from hacluster.watchdog import Watchdog, WatchdogError
 
 if TYPE_CHECKING:
     from hacluster.consensus.loop import ControlLoop
@@ -75,6 +76,7 @@ class Node:
         self.lineage = Lineage(self.data_dir) if self.data_dir.exists() else None
         self.control: ControlLoop | None = None
         self.hooks = Hooks(cfg.hooks, name)
+        self.watchdog = Watchdog(cfg.watchdog, name)
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._role_lock = asyncio.Lock()
@@ -199,6 +201,13 @@ class Node:
                 else:
                     self.gate.open(epoch, proposed_at)
                 return
+            try:
+                self.watchdog.arm()     # before the gate opens, never after
+            except WatchdogError as exc:
+                log.error("%s; releasing the lock of epoch %d", exc, epoch)
+                if self.control is not None:
+                    self.control.release(epoch)
+                return
             await self._stop_follower()
             store = self.store or self.open_store()
             # Durable before the first write of this epoch: what follows is epoch's data.
@@ -220,6 +229,7 @@ class Node:
     async def become_replica(self, primary: str | None, epoch: int) -> None:
         """Follow ``primary`` (or no one); the write gate closes first."""
         self.gate.close(f"following {primary}" if primary else "no primary")
+        self.watchdog.disarm("demoted" if self.is_primary else "not the primary")
         async with self._role_lock:
             if self.role == Role(primary, epoch) and (
                     primary is None or self.follower is not None):
@@ -351,11 +361,14 @@ class Node:
             }
         if self.control:
             out["consensus"] = self.control.status()
+        if self.watchdog.enabled:
+            out["watchdog"] = self.watchdog.snapshot()
         out["divergent_tails"] = list_divergent_tails(self.data_dir)
         return out
 
     async def stop(self) -> None:
         self.gate.close("shutting down")
+        self.watchdog.disarm("shutting down")
         if self.control:
             await self.control.stop()
         await self._stop_follower()

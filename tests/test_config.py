@@ -591,6 +591,13 @@ def test_consensus_timings_are_checked(tmp_path: Path) -> None:
     path = write(tmp_path, data)
     assert error_of(path) == (f"{path}: consensus.election_max_s: must be greater than "
                               "election_min_s")
+    data["consensus"] = {"log_compaction_min_entries": 5}
+    path = write(tmp_path, data)
+    assert error_of(path) == (f"{path}: consensus.log_compaction_min_entries: must be at least "
+                              "10 and at most 10000000, got 5")
+    data["consensus"] = {"log_compaction_min_entries": 100, "log_compaction_min_time_s": 30}
+    c = load(write(tmp_path, data)).consensus
+    assert (c.log_compaction_min_entries, c.log_compaction_min_time_s) == (100, 30.0)
 
 
 def test_node_tags_are_checked(tmp_path: Path) -> None:

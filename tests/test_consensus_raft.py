@@ -139,3 +139,33 @@ def test_state_survives_a_full_restart(trio: Trio) -> None:
     wait_for(lambda: all(n.snapshot().paused and n.snapshot().lock.holder == "n0"
                          for n in trio.nodes.values()), 15, "the journal to be replayed")
     assert [r.epoch for r in trio.nodes[1].snapshot().history] == [1]
+
+
+def test_log_is_compacted_into_a_dump_and_a_restart_replays_it(tmp_path: Path) -> None:
+    t = Trio(tmp_path)
+    timing = RaftTiming(election_min_s=0.2, election_max_s=0.5, heartbeat_s=0.05,
+                        compaction_min_entries=30, compaction_min_time_s=3600)
+    try:
+        for i in range(3):
+            partners = [a for j, a in enumerate(t.addrs) if j != i]
+            t.nodes[i] = RaftNode(t.addrs[i], partners, tmp_path / f"n{i}", PASSWORD, timing)
+            t.nodes[i].start()
+        for k in range(120):
+            assert t.propose_and_wait(0, Report("n0", "http://n0", k, "replica", True))
+        # Past 30 entries each node dumps its state and drops the log it covers.
+        wait_for(lambda: all(n.raft_status()["log_len"] < 60 for n in t.nodes.values()), 15,
+                 "every node to compact its log")
+        status = t.nodes[1].raft_status()
+        assert status["dump_bytes"] and status["journal_bytes"]
+        wait_for(lambda: t.nodes[1].raft_status()["compactions"] >= 1, 5,
+                 "the compaction to be noticed")
+        for i in range(3):
+            t.stop(i)
+        for i in range(3):
+            t.start(i)   # default timing: no compaction threshold reached while replaying
+        wait_for(lambda: all(n.snapshot().member("n0") is not None
+                             and n.snapshot().member("n0").applied_seq == 119  # type: ignore[union-attr]
+                             for n in t.nodes.values()), 15, "the dump and log to be replayed")
+    finally:
+        for i in list(t.nodes):
+            t.stop(i)

@@ -29,6 +29,7 @@ from hacluster.consensus.state import (
     SetSyncSet,
 )
 from hacluster.store import has_database
+from hacluster.watchdog import WatchdogError
 
 if TYPE_CHECKING:
     from hacluster.node import Node
@@ -55,7 +56,9 @@ class ControlLoop:
         self.raft = RaftNode(
             str(node.me.raft), partners, node.data_dir / "raft", cfg.raft_password,
             RaftTiming(election_min_s=c.election_min_s, election_max_s=c.election_max_s,
-                       heartbeat_s=c.raft_heartbeat_s))
+                       heartbeat_s=c.raft_heartbeat_s,
+                       compaction_min_entries=c.log_compaction_min_entries,
+                       compaction_min_time_s=c.log_compaction_min_time_s))
         self.last: Decision | None = None
         self.passes = 0
         self._member_reports: dict[str, int] = {}
@@ -66,6 +69,7 @@ class ControlLoop:
         self._acquiring: float | None = None   # when an Acquire was proposed, until decided
         self.switching = False                  # a switchover holds the write gate shut
         self._sync_change_at: float | None = None   # no acknowledgement while the set changes
+        self._watchdog_tried = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -130,8 +134,14 @@ class ControlLoop:
             self._last_report = now
             store = node.current_store()
             has_db = store is not None or has_database(node.db_dir)
-            # Unhealthy: replication stopped for good (diverged); it must not be promoted.
+            # Unhealthy: replication stopped for good (diverged), or a required watchdog
+            # cannot be armed; either way it must not be promoted.
             healthy = node.follower is None or node.follower.status.state != "diverged"
+            if not node.watchdog.usable():
+                if healthy:
+                    log.warning("%s: watchdog required but %s is not writable: not a "
+                                "candidate for primary", node.name, node.cfg.watchdog.device)
+                healthy = False
             self.raft.propose(Report(
                 node.name, node.me.api.url, store.latest_seq() if store else 0,
                 "primary" if node.is_primary else ("replica" if has_db else "starting"),
@@ -140,7 +150,36 @@ class ControlLoop:
         decision = decide(state, self._observe(state, now), self.policy)
         self._record(decision)
         await self._act(decision, state)
+        self._tend_watchdog(state)
         return decision
+
+    def _tend_watchdog(self, state: ClusterState) -> None:
+        """Fed on every pass while writable; disarmed in pause mode and when not writable."""
+        wd, node = self.node.watchdog, self.node
+        if not wd.enabled:
+            return
+        if not (node.is_primary and node.gate.refusal() is None):
+            wd.disarm("the write gate is closed")
+            self._watchdog_tried = False
+            return
+        if state.paused:
+            wd.disarm("maintenance mode")
+            self._watchdog_tried = False
+            return
+        if not wd.armed and not self._watchdog_tried:
+            self._watchdog_tried = True     # automatic mode: one attempt per writable spell
+            try:
+                wd.arm()
+            except WatchdogError as exc:
+                node.gate.close(str(exc))
+                log.error("%s; releasing the lock of epoch %d", exc, state.lock.epoch)
+                self.release(state.lock.epoch)
+                return
+        wd.feed()
+
+    def release(self, epoch: int) -> None:
+        """Give the lock up (no successor named): others elect without waiting out a lease."""
+        self.raft.propose(Release(self.node.name, epoch))
 
     def _record(self, d: Decision) -> None:
         self.passes += 1
@@ -258,6 +297,9 @@ class ControlLoop:
             raise SwitchoverError("the release could not be committed; still primary")
         log.info("%s: switchover: handed over to %s at seq %d (epoch %d)", node.name,
                  successor, last, lock.epoch)
+        # The Raft leadership follows, so restarting this node next (a rolling upgrade) costs
+        # no Raft election under the new primary's lease.
+        self.raft.transfer_leadership(str(node.cfg.node(successor).raft))
         await node.become_replica(None, lock.epoch)
         self.switching = False
         return successor

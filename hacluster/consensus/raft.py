@@ -12,6 +12,7 @@ anything: ``decide`` does, from ``snapshot()``.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -110,6 +111,15 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self._last_ack_at: float | None = None
         self._obs_lock = threading.Lock()
         self._stop = threading.Event()
+        # pysyncobj is not thread-safe beyond proposing: other calls run on the tick thread.
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._dir = data_dir
+        self._compactions = 0
+        try:
+            self._dump_mtime = (data_dir / "raft.dump").stat().st_mtime
+        except OSError:
+            self._dump_mtime = 0.0
+        self._next_dump_check = 0.0
         self.ready = threading.Event()   # set once this node has applied the leader's log
         self._thread: threading.Thread | None = None
         conf = SyncObjConf(
@@ -158,6 +168,48 @@ class RaftNode(SyncObj):  # type: ignore[misc]
     def _tick(self) -> None:
         while not self._stop.is_set():
             self.doTick(0.02)
+            while True:
+                try:
+                    call = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    call()
+                except Exception:
+                    log.exception("Raft call failed")
+            now = time.monotonic()
+            if now >= self._next_dump_check:
+                self._next_dump_check = now + 1.0
+                self._note_compaction()
+
+    def _note_compaction(self) -> None:
+        # pysyncobj says nothing when it compacts; a new dump file is the sign.
+        try:
+            mtime = (self._dir / "raft.dump").stat().st_mtime
+        except OSError:
+            return
+        if mtime != self._dump_mtime:
+            self._compactions += 1
+            log.info("Raft log compacted into raft.dump: %s entries left in the log",
+                     self.getStatus().get("log_len"))
+        self._dump_mtime = mtime
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the tick thread, between ticks."""
+        self._calls.put(fn)
+
+    def transfer_leadership(self, address: str) -> None:
+        """Best effort: ask the Raft leadership to move to ``address`` (we must lead)."""
+        def go() -> None:
+            if self._isLeader():
+                self.transferLeadership(address, callback=lambda result, error: log.info(
+                    "Raft leadership transfer to %s: %s", address,
+                    "sent" if error == FAIL_REASON.SUCCESS else f"refused ({error})"))
+        self.call_soon(go)
+
+    def compact_log(self) -> None:
+        """Compact the Raft log into the dump now rather than at the next threshold."""
+        self.call_soon(self.forceLogCompaction)
 
     def stop(self) -> None:
         self._stop.set()
@@ -207,7 +259,19 @@ class RaftNode(SyncObj):  # type: ignore[misc]
     def raft_status(self) -> dict[str, Any]:
         status = self.getStatus()
         leader = status.get("leader")
+        files = {}
+        for name in ("raft.journal", "raft.dump"):
+            try:
+                files[name] = (self._dir / name).stat()
+            except OSError:
+                pass
+        dump = files.get("raft.dump")
         return {"leader": str(leader) if leader is not None else None,
                 "term": status.get("raft_term"), "log_len": status.get("log_len"),
                 "commit_idx": status.get("commit_idx"),
-                "last_applied": status.get("last_applied")}
+                "last_applied": status.get("last_applied"),
+                "compactions": self._compactions,
+                "journal_bytes": files["raft.journal"].st_size if "raft.journal" in files
+                else None,
+                "dump_bytes": dump.st_size if dump else None,
+                "dump_age_s": round(time.time() - dump.st_mtime, 1) if dump else None}
