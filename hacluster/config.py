@@ -81,6 +81,9 @@ class ReplicationConfig:
     mode: str = "sync"
     sync_replicas: int = 1
     sync_timeout_s: float = 5.0
+    # /replica, /read-only and /readiness: how far behind (in sequence numbers, one per op) a
+    # replica may be and still serve reads.
+    max_replica_lag: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +413,7 @@ def _replication(r: _Reader) -> ReplicationConfig:
                                         minimum=4096, maximum=64 << 20),
         bootstrap_max_rate_mb_s=r.number("bootstrap_max_rate_mb_s", d.bootstrap_max_rate_mb_s,
                                          minimum=0),
+        max_replica_lag=r.integer("max_replica_lag", d.max_replica_lag, minimum=0),
     )
     if result.mode not in ("sync", "async", ""):
         raise r.fail(r.key("mode"), f"must be sync or async, got {result.mode!r}")

@@ -29,6 +29,7 @@ class WriteGate:
         self.epoch: int | None = None
         self.renewal_proposed_at: float | None = None
         self.closed_reason = "not the primary"
+        self.closes = 0                # times it closed while open: fencing events
 
     def open(self, epoch: int, proposed_at: float | None = None) -> None:
         """Open for ``epoch``; with consensus, ``proposed_at`` is the effective Acquire/Renew."""
@@ -46,6 +47,7 @@ class WriteGate:
 
     def close(self, reason: str) -> None:
         if self._open:
+            self.closes += 1
             log.info("write gate closed: %s", reason)
         self._open = False
         self.closed_reason = reason

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from hacluster.api import build_app
 from hacluster.config import ClusterConfig, NodeConfig
+from hacluster.consensus.decide import Action
 from hacluster.consensus.lease import LeaseTiming
 from hacluster.consensus.lineage import Lineage, find_divergence
 from hacluster.consensus.state import EpochRecord
@@ -29,6 +30,7 @@ from hacluster.divergence import list_divergent_tails, save_divergent_tail
 from hacluster.fencing import WriteGate
 from hacluster.hooks import Hooks
 from hacluster.node_errors import NotWritable, OutcomeUnknown
+from hacluster.probes import NodeView
 from hacluster.replication import bootstrap
 from hacluster.replication.checkpoints import CheckpointService
 from hacluster.replication.feed import WalFeed
@@ -82,6 +84,7 @@ class Node:
         self._role_lock = asyncio.Lock()
         self.started_at = time.time()
         self.writes = 0
+        self.unknown_outcomes = 0
 
     @property
     def is_primary(self) -> bool:
@@ -331,6 +334,41 @@ class Node:
         if late:
             raise OutcomeUnknown(f"confirmed at seq {seq} but not acknowledged: {late}")
 
+    def status_epoch(self) -> int:
+        """The newest epoch this node knows: a replica learns it from its stream."""
+        return self.follower.known_epoch if self.follower else self.role.epoch
+
+    def leader(self) -> str | None:
+        """Who holds a valid lease, as far as this node can tell."""
+        if self.is_primary:
+            return self.name if self.gate.refusal() is None else None
+        if self.control is None:
+            return self.role.primary
+        last = self.control.last
+        if last is not None and last.action is Action.FOLLOW:
+            return last.target
+        return None
+
+    def view(self, now: float) -> NodeView:
+        store = self.current_store()
+        st = self.follower.status if self.follower else None
+        leader = self.leader()
+        rep = self.cfg.replication
+        return NodeView(
+            name=self.name, is_primary=self.is_primary,
+            writable=self.is_primary and self.gate.refusal() is None,
+            epoch=self.status_epoch(), leader=leader,
+            leader_url=self.cfg.node(leader).api.url if leader else None,
+            stream_state=st.state if st else None,
+            applied_seq=store.latest_seq() if store else None,
+            primary_seq=st.primary_seq if st else None,
+            last_frame_age_s=now - st.last_frame_at if st and st.last_frame_at else None,
+            loop_age_s=now - self.control.last_pass_at
+            if self.control and self.control.last_pass_at else None,
+            lease_s=self.cfg.consensus.lease_s if self.control else float("inf"),
+            stream_timeout_s=max(2.0, 4 * rep.heartbeat_interval),
+            max_lag=rep.max_replica_lag, tags=self.me.tags)
+
     def status(self) -> dict[str, Any]:
         store = self.current_store()
         seq = store.latest_seq() if store else None
@@ -338,7 +376,7 @@ class Node:
             "node": self.name,
             "role": "primary" if self.is_primary else "replica",
             "primary": self.role.primary,
-            "epoch": self.follower.known_epoch if self.follower else self.role.epoch,
+            "epoch": self.status_epoch(),
             "writable": self.is_primary and self.gate.refusal() is None,
             "applied_seq": seq,
             "column_families": self.column_families,

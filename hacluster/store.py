@@ -170,6 +170,28 @@ class Store:
         for key, value in self.view(cf).items():
             yield bytes(key), bytes(value)  # type: ignore[arg-type]
 
+    def scan(self, cf: str, prefix: bytes, limit: int,
+             start_after: bytes | None = None) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """Up to ``limit`` items whose key starts with ``prefix``, in key order, after
+        ``start_after`` if given; and whether more follow."""
+        start = prefix if start_after is None or start_after < prefix else start_after
+        out: list[tuple[bytes, bytes]] = []
+        it = self.view(cf).iter()
+        try:
+            it.seek(start)
+            while it.valid():
+                key = bytes(it.key())
+                if not key.startswith(prefix):
+                    break
+                if start_after is None or key > start_after:
+                    if len(out) == limit:
+                        return out, True
+                    out.append((key, bytes(it.value())))
+                it.next()
+        finally:
+            del it
+        return out, False
+
     def background_work(self) -> dict[str, int]:
         """RocksDB's flush and compaction activity (running now, and pending across CFs)."""
         db = self._db

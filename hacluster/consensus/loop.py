@@ -70,6 +70,9 @@ class ControlLoop:
         self.switching = False                  # a switchover holds the write gate shut
         self._sync_change_at: float | None = None   # no acknowledgement while the set changes
         self._watchdog_tried = False
+        self.last_pass_at: float | None = None   # liveness: when the last pass finished
+        self.epoch_changes: dict[str, int] = {}  # by reason, seen since this process started
+        self._seen_epoch: int | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -151,7 +154,16 @@ class ControlLoop:
         self._record(decision)
         await self._act(decision, state)
         self._tend_watchdog(state)
+        self._count_epoch(state)
+        self.last_pass_at = time.monotonic()
         return decision
+
+    def _count_epoch(self, state: ClusterState) -> None:
+        epoch = state.lock.epoch
+        if self._seen_epoch is not None and epoch > self._seen_epoch and state.history:
+            reason = state.history[-1].reason
+            self.epoch_changes[reason] = self.epoch_changes.get(reason, 0) + 1
+        self._seen_epoch = epoch
 
     def _tend_watchdog(self, state: ClusterState) -> None:
         """Fed on every pass while writable; disarmed in pause mode and when not writable."""
@@ -176,6 +188,10 @@ class ControlLoop:
                 self.release(state.lock.epoch)
                 return
         wd.feed()
+
+    def member_seen_at(self) -> dict[str, float]:
+        """When each member's report last changed, on this node's monotonic clock."""
+        return dict(self._member_seen)
 
     def release(self, epoch: int) -> None:
         """Give the lock up (no successor named): others elect without waiting out a lease."""

@@ -1,0 +1,96 @@
+"""Operator actions over HTTP: ``/v1/admin/*`` (flush, compact, hash, pause, resume,
+switchover, Raft log compaction).
+
+Owns checking each action's arguments and preconditions and answering with what was done. The
+actions themselves belong to the node, its store and the control loop; this module must never
+change a role or the cluster state by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from hacluster.api.common import error, to_primary
+
+if TYPE_CHECKING:
+    from hacluster.node import Node
+
+log = logging.getLogger(__name__)
+
+NO_CONSENSUS = "no consensus in this cluster (static primary)"
+
+
+def add_routes(app: web.Application, node: Node) -> None:
+    async def flush(request: web.Request) -> web.Response:
+        store = node.current_store()
+        if store is None:
+            return error(503, "no database open")
+        store.flush()
+        return web.json_response({"flushed": store.column_families, "seq": store.latest_seq()})
+
+    async def compact(request: web.Request) -> web.Response:
+        store = node.current_store()
+        if store is None:
+            return error(503, "no database open")
+        store.compact()
+        return web.json_response({"compacted": store.column_families,
+                                  "seq": store.latest_seq()})
+
+    async def content_hash(request: web.Request) -> web.Response:
+        store = node.current_store()
+        if store is None:
+            return error(503, "no database open")
+        # Computed on the loop thread: no apply or write interleaves, so seq and hash agree.
+        return web.json_response(store.content_hash())
+
+    async def set_paused(paused: bool) -> web.Response:
+        if node.control is None:
+            return error(409, f"{NO_CONSENSUS}: nothing to pause")
+        ok = await node.control.set_paused(paused)
+        if ok is None:
+            return error(503, "not committed: no Raft quorum reachable")
+        log.info("%s: maintenance mode %s", node.name, "on" if paused else "off")
+        return web.json_response({"paused": paused})
+
+    async def pause(request: web.Request) -> web.Response:
+        return await set_paused(True)
+
+    async def resume(request: web.Request) -> web.Response:
+        return await set_paused(False)
+
+    async def raft_compact(request: web.Request) -> web.Response:
+        if node.control is None:
+            return error(409, f"{NO_CONSENSUS}: no Raft log")
+        node.control.raft.compact_log()
+        return web.json_response({"compacting": True,
+                                  "raft": node.control.raft.raft_status()}, status=202)
+
+    async def switchover(request: web.Request) -> web.Response:
+        from hacluster.consensus.loop import SwitchoverError
+        if node.control is None:
+            return error(409, f"{NO_CONSENSUS}: no switchover")
+        if not node.is_primary:
+            return to_primary(node, request)
+        try:
+            body = await request.json() if request.can_read_body else {}
+            target = body.get("to") if isinstance(body, dict) else None
+        except ValueError:
+            return error(400, "body must be JSON {\"to\": NAME} or empty")
+        if target is not None and not isinstance(target, str):
+            return error(400, "'to' must be a node name")
+        try:
+            successor = await node.control.switchover(target)
+        except SwitchoverError as exc:
+            return error(409, str(exc))
+        return web.json_response({"switched_over_to": successor, "from": node.name})
+
+    app.router.add_post("/v1/admin/flush", flush)
+    app.router.add_post("/v1/admin/compact", compact)
+    app.router.add_get("/v1/admin/hash", content_hash)
+    app.router.add_post("/v1/admin/pause", pause)
+    app.router.add_post("/v1/admin/resume", resume)
+    app.router.add_post("/v1/admin/raft/compact", raft_compact)
+    app.router.add_post("/v1/admin/switchover", switchover)

@@ -1,0 +1,182 @@
+"""Key-value routes: ``/v1/kv/{key}`` (PUT, GET, DELETE), the bounded scan ``/v1/kv`` and
+``/v1/batch``.
+
+Owns the request checks (key, value and body limits, column family), where a request is served
+(writes and, unless ``?stale=1``, reads on the primary; a replica redirects with 307) and the
+answer to a write once the node has acknowledged it per the replication mode. It must never
+acknowledge a write the node did not confirm, and never serve a non-stale read on a node whose
+write gate is shut (an old primary whose lease ran out could return stale data).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+from aiohttp import web
+
+from hacluster.api.common import error, to_primary
+from hacluster.config import FRAME_OVERHEAD
+from hacluster.node_errors import NotWritable, OutcomeUnknown
+from hacluster.store import Store, StoreError
+from hacluster.wal.batch import DELETE, PUT
+from hacluster.writes import CBOR_TYPE, BadRequest, check_cf, check_key, check_value, parse_batch
+
+if TYPE_CHECKING:
+    from hacluster.node import Node
+
+log = logging.getLogger(__name__)
+
+SCAN_DEFAULT = 100
+SCAN_MAX = 10_000
+
+
+def _text_or_b64(name: str, data: bytes) -> dict[str, str]:
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_b64": base64.b64encode(data).decode()}
+
+
+def _wants_cbor(request: web.Request) -> bool:
+    return CBOR_TYPE in request.headers.get("Accept", "")
+
+
+def add_routes(app: web.Application, node: Node) -> None:
+    limits = node.cfg.limits
+
+    def key_and_cf(request: web.Request) -> tuple[bytes, str]:
+        key = request.match_info["key"].encode("utf-8")
+        check_key(key, limits, "key")
+        return key, check_cf(request.query.get("cf", "default"), node.column_families, "cf")
+
+    def readable_store(request: web.Request) -> Store | web.Response:
+        """The store when this node may answer the read itself; else the redirect or refusal."""
+        if request.query.get("stale") not in ("1", "true"):
+            if not node.is_primary:
+                return to_primary(node, request)
+            refusal = node.gate.refusal()
+            if refusal is not None:
+                return error(503, f"not serving reads: {refusal}", leader=None)
+        store = node.current_store()
+        return error(503, "no database open") if store is None else store
+
+    def lag_header() -> dict[str, str]:
+        if node.is_primary:
+            return {"X-Hacluster-Lag": "0"}
+        view = node.view(0.0)
+        lag = None if view.primary_seq is None or view.applied_seq is None else max(
+            0, view.primary_seq - view.applied_seq)
+        return {"X-Hacluster-Lag": "unknown" if lag is None else str(lag),
+                "X-Hacluster-Seq": str(view.applied_seq)}
+
+    async def put_kv(request: web.Request) -> web.Response:
+        if not node.is_primary:
+            return to_primary(node, request)
+        try:
+            key, cf = key_and_cf(request)
+            value = await request.read()
+            check_value(value, limits, "value")
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return await write(node, [(PUT, cf, key, value)])
+
+    async def delete_kv(request: web.Request) -> web.Response:
+        if not node.is_primary:
+            return to_primary(node, request)
+        try:
+            key, cf = key_and_cf(request)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return await write(node, [(DELETE, cf, key, b"")])
+
+    async def get_kv(request: web.Request) -> web.Response:
+        try:
+            key, cf = key_and_cf(request)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        store = readable_store(request)
+        if not isinstance(store, Store):
+            return store
+        value = store.get(key, cf)
+        headers = lag_header()
+        if value is None:
+            return web.json_response({"error": "not found", "key": key.decode()}, status=404,
+                                     headers=headers)
+        return web.Response(body=value, content_type="application/octet-stream",
+                            headers=headers)
+
+    async def scan(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            cf = check_cf(q.get("cf", "default"), node.column_families, "cf")
+            prefix = q.get("prefix", "").encode("utf-8")
+            after = q["start_after"].encode("utf-8") if "start_after" in q else None
+            raw_limit = q.get("limit", str(SCAN_DEFAULT))
+            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= SCAN_MAX:
+                raise BadRequest(f"limit: must be an integer from 1 to {SCAN_MAX}")
+            limit = int(raw_limit)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        store = readable_store(request)
+        if not isinstance(store, Store):
+            return store
+        items, more = store.scan(cf, prefix, limit, after)
+        headers = lag_header()
+        if _wants_cbor(request):
+            doc: dict[str, Any] = {"items": [[k, v] for k, v in items], "more": more,
+                                   "seq": store.latest_seq()}
+            return web.Response(body=cbor2.dumps(doc), content_type=CBOR_TYPE, headers=headers)
+        out = [{**_text_or_b64("key", k), **_text_or_b64("value", v)} for k, v in items]
+        return web.json_response({"items": out, "more": more, "seq": store.latest_seq()},
+                                 headers=headers)
+
+    async def batch(request: web.Request) -> web.Response:
+        if not node.is_primary:
+            return to_primary(node, request)
+        try:
+            body = await request.read()
+            ops = parse_batch(body, request.content_type, limits, node.column_families)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return await write(node, ops)
+
+    app.router.add_get("/v1/kv", scan)
+    app.router.add_put("/v1/kv/{key:.+}", put_kv)
+    app.router.add_get("/v1/kv/{key:.+}", get_kv)
+    app.router.add_delete("/v1/kv/{key:.+}", delete_kv)
+    app.router.add_post("/v1/batch", batch)
+
+
+async def write(node: Node, ops: list[tuple[int, str, bytes, bytes]]) -> web.Response:
+    # A WriteBatch costs each op its key and value plus at most 16 bytes of tags and varints;
+    # a batch that could not travel in one replication frame is refused before it is written.
+    size = 12 + sum(len(k) + len(v) + 16 for _, _, k, v in ops)
+    limit = node.cfg.replication.max_frame_bytes - FRAME_OVERHEAD
+    if size > limit:
+        return error(413, f"write of ~{size} bytes exceeds what one replication frame carries "
+                          f"({limit} bytes; replication.max_frame_bytes)")
+    try:
+        applied = node.write(ops)
+        await node.confirm(applied.last_seq)
+    except NotWritable as exc:
+        return error(503, f"not accepting writes: {exc}", leader=node.leader())
+    except OutcomeUnknown as exc:
+        node.unknown_outcomes += 1
+        return error(503, str(exc), outcome="unknown")
+    except StoreError as exc:
+        return error(400, str(exc))
+    except Exception as exc:  # rocksdict raises bare Exception for RocksDB I/O errors
+        text = str(exc)
+        if "No space left" in text or "ENOSPC" in text:
+            log.error("write refused, disk full: %s", text)
+            return error(507, f"disk full, write refused: {text}")
+        log.exception("write failed")
+        return error(500, f"write failed: {text}")
+    return web.Response(
+        text=json.dumps({"seq": applied.last_seq, "first_seq": applied.first_seq,
+                         "epoch": node.role.epoch, "node": node.name}),
+        content_type="application/json")

@@ -1,0 +1,136 @@
+"""Prometheus metrics of one node: ``GET /metrics`` in the text exposition format.
+
+Owns the node's registry: request latency histograms (observed by an aiohttp middleware, by
+route template so label values stay bounded) and a collector that reads the node's state at
+scrape time — role, epoch, applied seq, lag per replica, writes, failovers, fencing events,
+divergent writes, bootstrap bytes, Raft log figures. It must never change node state, and never
+label by anything unbounded (keys, client addresses, raw paths).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from hacluster.divergence import list_divergent_tails
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler, Middleware
+
+    from hacluster.node import Node
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class NodeCollector(Collector):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        store = node.current_store()
+        seq = store.latest_seq() if store else 0
+        role = GaugeMetricFamily("hacluster_role", "1 for this node's current role",
+                                 labels=["role"])
+        for name in ("primary", "replica"):
+            role.add_metric([name], 1.0 if (name == "primary") == node.is_primary else 0.0)
+        yield role
+        yield GaugeMetricFamily("hacluster_writable", "1 while this node acknowledges writes",
+                                value=1.0 if node.is_primary and node.gate.refusal() is None
+                                else 0.0)
+        yield GaugeMetricFamily("hacluster_epoch", "the epoch this node is in",
+                                value=node.status_epoch())
+        yield GaugeMetricFamily("hacluster_applied_seq", "latest sequence number in this "
+                                "node's database", value=seq)
+        yield CounterMetricFamily("hacluster_writes", "write requests acknowledged",
+                                  value=node.writes)
+        yield CounterMetricFamily("hacluster_fencing_events", "times this node's write gate "
+                                  "closed while open (lease lapsed, demotion, switchover)",
+                                  value=node.gate.closes)
+        yield CounterMetricFamily("hacluster_unknown_outcomes", "writes answered 'outcome "
+                                  "unknown' (written, but the lease or sync ack ran out)",
+                                  value=node.unknown_outcomes)
+        lag = GaugeMetricFamily("hacluster_replica_lag", "primary: sequence numbers each "
+                                "replica is behind", labels=["replica"])
+        if node.is_primary:
+            for r in node.positions.snapshot(seq):
+                if r.get("lag") is not None:
+                    lag.add_metric([str(r["name"])], float(r["lag"]))
+        yield lag
+        follower = node.follower
+        own_lag = GaugeMetricFamily("hacluster_replication_lag", "replica: sequence numbers "
+                                    "behind the primary, as its stream reports")
+        boot = CounterMetricFamily("hacluster_bootstrap_bytes", "bytes of checkpoint files "
+                                   "this node downloaded")
+        if follower is not None:
+            st = follower.status
+            if st.primary_seq is not None:
+                own_lag.add_metric([], float(max(0, st.primary_seq - seq)))
+            boot.add_metric([], float(st.bootstrap_bytes))
+        else:
+            boot.add_metric([], 0.0)
+        yield own_lag
+        yield boot
+        tails = list_divergent_tails(node.data_dir)
+        yield GaugeMetricFamily("hacluster_divergent_ops", "ops kept in divergent-tail files "
+                                "(written by a former primary, not in the cluster's history)",
+                                value=float(sum(int(t.get("ops") or 0) for t in tails)))
+        control = node.control
+        if control is not None:
+            fo = CounterMetricFamily("hacluster_epoch_changes", "epoch changes this node saw, "
+                                     "by reason", labels=["reason"])
+            for reason, count in sorted(control.epoch_changes.items()):
+                fo.add_metric([reason], float(count))
+            yield fo
+            raft = control.raft.raft_status()
+            for key, help_text in (("log_len", "entries in the Raft log"),
+                                   ("term", "the Raft term"),
+                                   ("commit_idx", "the Raft commit index")):
+                if raft.get(key) is not None:
+                    yield GaugeMetricFamily(f"hacluster_raft_{key}", help_text,
+                                            value=float(raft[key]))
+            yield CounterMetricFamily("hacluster_raft_compactions", "Raft log compactions",
+                                      value=float(raft["compactions"]))
+            yield GaugeMetricFamily("hacluster_paused", "1 in maintenance mode",
+                                    value=1.0 if control.raft.snapshot().paused else 0.0)
+
+
+class Metrics:
+    def __init__(self, node: Node) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(NodeCollector(node))
+        self.requests = Histogram(
+            "hacluster_http_request_seconds", "HTTP request latency by route",
+            ["method", "route", "status"], buckets=BUCKETS, registry=self.registry)
+
+    def middleware(self) -> Middleware:
+        @web.middleware
+        async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+            start = time.perf_counter()
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                info = request.match_info
+                route = info.route.resource.canonical if info.route.resource else "unmatched"
+                # The replication stream lives for hours; its duration is not a latency.
+                if route != "/v1/replication/stream":
+                    self.requests.labels(request.method, route, str(status)).observe(
+                        time.perf_counter() - start)
+        return timed
+
+    def render(self) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
