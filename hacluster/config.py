@@ -459,8 +459,10 @@ def _consensus(r: _Reader) -> ConsensusConfig:
 
 def _watchdog(r: _Reader) -> WatchdogConfig:
     d = WatchdogConfig()
-    mode = r.get("mode", str, d.mode)
-    if mode not in ("off", "automatic", "required"):
+    # YAML reads a bare `off` as false: take it as the mode it names.
+    raw = r.get("mode", (str, bool), d.mode)
+    mode = "off" if raw is False else raw
+    if mode not in ("off", "automatic", "required"):  # `true` lands here too
         raise r.fail(r.key("mode"), f"must be off, automatic or required, not {mode!r}")
     result = WatchdogConfig(
         mode=mode, device=Path(r.get("device", str, str(d.device))),

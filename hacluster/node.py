@@ -251,6 +251,30 @@ class Node:
                     self._handle_divergence(self.control.raft.snapshot().history)
                 self._start_replica()
 
+    async def reinit(self) -> str:
+        """Wipe this replica's database and bootstrap it again from the primary's checkpoint.
+
+        Returns the primary it will copy from. Refused (NotWritable) on the primary and while
+        no primary is known: a node must never wipe the only copy it could be asked to serve.
+        """
+        async with self._role_lock:
+            primary = self.role.primary
+            if self.is_primary:
+                raise NotWritable(f"{self.name} is the primary; switch over first")
+            if primary is None:
+                raise NotWritable("no primary is known to copy from")
+            await self._stop_follower()
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+                gc.collect()   # rocksdict releases its handles on collection
+            if self.db_dir.exists():
+                shutil.rmtree(self.db_dir)
+            log.info("%s: reinit: database removed; bootstrapping from %s (epoch %d)",
+                     self.name, primary, self.role.epoch)
+            self._start_replica()
+            return primary
+
     def _handle_divergence(self, history: Sequence[EpochRecord]) -> None:
         """Before following: keep writes no current primary has in a file, then start over."""
         store = self.store

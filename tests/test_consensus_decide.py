@@ -248,11 +248,22 @@ def test_the_node_that_released_the_lock_does_not_take_it_back() -> None:
                           "(I held the lock)")
 
 
-def test_a_node_without_a_database_is_only_a_candidate_for_the_first_epoch() -> None:
-    state = cluster(seqs={"n1": 0, "n2": 0, "n3": 0}, n2={"role": "starting"},
+def test_a_node_without_a_database_is_only_a_candidate_before_anything_was_written() -> None:
+    state = cluster(seqs={"n1": 5, "n2": 0, "n3": 0}, n2={"role": "starting"},
                     n3={"role": "starting"})
     d = decide(state, obs("n2", seen=expired_seen(), seq=0), ASYNC)
     assert d.sentence == "n2: n1's lease expired 0.31 s ago; not a candidate (no database yet)"
+    # The holder's renewals record its seq: that counts as written even if no report says so.
+    floor = replace(state, lock=replace(state.lock, holder_seq=3),
+                    members=tuple(replace(m, applied_seq=0) for m in state.members))
+    assert decide(floor, obs("n2", seen=expired_seen(), seq=0), ASYNC).action is Action.WAIT
+    # A first primary that gave the lock back before writing anything (say, its required
+    # watchdog failed): an empty node loses nothing, and someone must take over.
+    nothing = replace(cluster(seqs={"n1": 0, "n2": 0, "n3": 0}, n2={"role": "starting"},
+                              n3={"role": "starting"}),
+                      lock=Lock("n1", 1, 1.0, 0, True))
+    d = decide(nothing, obs("n2", seq=0), ASYNC)
+    assert d.sentence == "n2: promoting, epoch 2 from seq 1; n1 released the lock (epoch 1)"
     fresh = cluster(holder=None, epoch=0, seqs={"n1": 0, "n2": 0}, n1={"role": "starting"},
                     n2={"role": "starting"})
     assert decide(fresh, obs("n1", seq=0), ASYNC).action is Action.PROMOTE
@@ -275,3 +286,58 @@ def test_switchover_successor_alone_takes_over() -> None:
     # A successor that no longer qualifies does not block the others.
     gone = replace(handed, members=tuple(m for m in handed.members if m.name != "n3"))
     assert decide(gone, obs("n2"), ASYNC).action is Action.PROMOTE
+
+
+# -- manual failover --------------------------------------------------------------------------
+
+def manual(state: ClusterState, candidate: str, force: bool = False) -> ClusterState:
+    from hacluster.consensus.state import FailoverRequest
+    return replace(state, failover=FailoverRequest(candidate, state.lock.epoch, force))
+
+
+def test_manual_failover_names_the_only_successor_even_when_paused() -> None:
+    state = manual(cluster(paused=True, seqs={"n1": 100, "n2": 100, "n3": 90}), "n3",
+                   force=True)
+    d = decide(state, obs("n3", seen=expired_seen(), seq=90), ASYNC)
+    assert d.action is Action.PROMOTE
+    assert d.sentence == ("n3: promoting, epoch 8 from seq 91; n1's lease expired 0.31 s ago; "
+                          "manual failover (forced)")
+    other = decide(state, obs("n2", seen=expired_seen(), seq=100), ASYNC)
+    assert other.sentence == ("n2: n1's lease expired 0.31 s ago; manual failover to n3 "
+                              "(forced) requested")
+    assert other.action is Action.WAIT
+
+
+def test_manual_failover_without_force_keeps_acknowledged_writes() -> None:
+    behind = manual(cluster(seqs={"n1": 100, "n2": 100, "n3": 90}), "n3")
+    d = decide(behind, obs("n3", seen=expired_seen(), seq=90), ASYNC)
+    assert d.action is Action.WAIT
+    assert d.sentence == ("n3: n1's lease expired 0.31 s ago; manual failover to me refused: "
+                          "n3 is at seq 90, behind seq 100: writes acknowledged after it would "
+                          "be lost")
+    outside = manual(cluster(sync=frozenset({"n2"})), "n3")
+    d = decide(outside, obs("n3", seen=expired_seen()), SYNC)
+    assert d.sentence.endswith("manual failover to me refused: n3 is not in the synchronous "
+                               "set ['n2']: it may lack acknowledged writes")
+    inside = manual(cluster(sync=frozenset({"n3"})), "n3")
+    assert decide(inside, obs("n3", seen=expired_seen()), SYNC).action is Action.PROMOTE
+
+
+def test_manual_failover_is_void_after_the_epoch_moves_and_never_beats_a_valid_lease() -> None:
+    from hacluster.consensus.state import FailoverRequest
+    stale = replace(cluster(seqs={"n1": 100, "n2": 100, "n3": 100}),
+                    failover=FailoverRequest("n3", 6, True))
+    assert stale.failover_request is None
+    d = decide(stale, obs("n3", seen=expired_seen(), seq=100), ASYNC)
+    assert d.sentence.endswith("n2 is the better candidate (seq 100 vs 100)")
+    live = manual(cluster(), "n3", force=True)
+    assert decide(live, obs("n3"), ASYNC).action is Action.FOLLOW
+
+
+def test_manual_failover_refuses_a_node_without_a_database_even_forced() -> None:
+    from hacluster.consensus.decide import failover_refusal
+    state = cluster(n3={"role": "starting"})
+    assert failover_refusal(state, "n3", True, ASYNC, {}, NOW) == "n3 has no database yet"
+    assert failover_refusal(state, "n4", True, ASYNC, {}, NOW) == "n4 has never reported"
+    live = cluster()
+    assert failover_refusal(live, "n1", True, ASYNC, {}, NOW) == "n1 holds the lock of epoch 7"

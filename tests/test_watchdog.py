@@ -74,6 +74,11 @@ def test_config_validates_the_watchdog_section(tmp_path: Path) -> None:
     doc["watchdog"] = {"mode": "required", "device": "/dev/wd1", "timeout_s": 3}
     cfg = load_config(write_config(tmp_path / "ok.yaml", doc))
     assert cfg.watchdog == WatchdogConfig("required", Path("/dev/wd1"), 3)
+    doc["watchdog"] = {"mode": False}          # what YAML makes of a bare `mode: off`
+    assert load_config(write_config(tmp_path / "off.yaml", doc)).watchdog.mode == "off"
+    doc["watchdog"] = {"mode": True}
+    with pytest.raises(ConfigError, match=r"watchdog.mode: must be off, automatic or required"):
+        load_config(write_config(tmp_path / "bad.yaml", doc))
     doc["watchdog"] = {"mode": "sometimes"}
     with pytest.raises(ConfigError, match=r"bad.yaml: watchdog.mode: must be off, automatic"):
         load_config(write_config(tmp_path / "bad.yaml", doc))

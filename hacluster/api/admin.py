@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from hacluster.api.common import error, to_primary
+from hacluster.node_errors import NotWritable
 
 if TYPE_CHECKING:
     from hacluster.node import Node
@@ -87,6 +88,34 @@ def add_routes(app: web.Application, node: Node) -> None:
             return error(409, str(exc))
         return web.json_response({"switched_over_to": successor, "from": node.name})
 
+    async def reinit(request: web.Request) -> web.Response:
+        try:
+            primary = await node.reinit()
+        except NotWritable as exc:
+            return error(409, f"reinit refused: {exc}")
+        return web.json_response({"reinit": node.name, "from": primary}, status=202)
+
+    async def failover(request: web.Request) -> web.Response:
+        from hacluster.consensus.loop import SwitchoverError
+        if node.control is None:
+            return error(409, f"{NO_CONSENSUS}: no failover")
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, 'body must be JSON {"to": NAME, "force": false}')
+        target = body.get("to") if isinstance(body, dict) else None
+        force = body.get("force", False) if isinstance(body, dict) else False
+        if not isinstance(target, str) or not isinstance(force, bool):
+            return error(400, "'to' must be a node name and 'force' a boolean")
+        try:
+            epoch = await node.control.request_failover(target, force)
+        except SwitchoverError as exc:
+            return error(409, str(exc))
+        return web.json_response({"failover_to": target, "after_epoch": epoch,
+                                  "force": force}, status=202)
+
+    app.router.add_post("/v1/admin/failover", failover)
+    app.router.add_post("/v1/admin/reinit", reinit)
     app.router.add_post("/v1/admin/flush", flush)
     app.router.add_post("/v1/admin/compact", compact)
     app.router.add_get("/v1/admin/hash", content_hash)

@@ -11,8 +11,10 @@ write gate is shut (an old primary whose lease ran out could return stale data).
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -39,6 +41,16 @@ def _text_or_b64(name: str, data: bytes) -> dict[str, str]:
         return {name: data.decode("utf-8")}
     except UnicodeDecodeError:
         return {f"{name}_b64": base64.b64encode(data).decode()}
+
+
+def _query_bytes(query: Mapping[str, str], name: str) -> bytes | None:
+    """``name`` as UTF-8 text, or ``name_b64`` as base64 for binary keys."""
+    if f"{name}_b64" in query:
+        try:
+            return base64.b64decode(query[f"{name}_b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"{name}_b64: not valid base64") from None
+    return query[name].encode("utf-8") if name in query else None
 
 
 def _wants_cbor(request: web.Request) -> bool:
@@ -113,8 +125,8 @@ def add_routes(app: web.Application, node: Node) -> None:
         q = request.query
         try:
             cf = check_cf(q.get("cf", "default"), node.column_families, "cf")
-            prefix = q.get("prefix", "").encode("utf-8")
-            after = q["start_after"].encode("utf-8") if "start_after" in q else None
+            prefix = _query_bytes(q, "prefix") or b""
+            after = _query_bytes(q, "start_after")
             raw_limit = q.get("limit", str(SCAN_DEFAULT))
             if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= SCAN_MAX:
                 raise BadRequest(f"limit: must be an integer from 1 to {SCAN_MAX}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hacluster.consensus.lease import LeaseTiming, holder_lease_end, observer_lease_end
-from hacluster.consensus.state import ClusterState, Member
+from hacluster.consensus.state import ClusterState, FailoverRequest, Member
 
 
 class Action(Enum):
@@ -111,10 +111,70 @@ def decide(state: ClusterState, obs: Observation, policy: Policy) -> Decision:
     else:
         why = "no primary yet"
 
+    request = state.failover_request
+    if request is not None:
+        return _manual(state, obs, policy, why, request)
     if state.paused:
         return Decision(Action.WAIT, f"PAUSE: {me}: {why}; no automatic failover in "
                         "maintenance mode", epoch=lock.epoch)
     return _elect(state, obs, policy, why)
+
+
+def _manual(state: ClusterState, obs: Observation, policy: Policy, why: str,
+            request: FailoverRequest) -> Decision:
+    """An operator named the successor: only it may take over, even in pause mode."""
+    me, lock = obs.me, state.lock
+    forced = " (forced)" if request.force else ""
+    if me != request.candidate:
+        return Decision(Action.WAIT, f"{me}: {why}; manual failover to {request.candidate}"
+                        f"{forced} requested", target=request.candidate, epoch=lock.epoch)
+    mine = state.member(me)
+    refusal = failover_refusal(state, me, request.force, policy, obs.member_seen_at, obs.now,
+                               obs.my_applied_seq)
+    if refusal is not None or mine is None:
+        return Decision(Action.WAIT, f"{me}: {why}; manual failover to me refused: "
+                        f"{refusal or 'no report of mine yet'}", epoch=lock.epoch)
+    epoch, start = lock.epoch + 1, obs.my_applied_seq + 1
+    return Decision(Action.PROMOTE, f"{me}: promoting, epoch {epoch} from seq {start}; {why}; "
+                    f"manual failover{forced}", target=me, epoch=epoch, start_seq=start)
+
+
+def failover_refusal(state: ClusterState, candidate: str, force: bool, policy: Policy,
+                     member_seen_at: Mapping[str, float], now: float,
+                     candidate_seq: int | None = None) -> str | None:
+    """Why ``candidate`` may not be made primary by an operator; None when it may.
+
+    Without ``force``, a candidate that could lack acknowledged writes is refused: in sync mode
+    one outside the recorded synchronous set, in async mode one behind the highest position
+    known. With ``force`` only a candidate without a database (or the holder itself) is.
+    """
+    lock = state.lock
+    m = state.member(candidate)
+    if m is None:
+        return f"{candidate} has never reported"
+    if candidate == lock.holder and lock.held:
+        return f"{candidate} holds the lock of epoch {lock.epoch}"
+    if lock.epoch > 0 and m.role == "starting":
+        return f"{candidate} has no database yet"
+    if force:
+        return None
+    seq = m.applied_seq if candidate_seq is None else candidate_seq
+    if not m.healthy:
+        return f"{candidate} is unhealthy"
+    seen = member_seen_at.get(candidate)
+    if seen is None or now - seen > policy.member_stale_s:
+        return f"{candidate} has not reported recently"
+    if policy.sync_mode and lock.holder is not None and not lock.released:
+        if candidate not in state.sync_set:
+            return (f"{candidate} is not in the synchronous set "
+                    f"{sorted(state.sync_set) or '(none recorded)'}: it may lack acknowledged "
+                    "writes")
+        return None
+    best = max([x.applied_seq for x in state.members] + [lock.holder_seq])
+    if seq < best:
+        return (f"{candidate} is at seq {seq}, behind seq {best}: writes acknowledged after "
+                "it would be lost")
+    return None
 
 
 def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> Decision:
@@ -124,7 +184,8 @@ def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> D
     if mine is None:
         return Decision(Action.WAIT, f"{me}: {why}; not a candidate until my report is in the "
                         "cluster state", epoch=lock.epoch)
-    best_known = max([m.applied_seq for m in state.members] + [obs.my_applied_seq])
+    best_known = max([m.applied_seq for m in state.members]
+                     + [obs.my_applied_seq, lock.holder_seq])
     # After a switchover the holder itself checked its successor holds every write.
     guarded = policy.sync_mode and lock.holder is not None and not lock.released
     if guarded and not state.sync_set:
@@ -137,7 +198,9 @@ def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> D
             return "tagged nofailover"
         if not m.healthy:
             return "unhealthy"
-        if lock.epoch > 0 and m.role == "starting":
+        # Once anything was written, a node without a database must never be promoted; before
+        # that (a first primary that gave the lock back) an empty node loses nothing.
+        if lock.epoch > 0 and m.role == "starting" and best_known > 0:
             return "no database yet"
         seen = obs.member_seen_at.get(m.name)
         if m.name != me and (seen is None or obs.now - seen > policy.member_stale_s):

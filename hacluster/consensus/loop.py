@@ -25,6 +25,7 @@ from hacluster.consensus.state import (
     Release,
     Renew,
     Report,
+    SetFailover,
     SetPaused,
     SetSyncSet,
 )
@@ -70,6 +71,7 @@ class ControlLoop:
         self.switching = False                  # a switchover holds the write gate shut
         self._sync_change_at: float | None = None   # no acknowledgement while the set changes
         self._watchdog_tried = False
+        self._watchdog_usable = True
         self.last_pass_at: float | None = None   # liveness: when the last pass finished
         self.epoch_changes: dict[str, int] = {}  # by reason, seen since this process started
         self._seen_epoch: int | None = None
@@ -140,11 +142,13 @@ class ControlLoop:
             # Unhealthy: replication stopped for good (diverged), or a required watchdog
             # cannot be armed; either way it must not be promoted.
             healthy = node.follower is None or node.follower.status.state != "diverged"
-            if not node.watchdog.usable():
-                if healthy:
+            usable = node.watchdog.usable()
+            if usable != self._watchdog_usable:
+                self._watchdog_usable = usable
+                if not usable:
                     log.warning("%s: watchdog required but %s is not writable: not a "
                                 "candidate for primary", node.name, node.cfg.watchdog.device)
-                healthy = False
+            healthy = healthy and usable
             self.raft.propose(Report(
                 node.name, node.me.api.url, store.latest_seq() if store else 0,
                 "primary" if node.is_primary else ("replica" if has_db else "starting"),
@@ -254,7 +258,9 @@ class ControlLoop:
             # Stop applying first: the epoch must start after the last batch this node holds,
             # or nodes holding the same old-epoch batches would look divergent.
             start_seq = await node.stop_following() + 1
-            reason = ("bootstrap" if lock.holder is None else
+            request = state.failover_request
+            reason = ("manual failover" if request and request.candidate == node.name else
+                      "bootstrap" if lock.holder is None else
                       "switchover" if lock.released and lock.successor == node.name else
                       "failover")
             cmd = Acquire(node.name, lock.epoch, lock.renewals, start_seq,
@@ -392,6 +398,35 @@ class ControlLoop:
         except TimeoutError:
             return None
 
+    async def request_failover(self, candidate: str, force: bool,
+                               timeout: float = 5.0) -> int:
+        """Record an operator's failover to ``candidate``; returns the epoch it applies to.
+
+        Raises SwitchoverError when a primary is serving (use a switchover), when the
+        candidate would lose acknowledged writes and ``force`` is not given, or when Raft does
+        not commit the request.
+        """
+        from hacluster.consensus.decide import failover_refusal
+        state = self.raft.snapshot()
+        leader = self.node.leader()
+        if leader is not None:
+            raise SwitchoverError(f"{leader} is a healthy primary (epoch {state.lock.epoch}); "
+                                  "use a switchover")
+        if candidate not in {n.name for n in self.node.cfg.nodes}:
+            raise SwitchoverError(f"{candidate!r} is not a node of this cluster")
+        refusal = failover_refusal(state, candidate, force, self.policy,
+                                   self.member_seen_at(), time.monotonic())
+        if refusal is not None:
+            raise SwitchoverError(refusal + ("" if force else "; --force to promote it anyway"))
+        ok = await self._propose_and_wait(SetFailover(candidate, state.lock.epoch, force),
+                                          timeout)
+        if not ok:
+            raise SwitchoverError("the failover request was not committed (no quorum, or the "
+                                  "epoch changed meanwhile)")
+        log.warning("%s: manual failover to %s requested%s (epoch %d)", self.node.name,
+                    candidate, " with --force" if force else "", state.lock.epoch)
+        return state.lock.epoch
+
     async def set_paused(self, paused: bool, timeout: float = 5.0) -> bool | None:
         """Record the maintenance flag in Raft; None if it could not be committed in time."""
         return await self._propose_and_wait(SetPaused(paused), timeout)
@@ -406,6 +441,9 @@ class ControlLoop:
             "lease_left_s": round(self.node.gate.lease_left(), 3) if self.node.is_primary
             else None,
             "paused": state.paused,
+            "failover_request": None if state.failover_request is None else {
+                "to": state.failover_request.candidate, "force": state.failover_request.force,
+                "epoch": state.failover_request.epoch},
             "sync_set": sorted(state.sync_set),
             "members": [{"name": m.name, "applied_seq": m.applied_seq, "role": m.role,
                          "healthy": m.healthy, "tags": sorted(m.tags)} for m in state.members],

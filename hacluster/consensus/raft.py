@@ -30,6 +30,7 @@ from hacluster.consensus.state import (
     Release,
     Renew,
     Report,
+    SetFailover,
     SetPaused,
     SetSyncSet,
     apply_command,
@@ -66,6 +67,8 @@ def encode_command(cmd: Command) -> tuple[Any, ...]:
                 tuple(sorted(cmd.tags)))
     if isinstance(cmd, SetSyncSet):
         return ("sync_set", cmd.holder, cmd.epoch, tuple(sorted(cmd.names)))
+    if isinstance(cmd, SetFailover):
+        return ("failover", cmd.candidate, cmd.expected_epoch, cmd.force)
     return ("pause", cmd.paused)
 
 
@@ -88,6 +91,9 @@ def decode_command(raw: Any) -> Command:
             return SetSyncSet(holder, epoch, frozenset(names))
         if kind == "pause":
             return SetPaused(bool(args[0]))
+        if kind == "failover":
+            candidate, epoch, force = args
+            return SetFailover(candidate, epoch, bool(force))
     except (TypeError, ValueError) as exc:
         raise CommandError(f"bad {kind} command: {exc}") from None
     raise CommandError(f"unknown command {kind!r}")

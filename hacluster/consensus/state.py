@@ -20,7 +20,7 @@ MAX_HISTORY = 100
 MAX_URL = 256
 MAX_TAGS = 8
 KNOWN_TAGS = frozenset({"nofailover", "noloadbalance"})
-REASONS = frozenset({"bootstrap", "failover", "switchover"})
+REASONS = frozenset({"bootstrap", "failover", "switchover", "manual failover"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -65,12 +65,28 @@ class EpochRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FailoverRequest:
+    """An operator's forced failover: only ``candidate`` may take over after ``epoch``."""
+
+    candidate: str
+    epoch: int                 # void once the lock has moved past this epoch
+    force: bool                # skip the checks that protect acknowledged writes
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     lock: Lock = field(default_factory=Lock)
     members: tuple[Member, ...] = ()
     history: tuple[EpochRecord, ...] = ()
     sync_set: frozenset[str] = frozenset()
     paused: bool = False
+    failover: FailoverRequest | None = None
+
+    @property
+    def failover_request(self) -> FailoverRequest | None:
+        """The operator's failover request, if it is for the current epoch."""
+        f = self.failover
+        return f if f is not None and f.epoch == self.lock.epoch else None
 
     def member(self, name: str) -> Member | None:
         for m in self.members:
@@ -186,7 +202,21 @@ class SetPaused:
     paused: bool
 
 
-Command = Acquire | Renew | Release | Report | SetSyncSet | SetPaused
+@dataclass(frozen=True, slots=True)
+class SetFailover:
+    """Name the only node that may take over the lock of ``expected_epoch`` (None: cancel)."""
+
+    candidate: str | None
+    expected_epoch: int
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.candidate is not None:
+            _check_name(self.candidate, "failover")
+        _check_epoch(self.expected_epoch, "failover")
+
+
+Command = Acquire | Renew | Release | Report | SetSyncSet | SetPaused | SetFailover
 
 
 def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool]:
@@ -203,6 +233,7 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
             state, lock=Lock(cmd.candidate, epoch, cmd.lease_s, 0, False, None,
                              cmd.start_seq - 1),
             history=(*state.history, record)[-MAX_HISTORY:], sync_set=frozenset(),
+            failover=None,
         ), True
     if isinstance(cmd, Renew):
         if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
@@ -229,4 +260,10 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
         return replace(state, sync_set=cmd.names), True
     if isinstance(cmd, SetPaused):
         return replace(state, paused=cmd.paused), True
+    if isinstance(cmd, SetFailover):
+        if lock.epoch != cmd.expected_epoch:
+            return state, False
+        request = (None if cmd.candidate is None else
+                   FailoverRequest(cmd.candidate, cmd.expected_epoch, cmd.force))
+        return replace(state, failover=request), True
     raise CommandError(f"unknown command {cmd!r}")

@@ -1,0 +1,320 @@
+"""The Python client: finds the primary through the leader query and survives failovers.
+
+Owns talking to a cluster over HTTP with only the standard library: asking nodes ``GET
+/leader``, sending writes to the primary, following a 307 from a node that is not, retrying on
+another node while no primary answers, and reading (from the primary, or ``stale=True`` from any
+node). A write is retried only when it certainly did not happen (connection refused, a 503
+"not accepting writes", a redirect); when it may have happened (the connection broke after the
+request went out, or the node answered "outcome unknown") it raises ``OutcomeUnknown`` and the
+caller decides. It must never report a write as done without the node's 200, and never retry a
+write whose outcome is unknown unless asked to.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+
+class HaclusterError(Exception):
+    """Base of the client's errors."""
+
+
+class RequestFailed(HaclusterError):
+    """The cluster answered with an error that retrying will not fix (4xx, 5xx)."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.body = body
+
+
+class NoLeader(HaclusterError):
+    """No node could be reached as primary within the failover timeout."""
+
+
+class OutcomeUnknown(HaclusterError):
+    """The write may or may not have been applied (it was sent; no acknowledgement came)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    seq: int
+    first_seq: int
+    epoch: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    url: str
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _message(answer: Answer) -> str:
+    try:
+        doc = answer.json()
+    except ValueError:
+        return answer.body[:200].decode(errors="replace")
+    return str(doc.get("error", doc)) if isinstance(doc, dict) else str(doc)
+
+
+class Client:
+    """A cluster client. ``urls`` are the nodes' API URLs (``http://host:port``)."""
+
+    def __init__(self, urls: Sequence[str], token: str, *, timeout: float = 5.0,
+                 failover_timeout: float = 15.0, retry_unknown: bool = False) -> None:
+        if not urls:
+            raise ValueError("at least one node URL is needed")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.token = token
+        self.timeout = timeout
+        self.failover_timeout = failover_timeout
+        self.retry_unknown = retry_unknown
+        self.leader_url: str | None = None
+
+    @classmethod
+    def from_config(cls, path: str | Path, **kw: Any) -> Client:
+        from hacluster.config import load_config
+        cfg = load_config(path)
+        return cls([n.api.url for n in cfg.nodes], cfg.token, **kw)
+
+    # -- one request ----------------------------------------------------------------------
+
+    def request(self, url: str, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float | None = None) -> Answer:
+        """One HTTP request to one node; OSError when the node cannot be reached."""
+        parts = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
+                                          timeout=timeout or self.timeout)
+        try:
+            hdrs = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            return Answer(resp.status, resp.read(),
+                          {k.lower(): v for k, v in resp.getheaders()}, url)
+        finally:
+            conn.close()
+
+    def get_json(self, path: str, url: str | None = None) -> Any:
+        """GET ``path`` from ``url`` or from the first node that answers."""
+        errors = []
+        for u in [url] if url else self._order():
+            try:
+                answer = self.request(u, "GET", path)
+            except OSError as exc:
+                errors.append(f"{u}: {exc}")
+                continue
+            if answer.status != 200:
+                raise RequestFailed(answer.status, _message(answer), answer.body)
+            return answer.json()
+        raise HaclusterError(f"no node answered {path}: {'; '.join(errors)}")
+
+    def _order(self) -> list[str]:
+        first = [self.leader_url] if self.leader_url in self.urls else []
+        return first + [u for u in self.urls if u not in first]
+
+    # -- the leader -----------------------------------------------------------------------
+
+    def find_leader(self) -> str | None:
+        """Ask the nodes ``GET /leader``; the first that knows a primary wins."""
+        for url in self._order():
+            try:
+                answer = self.request(url, "GET", "/leader", timeout=min(self.timeout, 2.0))
+            except OSError:
+                continue
+            if answer.status == 200:
+                leader = str(answer.json()["url"]).rstrip("/")
+                self.leader_url = leader
+                return leader
+        return None
+
+    def leader(self) -> dict[str, Any]:
+        """The leader answer of the first node that knows one (``leader``, ``url``, ``epoch``)."""
+        for url in self._order():
+            try:
+                answer = self.request(url, "GET", "/leader", timeout=min(self.timeout, 2.0))
+            except OSError:
+                continue
+            if answer.status == 200:
+                doc: dict[str, Any] = answer.json()
+                return doc
+        raise NoLeader("no node knows a valid primary")
+
+    def _on_primary(self, method: str, path: str, body: bytes | None = None,
+                    headers: dict[str, str] | None = None, write: bool = True) -> Answer:
+        """Send to the primary, finding it again after failures, until the failover timeout."""
+        deadline = time.monotonic() + self.failover_timeout
+        last = "no node reachable"
+        while True:
+            url = self.leader_url or self.find_leader()
+            if url is not None:
+                try:
+                    answer = self.request(url, method, path, body, headers)
+                except ConnectionRefusedError as exc:
+                    last = f"{url}: {exc}"           # never reached the node: safe to retry
+                    self.leader_url = None
+                except OSError as exc:
+                    self.leader_url = None
+                    if write and not self.retry_unknown:
+                        raise OutcomeUnknown(f"{method} {path} to {url}: {exc}") from exc
+                    last = f"{url}: {exc}"
+                else:
+                    if answer.status == 307 and "location" in answer.headers:
+                        moved = urllib.parse.urlsplit(answer.headers["location"])
+                        self.leader_url = f"{moved.scheme}://{moved.netloc}"
+                        last = f"{url} redirected to {self.leader_url}"
+                        continue
+                    if answer.status == 503:
+                        doc = _safe_json(answer)
+                        if doc.get("outcome") == "unknown" and not self.retry_unknown:
+                            raise OutcomeUnknown(f"{url}: {doc.get('error')}")
+                        last = f"{url}: {doc.get('error', 'unavailable')}"
+                        self.leader_url = None
+                    else:
+                        return answer
+            if time.monotonic() >= deadline:
+                raise NoLeader(f"no primary within {self.failover_timeout} s ({last})")
+            time.sleep(0.05)
+
+    # -- key-value ------------------------------------------------------------------------
+
+    def put(self, key: bytes | str, value: bytes | str, cf: str = "default") -> WriteResult:
+        k, v = _b(key), _b(value)
+        try:
+            text = k.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.batch([{"op": "put", "cf": cf, "key": k, "value": v}])
+        return self._write("PUT", f"/v1/kv/{_quote(text)}?cf={_quote(cf)}", v)
+
+    def delete(self, key: bytes | str, cf: str = "default") -> WriteResult:
+        k = _b(key)
+        try:
+            text = k.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.batch([{"op": "delete", "cf": cf, "key": k}])
+        return self._write("DELETE", f"/v1/kv/{_quote(text)}?cf={_quote(cf)}")
+
+    def batch(self, ops: Sequence[dict[str, Any]]) -> WriteResult:
+        """Apply ops atomically: ``{"op": "put"|"delete"|"delete_range", "cf", "key", "value",
+        "start", "end"}`` with str or bytes keys and values (sent as CBOR)."""
+        body = cbor2.dumps({"ops": list(ops)})
+        return self._write("POST", "/v1/batch", body, {"Content-Type": "application/cbor"})
+
+    def _write(self, method: str, path: str, body: bytes | None = None,
+               headers: dict[str, str] | None = None) -> WriteResult:
+        answer = self._on_primary(method, path, body, headers)
+        if answer.status != 200:
+            raise RequestFailed(answer.status, _message(answer), _safe_json(answer))
+        doc = answer.json()
+        return WriteResult(doc["seq"], doc["first_seq"], doc["epoch"], doc.get("node", ""))
+
+    def get(self, key: bytes | str, cf: str = "default", *, stale: bool = False,
+            url: str | None = None) -> bytes | None:
+        """The value, or None when absent. ``stale=True`` reads any node (``url``, or the
+        first that answers) without going to the primary."""
+        path = f"/v1/kv/{_quote(_b(key).decode('utf-8'))}?cf={_quote(cf)}"
+        if stale:
+            answer = self._any(path + "&stale=1", url)
+        else:
+            answer = self._on_primary("GET", path, write=False)
+        if answer.status == 404:
+            return None
+        if answer.status != 200:
+            raise RequestFailed(answer.status, _message(answer))
+        return answer.body
+
+    def scan(self, prefix: bytes | str = b"", cf: str = "default", *, page: int = 1000,
+             stale: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under ``prefix`` in key order, fetched ``page`` at a time."""
+        after: bytes | None = None
+        p = _b(prefix).decode("utf-8")
+        while True:
+            q = f"/v1/kv?cf={_quote(cf)}&prefix={_quote(p)}&limit={page}"
+            if after is not None:
+                q += f"&start_after_b64={_quote(base64.b64encode(after).decode())}"
+            headers = {"Accept": "application/cbor"}
+            answer = (self._any(q + "&stale=1", None, headers) if stale
+                      else self._on_primary("GET", q, headers=headers, write=False))
+            if answer.status != 200:
+                raise RequestFailed(answer.status, _message(answer))
+            doc = cbor2.loads(answer.body)
+            yield from ((bytes(k), bytes(v)) for k, v in doc["items"])
+            if not doc["more"] or not doc["items"]:
+                return
+            after = doc["items"][-1][0]
+
+    def _any(self, path: str, url: str | None,
+             headers: dict[str, str] | None = None) -> Answer:
+        errors = []
+        for u in [url] if url else self._order():
+            try:
+                return self.request(u, "GET", path, headers=headers)
+            except OSError as exc:
+                errors.append(f"{u}: {exc}")
+        raise HaclusterError(f"no node answered: {'; '.join(errors)}")
+
+    # -- the cluster ----------------------------------------------------------------------
+
+    def cluster(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get_json("/cluster")
+        return result
+
+    def history(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get_json("/history")
+        return result
+
+    def admin(self, action: str, body: dict[str, Any] | None = None,
+              on_primary: bool = False, timeout: float = 30.0) -> dict[str, Any]:
+        """POST ``/v1/admin/<action>`` to the primary or to the first node that answers."""
+        data = json.dumps(body or {}).encode()
+        headers = {"Content-Type": "application/json"}
+        if on_primary:
+            answer = self._on_primary("POST", f"/v1/admin/{action}", data, headers,
+                                      write=False)
+        else:
+            answer = self._post_any(f"/v1/admin/{action}", data, headers, timeout)
+        if answer.status not in (200, 202):
+            raise RequestFailed(answer.status, _message(answer), _safe_json(answer))
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def _post_any(self, path: str, data: bytes, headers: dict[str, str],
+                  timeout: float) -> Answer:
+        errors = []
+        for u in self._order():
+            try:
+                return self.request(u, "POST", path, data, headers, timeout=timeout)
+            except OSError as exc:
+                errors.append(f"{u}: {exc}")
+        raise HaclusterError(f"no node answered {path}: {'; '.join(errors)}")
+
+
+def _b(value: bytes | str) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _quote(text: str) -> str:
+    return urllib.parse.quote(text, safe="")
+
+
+def _safe_json(answer: Answer) -> dict[str, Any]:
+    try:
+        doc = answer.json()
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
