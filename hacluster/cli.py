@@ -14,8 +14,9 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from hacluster.config import ConfigError, load_config
+from hacluster.config import ClusterConfig, ConfigError, load_config
 from hacluster.node import Node, Role
 from hacluster.store import StoreError
 
@@ -69,11 +70,63 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit",
                            description="Validate a config file; exit 0 if it is good.")
     check.add_argument("--config", required=True)
+
+    def ctl(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description)
+        p.add_argument("--config", required=True,
+                       help="cluster config file (YAML): the nodes' addresses and the token")
+        return p
+
+    st = ctl("status", "show the cluster's members, roles, epoch and lag",
+             "Show every member: role, state, epoch, applied sequence number and lag "
+             "(like patronictl list).")
+    st.add_argument("--json", action="store_true", help="print the cluster view as JSON")
+    so = ctl("switchover", "hand the primary role to a replica, losing nothing",
+             "Graceful switchover: the primary stops accepting writes, waits until the "
+             "successor has everything, and hands the lock over. Needs a healthy primary.")
+    so.add_argument("--to", help="the successor (default: the best replica)")
+    fo = ctl("failover", "make a named node primary when there is no healthy primary",
+             "Forced failover, for when no primary is serving and automatic failover will "
+             "not (maintenance mode, or no candidate qualifies). Refuses a candidate that "
+             "could lack acknowledged writes unless --force.")
+    fo.add_argument("--to", required=True, help="the node to promote")
+    fo.add_argument("--force", action="store_true",
+                    help="promote even a node that may lack acknowledged writes")
+    ctl("pause", "maintenance mode: no automatic failover",
+        "Turn maintenance mode on: nodes keep their roles, nobody takes over automatically.")
+    ctl("resume", "leave maintenance mode", "Turn maintenance mode off.")
+    hi = ctl("history", "list the epochs: primary, first seq, time, reason",
+             "List the cluster's epochs from the Raft state.")
+    hi.add_argument("--json", action="store_true")
+    ri = ctl("reinit", "wipe one replica and re-bootstrap it from the primary",
+             "Remove a replica's database and copy it again from a checkpoint of the "
+             "primary; waits until it streams again.")
+    ri.add_argument("name", help="the replica to reinitialise")
+    bk = ctl("backup", "copy a consistent checkpoint of the primary into a directory",
+             "Create a checkpoint on the primary, download and verify every file, check it "
+             "opens at the checkpoint's sequence number, and move it to DEST.")
+    bk.add_argument("dest", type=Path, help="a new directory for the backup (a RocksDB dir)")
+    demo = sub.add_parser(
+        "demo", help="three local nodes, a steady writer, a SIGKILL of the primary, live",
+        description="Start three nodes on loopback in a temporary directory, write a steady "
+                    "stream of keys, kill the primary with SIGKILL and show the automatic "
+                    "failover as it happens: who was primary, who is now, how long it took, "
+                    "how many acknowledged writes were lost. Checks that every node "
+                    "converged, cleans up, exits 0.")
+    demo.add_argument("--keep", action="store_true",
+                      help="leave the cluster running afterwards and print how to try it")
+    demo.add_argument("--mode", choices=["sync", "async"], default="sync",
+                      help="replication mode (default sync: no acknowledged write is lost)")
+    demo.add_argument("--dir", type=Path, help="use this directory (kept) instead of a "
+                      "temporary one")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from hacluster.demo import run_demo
+        return run_demo(args.keep, args.mode, args.dir)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -85,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from hacluster.local import run_local_cluster
         return run_local_cluster(cfg, args.config, args.log_level)
+    if args.command in CTL_COMMANDS:
+        return _ctl(args, cfg)
     try:
         cfg.node(args.node)
     except ConfigError as exc:
@@ -107,6 +162,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return 1
+
+
+CTL_COMMANDS = frozenset({"status", "switchover", "failover", "pause", "resume", "history",
+                          "reinit", "backup"})
+
+
+def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    from hacluster import ctl
+    from hacluster.client import Client
+    client = Client([n.api.url for n in cfg.nodes], cfg.token, failover_timeout=5.0)
+    if args.command == "status":
+        return ctl.status(client, cfg, args.json)
+    if args.command == "history":
+        return ctl.history(client, args.json)
+    if args.command == "switchover":
+        return ctl.switchover(client, args.to)
+    if args.command == "failover":
+        return ctl.failover(client, args.to, args.force)
+    if args.command in ("pause", "resume"):
+        return ctl.pause(client, args.command == "pause")
+    if args.command == "reinit":
+        try:
+            cfg.node(args.name)
+        except ConfigError as exc:
+            print(f"hacluster: {exc}", file=sys.stderr)
+            return 2
+        return ctl.reinit(client, cfg, args.name)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")   # download progress
+    return ctl.backup(client, cfg, args.dest)
 
 
 async def _run(node: Node) -> int:

@@ -37,6 +37,12 @@ class WriteGate:
         self.epoch = epoch
         if proposed_at is not None:
             self.extend(proposed_at)
+        if self._timing is not None and self.lease_left() <= 0:
+            # A renewal proposed long ago that only now committed (quorum came back): the
+            # gate is open but the lease it brings is already over, so it still refuses.
+            log.debug("write gate: renewal of epoch %d committed too late to give a lease",
+                      epoch)
+            return
         log.info("write gate open: epoch %d%s", epoch, "" if self._timing is None else
                  f", lease until +{self.lease_left():.2f} s")
 

@@ -182,7 +182,7 @@ class Node:
                 await self._follower_task
             except (asyncio.CancelledError, Exception):
                 pass
-        self.store = self.follower.store
+        self.store = self.follower.detach_store()
         self.follower = None
         self._follower_task = None
 

@@ -240,47 +240,27 @@ def test_switchover_to_a_named_replica_loses_nothing(cluster: Cluster) -> None:
 
 def test_sync_mode_loses_no_acknowledged_write_when_the_primary_is_killed(
         tmp_path: Path) -> None:
-    import threading
-
     from hacluster.testing.harness import read_db
+    from hacluster.testing.history import Writer, check_all
     cluster = Cluster(tmp_path, consensus=True, replication={"mode": "sync"})
-    cluster.start()
-    acked: list[str] = []
-    stop = threading.Event()
-
-    def writer() -> None:
-        i = 0
-        while not stop.is_set():
-            for node in list(cluster.nodes.values()):
-                if not node.running:
-                    continue
-                try:
-                    resp = node.put(f"w{i}", b"x", timeout=2)
-                except OSError:
-                    continue
-                if resp.status == 200:
-                    acked.append(f"w{i}")
-                    i += 1
-                    break
-
+    writer = Writer(list(cluster.nodes.values()), prefix="w")
     try:
+        cluster.start()
         old = cluster.wait_primary()
         wait_for(lambda: old.status()["consensus"]["sync_set"], 10, "a synchronous standby")
-        thread = threading.Thread(target=writer, daemon=True)
-        thread.start()
-        wait_for(lambda: len(acked) > 200, 20, "writes to be acknowledged")
+        writer.start()
+        writer.wait_acked(200, 20)
         old.signal(signal.SIGKILL)
         old.proc.wait(10)  # type: ignore[union-attr]
         survivors = [n for n in cluster.nodes.values() if n is not old]
         new = cluster.wait_primary(among=survivors)
-        count = len(acked)
-        wait_for(lambda: len(acked) > count + 50, 20, "writes on the new primary")
-        stop.set()
-        thread.join(10)
+        writer.wait_acked(50, 20, node=new.name)
+        history = writer.stop()
         assert new.status()["epoch"] == 2
     finally:
-        stop.set()
+        writer.stop()
         cluster.stop()
     _, contents = read_db(new.data_dir / "db")
-    missing = [k for k in acked if k.encode() not in contents["default"]]
-    assert not missing, f"{len(missing)} acknowledged writes lost: {missing[:5]}"
+    verdict = check_all(history, contents["default"])   # no acknowledged write lost, no overlap
+    assert verdict.ok, str(verdict)
+    assert verdict.epochs == [1, 2], str(verdict)

@@ -137,6 +137,11 @@ class Follower:
     def stop(self) -> None:
         self._stopping = True
 
+    def detach_store(self) -> Store | None:
+        """Hand the store back once stopped, keeping no column family handle on it."""
+        store, self.store, self._handles = self.store, None, {}
+        return store
+
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, connect=5,
                                         sock_read=max(2.0, 4 * self.cfg.heartbeat_interval))
@@ -200,6 +205,8 @@ class Follower:
         finally:
             self.status.bootstrap_bytes += boot.bytes_downloaded
         # Install before open: the old handle goes first, so no descriptor points at old files.
+        # Column family handles keep the DB (and its LOCK) alive: they go with it.
+        self._handles = {}
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -1,0 +1,207 @@
+"""Operator commands against a running cluster: status, switchover, failover, pause, resume,
+history, reinit, backup.
+
+Owns what each command sends (through ``Client``), how long it waits for the cluster to show the
+result, and what it prints: a table for people, ``--json`` for scripts. Exit codes: 0 done, 1 the
+cluster refused or did not get there in time. It must never change the cluster except through
+the nodes' HTTP API, and never report success before the cluster shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hacluster.client import Client, HaclusterError, NoLeader, RequestFailed
+from hacluster.config import ClusterConfig
+
+WAIT_S = 30.0
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str("" if v is None else v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [line, "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+           + " |", line]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+            for r in cells]
+    out.append(line)
+    return "\n".join(out)
+
+
+def wait(predicate: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+        except HaclusterError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.1)
+    return None
+
+
+def _fail(message: str) -> int:
+    print(f"hacluster: {message}", file=sys.stderr)
+    return 1
+
+
+def status(client: Client, cfg: ClusterConfig, as_json: bool) -> int:
+    try:
+        view = client.cluster()
+    except HaclusterError as exc:
+        return _fail(f"no node answered: {exc}")
+    if as_json:
+        print(json.dumps(view, indent=2))
+        return 0
+    print(f"Cluster: {cfg.name} (mode {view['mode']}, epoch {view['epoch']}"
+          f"{', PAUSED' if view['paused'] else ''})")
+    rows = [(m["name"], m["url"], m["role"] + (" (sync)" if m.get("sync") else ""),
+             m["state"], m["epoch"], m["applied_seq"], m["lag"], ",".join(m["tags"]))
+            for m in view["members"]]
+    print(table(["Member", "URL", "Role", "State", "Epoch", "Seq", "Lag", "Tags"], rows))
+    if view["leader"] is None:
+        print("No valid primary at the moment.")
+    return 0
+
+
+def history(client: Client, as_json: bool) -> int:
+    try:
+        records = client.history()
+    except HaclusterError as exc:
+        return _fail(str(exc))
+    if as_json:
+        print(json.dumps(records, indent=2))
+        return 0
+    rows = [(r["epoch"], r["primary"], r["start_seq"],
+             datetime.fromtimestamp(r["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+             if r["time"] else "", r["reason"]) for r in records]
+    print(table(["Epoch", "Primary", "First seq", "Started (UTC)", "Reason"], rows))
+    return 0
+
+
+def _leader_is(client: Client, name: str) -> bool:
+    try:
+        return bool(client.leader()["leader"] == name)
+    except NoLeader:
+        return False
+
+
+def switchover(client: Client, to: str | None) -> int:
+    try:
+        before = client.leader()["leader"]
+        result = client.admin("switchover", {"to": to} if to else {}, on_primary=True)
+    except RequestFailed as exc:
+        return _fail(f"switchover refused: {exc}")
+    except HaclusterError as exc:
+        return _fail(f"switchover needs a healthy primary: {exc}")
+    successor = result["switched_over_to"]
+    print(f"{before} handed over to {successor}; waiting for it to accept writes")
+    if not wait(lambda: _leader_is(client, successor)):
+        return _fail(f"{successor} did not become primary within {WAIT_S} s")
+    print(f"switchover done: {successor} is primary (epoch {client.leader()['epoch']})")
+    return 0
+
+
+def failover(client: Client, to: str, force: bool) -> int:
+    try:
+        result = client.admin("failover", {"to": to, "force": force})
+    except RequestFailed as exc:
+        return _fail(f"failover refused: {exc}")
+    except HaclusterError as exc:
+        return _fail(str(exc))
+    print(f"failover to {to} requested (after epoch {result['after_epoch']}"
+          f"{', forced' if force else ''}); waiting for it to accept writes")
+    if not wait(lambda: _leader_is(client, to)):
+        return _fail(f"{to} did not become primary within {WAIT_S} s (see its /status "
+                     "decision)")
+    print(f"failover done: {to} is primary (epoch {client.leader()['epoch']})")
+    return 0
+
+
+def pause(client: Client, paused: bool) -> int:
+    try:
+        client.admin("pause" if paused else "resume")
+    except HaclusterError as exc:
+        return _fail(str(exc))
+    print("maintenance mode on: no automatic failover" if paused else
+          "maintenance mode off: automatic failover resumes")
+    return 0
+
+
+def reinit(client: Client, cfg: ClusterConfig, name: str) -> int:
+    url = cfg.node(name).api.url
+    try:
+        answer = client.request(url, "POST", "/v1/admin/reinit", b"{}")
+    except OSError as exc:
+        return _fail(f"{name} at {url} is not reachable: {exc}")
+    if answer.status != 202:
+        return _fail(f"reinit refused: {answer.body.decode(errors='replace')}")
+    print(f"{name}: database removed; bootstrapping from {answer.json()['from']}")
+    last = ""
+
+    def caught_up() -> bool:
+        nonlocal last
+        st = json.loads(client.request(url, "GET", "/status").body)
+        rep = st.get("replication") or {}
+        line = f"  {rep.get('state')}: seq {st.get('applied_seq')}, " \
+               f"{rep.get('bootstrap_bytes', 0) / 1e6:.1f} MB copied"
+        if line != last:
+            print(line)
+            last = line
+        return client.request(url, "GET", "/replica").status == 200
+
+    if not wait(caught_up, timeout=600):
+        return _fail(f"{name} has not caught up yet; follow it with `hacluster status`")
+    print(f"{name}: reinitialised and streaming")
+    return 0
+
+
+def backup(client: Client, cfg: ClusterConfig, dest: Path) -> int:
+    """A checkpoint of the primary, copied and verified into ``dest`` (a RocksDB directory)."""
+    from hacluster.replication import bootstrap
+    from hacluster.store import Store
+
+    if dest.exists():
+        return _fail(f"{dest} exists; give a new directory")
+    try:
+        leader = client.leader()
+    except NoLeader as exc:
+        return _fail(f"a backup needs the primary: {exc}")
+    staging = dest.parent / f".{dest.name}.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    print(f"backup: checkpoint of {leader['leader']} (epoch {leader['epoch']}) into {dest}")
+    fetcher = bootstrap.Bootstrapper(
+        staging, leader["url"], {"Authorization": f"Bearer {client.token}"}, "backup",
+        cfg.replication.bootstrap_chunk_bytes)
+    try:
+        manifest = asyncio.run(fetcher.fetch())
+    except (bootstrap.BootstrapError, OSError) as exc:
+        return _fail(f"backup failed (the partial copy stays in {staging} and is resumed by "
+                     f"the next run): {exc}")
+    bootstrap.install(staging)
+    # Verify: it opens, with every column family, at the checkpoint's sequence number.
+    store = Store(staging / "db", cfg.column_families, cfg.storage)
+    try:
+        seq = store.latest_seq()
+    finally:
+        store.close()
+        del store
+        gc.collect()
+    if seq != manifest["seq"]:
+        return _fail(f"backup opened at seq {seq}, expected {manifest['seq']}; not kept")
+    (staging / "db").rename(dest)
+    shutil.rmtree(staging, ignore_errors=True)
+    print(f"backup done: {dest} at seq {seq} (epoch {manifest['epoch']}), "
+          f"{manifest['total_bytes'] / 1e6:.1f} MB, {len(manifest['files'])} files")
+    return 0

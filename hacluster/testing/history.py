@@ -1,0 +1,522 @@
+"""Client-side write history and the checks run over it: what clients were told, judged.
+
+Owns recording every write attempt a test client makes (``Op``: the key, the node asked, when
+the request started and when its response ended on CLOCK_MONOTONIC, the HTTP status, and the
+epoch and seq a 200 answer carried); the thread-safe, append-only ``History``, saved to and
+loaded from JSON so that a writer running in another process or network namespace can record
+and the test judges; the ``Writer`` that keeps writing unique keys to whichever node accepts
+them; and pure checkers over recorded ops: acknowledged writes lost, split brain (two epochs
+acknowledging in an order only two writable primaries can produce), losses missing from the
+divergent-tail files, acknowledgements after a fence, and sequence numbers out of order.
+
+It must never trust the server's word over the recorded responses (a write is acknowledged
+when, and only when, its client got a 200; status pages and logs are not evidence), never fake
+the network (the writer speaks HTTP to real node processes), and never report a violation the
+recorded times cannot prove: the server acknowledged an op somewhere inside its
+``[start, end]``, so every ordering is judged on those bounds alone. CLOCK_MONOTONIC is shared by
+all processes of one machine (namespaces included), so histories of several processes compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Container, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from hacluster.testing.harness import TOKEN, request, wait_for
+
+FORMAT = "hacluster-history"
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One write attempt as its client saw it."""
+
+    key: str
+    node: str              # the node asked
+    start: float           # time.monotonic() before the request was sent
+    end: float             # time.monotonic() after the response was read (or the error)
+    status: int            # HTTP status; 0 for a connection error or timeout
+    epoch: int | None = None   # from a 200 answer
+    seq: int | None = None     # from a 200 answer
+    note: str = ""         # for people: the error or refusal text
+
+    @property
+    def acked(self) -> bool:
+        return self.status == 200
+
+    def span(self) -> str:
+        return f"request {self.start:.3f}..{self.end:.3f}"
+
+    def describe(self) -> str:
+        told = (f"epoch {self.epoch}, seq {self.seq}" if self.acked
+                else f"status {self.status}")
+        return f"{self.key!r} ({self.node}, {told}, {self.span()})"
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Op:
+        return cls(key=str(doc["key"]), node=str(doc["node"]), start=float(doc["start"]),
+                   end=float(doc["end"]), status=int(doc["status"]),
+                   epoch=None if doc.get("epoch") is None else int(doc["epoch"]),
+                   seq=None if doc.get("seq") is None else int(doc["seq"]),
+                   note=str(doc.get("note", "")))
+
+
+class History:
+    """An append-only list of Ops, safe to append to from several threads."""
+
+    def __init__(self, ops: Iterable[Op] = ()) -> None:
+        self._lock = threading.Lock()
+        self._ops: list[Op] = list(ops)
+
+    def append(self, op: Op) -> None:
+        with self._lock:
+            self._ops.append(op)
+
+    def extend(self, ops: Iterable[Op]) -> None:
+        new = list(ops)
+        with self._lock:
+            self._ops.extend(new)
+
+    def ops(self) -> list[Op]:
+        """A snapshot: later appends do not change it."""
+        with self._lock:
+            return list(self._ops)
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ops)
+
+    def acked(self) -> list[Op]:
+        return [op for op in self.ops() if op.acked]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the history as JSON, atomically (a reader never sees half a file)."""
+        target = Path(path)
+        doc = {"format": FORMAT, "version": VERSION, "clock": "CLOCK_MONOTONIC",
+               "ops": [asdict(op) for op in self.ops()]}
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, target)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> History:
+        doc = json.loads(Path(path).read_text())
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a {FORMAT} file")
+        if doc.get("version") != VERSION:
+            raise ValueError(f"{path}: {FORMAT} version {doc.get('version')}, "
+                             f"expected {VERSION}")
+        return cls(Op.from_json(op) for op in doc["ops"])
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+class Target(Protocol):
+    """What the writer needs of a node; ``NodeProc`` is one."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def running(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A node known only by address (a writer in another process cannot see processes)."""
+
+    name: str
+    host: str
+    port: int
+    running: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """``name=host:port``."""
+        name, sep, address = text.partition("=")
+        host, colon, port = address.rpartition(":")
+        if not (sep and colon and name and host and port.isdigit()):
+            raise ValueError(f"{text!r}: expected name=host:port")
+        return cls(name, host, int(port))
+
+
+def put_once(target: Target, key: str, *, value: bytes = b"x", cf: str = "default",
+             timeout: float = 2.0, token: str = TOKEN) -> tuple[Op, str | None]:
+    """One PUT, never following a redirect: the recorded Op and the leader hinted at, if any.
+
+    The hint is the node name of a 503's ``leader``, or ``host:port`` of a 307's Location.
+    """
+    start = time.monotonic()
+    status, epoch, seq, note, hint = 0, None, None, "", None
+    try:
+        resp = request(target.port, "PUT", f"/v1/kv/{key}?cf={cf}", body=value, token=token,
+                       timeout=timeout, host=target.host)
+    except (OSError, http.client.HTTPException) as exc:
+        end = time.monotonic()
+        note = f"{type(exc).__name__}: {exc}"
+    else:
+        end = time.monotonic()
+        status = resp.status
+        if status == 307:
+            where = urlsplit(resp.headers.get("location", ""))
+            hint = f"{where.hostname}:{where.port}" if where.hostname else None
+            note = "redirect"
+        else:
+            try:
+                doc = resp.json()
+            except ValueError:
+                doc = None
+            if status == 200:
+                try:
+                    epoch, seq = int(doc["epoch"]), int(doc["seq"])
+                except (TypeError, KeyError, ValueError):
+                    note = f"200 without the expected JSON: {resp.body[:200]!r}"
+            elif isinstance(doc, dict):
+                note = str(doc.get("error", ""))
+                if doc.get("outcome") == "unknown":
+                    note = "outcome unknown: " + note
+                leader = doc.get("leader")
+                hint = leader if isinstance(leader, str) else None
+            else:
+                note = resp.body[:200].decode(errors="replace")
+    return Op(key, target.name, start, end, status, epoch, seq, note), hint
+
+
+class Writer:
+    """Threads that write unique keys ``f"{prefix}{i:07d}"`` to whichever node accepts them.
+
+    Each thread asks the node that last acknowledged it; after a refusal (307, 503, another
+    status) or a connection error it moves on: to the node the answer named as leader when
+    that is one of ``nodes`` and running, otherwise to the next running node in turn. Every
+    attempt, failed or not, is recorded in ``history``; every attempt uses a new key.
+    """
+
+    def __init__(self, nodes: Sequence[Target], history: History | None = None, *,
+                 prefix: str = "w", threads: int = 1, timeout: float = 2.0,
+                 pause: float = 0.005, value: bytes = b"x", cf: str = "default",
+                 token: str = TOKEN) -> None:
+        if not nodes:
+            raise ValueError("a writer needs at least one node")
+        self.nodes = list(nodes)
+        self.history = history if history is not None else History()
+        self.prefix = prefix
+        self.timeout = timeout
+        self.pause = pause
+        self.value = value
+        self.cf = cf
+        self.token = token
+        self._threads = [threading.Thread(target=self._run, name=f"writer-{prefix}-{i}",
+                                          daemon=True) for i in range(threads)]
+        self._stop = threading.Event()
+        self._counter = itertools.count()
+        self._counter_lock = threading.Lock()
+
+    def start(self) -> Writer:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> History:
+        """Stop writing; wait for attempts in flight (each ends within its timeout)."""
+        self._stop.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout)
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            raise RuntimeError(f"writer threads did not stop within {timeout} s: {stuck}")
+        return self.history
+
+    def __enter__(self) -> Writer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def acked(self, node: str | None = None, since: float | None = None) -> list[Op]:
+        """Acknowledged ops, of ``node`` only and started after ``since`` when given."""
+        return [op for op in self.history.acked()
+                if (node is None or op.node == node) and (since is None or op.start > since)]
+
+    def wait_acked(self, count: int, timeout: float, node: str | None = None,
+                   since: float | None = None) -> list[Op]:
+        """Wait until ``acked(node, since)`` has at least ``count`` ops; return them."""
+        what = f"{count} acknowledged writes" + (f" from {node}" if node else "") + (
+            f" started after {since:.3f}" if since is not None else "")
+        result: list[Op] = wait_for(lambda: (a if len(a := self.acked(node, since)) >= count
+                                             else None), timeout, what)
+        return result
+
+    def _next_key(self) -> str:
+        with self._counter_lock:
+            return f"{self.prefix}{next(self._counter):07d}"
+
+    def _by_hint(self, hint: str | None, live: list[Target], tried: Target) -> Target | None:
+        if hint is None:
+            return None
+        for node in live:
+            if node is not tried and hint in (node.name, f"{node.host}:{node.port}"):
+                return node
+        return None
+
+    def _run(self) -> None:
+        preferred: Target | None = None
+        last: Target | None = None
+        turn = 0
+        while not self._stop.is_set():
+            live = [n for n in self.nodes if n.running]
+            if not live:
+                self._stop.wait(0.05)
+                continue
+            node: Target | None = preferred if any(n is preferred for n in live) else None
+            while node is None:
+                candidate = live[turn % len(live)]
+                turn += 1
+                if candidate is not last or len(live) == 1:
+                    node = candidate
+            op, hint = put_once(node, self._next_key(), value=self.value, cf=self.cf,
+                                timeout=self.timeout, token=self.token)
+            self.history.append(op)
+            last = node
+            preferred = node if op.acked else self._by_hint(hint, live, node)
+            if self.pause > 0:
+                self._stop.wait(self.pause)
+
+
+def write_for(targets: Sequence[Target], seconds: float, out: str | os.PathLike[str],
+              **writer_kw: Any) -> History:
+    """Run a Writer for ``seconds``, save its history to ``out`` and return it.
+
+    For a writer that must run in another process (e.g. inside a network namespace):
+    ``python -m hacluster.testing.history --seconds 6 --out h.json n1=10.0.0.1:8080``.
+    """
+    writer = Writer(targets, **writer_kw).start()
+    try:
+        time.sleep(seconds)
+    finally:
+        history = writer.stop()
+        history.save(out)
+    return history
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hacluster.testing.history",
+        description="Write unique keys to the nodes for a while; save the history as JSON.")
+    parser.add_argument("nodes", nargs="+", type=Endpoint.parse, help="name=host:port")
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--prefix", default="w")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--pause", type=float, default=0.005)
+    parser.add_argument("--token", default=TOKEN)
+    args = parser.parse_args(argv)
+    history = write_for(args.nodes, args.seconds, args.out, prefix=args.prefix,
+                        threads=args.threads, timeout=args.timeout, pause=args.pause,
+                        token=args.token)
+    print(f"{len(history)} attempts, {len(history.acked())} acknowledged", file=sys.stderr)
+    return 0
+
+
+# --- checking -----------------------------------------------------------------------------
+
+
+def _acks(history: Iterable[Op]) -> list[Op]:
+    return [op for op in history if op.acked]
+
+
+def lost_acked(history: Iterable[Op], final_keys: Container[bytes]) -> list[str]:
+    """Acknowledged keys missing from the final primary's contents (sync mode: none)."""
+    return [f"acknowledged write {op.describe()} is missing from the final state"
+            for op in _acks(history) if op.key.encode() not in final_keys]
+
+
+def unreported_losses(history: Iterable[Op], final_keys: Container[bytes],
+                      tail_keys: Container[bytes]) -> list[str]:
+    """Async mode: acknowledged keys missing from the final state and from every tail file."""
+    return [f"acknowledged write {op.describe()} is missing from the final state and from "
+            "every divergent-tail file"
+            for op in _acks(history)
+            if op.key.encode() not in final_keys and op.key.encode() not in tail_keys]
+
+
+def overlapping_epochs(history: Iterable[Op]) -> list[str]:
+    """Split brain: an epoch acknowledged a write certainly after a later epoch had.
+
+    For epochs e1 < e2 every acknowledgement of e1 must precede every acknowledgement of e2
+    (e2's primary took over only once e1's lease ran out). It is certainly violated when an e1
+    ack's request *started* after an e2 ack's response *ended*. Ops in flight at the failover,
+    whose intervals merely overlap the other epoch's, prove nothing and are not reported.
+    """
+    by_epoch: dict[int, list[Op]] = {}
+    for op in _acks(history):
+        if op.epoch is not None:
+            by_epoch.setdefault(op.epoch, []).append(op)
+    latest = {e: max(ops, key=lambda op: op.start) for e, ops in by_epoch.items()}
+    earliest = {e: min(ops, key=lambda op: op.end) for e, ops in by_epoch.items()}
+    out = []
+    for e1, e2 in itertools.combinations(sorted(by_epoch), 2):
+        late, early = latest[e1], earliest[e2]
+        if late.start > early.end:
+            count = sum(1 for op in by_epoch[e1] if op.start > early.end)
+            gap = late.start - early.end
+            out.append(f"split brain: epoch {e1} acknowledged {late.describe()} {gap:.3f} s "
+                       f"after epoch {e2} had acknowledged {early.describe()}; {count} "
+                       f"epoch-{e1} acknowledgements began after that one ended")
+    return out
+
+
+def acked_after(history: Iterable[Op], node: str, t: float,
+                until: float | None = None) -> list[str]:
+    """Acknowledgements by ``node`` certainly made after ``t`` (and before ``until``).
+
+    For fencing: nothing may be acknowledged once the node's lease ran out. An ack counts when
+    its request started after ``t`` (and, with ``until``, its response ended before it), so
+    an ack in flight at ``t`` is not reported: pick ``t`` as the end of the lease.
+    """
+    return [f"{node} acknowledged {op.describe()}: request started {op.start - t:.3f} s after "
+            f"{t:.3f}, after which it must acknowledge nothing"
+            + (f" (until {until:.3f})" if until is not None else "")
+            for op in _acks(history)
+            if op.node == node and op.start > t and (until is None or op.end < until)]
+
+
+def seq_anomalies(history: Iterable[Op]) -> list[str]:
+    """Within one epoch, sequence numbers are unique and follow the order of acknowledgements.
+
+    Two acknowledged writes with the same (epoch, seq), or an ack that certainly came later
+    (its request started after the other's response ended) with a lower or equal seq, mean
+    two writers in one epoch or a seq handed out twice. Across epochs async mode may reuse
+    seqs of lost writes, so those are not compared.
+    """
+    by_epoch: dict[int, list[tuple[int, Op]]] = {}
+    for op in _acks(history):
+        if op.epoch is not None and op.seq is not None:
+            by_epoch.setdefault(op.epoch, []).append((op.seq, op))
+    out = []
+    for epoch in sorted(by_epoch):
+        pairs = by_epoch[epoch]
+        first: dict[int, Op] = {}
+        for seq, op in pairs:
+            seen = first.setdefault(seq, op)
+            if seen is not op:
+                out.append(f"epoch {epoch}: seq {seq} acknowledged twice: "
+                           f"{seen.describe()} and {op.describe()}")
+        by_end = sorted(pairs, key=lambda p: p[1].end)
+        i, best = 0, None      # best: (seq, op), the highest seq of acks that ended before
+        for seq, op in sorted(pairs, key=lambda p: p[1].start):
+            while i < len(by_end) and by_end[i][1].end < op.start:
+                if best is None or by_end[i][0] > best[0]:
+                    best = by_end[i]
+                i += 1
+            if best is not None and best[0] > seq:
+                out.append(f"epoch {epoch}: {op.describe()} was acknowledged after "
+                           f"{best[1].describe()} but has a lower seq")
+    return out
+
+
+def divergent_tail_keys(data_dirs: Iterable[str | os.PathLike[str]],
+                        cf: str | None = "default") -> set[bytes]:
+    """Keys put by the writes in ``<data_dir>/divergent/*.cbor`` (of column family ``cf``)."""
+    import cbor2
+    keys: set[bytes] = set()
+    for data_dir in data_dirs:
+        for path in sorted((Path(data_dir) / "divergent").glob("*.cbor")):
+            with open(path, "rb") as f:
+                doc = cbor2.load(f)
+            for batch in doc["batches"]:
+                for op in batch["ops"]:
+                    if op[0] == "put" and (cf is None or op[1] == cf):
+                        keys.add(bytes(op[2]))
+    return keys
+
+
+Fence = tuple[str, float, float | None]     # (node, no acks after, until or None)
+
+
+@dataclass
+class Verdict:
+    """The checks that applied to one history, and what each found."""
+
+    attempts: int
+    acked: int
+    statuses: dict[int, int]
+    epochs: list[int]
+    violations: dict[str, list[str]] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+    def summary(self, limit: int = 5) -> dict[str, Any]:
+        out: dict[str, Any] = {"attempts": self.attempts, "acked": self.acked,
+                               "statuses": self.statuses, "epochs": self.epochs, **self.notes}
+        for name, found in self.violations.items():
+            out[name] = found[:limit] + ([f"... and {len(found) - limit} more"]
+                                         if len(found) > limit else [])
+        return out
+
+    def __str__(self) -> str:
+        return json.dumps(self.summary(), indent=1, default=str)
+
+
+def check_all(history: Iterable[Op], final_keys: Container[bytes] | None = None, *,
+              tail_keys: Container[bytes] | None = None,
+              fences: Iterable[Fence] = ()) -> Verdict:
+    """Run every check that applies.
+
+    Always: ``split_brain`` (overlapping_epochs) and ``seq_anomalies``. With ``final_keys``:
+    ``lost_acked`` when ``tail_keys`` is None (sync mode: nothing acknowledged may be lost),
+    otherwise ``unreported_losses`` (async: lost only into a tail file). Per fence
+    ``(node, t, until)``: ``late_acks`` (acked_after).
+    """
+    ops = list(history)
+    acks = _acks(ops)
+    statuses: dict[int, int] = {}
+    for op in ops:
+        statuses[op.status] = statuses.get(op.status, 0) + 1
+    verdict = Verdict(attempts=len(ops), acked=len(acks), statuses=dict(sorted(statuses.items())),
+                      epochs=sorted({op.epoch for op in acks if op.epoch is not None}))
+    verdict.violations["split_brain"] = overlapping_epochs(ops)
+    verdict.violations["seq_anomalies"] = seq_anomalies(ops)
+    if final_keys is not None:
+        missing = sum(1 for op in acks if op.key.encode() not in final_keys)
+        verdict.notes["acked_missing_from_final"] = missing
+        if tail_keys is None:
+            verdict.violations["lost_acked"] = lost_acked(ops, final_keys)
+        else:
+            verdict.violations["unreported_losses"] = unreported_losses(ops, final_keys,
+                                                                        tail_keys)
+    fence_list = list(fences)
+    if fence_list:
+        verdict.violations["late_acks"] = [
+            v for node, t, until in fence_list for v in acked_after(ops, node, t, until)]
+    return verdict
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
