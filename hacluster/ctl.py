@@ -83,9 +83,9 @@ def history(client: Client, as_json: bool) -> int:
     if as_json:
         print(json.dumps(records, indent=2))
         return 0
-    rows = [(r["epoch"], r["primary"], r["start_seq"],
-             datetime.fromtimestamp(r["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-             if r["time"] else "", r["reason"]) for r in records]
+    rows = [(r["epoch"], r["primary"], r["first_seq"],
+             datetime.fromtimestamp(r["start_time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+             if r["start_time"] else "", r["reason"]) for r in records]
     print(table(["Epoch", "Primary", "First seq", "Started (UTC)", "Reason"], rows))
     return 0
 

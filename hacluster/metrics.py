@@ -89,6 +89,10 @@ class NodeCollector(Collector):
             for reason, count in sorted(control.epoch_changes.items()):
                 fo.add_metric([reason], float(count))
             yield fo
+            yield CounterMetricFamily(
+                "hacluster_failovers", "failovers (automatic or manual) this node saw",
+                value=float(sum(n for r, n in control.epoch_changes.items()
+                                if r in ("failover", "manual failover"))))
             raft = control.raft.raft_status()
             for key, help_text in (("log_len", "entries in the Raft log"),
                                    ("term", "the Raft term"),

@@ -118,8 +118,17 @@ def test_cluster_history_and_metrics(cluster: Cluster) -> None:
     assert replicas[0].get("/cluster", token=None).status == 401
     history = p.get("/history").json()
     assert history[0]["epoch"] == 1 and history[0]["reason"] == "bootstrap"
-    assert {"epoch", "primary", "start_seq", "time", "reason"} <= set(history[-1])
+    assert {"epoch", "primary", "first_seq", "start_time", "reason"} <= set(history[-1])
     text = p.get("/metrics").body.decode()
+    from prometheus_client.parser import text_string_to_metric_families
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("hacluster_role", "hacluster_epoch", "hacluster_applied_seq",
+                 "hacluster_replica_lag", "hacluster_writes", "hacluster_failovers",
+                 "hacluster_fencing_events", "hacluster_divergent_ops",
+                 "hacluster_bootstrap_bytes", "hacluster_http_request_seconds"):
+        assert name in families, name
+    lags = {s.labels["replica"]: s.value for s in families["hacluster_replica_lag"].samples}
+    assert set(lags) == {r.name for r in replicas}
     assert 'hacluster_role{role="primary"} 1.0' in text
     assert "hacluster_writable 1.0" in text
     assert "hacluster_replica_lag{replica=" in text

@@ -219,6 +219,8 @@ def test_switchover_to_a_named_replica_loses_nothing(cluster: Cluster) -> None:
     target = next(n for n in cluster.nodes.values() if n is not old)
     for i in range(200):
         put(old, f"k{i}")
+    old_raft = f"127.0.0.1:{cluster.raft_ports[old.name]}"
+    was_raft_leader = old.status()["consensus"]["raft"]["leader"] == old_raft
     resp = old.post("/v1/admin/switchover", {"to": target.name})
     assert resp.status == 200, resp.body
     assert resp.json() == {"switched_over_to": target.name, "from": old.name}
@@ -228,6 +230,11 @@ def test_switchover_to_a_named_replica_loses_nothing(cluster: Cluster) -> None:
     assert (history[-1]["epoch"], history[-1]["primary"], history[-1]["reason"],
             history[-1]["start_seq"]) == (2, target.name, "switchover", 201)
     assert f"{old.name} handed over to {target.name}" in target.log()
+    # The Raft leadership leaves the old primary too, so restarting it costs no election.
+    wait_for(lambda: target.status()["consensus"]["raft"]["leader"] != old_raft, 10,
+             "the Raft leadership to move")
+    if was_raft_leader:
+        assert "Raft leadership transfer to" in old.log()
     put(target, "after")
     wait_for(lambda: old.status()["primary"] == target.name, 10, "the old primary to follow")
     cluster.wait_converged()

@@ -83,10 +83,10 @@ def cluster_view(node: Node) -> dict[str, Any]:
 
 def history(node: Node) -> list[dict[str, Any]]:
     if node.control is None:
-        return [{"epoch": node.role.epoch, "primary": node.role.primary, "start_seq": None,
-                 "time": None, "reason": "configured"}]
-    return [{"epoch": r.epoch, "primary": r.primary, "start_seq": r.start_seq,
-             "time": r.wall_time, "reason": r.reason}
+        return [{"epoch": node.role.epoch, "primary": node.role.primary, "first_seq": None,
+                 "start_time": None, "reason": "configured"}]
+    return [{"epoch": r.epoch, "primary": r.primary, "first_seq": r.start_seq,
+             "start_time": r.wall_time, "reason": r.reason}
             for r in node.control.raft.snapshot().history]
 
 
