@@ -15,7 +15,9 @@ from hacluster.testing.harness import Cluster, NodeProc, request, wait_for
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("surface"), consensus=True)
+    c = Cluster(tmp_path_factory.mktemp("surface"), consensus=True,
+                limits={"max_key_bytes": 1024, "max_value_bytes": 65536,
+                        "max_body_bytes": 262144, "max_batch_ops": 100})
     c.start()
     c.wait_primary()
     yield c
@@ -79,7 +81,7 @@ def test_reads_and_writes_redirect_to_the_primary_unless_stale(cluster: Cluster)
     assert p.get("/v1/kv/greeting?cf=nope").status == 400
     assert p.get("/v1/kv/greeting", token=None).status == 401
     assert p.get("/v1/kv/greeting", token="wrong-token-0123456789").status == 403
-    assert p.put("k" * 70_000, b"v").status == 400
+    assert p.put("k" * 1025, b"v").status == 400
 
 
 def test_a_scan_is_bounded_and_pages(cluster: Cluster) -> None:
@@ -138,3 +140,33 @@ def test_cluster_history_and_metrics(cluster: Cluster) -> None:
     assert "hacluster_replication_lag" in replica_text
     status = json.loads(p.get("/status").body)
     assert status["consensus"]["raft"]["log_len"] >= 1
+
+
+def test_bad_input_gets_a_clear_4xx_and_nothing_is_applied(cluster: Cluster) -> None:
+    p, _ = primary_and_replicas(cluster)
+    assert p.put("before", b"v").status == 200
+    seq = p.status()["applied_seq"]
+    good = {"op": "put", "key": "never", "value": "x"}
+    cases = [
+        ("PUT", "/v1/kv/" + "k" * 1025, b"v", {}, 400, "max_key_bytes"),
+        ("PUT", "/v1/kv/big", b"v" * 65537, {}, 400, "max_value_bytes"),
+        ("PUT", "/v1/kv/k?cf=nope", b"v", {}, 400, "unknown column family"),
+        ("POST", "/v1/batch", b"{not json", {}, 400, "JSON"),
+        ("POST", "/v1/batch", b"\xff\xff", {"Content-Type": "application/cbor"}, 400,
+         "CBOR"),
+        ("POST", "/v1/batch", json.dumps({"ops": [good, {"op": "put", "cf": "nope",
+                                                         "key": "a", "value": "b"}]}).encode(),
+         {}, 400, "unknown column family"),
+        ("POST", "/v1/batch", json.dumps({"ops": [good] * 101}).encode(), {}, 400,
+         "max_batch_ops"),
+        ("POST", "/v1/batch", json.dumps({"ops": [good, {"op": "launch", "key": "a"}]}).encode(),
+         {}, 400, "launch"),
+        ("POST", "/v1/batch", b"x" * 300_000, {}, 413, ""),
+    ]
+    for method, path, body, headers, status, words in cases:
+        got = request(p.port, method, path, body=body, headers=headers)
+        assert got.status == status, (path, got.status, got.body[:200])
+        if status == 400:
+            assert words in got.json()["error"], (path, got.json())
+    assert p.status()["applied_seq"] == seq            # nothing was applied, not even partly
+    assert p.get("/v1/kv/never").status == 404

@@ -166,13 +166,15 @@ class Cluster:
                  storage: dict[str, Any] | None = None, consensus: bool = False,
                  consensus_timing: dict[str, Any] | None = None,
                  hosts: dict[str, str] | None = None,
-                 prefixes: dict[str, list[str]] | None = None) -> None:
+                 prefixes: dict[str, list[str]] | None = None,
+                 limits: dict[str, Any] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         names = list(names)
         ports = free_ports(len(names) * 2)
         self.consensus = consensus
         self.consensus_timing = consensus_timing or {}
+        self.limits = limits or {}
         self.raft_ports = dict(zip(names, ports[len(names):], strict=True))
         self.primary_name = primary
         self.replication = {"heartbeat_interval": 0.2, "reconnect_backoff_min": 0.05,
@@ -198,6 +200,7 @@ class Cluster:
             "column_families": CFS,
             "storage": self.storage,
             "replication": {**self.replication, **(replication or {})},
+            **({"limits": self.limits} if self.limits else {}),
             "nodes": [{"name": n, "api": f"{self.hosts[n]}:{p}",
                        "data_dir": str(self.root / "data" / n)} for n, p in addresses.items()],
         }
