@@ -341,3 +341,14 @@ def test_manual_failover_refuses_a_node_without_a_database_even_forced() -> None
     assert failover_refusal(state, "n4", True, ASYNC, {}, NOW) == "n4 has never reported"
     live = cluster()
     assert failover_refusal(live, "n1", True, ASYNC, {}, NOW) == "n1 holds the lock of epoch 7"
+
+
+def test_a_switchover_completes_in_pause_mode_but_only_to_its_successor() -> None:
+    handed = replace(cluster(paused=True), lock=Lock("n1", 7, 1.0, 5, True, "n3"))
+    d = decide(handed, obs("n3", seq=81233), ASYNC)
+    assert d.action is Action.PROMOTE and d.sentence.startswith("n3: promoting, epoch 8")
+    gone = replace(handed, members=tuple(m for m in handed.members if m.name != "n3"))
+    d = decide(gone, obs("n2"), ASYNC)
+    assert d.action is Action.WAIT
+    assert d.sentence == ("PAUSE: n2: n1 handed over to n3 (epoch 7); n3 does not qualify and "
+                          "there is no automatic failover in maintenance mode")

@@ -114,7 +114,9 @@ def decide(state: ClusterState, obs: Observation, policy: Policy) -> Decision:
     request = state.failover_request
     if request is not None:
         return _manual(state, obs, policy, why, request)
-    if state.paused:
+    # A switchover is an operator's act, like a manual failover: pause does not hold it back.
+    handover = lock.released and lock.successor is not None
+    if state.paused and not handover:
         return Decision(Action.WAIT, f"PAUSE: {me}: {why}; no automatic failover in "
                         "maintenance mode", epoch=lock.epoch)
     return _elect(state, obs, policy, why)
@@ -224,6 +226,11 @@ def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> D
     # A switchover names its successor: it alone may take over, while it qualifies.
     if lock.released and lock.successor in {name for _, name in eligible}:
         eligible = [(seq, name) for seq, name in eligible if name == lock.successor]
+    elif state.paused:
+        # Paused, only the handover itself may happen: anyone else would be a failover.
+        return Decision(Action.WAIT, f"PAUSE: {me}: {why}; {lock.successor} does not qualify "
+                        "and there is no automatic failover in maintenance mode",
+                        epoch=lock.epoch)
     # Highest position wins; on a tie the smallest name, so every node picks the same one.
     best_seq, best = min(eligible, key=lambda c: (-c[0], c[1]))
     if best != me:
