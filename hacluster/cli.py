@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
              "Create a checkpoint on the primary, download and verify every file, check it "
              "opens at the checkpoint's sequence number, and move it to DEST.")
     bk.add_argument("dest", type=Path, help="a new directory for the backup (a RocksDB dir)")
+    mem = ctl("member", "add or remove a node (Raft membership change)",
+              "Add a node to the Raft membership before starting it for the first time, or "
+              "remove one (not the primary) before retiring it. The node's raft address is "
+              "taken from the config, which must list it.")
+    mem.add_argument("action", choices=["add", "remove"])
+    mem.add_argument("name", help="the node to add or remove")
     demo = sub.add_parser(
         "demo", help="three local nodes, a steady writer, a SIGKILL of the primary, live",
         description="Start three nodes on loopback in a temporary directory, write a steady "
@@ -165,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 CTL_COMMANDS = frozenset({"status", "switchover", "failover", "pause", "resume", "history",
-                          "reinit", "backup"})
+                          "reinit", "backup", "member"})
 
 
 def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
@@ -182,6 +188,13 @@ def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         return ctl.failover(client, args.to, args.force)
     if args.command in ("pause", "resume"):
         return ctl.pause(client, args.command == "pause")
+    if args.command == "member":
+        try:
+            cfg.node(args.name)
+        except ConfigError as exc:
+            print(f"hacluster: {exc}", file=sys.stderr)
+            return 2
+        return ctl.member(client, cfg, args.action, args.name)
     if args.command == "reinit":
         try:
             cfg.node(args.name)

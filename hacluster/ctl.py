@@ -205,3 +205,33 @@ def backup(client: Client, cfg: ClusterConfig, dest: Path) -> int:
     print(f"backup done: {dest} at seq {seq} (epoch {manifest['epoch']}), "
           f"{manifest['total_bytes'] / 1e6:.1f} MB, {len(manifest['files'])} files")
     return 0
+
+
+def member(client: Client, cfg: ClusterConfig, action: str, name: str) -> int:
+    """Add or remove a node in the Raft membership, asking the other nodes in turn."""
+    node = cfg.node(name)
+    if node.raft is None:
+        return _fail(f"{name} has no raft address in {cfg.source}")
+    body = json.dumps({"name": name, "raft": str(node.raft)}).encode()
+    method, path = (("POST", "/v1/admin/members") if action == "add" else
+                    ("DELETE", f"/v1/admin/members/{name}"))
+    errors = []
+    for other in cfg.nodes:
+        if other.name == name:
+            continue
+        try:
+            answer = client.request(other.api.url, method, path, body,
+                                    {"Content-Type": "application/json"}, timeout=30)
+        except OSError as exc:
+            errors.append(f"{other.name}: {exc}")
+            continue
+        if answer.status != 200:
+            return _fail(f"member {action} refused by {other.name}: "
+                         f"{answer.body.decode(errors='replace')}")
+        doc = answer.json()
+        print(f"{name} {'added to' if action == 'add' else 'removed from'} the Raft "
+              f"membership; members now: {', '.join(doc['raft_members'])}")
+        print(f"start {name} now (hacluster run --config ... --node {name})" if action == "add"
+              else f"stop {name} and remove it from every node's config")
+        return 0
+    return _fail(f"no other node answered: {'; '.join(errors)}")

@@ -97,7 +97,15 @@ class Node:
     def primary_url(self) -> str | None:
         if self.role.primary is None:
             return None
-        return self.cfg.node(self.role.primary).api.url
+        return self.api_url_of(self.role.primary)
+
+    def api_url_of(self, name: str) -> str | None:
+        """A node's API URL: from the config, or for a member added since, from its report."""
+        for n in self.cfg.nodes:
+            if n.name == name:
+                return n.api.url
+        member = self.control.raft.snapshot().member(name) if self.control else None
+        return member.api_url if member else None
 
     def current_store(self) -> Store | None:
         return self.follower.store if self.follower else self.store
@@ -382,7 +390,7 @@ class Node:
             name=self.name, is_primary=self.is_primary,
             writable=self.is_primary and self.gate.refusal() is None,
             epoch=self.status_epoch(), leader=leader,
-            leader_url=self.cfg.node(leader).api.url if leader else None,
+            leader_url=self.api_url_of(leader) if leader else None,
             stream_state=st.state if st else None,
             applied_seq=store.latest_seq() if store else None,
             primary_seq=st.primary_seq if st else None,

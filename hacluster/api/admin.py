@@ -114,6 +114,39 @@ def add_routes(app: web.Application, node: Node) -> None:
         return web.json_response({"failover_to": target, "after_epoch": epoch,
                                   "force": force}, status=202)
 
+    async def members(request: web.Request) -> web.Response:
+        from hacluster.config import ConfigError, parse_address
+        from hacluster.consensus.loop import SwitchoverError
+        if node.control is None:
+            return error(409, f"{NO_CONSENSUS}: no Raft membership")
+        adding = request.method == "POST"
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return error(400, 'body must be JSON {"name": NAME, "raft": "host:port"}')
+        name = request.match_info.get("name") or (body.get("name") if isinstance(body, dict)
+                                                  else None)
+        raft = body.get("raft") if isinstance(body, dict) else None
+        if raft is None and not adding:
+            raft = next((str(n.raft) for n in node.cfg.nodes if n.name == name), None)
+        if not isinstance(name, str) or not isinstance(raft, str):
+            return error(400, "'name' and 'raft' (host:port) are required")
+        try:
+            address = str(parse_address(raft, node.cfg.source, "raft"))
+        except ConfigError as exc:
+            return error(400, str(exc))
+        try:
+            if adding:
+                await node.control.add_member(name, address)
+            else:
+                await node.control.remove_member(name, address)
+        except SwitchoverError as exc:
+            return error(409, str(exc))
+        return web.json_response({"added" if adding else "removed": name, "raft": address,
+                                  "raft_members": node.control.raft.raft_members()})
+
+    app.router.add_post("/v1/admin/members", members)
+    app.router.add_delete("/v1/admin/members/{name}", members)
     app.router.add_post("/v1/admin/failover", failover)
     app.router.add_post("/v1/admin/reinit", reinit)
     app.router.add_post("/v1/admin/flush", flush)

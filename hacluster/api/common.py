@@ -22,8 +22,9 @@ def error(status: int, message: str, **extra: object) -> web.Response:
 def to_primary(node: Node, request: web.Request) -> web.Response:
     """307 to the same path on the primary (``curl -L`` follows), or 503 with no leader."""
     leader = node.leader()
-    if leader is None or leader == node.name:
+    url = node.api_url_of(leader) if leader is not None and leader != node.name else None
+    if url is None:
         return error(503, "no primary is known", leader=None)
     # 307 keeps method and body; `curl --location-trusted` replays the request (with its
     # Authorization header) on the primary.
-    raise web.HTTPTemporaryRedirect(location=f"{node.cfg.node(leader).api.url}{request.rel_url}")
+    raise web.HTTPTemporaryRedirect(location=f"{url}{request.rel_url}")

@@ -59,23 +59,30 @@ def cluster_view(node: Node) -> dict[str, Any]:
     top = max([m.applied_seq for m in state.members], default=0)
     by_name = {m.name: m for m in state.members}
     members = []
-    for n in node.cfg.nodes:
-        m = by_name.get(n.name)
-        age = now - seen[n.name] if n.name in seen else None
+    raft_members = set(control.raft.raft_members())
+    configured = {n.name: n for n in node.cfg.nodes}
+    # The Raft membership decides who is in the cluster: a configured node removed since is
+    # left out, a node added since (not in this node's config) is shown from its reports.
+    names = [n.name for n in node.cfg.nodes if str(n.raft) in raft_members or n.name in by_name]
+    names += sorted(set(by_name) - set(configured))
+    for name in names:
+        m = by_name.get(name)
+        age = now - seen[name] if name in seen else None
         fresh = age is not None and age <= control.policy.member_stale_s
         role = m.role if m else "unknown"
-        if n.name == leader:
+        if name == leader:
             role = "primary"
         elif role == "primary":
             role = "former primary"
+        tags = configured[name].tags if name in configured else (m.tags if m else frozenset())
         members.append({
-            "name": n.name, "url": n.api.url, "role": role,
+            "name": name, "url": node.api_url_of(name), "role": role,
             "state": ("running" if fresh else "unreachable") if m else "never reported",
             "healthy": m.healthy if m else None, "epoch": state.lock.epoch,
             "applied_seq": m.applied_seq if m else None,
             "lag": top - m.applied_seq if m else None,
             "report_age_s": round(age, 2) if age is not None else None,
-            "sync": n.name in state.sync_set, "tags": sorted(n.tags)})
+            "sync": name in state.sync_set, "tags": sorted(tags)})
     return {"leader": leader, "epoch": state.lock.epoch, "paused": state.paused,
             "mode": node.cfg.replication.mode, "sync_set": sorted(state.sync_set),
             "members": members}

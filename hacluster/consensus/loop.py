@@ -22,6 +22,7 @@ from hacluster.consensus.state import (
     Acquire,
     ClusterState,
     Command,
+    Forget,
     Release,
     Renew,
     Report,
@@ -321,7 +322,9 @@ class ControlLoop:
                  successor, last, lock.epoch)
         # The Raft leadership follows, so restarting this node next (a rolling upgrade) costs
         # no Raft election under the new primary's lease.
-        self.raft.transfer_leadership(str(node.cfg.node(successor).raft))
+        raft_address = next((n.raft for n in node.cfg.nodes if n.name == successor), None)
+        if raft_address is not None:
+            self.raft.transfer_leadership(str(raft_address))
         await node.become_replica(None, lock.epoch)
         self.switching = False
         return successor
@@ -412,7 +415,8 @@ class ControlLoop:
         if leader is not None:
             raise SwitchoverError(f"{leader} is a healthy primary (epoch {state.lock.epoch}); "
                                   "use a switchover")
-        if candidate not in {n.name for n in self.node.cfg.nodes}:
+        if candidate not in {n.name for n in self.node.cfg.nodes} | {
+                m.name for m in state.members}:
             raise SwitchoverError(f"{candidate!r} is not a node of this cluster")
         refusal = failover_refusal(state, candidate, force, self.policy,
                                    self.member_seen_at(), time.monotonic())
@@ -426,6 +430,55 @@ class ControlLoop:
         log.warning("%s: manual failover to %s requested%s (epoch %d)", self.node.name,
                     candidate, " with --force" if force else "", state.lock.epoch)
         return state.lock.epoch
+
+    async def _membership(self, action: str, address: str, timeout: float) -> bool:
+        assert self._loop is not None
+        loop = self._loop
+        result: asyncio.Future[bool] = loop.create_future()
+
+        def settle(ok: bool) -> None:
+            if not result.done():
+                result.set_result(ok)
+
+        def done(ok: bool) -> None:
+            loop.call_soon_threadsafe(settle, ok)
+
+        self.raft.change_membership(action, address, done)
+        try:
+            return await asyncio.wait_for(result, timeout)
+        except TimeoutError:
+            return False
+
+    async def add_member(self, name: str, raft_address: str, timeout: float = 10.0) -> None:
+        """Make ``raft_address`` a Raft member, before the new node ``name`` starts."""
+        state = self.raft.snapshot()
+        if state.member(name) is not None:
+            raise SwitchoverError(f"{name} is already a member")
+        if raft_address in self.raft.raft_members():
+            raise SwitchoverError(f"{raft_address} is already a Raft member")
+        if not await self._membership("add", raft_address, timeout):
+            raise SwitchoverError(f"adding {name} ({raft_address}) was not committed")
+        log.warning("%s: member added: %s (raft %s); start it now", self.node.name, name,
+                    raft_address)
+
+    async def remove_member(self, name: str, raft_address: str,
+                            timeout: float = 10.0) -> None:
+        """Take ``name`` out of the Raft membership and forget its reports. Never the primary."""
+        state = self.raft.snapshot()
+        if state.lock.held and state.lock.holder == name:
+            raise SwitchoverError(f"{name} is the primary; switch over first")
+        if raft_address == str(self.raft.selfNode):
+            raise SwitchoverError(f"ask another node to remove {name}: a node cannot remove "
+                                  "itself")
+        if raft_address not in self.raft.raft_members():
+            raise SwitchoverError(f"{raft_address} is not a Raft member")
+        if not await self._membership("remove", raft_address, timeout):
+            raise SwitchoverError(f"removing {name} ({raft_address}) was not committed")
+        if state.member(name) is not None and not await self._propose_and_wait(Forget(name),
+                                                                                timeout):
+            log.warning("%s: %s left Raft but its member record was not dropped",
+                        self.node.name, name)
+        log.warning("%s: member removed: %s (raft %s)", self.node.name, name, raft_address)
 
     async def set_paused(self, paused: bool, timeout: float = 5.0) -> bool | None:
         """Record the maintenance flag in Raft; None if it could not be committed in time."""

@@ -27,6 +27,7 @@ from hacluster.consensus.state import (
     ClusterState,
     Command,
     CommandError,
+    Forget,
     Release,
     Renew,
     Report,
@@ -69,6 +70,8 @@ def encode_command(cmd: Command) -> tuple[Any, ...]:
         return ("sync_set", cmd.holder, cmd.epoch, tuple(sorted(cmd.names)))
     if isinstance(cmd, SetFailover):
         return ("failover", cmd.candidate, cmd.expected_epoch, cmd.force)
+    if isinstance(cmd, Forget):
+        return ("forget", cmd.name)
     return ("pause", cmd.paused)
 
 
@@ -91,6 +94,9 @@ def decode_command(raw: Any) -> Command:
             return SetSyncSet(holder, epoch, frozenset(names))
         if kind == "pause":
             return SetPaused(bool(args[0]))
+        if kind == "forget":
+            (name,) = args
+            return Forget(name)
         if kind == "failover":
             candidate, epoch, force = args
             return SetFailover(candidate, epoch, bool(force))
@@ -140,6 +146,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             # A leader cut off from the majority steps down after this long; fencing never
             # relies on it (leases do), it only keeps the Raft view honest.
             leaderFallbackTimeout=max(2.0, timing.election_max_s * 4),
+            # Members are added and removed through the log (hacluster member add/remove).
+            dynamicMembershipChange=True,
             onReady=self.ready.set,
         )
         super().__init__(self_addr, partner_addrs, conf)
@@ -213,6 +221,25 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                     "sent" if error == FAIL_REASON.SUCCESS else f"refused ({error})"))
         self.call_soon(go)
 
+    def change_membership(self, action: str, address: str,
+                          done: Callable[[bool], None]) -> None:
+        """Add or remove ``address`` (host:port) as a Raft member through the log."""
+        def callback(result: Any, error: Any) -> None:
+            if error != FAIL_REASON.SUCCESS:
+                log.warning("Raft membership change %s %s failed: %s", action, address, error)
+            done(error == FAIL_REASON.SUCCESS)
+
+        if action == "add":
+            self.addNodeToCluster(address, callback=callback)
+        elif action == "remove":
+            self.removeNodeFromCluster(address, callback=callback)
+        else:
+            raise ValueError(f"unknown membership action {action!r}")
+
+    def raft_members(self) -> list[str]:
+        """This node's view of the Raft members' addresses (itself included)."""
+        return sorted([str(self.selfNode), *(str(n) for n in self.otherNodes)])
+
     def compact_log(self) -> None:
         """Compact the Raft log into the dump now rather than at the next threshold."""
         self.call_soon(self.forceLogCompaction)
@@ -276,6 +303,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                 "term": status.get("raft_term"), "log_len": status.get("log_len"),
                 "commit_idx": status.get("commit_idx"),
                 "last_applied": status.get("last_applied"),
+                "members": self.raft_members(),
                 "compactions": self._compactions,
                 "journal_bytes": files["raft.journal"].st_size if "raft.journal" in files
                 else None,

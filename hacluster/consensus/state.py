@@ -216,7 +216,17 @@ class SetFailover:
         _check_epoch(self.expected_epoch, "failover")
 
 
-Command = Acquire | Renew | Release | Report | SetSyncSet | SetPaused | SetFailover
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Drop a removed node's member record (and its place in the synchronous set)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "forget")
+
+
+Command = Acquire | Renew | Release | Report | SetSyncSet | SetPaused | SetFailover | Forget
 
 
 def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool]:
@@ -260,6 +270,11 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
         return replace(state, sync_set=cmd.names), True
     if isinstance(cmd, SetPaused):
         return replace(state, paused=cmd.paused), True
+    if isinstance(cmd, Forget):
+        if state.member(cmd.name) is None or (lock.held and lock.holder == cmd.name):
+            return state, False
+        return replace(state, members=tuple(m for m in state.members if m.name != cmd.name),
+                       sync_set=state.sync_set - {cmd.name}), True
     if isinstance(cmd, SetFailover):
         if lock.epoch != cmd.expected_epoch:
             return state, False
