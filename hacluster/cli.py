@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import signal
@@ -152,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hacluster: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, args.log_format, args.node)
+    # A fatal signal (SIGBUS from a write fault on a full disk, SIGSEGV) leaves a traceback in
+    # the log instead of a silent death.
+    faulthandler.enable()
     primary = cfg.primary
     if args.role == "primary":
         primary = args.node

@@ -156,7 +156,8 @@ class Client:
         raise NoLeader("no node knows a valid primary")
 
     def _on_primary(self, method: str, path: str, body: bytes | None = None,
-                    headers: dict[str, str] | None = None, write: bool = True) -> Answer:
+                    headers: dict[str, str] | None = None, write: bool = True,
+                    timeout: float | None = None) -> Answer:
         """Send to the primary, finding it again after failures, until the failover timeout."""
         deadline = time.monotonic() + self.failover_timeout
         last = "no node reachable"
@@ -164,7 +165,7 @@ class Client:
             url = self.leader_url or self.find_leader()
             if url is not None:
                 try:
-                    answer = self.request(url, method, path, body, headers)
+                    answer = self.request(url, method, path, body, headers, timeout)
                 except ConnectionRefusedError as exc:
                     last = f"{url}: {exc}"           # never reached the node: safe to retry
                     self.leader_url = None
@@ -227,7 +228,15 @@ class Client:
             url: str | None = None) -> bytes | None:
         """The value, or None when absent. ``stale=True`` reads any node (``url``, or the
         first that answers) without going to the primary."""
-        path = f"/v1/kv/{_quote(_b(key).decode('utf-8'))}?cf={_quote(cf)}"
+        raw = _b(key)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # Not expressible in a URL path: a one-item scan from the key itself.
+            for k, v in self.scan_from(raw, cf, stale=stale):
+                return v if k == raw else None
+            return None
+        path = f"/v1/kv/{_quote(text)}?cf={_quote(cf)}"
         if stale:
             answer = self._any(path + "&stale=1", url)
         else:
@@ -258,6 +267,16 @@ class Client:
                 return
             after = doc["items"][-1][0]
 
+    def scan_from(self, key: bytes, cf: str, *, stale: bool) -> list[tuple[bytes, bytes]]:
+        q = (f"/v1/kv?cf={_quote(cf)}&limit=1&prefix_b64="
+             f"{_quote(base64.b64encode(key).decode())}")
+        headers = {"Accept": "application/cbor"}
+        answer = (self._any(q + "&stale=1", None, headers) if stale
+                  else self._on_primary("GET", q, headers=headers, write=False))
+        if answer.status != 200:
+            raise RequestFailed(answer.status, _message(answer))
+        return [(bytes(k), bytes(v)) for k, v in cbor2.loads(answer.body)["items"]]
+
     def _any(self, path: str, url: str | None,
              headers: dict[str, str] | None = None) -> Answer:
         errors = []
@@ -285,7 +304,7 @@ class Client:
         headers = {"Content-Type": "application/json"}
         if on_primary:
             answer = self._on_primary("POST", f"/v1/admin/{action}", data, headers,
-                                      write=False)
+                                      write=False, timeout=timeout)
         else:
             answer = self._post_any(f"/v1/admin/{action}", data, headers, timeout)
         if answer.status not in (200, 202):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,14 @@ NODE_TAGS = frozenset({"nofailover", "noloadbalance"})
 # Room in a frame beyond the WriteBatch itself (CBOR map, header fields, checksum).
 FRAME_OVERHEAD = 4096
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Integers without a natural bound still have to fit the int64/uint64 fields of RocksDB
+# options and of the replication frames.
+_INT_MAX = (1 << 63) - 1
+# A config is a page of YAML: deeper nesting, or more nodes once anchors are expanded, is a
+# mistake or an attack ("billion laughs"), and would exhaust the stack or the memory.
+_YAML_MAX_DEPTH = 64
+_MAX_CONFIG_BYTES = 1 << 20
+_YAML_MAX_NODES = 100_000
 
 
 class ConfigError(Exception):
@@ -63,6 +72,12 @@ class StorageConfig:
     write_buffer_size_mb: int = 64
     max_total_wal_size_mb: int = 0
     fsync_writes: bool = False
+    # The primary refuses writes (507) while its data dir's file system has less free space
+    # than this, before RocksDB itself runs out (0: only RocksDB's own error stops writes).
+    min_free_mb: int = 64
+    # An emergency reserve file (real blocks) deleted when space runs low, so the Raft journal
+    # and a RocksDB reopen still have room; 0: none.
+    reserve_mb: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +209,11 @@ class _Reader:
         if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             raise self.fail(self.key(name), f"expected {_kind_name(kind)}, got a boolean")
         if float in (kind if isinstance(kind, tuple) else (kind,)) and isinstance(value, int):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise self.fail(self.key(name), f"number out of range, got {brief(value)}") \
+                    from None
         if not isinstance(value, kind):
             raise self.fail(
                 self.key(name), f"expected {_kind_name(kind)}, got {type(value).__name__}"
@@ -214,23 +233,135 @@ class _Reader:
     def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
         value = int(self.get(name, int, default))
         self._bounds(name, value, minimum, maximum)
+        if value > _INT_MAX:
+            raise self.fail(self.key(name), f"must be at most {_INT_MAX}, got {brief(value)}")
         return value
 
     def _bounds(self, name: str, value: float, minimum: float, maximum: float | None) -> None:
         if value != value:  # NaN compares false with everything, so it would pass the bounds
             raise self.fail(self.key(name), "must be a number, got NaN")
+        if isinstance(value, float) and math.isinf(value):
+            raise self.fail(self.key(name), f"must be a finite number, got {value}")
         if value < minimum or (maximum is not None and value > maximum):
             upper = f" and at most {maximum}" if maximum is not None else ""
-            raise self.fail(self.key(name), f"must be at least {minimum}{upper}, got {value}")
+            raise self.fail(self.key(name),
+                            f"must be at least {minimum}{upper}, got {brief(value)}")
 
     def child(self, name: str, required: bool = False) -> _Reader:
         value = self.get(name, dict, ... if required else {})
         return _Reader(self.source, value, self.key(name))
 
     def finish(self) -> None:
-        unknown = sorted(str(k) for k in set(self.data) - self.seen)
+        unknown = sorted(k if isinstance(k, str) and len(k) <= 100 else brief(k)
+                         for k in set(self.data) - self.seen)
         if unknown:
             raise self.fail(self.key(str(unknown[0])), "unknown key")
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """A short repr of a value from a config file or a request body, for an error message.
+
+    Bounded in length and in cost whatever the value: an integer too long for ``str`` to
+    convert, a megabyte string, or a deep, self-referencing or alias-expanded container (YAML
+    anchors, CBOR shared references) that a plain ``repr`` would walk in full.
+    """
+    return _brief(value, limit, 2)
+
+
+def _brief(value: object, limit: int, depth: int) -> str:
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else f"<{value.bit_length()}-bit integer>"
+    if isinstance(value, str | bytes | bytearray):
+        shown = repr(value[:limit])
+        return f"{shown}..." if len(value) > limit else shown
+    if isinstance(value, list | tuple | dict | set | frozenset):
+        if depth <= 0:
+            return f"<{type(value).__name__} of {len(value)}>"
+        parts: list[str] = []
+        items = value.items() if isinstance(value, dict) else value
+        for i, item in enumerate(items):
+            if i == 4:
+                parts.append("...")
+                break
+            if isinstance(value, dict):
+                parts.append(f"{_brief(item[0], 20, depth - 1)}: {_brief(item[1], 20, depth - 1)}")
+            else:
+                parts.append(_brief(item, 20, depth - 1))
+        inner = ", ".join(parts)
+        if isinstance(value, list):
+            return f"[{inner}]"
+        if isinstance(value, tuple):
+            return f"({inner})"
+        return f"{{{inner}}}"
+    return f"<{type(value).__name__}>"
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader with bounds: nesting depth, the size of the document once
+    anchors are expanded (no recursive anchors), and malformed scalars reported as YAML errors
+    with their position (PyYAML lets the ``ValueError`` of a bad date or a 5000-digit integer,
+    or the ``AttributeError`` of ``!!timestamp 99``, escape)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > _YAML_MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {_YAML_MAX_DEPTH} levels",
+                    self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # ValueError, KeyError (`!!bool maybe`), AttributeError, ...
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.tag.rsplit(':', 1)[-1]} value: "
+                f"{type(exc).__name__}: {exc}", node.start_mark) from None
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose node tree, with every alias expanded, is recursive or holds
+    more than ``_YAML_MAX_NODES`` nodes. Linear in the (unexpanded) document."""
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if done:
+            total = 1 + sum(sizes[id(c)] for c in children)
+            if total > _YAML_MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {_YAML_MAX_NODES} values once its anchors are "
+                    "expanded", node.start_mark)
+            sizes[id(node)] = total
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in entered:  # only ancestors are entered and not yet done
+            raise yaml.composer.ComposerError(None, None, "recursive alias", node.start_mark)
+        entered.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -242,32 +373,44 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 def parse_address(text: str, source: Path, key: str) -> Address:
     """``host:port`` with a literal IP address (IPv6 in brackets) or a host name."""
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", text.strip())
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]+)|([^:\[\]\s]+):([0-9]+)", text.strip())
     if not match:
-        raise ConfigError(f"{source}: {key}: expected host:port, got {text!r}")
+        raise ConfigError(f"{source}: {key}: expected host:port, got {brief(text)}")
     host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4))
+    digits = match.group(2) or match.group(4)
+    # Thousands of digits would make int() refuse (and be no port anyway).
+    port = int(digits) if len(digits) <= 6 else 0
     if not 1 <= port <= 65535:
-        raise ConfigError(f"{source}: {key}: port must be 1-65535, got {port}")
+        shown = digits if len(digits) <= 20 else f"{digits[:20]}..."
+        raise ConfigError(f"{source}: {key}: port must be 1-65535, got {shown}")
     if match.group(1):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ConfigError(f"{source}: {key}: bad IPv6 address {host!r}") from None
+            raise ConfigError(f"{source}: {key}: bad IPv6 address {brief(host)}") from None
     elif re.fullmatch(r"[\d.]+", host):
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
-            raise ConfigError(f"{source}: {key}: bad IPv4 address {host!r}") from None
+            raise ConfigError(f"{source}: {key}: bad IPv4 address {brief(host)}") from None
     elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host):
-        raise ConfigError(f"{source}: {key}: bad host name {host!r}")
+        raise ConfigError(f"{source}: {key}: bad host name {brief(host)}")
     return Address(host, port)
+
+
+def _text(reader: _Reader, name: str, default: Any = ...) -> Any:
+    """A string that becomes a path or a command: the OS cannot take a NUL in either."""
+    value = reader.get(name, str, default)
+    if isinstance(value, str) and "\0" in value:
+        raise reader.fail(reader.key(name), "must not contain a NUL character")
+    return value
 
 
 def _name(reader: _Reader, key: str, value: Any) -> str:
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise reader.fail(
-            key, f"must be a name of letters, digits, '_', '.', '-' (1-63 chars), got {value!r}"
+            key, "must be a name of letters, digits, '_', '.', '-' (1-63 chars), "
+            f"got {brief(value)}"
         )
     return value
 
@@ -278,17 +421,25 @@ def load_config(path: str | os.PathLike[str],
     source = Path(path)
     env = os.environ if env is None else env
     try:
-        text = source.read_text(encoding="utf-8")
+        with open(source, "rb") as f:
+            # Bounded: a config is a page of YAML, not /dev/zero or a misplaced disk image.
+            raw = f.read(_MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read config: {exc.strerror or exc}") from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {_MAX_CONFIG_BYTES} bytes, not a config file")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{source}: not valid YAML{where}: {exc}") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # a PyYAML bug not caught above
+        raise ConfigError(f"{source}: not valid YAML: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     return _build(_Reader(source, data, ""), source, env)
@@ -304,6 +455,10 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     if len(token) < 16:
         where = f"${TOKEN_ENV}" if env.get(TOKEN_ENV) else "cluster.token"
         raise cluster.fail(where, "must be at least 16 characters")
+    if any(c < " " or c == "\x7f" for c in token):
+        where = f"${TOKEN_ENV}" if env.get(TOKEN_ENV) else "cluster.token"
+        raise cluster.fail(where, "must not contain control characters (it is sent in an "
+                                  "HTTP header)")
     raft_password = cluster.get("raft_password", str, "")
     raft_password = env.get(RAFT_PASSWORD_ENV) or raft_password or None
     if raft_password is not None and len(raft_password) < 16:
@@ -328,9 +483,9 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     consensus = _consensus(top.child("consensus"))
     hooks_r = top.child("hooks")
     hooks = HooksConfig(
-        on_promote=hooks_r.get("on_promote", str, None),
-        on_demote=hooks_r.get("on_demote", str, None),
-        on_role_change=hooks_r.get("on_role_change", str, None),
+        on_promote=_text(hooks_r, "on_promote", None),
+        on_demote=_text(hooks_r, "on_demote", None),
+        on_role_change=_text(hooks_r, "on_role_change", None),
         timeout_s=hooks_r.number("timeout_s", HooksConfig().timeout_s, minimum=0.1,
                                  maximum=3600))
     hooks_r.finish()
@@ -363,7 +518,7 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
             f"for limits.max_body_bytes {limits.max_body_bytes}: the largest write must fit in "
             f"one frame (need at least max_body_bytes + {FRAME_OVERHEAD})")
     if primary and primary not in {n.name for n in nodes}:
-        raise cluster.fail("cluster.primary", f"{primary!r} is not one of the nodes")
+        raise cluster.fail("cluster.primary", f"{brief(primary)} is not one of the nodes")
     if watchdog.mode != "off" and not with_raft:
         raise ConfigError(f"{source}: watchdog.mode: {watchdog.mode} needs consensus (raft "
                           "addresses on every node): the watchdog is fed by the lease loop")
@@ -386,6 +541,8 @@ def _storage(r: _Reader) -> StorageConfig:
         max_total_wal_size_mb=r.integer("max_total_wal_size_mb", d.max_total_wal_size_mb,
                                         minimum=0),
         fsync_writes=r.get("fsync_writes", bool, d.fsync_writes),
+        min_free_mb=r.integer("min_free_mb", d.min_free_mb, minimum=0),
+        reserve_mb=r.integer("reserve_mb", d.reserve_mb, minimum=0, maximum=1 << 20),
     )
     r.finish()
     return result
@@ -416,7 +573,7 @@ def _replication(r: _Reader) -> ReplicationConfig:
         max_replica_lag=r.integer("max_replica_lag", d.max_replica_lag, minimum=0),
     )
     if result.mode not in ("sync", "async", ""):
-        raise r.fail(r.key("mode"), f"must be sync or async, got {result.mode!r}")
+        raise r.fail(r.key("mode"), f"must be sync or async, got {brief(result.mode)}")
     if result.reconnect_backoff_max < result.reconnect_backoff_min:
         raise r.fail(r.key("reconnect_backoff_max"), "must not be less than reconnect_backoff_min")
     r.finish()
@@ -463,9 +620,9 @@ def _watchdog(r: _Reader) -> WatchdogConfig:
     raw = r.get("mode", (str, bool), d.mode)
     mode = "off" if raw is False else raw
     if mode not in ("off", "automatic", "required"):  # `true` lands here too
-        raise r.fail(r.key("mode"), f"must be off, automatic or required, not {mode!r}")
+        raise r.fail(r.key("mode"), f"must be off, automatic or required, not {brief(mode)}")
     result = WatchdogConfig(
-        mode=mode, device=Path(r.get("device", str, str(d.device))),
+        mode=mode, device=Path(_text(r, "device", str(d.device))),
         timeout_s=r.integer("timeout_s", d.timeout_s, minimum=1, maximum=600))
     r.finish()
     return result
@@ -505,7 +662,7 @@ def _nodes(top: _Reader, source: Path) -> tuple[NodeConfig, ...]:
         if (api.host, api.port) in seen_addrs:
             raise r.fail(r.key("api"), f"{api} is already used by {seen_addrs[api.host, api.port]}")
         seen_addrs[api.host, api.port] = name
-        data_dir = Path(os.path.expanduser(r.get("data_dir", str)))
+        data_dir = Path(os.path.expanduser(_text(r, "data_dir")))
         if not data_dir.is_absolute():
             # Relative to the config file, so the example works from any working directory.
             data_dir = (source.parent / data_dir).resolve()
@@ -520,7 +677,7 @@ def _nodes(top: _Reader, source: Path) -> tuple[NodeConfig, ...]:
         for i, tag in enumerate(tags):
             if not isinstance(tag, str) or tag not in NODE_TAGS:
                 raise r.fail(f"{r.key('tags')}[{i}]",
-                             f"unknown tag {tag!r} (known: {', '.join(sorted(NODE_TAGS))})")
+                             f"unknown tag {brief(tag)} (known: {', '.join(sorted(NODE_TAGS))})")
         r.finish()
         nodes.append(NodeConfig(name=name, api=api, data_dir=data_dir, raft=raft,
                                 tags=frozenset(tags)))

@@ -93,8 +93,10 @@ class Writer:
 
 
 class Demo:
-    def __init__(self, root: Path, mode: str, out: Any = sys.stdout) -> None:
+    def __init__(self, root: Path, mode: str, out: Any = sys.stdout,
+                 temporary: bool = True) -> None:
         self.root = root
+        self.temporary = temporary
         self.mode = mode
         self.out = out
         self.config, self.doc = write_config(root, mode)
@@ -240,7 +242,9 @@ class Demo:
         token = self.doc["cluster"]["token"]
         primary = self.primary()
         url = self.urls[primary[0]] if primary else self.urls["n1"]
-        lines = ["", "The cluster keeps running (Ctrl-C stops it and removes its files):",
+        gone = ("and removes its files" if self.temporary else
+                f"; its files stay in {self.root}")
+        lines = ["", f"The cluster keeps running (Ctrl-C stops it {gone}):",
                  *[f"  {n}  {u}   log {self.root / (n + '.log')}" for n, u in self.urls.items()],
                  f"  config {self.config}", "Try:",
                  f"  export HACLUSTER_TOKEN={token}",
@@ -257,7 +261,12 @@ class Demo:
 def run_demo(keep: bool, mode: str, directory: Path | None) -> int:
     root = directory or Path(tempfile.mkdtemp(prefix="hacluster-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    demo = Demo(root, mode)
+    demo = Demo(root, mode, temporary=directory is None)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt        # SIGTERM stops the nodes too, like Ctrl-C
+
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         code = demo.run(keep)
     except (RuntimeError, HaclusterError) as exc:

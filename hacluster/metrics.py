@@ -49,10 +49,12 @@ class NodeCollector(Collector):
                                 value=node.status_epoch())
         yield GaugeMetricFamily("hacluster_applied_seq", "latest sequence number in this "
                                 "node's database", value=seq)
-        yield CounterMetricFamily("hacluster_writes", "write requests acknowledged",
+        yield CounterMetricFamily("hacluster_writes", "write requests applied locally as "
+                                  "primary (acknowledged, or answered outcome unknown)",
                                   value=node.writes)
         yield CounterMetricFamily("hacluster_fencing_events", "times this node's write gate "
-                                  "closed while open (lease lapsed, demotion, switchover)",
+                                  "was closed while open (demotion, lost quorum, switchover, "
+                                  "disk full)",
                                   value=node.gate.closes)
         yield CounterMetricFamily("hacluster_unknown_outcomes", "writes answered 'outcome "
                                   "unknown' (written, but the lease or sync ack ran out)",

@@ -29,7 +29,7 @@ from hacluster.consensus.state import EpochRecord
 from hacluster.divergence import list_divergent_tails, save_divergent_tail
 from hacluster.fencing import WriteGate
 from hacluster.hooks import Hooks
-from hacluster.node_errors import NotWritable, OutcomeUnknown
+from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.probes import NodeView
 from hacluster.replication import bootstrap
 from hacluster.replication.checkpoints import CheckpointService
@@ -37,7 +37,8 @@ from hacluster.replication.feed import WalFeed
 from hacluster.replication.follower import Follower
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.replication.source import ReplicationSource
-from hacluster.store import AppliedRange, NamedOp, Store, has_database
+from hacluster.space import SpaceGuard
+from hacluster.store import AppliedRange, NamedOp, Store, has_database, no_space
 from hacluster.watchdog import Watchdog, WatchdogError
 
 if TYPE_CHECKING:
@@ -85,6 +86,9 @@ class Node:
         self.started_at = time.time()
         self.writes = 0
         self.unknown_outcomes = 0
+        self.disk_full: str | None = None     # set by a RocksDB space error, until reopened
+        st = cfg.storage
+        self.space = SpaceGuard(self.data_dir, st.min_free_mb, st.reserve_mb, name)
 
     @property
     def is_primary(self) -> bool:
@@ -116,11 +120,16 @@ class Node:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.space.tend()        # the reserve, before anything else takes the space
         if self.lineage is None:
             self.lineage = Lineage(self.data_dir)
         bootstrap.recover(self.data_dir)
         if self.cfg.uses_consensus:
             # The consensus loop decides the role; until then this node is nobody's replica.
+            # A database already on disk is opened now, so the first report carries its real
+            # position (an election compares positions).
+            if has_database(self.db_dir):
+                self.store = self.open_store()
             from hacluster.consensus.loop import ControlLoop
             self.control = ControlLoop(self)
             self.control.start()
@@ -157,7 +166,7 @@ class Node:
             self.data_dir / "checkpoints", create=store.checkpoint,
             epoch=lambda: self.role.epoch, column_families=lambda: store.column_families,
             ttl_seconds=self.cfg.replication.checkpoint_ttl_seconds,
-            on_bootstrap=self.positions.bootstrap_started)
+            on_bootstrap=self._bootstrap_started)
         self.checkpoints.clear()
         self._tasks.append(asyncio.get_running_loop().create_task(self._janitor()))
         log.info("%s is primary: epoch %d, seq %d", self.name, self.role.epoch,
@@ -170,11 +179,19 @@ class Node:
             node=self.name, data_dir=self.data_dir, primary_url=primary_url,
             token=self.cfg.token,
             cfg=self.cfg.replication, open_store=self._replica_store,
-            known_epoch=self.role.epoch, lineage=self.lineage)
+            known_epoch=self.role.epoch, lineage=self.lineage,
+            space_low=lambda: self.space.low)
         # A store this node already has open (it was primary, or followed another primary)
         # is handed over, never opened twice.
         self.follower.store = self.store
         self._follower_task = asyncio.get_running_loop().create_task(self.follower.run())
+
+    def _bootstrap_started(self, name: str) -> None:
+        # Only members are replicas: a backup or another tool fetching a checkpoint must not
+        # show up (and alert) as a lagging replica.
+        if name in {n.name for n in self.cfg.nodes} or (
+                self.control is not None and self.control.raft.snapshot().member(name)):
+            self.positions.bootstrap_started(name)
 
     def _replica_store(self) -> Store:
         self.store = self.open_store()
@@ -319,7 +336,19 @@ class Node:
         refusal = self.gate.refusal() if self.is_primary else f"{self.name} is not the primary"
         if refusal or self.store is None:
             raise NotWritable(refusal or "no database open")
-        applied = self.store.write(ops)
+        self.check_space()
+        try:
+            applied = self.store.write(ops)
+        except Exception as exc:
+            if not no_space(exc):
+                raise
+            # RocksDB stops every later write after a failed WAL append; only a reopen (once
+            # there is space) clears it. Nothing of this write was applied.
+            self.disk_full = f"RocksDB ran out of space: {exc}"
+            self.gate.close("disk full")
+            self.space.tend(self.disk_full)
+            log.error("%s: disk full, writes refused: %s", self.name, exc)
+            raise DiskFull(self.disk_full) from None
         self.writes += 1
         if self.feed:
             self.feed.notify()
@@ -328,6 +357,35 @@ class Node:
             raise OutcomeUnknown(f"written locally at seq {applied.last_seq} but not "
                                  f"acknowledged: {late}; it may be lost on failover")
         return applied
+
+    def check_space(self) -> None:
+        """Refuse a write (DiskFull) after a RocksDB space error or while low on space."""
+        why = self.space.tend(self.disk_full)
+        if why:
+            raise DiskFull(why)
+
+    async def recover_disk(self) -> bool:
+        """After a space error: reopen the store once there is room again. True when done."""
+        if not self.disk_full:
+            return True
+        if self.space.tend() is not None:
+            return False
+        async with self._role_lock:
+            if self.follower is not None:
+                return True   # the follower reopens its own store
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            try:
+                self.store = self.open_store()
+            except Exception as exc:
+                if no_space(exc):
+                    return False
+                raise
+            log.info("%s: disk space is back; database reopened at seq %d", self.name,
+                     self.store.latest_seq())
+            self.disk_full = None
+            return True
 
     @property
     def sync_mode(self) -> bool:
@@ -381,6 +439,16 @@ class Node:
             return last.target
         return None
 
+    def _loop_age(self, now: float) -> float | None:
+        """How long since the control loop and the Raft ticks last both made progress."""
+        if self.control is None or self.control.last_pass_at is None:
+            return None
+        ages = [now - self.control.last_pass_at]
+        tick = self.control.raft.last_tick_at
+        if tick is not None:
+            ages.append(now - tick)
+        return max(ages)
+
     def view(self, now: float) -> NodeView:
         store = self.current_store()
         st = self.follower.status if self.follower else None
@@ -395,8 +463,7 @@ class Node:
             applied_seq=store.latest_seq() if store else None,
             primary_seq=st.primary_seq if st else None,
             last_frame_age_s=now - st.last_frame_at if st and st.last_frame_at else None,
-            loop_age_s=now - self.control.last_pass_at
-            if self.control and self.control.last_pass_at else None,
+            loop_age_s=self._loop_age(now),
             lease_s=self.cfg.consensus.lease_s if self.control else float("inf"),
             stream_timeout_s=max(2.0, 4 * rep.heartbeat_interval),
             max_lag=rep.max_replica_lag, tags=self.me.tags)
@@ -410,6 +477,7 @@ class Node:
             "primary": self.role.primary,
             "epoch": self.status_epoch(),
             "writable": self.is_primary and self.gate.refusal() is None,
+            "disk_full": self.disk_full or self.space.low,
             "applied_seq": seq,
             "column_families": self.column_families,
             "rocksdb": store.background_work() if store else None,

@@ -7,3 +7,7 @@ class NotWritable(Exception):
 
 class OutcomeUnknown(Exception):
     """The write reached the local DB but the lease ran out before it could be acknowledged."""
+
+
+class DiskFull(NotWritable):
+    """The data dir's file system is (almost) full: writes are refused until space returns."""

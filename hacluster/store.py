@@ -80,6 +80,16 @@ def check_wal_options(db_dir: Path) -> None:
             )
 
 
+def no_space(exc: BaseException) -> bool:
+    """RocksDB (or the OS) ran out of space: rocksdict raises a bare Exception with its text."""
+    text = str(exc)
+    return "No space left" in text or "ENOSPC" in text
+
+
+def free_mb(path: Path) -> float:
+    return shutil.disk_usage(path).free / (1 << 20)
+
+
 def has_database(db_dir: Path) -> bool:
     return (db_dir / "CURRENT").is_file()
 
@@ -315,7 +325,10 @@ class Store:
             log.exception("flush_wal on close failed")
         self._views.clear()
         self._handles.clear()
-        self._db.close()
+        try:
+            self._db.close()
+        except Exception as exc:  # after an I/O error ("Writer has previous error")
+            log.warning("closing %s after an I/O error: %s", self.db_dir, exc)
         self._db = None  # type: ignore[assignment]
         # rocksdict releases the LOCK file only when the last reference (CF handles included)
         # is gone; collect now so a reopen in the same process succeeds.

@@ -23,12 +23,21 @@ from typing import Any
 
 import cbor2
 
-from hacluster.config import LimitsConfig
+from hacluster.config import LimitsConfig, brief
 from hacluster.store import NamedOp
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT
 
 CBOR_TYPE = "application/cbor"
 _KINDS = {"put": PUT, "delete": DELETE, "delete_range": DELETE_RANGE}
+
+
+def _refuse_tag(value: Any, immutable: bool) -> Any:
+    raise cbor2.CBORDecodeError("regular expressions (tag 35) and MIME messages (tag 36) are "
+                                "not accepted")
+
+
+# cbor2 would compile or parse these from untrusted bytes as it decodes them.
+_REFUSED_TAGS = {35: _refuse_tag, 36: _refuse_tag}
 
 
 class BadRequest(Exception):
@@ -75,7 +84,7 @@ def check_value(value: bytes, limits: LimitsConfig, where: str) -> None:
 
 def check_cf(cf: Any, column_families: Collection[str], where: str) -> str:
     if not isinstance(cf, str) or cf not in column_families:
-        raise BadRequest(f"{where}: unknown column family {cf!r}")
+        raise BadRequest(f"{where}: unknown column family {brief(cf)}")
     return cf
 
 
@@ -84,9 +93,14 @@ def parse_batch(body: bytes, content_type: str, limits: LimitsConfig,
     if content_type == CBOR_TYPE:
         try:
             stream = io.BytesIO(body)
-            doc = cbor2.CBORDecoder(stream).decode()
+            # Only text and byte strings as map keys: integer keys with colliding hashes make
+            # building a map quadratic (a minute for a 1 MB body). No regular expressions or
+            # MIME messages: compiling a 1 MB pattern takes half a minute.
+            doc = cbor2.CBORDecoder(stream, strict_hashable_types=True,
+                                    semantic_decoders=_REFUSED_TAGS).decode()
         except Exception as exc:  # cbor2 raises many types on garbage
-            raise BadRequest(f"body is not valid CBOR: {exc}") from None
+            cause = f": {exc.__cause__}" if exc.__cause__ else ""
+            raise BadRequest(f"body is not valid CBOR: {exc}{cause}") from None
         if stream.tell() != len(body):
             raise BadRequest(f"body has {len(body) - stream.tell()} bytes after the CBOR value")
     else:
@@ -100,6 +114,10 @@ def parse_batch(body: bytes, content_type: str, limits: LimitsConfig,
     if len(raw) > limits.max_batch_ops:
         raise BadRequest(f"{len(raw)} ops exceed max_batch_ops ({limits.max_batch_ops})")
     ops: list[NamedOp] = []
+    # Keys and values add up to at most the body's size, unless CBOR shared or string
+    # references repeat one value: 3000 references to a 1 MB text value would otherwise
+    # decode into 3 GB of UTF-8. Bounded by the largest body the node accepts.
+    budget = limits.max_body_bytes
     for i, op in enumerate(raw):
         if not isinstance(op, dict):
             raise BadRequest(f"ops[{i}]: expected a map")
@@ -107,7 +125,7 @@ def parse_batch(body: bytes, content_type: str, limits: LimitsConfig,
         kind = _KINDS.get(name) if isinstance(name, str) else None
         if kind is None:
             raise BadRequest(f"ops[{i}].op: expected one of put, delete, delete_range, "
-                             f"got {op.get('op')!r}")
+                             f"got {brief(op.get('op'))}")
         cf = check_cf(op.get("cf", "default"), column_families, f"ops[{i}].cf")
         if kind == DELETE_RANGE:
             start = _bytes_field(op, "start", i)
@@ -116,11 +134,21 @@ def parse_batch(body: bytes, content_type: str, limits: LimitsConfig,
             check_key(end, limits, f"ops[{i}].end")
             if start >= end:
                 raise BadRequest(f"ops[{i}]: delete_range needs start < end")
+            budget = _spend(budget, len(start) + len(end), limits, i)
             ops.append((kind, cf, start, end))
             continue
         key = _bytes_field(op, "key", i)
         check_key(key, limits, f"ops[{i}].key")
         value = _bytes_field(op, "value", i) if kind == PUT else b""
         check_value(value, limits, f"ops[{i}].value")
+        budget = _spend(budget, len(key) + len(value), limits, i)
         ops.append((kind, cf, key, value))
     return ops
+
+
+def _spend(budget: int, size: int, limits: LimitsConfig, index: int) -> int:
+    if size > budget:
+        raise BadRequest(f"ops[{index}]: keys and values add up to more than max_body_bytes "
+                         f"({limits.max_body_bytes}); CBOR shared or string references "
+                         "cannot repeat data past that")
+    return budget - size

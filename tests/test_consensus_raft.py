@@ -169,3 +169,38 @@ def test_log_is_compacted_into_a_dump_and_a_restart_replays_it(tmp_path: Path) -
     finally:
         for i in list(t.nodes):
             t.stop(i)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_journal_growth_on_a_full_disk_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """pysyncobj grows its journal through an mmap: unpatched, a full disk is a SIGBUS."""
+    import subprocess
+    import sys
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        script = f"""
+import hacluster.consensus.raft
+from pysyncobj.journal import ResizableFile
+f = ResizableFile({str(mount / 'j')!r}, initialSize=1024, defaultContent=b"h" * 16)
+try:
+    with open({str(mount / 'ballast')!r}, "wb", buffering=0) as b:
+        while True:
+            b.write(b"\\0" * 4096)
+except OSError:
+    pass
+offset = 1024
+try:
+    while True:
+        f.write(offset, b"x" * 1000)
+        offset += 1000
+except OSError as exc:
+    print("OSError", exc.errno)
+"""
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+        assert done.stdout.strip() == "OSError 28"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -133,3 +133,12 @@ def test_renewals_record_the_holders_position_as_a_floor() -> None:
                     Renew("n2", 1, 99))
     assert ok == [True, True, True, False]
     assert state.lock.holder_seq == 50   # never lowered, and only by the holder
+
+
+def test_a_renewal_voids_a_forced_failover_request() -> None:
+    from hacluster.consensus.state import SetFailover
+    state, _ = apply_command(ClusterState(), Acquire("n1", 0, 0, 1, 1.0, "bootstrap", 0.0))
+    state, ok = apply_command(state, SetFailover("n2", 1, True))
+    assert ok and state.failover_request is not None
+    state, ok = apply_command(state, Renew("n1", 1, 5))
+    assert ok and state.failover is None

@@ -134,6 +134,9 @@ def test_backup_is_a_consistent_copy_that_opens(cluster: Cluster, tmp_path: Path
     assert seq == primary.status()["applied_seq"]
     assert len(contents["users"]) == 500
     assert cli("backup", "--config", config(cluster), str(dest)).returncode == 1   # exists
+    # A backup is no replica: nothing to show (or alert on) in the primary's positions.
+    assert [r["name"] for r in primary.status()["replicas"]] == sorted(
+        n.name for n in cluster.nodes.values() if n is not primary)
 
 
 def test_client_reads_writes_and_survives_a_failover(cluster: Cluster) -> None:
@@ -144,6 +147,8 @@ def test_client_reads_writes_and_survives_a_failover(cluster: Cluster) -> None:
     binary = b"bin\xff\x00key"
     c.put(binary, b"\x00\x01", cf="events")
     assert dict(c.scan(b"bin", cf="events")) == {binary: b"\x00\x01"}
+    assert c.get(binary, cf="events") == b"\x00\x01"
+    assert c.get(b"bin\xff", cf="events") is None            # a prefix of it is not it
     c.delete(binary, cf="events")
     assert list(c.scan(b"bin", cf="events")) == []
     assert c.get("absent") is None

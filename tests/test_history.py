@@ -281,3 +281,19 @@ def test_the_subprocess_writer_saves_a_history_the_test_can_load(
     h = History.load(out)
     assert h.acked() and all(op.node == "p" and op.key.startswith("s") for op in h.acked())
     assert len(primary.puts) == len(h.acked())
+
+
+def test_stale_reads_of_hot_keys_are_found_and_in_flight_ones_are_not() -> None:
+    from hacluster.testing.history import stale_reads
+    w1 = Op("hot-w0-1", "n1", 1.0, 1.1, 200, 1, 10, value="1")
+    w2 = Op("hot-w0-1", "n1", 2.0, 2.1, 200, 1, 11, value="2")
+    fresh = Op("hot-w0-1", "n1", 2.2, 2.3, 200, kind="read", value="2")
+    in_flight = Op("hot-w0-1", "n1", 2.05, 2.3, 200, kind="read", value="1")
+    stale = Op("hot-w0-1", "n2", 3.0, 3.1, 200, kind="read", value="1")
+    absent = Op("hot-w0-1", "n2", 3.0, 3.1, 404, kind="read")
+    refused = Op("hot-w0-1", "n2", 3.0, 3.1, 503, kind="read")
+    assert stale_reads([w1, w2, fresh, in_flight, refused]) == []
+    found = stale_reads([w1, w2, stale, absent])
+    assert len(found) == 2 and all("stale read: n2" in f for f in found)
+    assert "after 'hot-w0-1'" in found[0] and "with 2" in found[0]
+    assert not Op("k", "n1", 0, 1, 200, kind="read").acked   # a read is no acknowledgement

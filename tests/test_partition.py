@@ -12,8 +12,6 @@ in its divergent-tail file. Skips, saying why, where namespaces cannot be made.
 
 from __future__ import annotations
 
-import os
-import secrets
 import subprocess
 import sys
 import time
@@ -25,61 +23,7 @@ import pytest
 from hacluster.config import load_config
 from hacluster.testing.harness import Cluster, read_db, wait_for
 from hacluster.testing.history import History, Writer, check_all, divergent_tail_keys
-
-
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True)
-
-
-class Netns:
-    """Three namespaces on a bridge; ``cut(i)``/``heal(i)`` take node i's link down/up."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.tag = secrets.token_hex(2)
-        self.subnet = f"10.{200 + int(self.tag[0], 16)}.{int(self.tag[1:], 16) % 250}"
-        self.bridge = f"hcb{self.tag}"
-        self.ns = {n: f"hc{self.tag}{n}" for n in names}
-        self.host_if = {n: f"hc{self.tag}h{i}" for i, n in enumerate(names)}
-        self.ip = {n: f"{self.subnet}.{i + 1}" for i, n in enumerate(names)}
-
-    def up(self) -> None:
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        sh("ip", "addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
-        for n, ns in self.ns.items():
-            peer = self.host_if[n] + "p"
-            sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", self.host_if[n], "type", "veth", "peer", "name", peer)
-            sh("ip", "link", "set", peer, "netns", ns)
-            sh("ip", "link", "set", self.host_if[n], "master", self.bridge)
-            sh("ip", "link", "set", self.host_if[n], "up")
-            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.ip[n]}/24", "dev", peer)
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-
-    def cut(self, n: str) -> None:
-        sh("ip", "link", "set", self.host_if[n], "down")
-
-    def heal(self, n: str) -> None:
-        sh("ip", "link", "set", self.host_if[n], "up")
-
-    def down(self) -> None:
-        for n, ns in self.ns.items():
-            subprocess.run(["ip", "link", "del", self.host_if[n]], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-
-def namespaces_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    probe = f"hcprobe{secrets.token_hex(2)}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"cannot create a network namespace: {made.stderr.strip() or 'ip failed'}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
+from hacluster.testing.netns import Netns, namespaces_unavailable
 
 pytestmark = pytest.mark.skipif(bool(namespaces_unavailable()),
                                 reason=namespaces_unavailable() or "")

@@ -38,7 +38,7 @@ def test_stream_opened_sets_position_and_link() -> None:
     positions, _ = make()
     positions.stream_opened("n2", since=40)
     assert positions.replicas["n2"] == ReplicaPosition(
-        "n2", applied_seq=40, acked_at=1000.0, connected=True, streams=1)
+        "n2", applied_seq=40, acked_at=1000.0, advanced_at=1000.0, connected=True, streams=1)
     assert positions.snapshot(100) == [{"name": "n2", "applied_seq": 40, "lag": 60,
                                         "connected": True, "last_ack_age": 0.0,
                                         "bootstraps": 0}]
@@ -174,3 +174,18 @@ def test_position_is_the_running_max_of_acks(since: int, acks: list[int], primar
         best = max(best, seq)
         assert positions.replicas["r"].applied_seq == best
     assert row(positions, "r", primary)["lag"] == max(0, primary - best)
+
+
+def test_a_replica_that_stops_moving_is_stalled_only_while_behind() -> None:
+    positions, clock = make()
+    positions.stream_opened("n2", since=10)
+    positions.ack("n2", 20)
+    assert not positions.stalled("n2", 20, 1.0)          # caught up: never stalled
+    clock.advance(0.5)
+    positions.ack("n2", 20)                               # an ack, but no progress
+    assert not positions.stalled("n2", 30, 1.0)
+    clock.advance(0.6)
+    assert positions.stalled("n2", 30, 1.0)               # 1.1 s behind without moving
+    positions.ack("n2", 25)
+    assert not positions.stalled("n2", 30, 1.0)
+    assert not positions.stalled("unknown", 30, 1.0)

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from hacluster.api.common import error, to_primary
 from hacluster.config import FRAME_OVERHEAD
-from hacluster.node_errors import NotWritable, OutcomeUnknown
+from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.store import Store, StoreError
 from hacluster.wal.batch import DELETE, PUT
 from hacluster.writes import CBOR_TYPE, BadRequest, check_cf, check_key, check_value, parse_batch
@@ -174,6 +174,8 @@ async def write(node: Node, ops: list[tuple[int, str, bytes, bytes]]) -> web.Res
     try:
         applied = node.write(ops)
         await node.confirm(applied.last_seq)
+    except DiskFull as exc:
+        return error(507, f"disk full, write refused: {exc}")
     except NotWritable as exc:
         return error(503, f"not accepting writes: {exc}", leader=node.leader())
     except OutcomeUnknown as exc:
@@ -182,12 +184,8 @@ async def write(node: Node, ops: list[tuple[int, str, bytes, bytes]]) -> web.Res
     except StoreError as exc:
         return error(400, str(exc))
     except Exception as exc:  # rocksdict raises bare Exception for RocksDB I/O errors
-        text = str(exc)
-        if "No space left" in text or "ENOSPC" in text:
-            log.error("write refused, disk full: %s", text)
-            return error(507, f"disk full, write refused: {text}")
         log.exception("write failed")
-        return error(500, f"write failed: {text}")
+        return error(500, f"write failed: {exc}")
     return web.Response(
         text=json.dumps({"seq": applied.last_seq, "first_seq": applied.first_seq,
                          "epoch": node.role.epoch, "node": node.name}),

@@ -73,6 +73,9 @@ class ControlLoop:
         self._sync_change_at: float | None = None   # no acknowledgement while the set changes
         self._watchdog_tried = False
         self._watchdog_usable = True
+        self._released_for_disk: int | None = None
+        self._disk_handover: int | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.last_pass_at: float | None = None   # liveness: when the last pass finished
         self.epoch_changes: dict[str, int] = {}  # by reason, seen since this process started
         self._seen_epoch: int | None = None
@@ -150,10 +153,12 @@ class ControlLoop:
                     log.warning("%s: watchdog required but %s is not writable: not a "
                                 "candidate for primary", node.name, node.cfg.watchdog.device)
             healthy = healthy and usable
+            healthy = healthy and not node.disk_full
             self.raft.propose(Report(
                 node.name, node.me.api.url, store.latest_seq() if store else 0,
                 "primary" if node.is_primary else ("replica" if has_db else "starting"),
                 healthy, node.me.tags))
+        node.space.tend(node.disk_full)     # a replica's reserve goes too when its disk fills
         state = self.raft.snapshot()
         decision = decide(state, self._observe(state, now), self.policy)
         self._record(decision)
@@ -194,6 +199,19 @@ class ControlLoop:
                 return
         wd.feed()
 
+    def _loop_task(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hand_over_for_disk(self) -> None:
+        try:
+            successor = await self.switchover(None)
+            log.info("%s: handed over to %s for lack of disk space", self.node.name, successor)
+        except SwitchoverError as exc:
+            log.error("%s: handover for lack of disk space failed: %s", self.node.name, exc)
+
     def member_seen_at(self) -> dict[str, float]:
         """When each member's report last changed, on this node's monotonic clock."""
         return dict(self._member_seen)
@@ -214,6 +232,31 @@ class ControlLoop:
 
     async def _act(self, d: Decision, state: ClusterState) -> None:
         node, lock = self.node, state.lock
+        holding = lock.held and lock.holder == node.name
+        if holding and (node.disk_full or node.space.low):
+            # Low on space, the primary hands over to a replica with room (a switchover: no
+            # acknowledged write lost); with none, it stays primary and answers 507.
+            if self._disk_handover != lock.epoch and not self.switching and \
+                    self._successors(None):
+                self._disk_handover = lock.epoch
+                log.error("%s: %s; handing the primary role over", node.name,
+                          node.disk_full or node.space.low)
+                self._loop_task(self._hand_over_for_disk())
+            if node.disk_full and not self.switching:
+                # RocksDB refuses every write until it is reopened: give the lock up.
+                node.gate.close("disk full")
+                if self._released_for_disk != lock.epoch:
+                    self._released_for_disk = lock.epoch
+                    log.error("%s: disk full; releasing the lock of epoch %d", node.name,
+                              lock.epoch)
+                self.raft.propose(Release(node.name, lock.epoch))
+                return
+        elif node.disk_full:
+            # Nobody follows or promotes with a broken store: reopen it once there is room.
+            if node.is_primary:
+                await node.become_replica(None, lock.epoch)
+            if not await node.recover_disk():
+                return
         if lock.held and lock.holder == node.name and not node.is_primary:
             # Resuming a lock after a restart: only with at least the data we last reported.
             # A holder that came back with less (a wiped or restored data dir) must hand the
@@ -288,6 +331,8 @@ class ControlLoop:
         lock = state.lock
         if not (node.is_primary and lock.held and lock.holder == node.name):
             raise SwitchoverError(f"{node.name} is not the primary")
+        if target is not None and state.member(target) is None:
+            raise SwitchoverError(f"{target!r} is not a member of this cluster")
         deadline = time.monotonic() + timeout
         while not (choices := self._successors(target)):
             # Just after an election, reports may not have been seen yet: give them a moment.
@@ -349,15 +394,20 @@ class ControlLoop:
         if self.sync_changing or store is None:
             return
         connected = {r["name"] for r in node.positions.snapshot(0) if r["connected"]}
-        keep = set(state.sync_set) & connected
+        latest = store.latest_seq()
+        # A member that is connected but has stopped applying (its disk is full, say) holds
+        # every write back until the sync timeout: replace it once another replica has it all.
+        stall_s = min(1.0, node.cfg.replication.sync_timeout_s / 2)
+        keep = {m for m in state.sync_set & connected
+                if not node.positions.stalled(m, latest, stall_s)}
         if keep == set(state.sync_set) and len(keep) >= need:
             return
-        latest = store.latest_seq()
         ready = sorted((n for n in connected - keep if node.positions.applied(n) >= latest),
                        key=lambda n: (-node.positions.applied(n), n))
         new = frozenset(keep | set(ready[:max(0, need - len(keep))]))
-        if not new or new == state.sync_set:
-            return   # nobody can join yet: writes wait (and time out) rather than go unguarded
+        if len(new) < min(need, len(state.sync_set)) or not new or new == state.sync_set:
+            return   # nobody can take over yet: writes wait (and time out) rather than go
+                     # unguarded, and a stalled member stays until a replacement is ready
         self._sync_change_at = time.monotonic()
 
         def done(ok: bool | None, proposed_at: float) -> None:
@@ -421,7 +471,11 @@ class ControlLoop:
         refusal = failover_refusal(state, candidate, force, self.policy,
                                    self.member_seen_at(), time.monotonic())
         if refusal is not None:
-            raise SwitchoverError(refusal + ("" if force else "; --force to promote it anyway"))
+            forceable = not force and failover_refusal(
+                state, candidate, True, self.policy, self.member_seen_at(),
+                time.monotonic()) is None
+            raise SwitchoverError(refusal + ("; --force to promote it anyway" if forceable
+                                             else ""))
         ok = await self._propose_and_wait(SetFailover(candidate, state.lock.epoch, force),
                                           timeout)
         if not ok:

@@ -12,6 +12,7 @@ anything: ``decide`` does, from ``snapshot()``.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -38,6 +39,40 @@ from hacluster.consensus.state import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _allocate_journal_growth() -> None:
+    """Make pysyncobj's journal allocate disk blocks before it writes through its mmap.
+
+    pysyncobj grows its journal file by resizing an mmap, which extends the file sparsely;
+    writing into such pages on a full file system raises SIGBUS and kills the process. With
+    the blocks allocated first (posix_fallocate), a full disk is an OSError in the Raft tick
+    (reported and retried) instead of a crash.
+    """
+    from pysyncobj import journal
+    cls: Any = journal.ResizableFile
+    if getattr(cls, "_hacluster_allocates", False):
+        return
+    original = cls.write
+    if not hasattr(cls, "_ResizableFile__extand"):    # not the layout this was written for
+        log.warning("pysyncobj's journal file class is unknown; journal growth not "
+                    "preallocated")
+        return
+
+    def write(self: Any, offset: int, values: bytes) -> None:
+        mm = self._ResizableFile__mm
+        end = offset + len(values)
+        if end > mm.size():
+            grown = max(int(mm.size() * self._ResizableFile__resizeFactor), end)
+            os.posix_fallocate(self._ResizableFile__f.fileno(), 0, grown)
+            mm.resize(grown)        # the file has the size already; the mapping follows it
+        original(self, offset, values)
+
+    cls.write = write
+    cls._hacluster_allocates = True
+
+
+_allocate_journal_growth()
 
 
 class RaftConfigError(Exception):
@@ -133,6 +168,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             self._dump_mtime = 0.0
         self._next_dump_check = 0.0
         self.ready = threading.Event()   # set once this node has applied the leader's log
+        self.last_tick_at: float | None = None   # liveness: when a tick last completed
+        self.tick_error: str | None = None
         self._thread: threading.Thread | None = None
         conf = SyncObjConf(
             password=password, autoTick=False, commandsWaitLeader=False,
@@ -180,8 +217,26 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self._thread.start()
 
     def _tick(self) -> None:
+        failing_since: float | None = None
         while not self._stop.is_set():
-            self.doTick(0.02)
+            try:
+                self.doTick(0.02)
+            except Exception as exc:
+                # pysyncobj writes its journal and meta files from here; a full disk makes
+                # those raise. A dead tick thread would leave a node that serves HTTP but
+                # never hears Raft again: report it, keep trying, and let liveness tell.
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    log.error("Raft tick failed (retrying): %s: %s", type(exc).__name__, exc)
+                self.tick_error = f"{type(exc).__name__}: {exc}"
+                self._stop.wait(0.1)
+                continue
+            if failing_since is not None:
+                log.info("Raft ticks work again after %.1f s", time.monotonic() - failing_since)
+                failing_since = None
+                self.tick_error = None
+            self.last_tick_at = time.monotonic()
             while True:
                 try:
                     call = self._calls.get_nowait()
@@ -303,6 +358,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                 "term": status.get("raft_term"), "log_len": status.get("log_len"),
                 "commit_idx": status.get("commit_idx"),
                 "last_applied": status.get("last_applied"),
+                "tick_error": self.tick_error,
                 "members": self.raft_members(),
                 "compactions": self._compactions,
                 "journal_bytes": files["raft.journal"].st_size if "raft.journal" in files

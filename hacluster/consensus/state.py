@@ -248,8 +248,11 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
     if isinstance(cmd, Renew):
         if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
             return state, False
+        # A primary renewing is a healthy primary: an operator's failover request made while
+        # it looked gone no longer applies (it would hold back the next automatic failover).
         return replace(state, lock=replace(lock, renewals=lock.renewals + 1,
-                                           holder_seq=max(lock.holder_seq, cmd.applied_seq))), True
+                                           holder_seq=max(lock.holder_seq, cmd.applied_seq)),
+                       failover=None), True
     if isinstance(cmd, Release):
         if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
             return state, False

@@ -27,7 +27,7 @@ from hacluster.consensus.lineage import Lineage
 from hacluster.replication import frames
 from hacluster.replication.applier import Verdict, decide
 from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
-from hacluster.store import DivergenceError, Store, StoreError, has_database
+from hacluster.store import DivergenceError, Store, StoreError, has_database, no_space
 from hacluster.wal.errors import WalError
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,16 @@ class AckSender:
                 self.event.set()
 
 
+class LowSpace(Exception):
+    """The node is low on disk space: applying waits until there is room again."""
+
+
 class Follower:
     def __init__(self, *, node: str, data_dir: Path, primary_url: str, token: str,
                  cfg: ReplicationConfig,
                  open_store: Callable[[], Store], known_epoch: int,
-                 lineage: Lineage | None = None) -> None:
+                 lineage: Lineage | None = None,
+                 space_low: Callable[[], str | None] = lambda: None) -> None:
         self.node = node
         self.data_dir = data_dir
         self.primary_url = primary_url.rstrip("/")
@@ -124,6 +129,7 @@ class Follower:
         self.open_store = open_store
         self.known_epoch = known_epoch
         self.lineage = lineage
+        self.space_low = space_low      # why applying must wait for disk space, if it must
         self.status = FollowerStatus()
         self.store: Store | None = None
         self._backoff = Backoff(cfg.reconnect_backoff_min, cfg.reconnect_backoff_max)
@@ -158,6 +164,9 @@ class Follower:
         need_bootstrap = not has_database(self.data_dir / "db")
         while not self._stopping:
             try:
+                low = self.space_low()
+                if low:
+                    raise LowSpace(low)
                 if self.store is None and not need_bootstrap:
                     self.store = self.open_store()
                 if need_bootstrap:
@@ -172,6 +181,10 @@ class Follower:
                 self._fail("diverged", str(exc))
                 log.error("%s: stopped applying: %s", self.node, exc)
                 return
+            except LowSpace as exc:
+                if self.status.state != "disk_full":
+                    log.error("%s: stopped applying, low on disk space: %s", self.node, exc)
+                self._fail("disk_full", str(exc))
             except (StreamError, frames.FrameError, BootstrapError, StoreError) as exc:
                 self._fail("backoff", str(exc))
                 log.error("%s: replication stopped: %s", self.node, exc)
@@ -180,10 +193,21 @@ class Follower:
                 log.warning("%s: cannot stream from %s: %s", self.node, self.primary_url,
                             self.status.error)
             except Exception as exc:
-                # A local failure (disk full, I/O error) must not kill replication for good:
-                # report it, back off, try again once the cause may be gone.
-                self._fail("backoff", f"{type(exc).__name__}: {exc}")
-                log.exception("%s: replication failed", self.node)
+                if no_space(exc):
+                    # RocksDB refuses every write after a failed WAL append until it is
+                    # reopened: close it now; the next round reopens it (failing the same way
+                    # while the disk is still full) and resumes from what it holds.
+                    self._fail("disk_full", str(exc))
+                    log.error("%s: disk full, stopped applying: %s", self.node, exc)
+                    self._handles = {}
+                    if self.store is not None:
+                        self.store.close()
+                        self.store = None
+                else:
+                    # A local failure (an I/O error) must not kill replication for good:
+                    # report it, back off, try again once the cause may be gone.
+                    self._fail("backoff", f"{type(exc).__name__}: {exc}")
+                    log.exception("%s: replication failed", self.node)
             if self._stopping:
                 break
             delay = self._backoff.next()
@@ -251,6 +275,10 @@ class Follower:
         assert store is not None
         self.status.last_frame_at = time.monotonic()
         if isinstance(frame, frames.BatchFrame):
+            low = self.space_low()
+            if low:
+                # The node's disk reserve is for Raft and recovery, not for more data.
+                raise LowSpace(low)
             applied = store.latest_seq()
             decision = decide(applied, self.known_epoch, frame)
             if decision.verdict is Verdict.SKIP:

@@ -29,8 +29,19 @@ import crc32c
 LENGTH = struct.Struct(">I")
 _CRC_HEADER = struct.Struct(">QQI")
 _WB_HEADER = struct.Struct("<QI")
+_U64 = (1 << 64) - 1
+_U32 = (1 << 32) - 1
 
 HELLO, BATCH, HEARTBEAT, ERROR = "hello", "batch", "hb", "error"
+
+
+def _refuse_tag(value: Any, immutable: bool) -> Any:
+    raise cbor2.CBORDecodeError("regular expressions (tag 35) and MIME messages (tag 36) are "
+                                "not accepted")
+
+
+# cbor2 would compile or parse these from untrusted bytes as it decodes them.
+_REFUSED_TAGS = {35: _refuse_tag, 36: _refuse_tag}
 
 
 class FrameError(Exception):
@@ -106,28 +117,49 @@ def _field(body: dict[Any, Any], name: str, kind: type, where: str) -> Any:
     return value
 
 
+def _u64(body: dict[Any, Any], name: str, where: str) -> int:
+    """An unsigned 64-bit field (epochs and sequence numbers are uint64 everywhere else)."""
+    value: int = _field(body, name, int, where)
+    if not 0 <= value <= _U64:
+        raise FrameError(f"{where}: field {name!r} is {_num(value)}, outside 0..2**64-1")
+    return value
+
+
+def _num(value: int) -> str:
+    """An integer for a message: in full unless it is too long to print (or to convert)."""
+    return str(value) if value.bit_length() <= 64 else f"a {value.bit_length()}-bit integer"
+
+
 def decode_body(data: bytes, where: str = "frame") -> Frame:
     """Decode one frame body (without its length prefix) and verify it."""
     try:
-        body = cbor2.loads(data)
+        # Only text and byte strings as map keys: integer keys with colliding hashes would
+        # make building the map quadratic (seconds per 100 KB of frame). No regular
+        # expressions or MIME messages: compiling a large pattern is superlinear.
+        body = cbor2.loads(data, strict_hashable_types=True, semantic_decoders=_REFUSED_TAGS)
     except Exception as exc:  # cbor2 raises several types for garbage; all mean the same here
-        raise FrameError(f"{where}: not valid CBOR ({exc})") from None
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise FrameError(f"{where}: not valid CBOR ({exc}{cause})") from None
     if not isinstance(body, dict):
         raise FrameError(f"{where}: expected a CBOR map, got {type(body).__name__}")
     kind = body.get("t")
     if kind == BATCH:
         return _decode_batch(body, where)
     if kind == HEARTBEAT:
-        return Heartbeat(_field(body, "epoch", int, where), _field(body, "seq", int, where))
+        return Heartbeat(_u64(body, "epoch", where), _u64(body, "seq", where))
     if kind == HELLO:
         cfs = _field(body, "cfs", list, where)
         if not all(isinstance(c, str) for c in cfs):
             raise FrameError(f"{where}: hello column families must be strings")
-        return Hello(_field(body, "epoch", int, where), _field(body, "primary", str, where),
-                     _field(body, "seq", int, where), tuple(cfs))
+        return Hello(_u64(body, "epoch", where), _field(body, "primary", str, where),
+                     _u64(body, "seq", where), tuple(cfs))
     if kind == ERROR:
         return ErrorFrame(_field(body, "reason", str, where))
-    raise FrameError(f"{where}: unknown frame kind {kind!r}")
+    # Only a short string is shown: any other value could be huge, or an integer too long
+    # for str() to convert.
+    shown = repr(kind) if isinstance(kind, str) and len(kind) <= 40 else (
+        "None" if kind is None else f"of type {type(kind).__name__}")
+    raise FrameError(f"{where}: unknown frame kind {shown}")
 
 
 def _decode_batch(body: dict[Any, Any], where: str) -> BatchFrame:
@@ -136,8 +168,10 @@ def _decode_batch(body: dict[Any, Any], where: str) -> BatchFrame:
     count = _field(body, "count", int, where)
     wb = _field(body, "wb", bytes, where)
     crc = _field(body, "crc", int, where)
-    if seq < 1 or count < 1 or epoch < 0:
-        raise FrameError(f"{where}: bad batch header epoch={epoch} seq={seq} count={count}")
+    # The checksum packs epoch and seq as uint64 and count as uint32, like the WAL does.
+    if not (1 <= seq <= _U64 and 1 <= count <= _U32 and 0 <= epoch <= _U64):
+        raise FrameError(f"{where}: bad batch header epoch={_num(epoch)} seq={_num(seq)} "
+                         f"count={_num(count)}")
     if batch_checksum(epoch, seq, count, wb) != crc:
         raise FrameError(f"{where}: checksum mismatch in batch at seq {seq} (epoch {epoch})")
     if len(wb) < _WB_HEADER.size or _WB_HEADER.unpack_from(wb) != (seq, count):
@@ -153,13 +187,24 @@ class FrameDecoder:
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
+        # How many bytes _buf must hold before the next frame (or length prefix) is complete.
+        self._need = LENGTH.size
         self.frames_seen = 0
         self.bytes_seen = 0
 
     def feed(self, data: bytes) -> list[Frame]:
-        buf = bytes(self._buf) + data if self._buf else data
+        if self._buf:
+            # Inside a frame, chunks are only appended: copying the buffer on every chunk
+            # would make a large frame arriving in small chunks quadratic (minutes for 80 MB).
+            self._buf += data
+            if len(self._buf) < self._need:
+                return []
+            buf = bytes(self._buf)
+        else:
+            buf = data
         frames: list[Frame] = []
         pos, size = 0, len(buf)
+        need = LENGTH.size
         # Walk an offset through the chunk and keep only the tail: deleting each frame from the
         # front of a buffer would move the rest of a 1 MB chunk once per frame.
         while size - pos >= LENGTH.size:
@@ -167,12 +212,14 @@ class FrameDecoder:
             self.check_length(length)
             end = pos + LENGTH.size + length
             if size < end:
+                need = end - pos
                 break
             frames.append(decode_body(buf[pos + LENGTH.size:end], self.where()))
             self.frames_seen += 1
             self.bytes_seen += end - pos
             pos = end
         self._buf = bytearray(buf[pos:])
+        self._need = need
         return frames
 
     def check_length(self, length: int) -> None:

@@ -20,6 +20,7 @@ class ReplicaPosition:
     name: str
     applied_seq: int = 0
     acked_at: float | None = None     # clock() when the last ack arrived
+    advanced_at: float | None = None  # clock() when applied_seq last moved forward
     connected: bool = False
     streams: int = 0                  # open stream responses (normally 0 or 1)
     bootstraps: int = 0
@@ -41,7 +42,7 @@ class ReplicaPositions:
         rep.streams += 1
         rep.connected = True
         rep.applied_seq = since
-        rep.acked_at = self.clock()
+        rep.acked_at = rep.advanced_at = self.clock()
 
     def stream_closed(self, name: str) -> None:
         rep = self._get(name)
@@ -50,9 +51,12 @@ class ReplicaPositions:
 
     def ack(self, name: str, seq: int) -> None:
         rep = self._get(name)
+        now = self.clock()
+        if seq > rep.applied_seq:
+            rep.advanced_at = now
         if seq >= rep.applied_seq:
             rep.applied_seq = seq
-        rep.acked_at = self.clock()
+        rep.acked_at = now
         if self._changed is not None:
             self._changed.set()
             self._changed = None
@@ -60,6 +64,14 @@ class ReplicaPositions:
     def applied(self, name: str) -> int:
         rep = self.replicas.get(name)
         return rep.applied_seq if rep else -1
+
+    def stalled(self, name: str, target_seq: int, for_s: float) -> bool:
+        """Behind ``target_seq`` without moving forward for ``for_s`` seconds (a replica that is
+        connected but not applying: a full disk, a stuck apply)."""
+        rep = self.replicas.get(name)
+        if rep is None or rep.applied_seq >= target_seq:
+            return False
+        return rep.advanced_at is None or self.clock() - rep.advanced_at > for_s
 
     async def changed(self, timeout: float) -> None:
         """Wait for the next ack (or ``timeout``)."""

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from hacluster.testing.harness import TOKEN, request, wait_for
 
 FORMAT = "hacluster-history"
+HOT = "hot-"           # hot keys: overwritten with a rising counter and read back
 VERSION = 1
 
 
@@ -51,10 +52,18 @@ class Op:
     epoch: int | None = None   # from a 200 answer
     seq: int | None = None     # from a 200 answer
     note: str = ""         # for people: the error or refusal text
+    kind: str = "put"      # "put", or "read" (a GET of a hot key)
+    value: str | None = None   # hot keys: the counter written, or read (None: absent)
 
     @property
     def acked(self) -> bool:
-        return self.status == 200
+        """A write the client was told is done (reads are never acknowledgements)."""
+        return self.status == 200 and self.kind == "put"
+
+    @property
+    def answered(self) -> bool:
+        """A read that returned the key's value, or that it is absent."""
+        return self.kind == "read" and self.status in (200, 404)
 
     def span(self) -> str:
         return f"request {self.start:.3f}..{self.end:.3f}"
@@ -70,7 +79,8 @@ class Op:
                    end=float(doc["end"]), status=int(doc["status"]),
                    epoch=None if doc.get("epoch") is None else int(doc["epoch"]),
                    seq=None if doc.get("seq") is None else int(doc["seq"]),
-                   note=str(doc.get("note", "")))
+                   note=str(doc.get("note", "")), kind=str(doc.get("kind", "put")),
+                   value=None if doc.get("value") is None else str(doc["value"]))
 
 
 class History:
@@ -162,6 +172,22 @@ class Endpoint:
         return cls(name, host, int(port))
 
 
+def read_once(target: Target, key: str, *, cf: str = "default", timeout: float = 2.0,
+              token: str = TOKEN) -> Op:
+    """One GET of ``key`` (never stale, never following a redirect), recorded as a read."""
+    start = time.monotonic()
+    try:
+        resp = request(target.port, "GET", f"/v1/kv/{key}?cf={cf}", token=token,
+                       timeout=timeout, host=target.host)
+    except (OSError, http.client.HTTPException) as exc:
+        return Op(key, target.name, start, time.monotonic(), 0,
+                  note=f"{type(exc).__name__}: {exc}", kind="read")
+    end = time.monotonic()
+    value = resp.body.decode(errors="replace") if resp.status == 200 else None
+    note = "" if resp.status in (200, 404) else resp.body[:200].decode(errors="replace")
+    return Op(key, target.name, start, end, resp.status, note=note, kind="read", value=value)
+
+
 def put_once(target: Target, key: str, *, value: bytes = b"x", cf: str = "default",
              timeout: float = 2.0, token: str = TOKEN) -> tuple[Op, str | None]:
     """One PUT, never following a redirect: the recorded Op and the leader hinted at, if any.
@@ -201,7 +227,8 @@ def put_once(target: Target, key: str, *, value: bytes = b"x", cf: str = "defaul
                 hint = leader if isinstance(leader, str) else None
             else:
                 note = resp.body[:200].decode(errors="replace")
-    return Op(key, target.name, start, end, status, epoch, seq, note), hint
+    text = value.decode(errors="replace") if key.startswith(HOT) else None
+    return Op(key, target.name, start, end, status, epoch, seq, note, value=text), hint
 
 
 class Writer:
@@ -216,7 +243,7 @@ class Writer:
     def __init__(self, nodes: Sequence[Target], history: History | None = None, *,
                  prefix: str = "w", threads: int = 1, timeout: float = 2.0,
                  pause: float = 0.005, value: bytes = b"x", cf: str = "default",
-                 token: str = TOKEN) -> None:
+                 token: str = TOKEN, hot: int = 0) -> None:
         if not nodes:
             raise ValueError("a writer needs at least one node")
         self.nodes = list(nodes)
@@ -227,8 +254,10 @@ class Writer:
         self.value = value
         self.cf = cf
         self.token = token
-        self._threads = [threading.Thread(target=self._run, name=f"writer-{prefix}-{i}",
-                                          daemon=True) for i in range(threads)]
+        self.hot = hot       # per thread: hot keys it overwrites and reads back after each write
+        self._threads = [threading.Thread(target=self._run, args=(i,),
+                                          name=f"writer-{prefix}-{i}", daemon=True)
+                         for i in range(threads)]
         self._stop = threading.Event()
         self._counter = itertools.count()
         self._counter_lock = threading.Lock()
@@ -281,10 +310,11 @@ class Writer:
                 return node
         return None
 
-    def _run(self) -> None:
+    def _run(self, thread: int = 0) -> None:
         preferred: Target | None = None
         last: Target | None = None
         turn = 0
+        counter = 0
         while not self._stop.is_set():
             live = [n for n in self.nodes if n.running]
             if not live:
@@ -301,20 +331,33 @@ class Writer:
             self.history.append(op)
             last = node
             preferred = node if op.acked else self._by_hint(hint, live, node)
+            if self.hot and op.acked:
+                # One thread owns each hot key: its counter orders the key's writes, so a
+                # read may never return less than a write acknowledged before it began.
+                counter += 1
+                key = f"{HOT}{self.prefix}{thread}-{counter % self.hot}"
+                hot_op, _ = put_once(node, key, value=str(counter).encode(), cf=self.cf,
+                                     timeout=self.timeout, token=self.token)
+                self.history.append(hot_op)
+                self.history.append(read_once(node, key, cf=self.cf, timeout=self.timeout,
+                                              token=self.token))
             if self.pause > 0:
                 self._stop.wait(self.pause)
 
 
 def write_for(targets: Sequence[Target], seconds: float, out: str | os.PathLike[str],
-              **writer_kw: Any) -> History:
-    """Run a Writer for ``seconds``, save its history to ``out`` and return it.
+              stop_file: str | os.PathLike[str] | None = None, **writer_kw: Any) -> History:
+    """Run a Writer for ``seconds`` (or until ``stop_file`` exists), save its history to
+    ``out`` and return it.
 
     For a writer that must run in another process (e.g. inside a network namespace):
     ``python -m hacluster.testing.history --seconds 6 --out h.json n1=10.0.0.1:8080``.
     """
     writer = Writer(targets, **writer_kw).start()
     try:
-        time.sleep(seconds)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (stop_file and Path(stop_file).exists()):
+            time.sleep(0.05)
     finally:
         history = writer.stop()
         history.save(out)
@@ -326,17 +369,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m hacluster.testing.history",
         description="Write unique keys to the nodes for a while; save the history as JSON.")
     parser.add_argument("nodes", nargs="+", type=Endpoint.parse, help="name=host:port")
-    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--seconds", type=float, required=True,
+                        help="the longest it writes")
+    parser.add_argument("--stop-file", help="stop early once this file exists")
     parser.add_argument("--out", required=True)
     parser.add_argument("--prefix", default="w")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--pause", type=float, default=0.005)
     parser.add_argument("--token", default=TOKEN)
+    parser.add_argument("--hot", type=int, default=0,
+                        help="hot keys per thread, overwritten and read back")
     args = parser.parse_args(argv)
-    history = write_for(args.nodes, args.seconds, args.out, prefix=args.prefix,
+    history = write_for(args.nodes, args.seconds, args.out, args.stop_file, prefix=args.prefix,
                         threads=args.threads, timeout=args.timeout, pause=args.pause,
-                        token=args.token)
+                        token=args.token, hot=args.hot)
     print(f"{len(history)} attempts, {len(history.acked())} acknowledged", file=sys.stderr)
     return 0
 
@@ -438,6 +485,35 @@ def seq_anomalies(history: Iterable[Op]) -> list[str]:
     return out
 
 
+def stale_reads(history: Iterable[Op]) -> list[str]:
+    """A read of a hot key returned less than a write of it acknowledged before the read began.
+
+    Each hot key is written by one thread with a rising counter, so its acknowledged writes
+    are ordered by value. A read that started after a write's response ended must see that
+    value or a later one; less is a stale read (a fenced primary answering, or a lost write).
+    """
+    ops = list(history)
+    writes: dict[str, list[Op]] = {}
+    for op in ops:
+        if op.acked and op.key.startswith(HOT) and op.value is not None:
+            writes.setdefault(op.key, []).append(op)
+    out = []
+    for read in ops:
+        if not read.answered or read.key not in writes:
+            continue
+        got = int(read.value) if read.value is not None and read.value.isdigit() else -1
+        done = [w for w in writes[read.key] if w.end < read.start]
+        if not done:
+            continue
+        newest = max(done, key=lambda w: int(w.value or 0))
+        if int(newest.value or 0) > got:
+            out.append(f"stale read: {read.node} answered {read.key!r} with "
+                       f"{read.value if read.value is not None else 'absent'} "
+                       f"({read.span()}) after {newest.describe()} had been acknowledged "
+                       f"with {newest.value}")
+    return out
+
+
 def divergent_tail_keys(data_dirs: Iterable[str | os.PathLike[str]],
                         cf: str | None = "default") -> set[bytes]:
     """Keys put by the writes in ``<data_dir>/divergent/*.cbor`` (of column family ``cf``)."""
@@ -503,6 +579,16 @@ def check_all(history: Iterable[Op], final_keys: Container[bytes] | None = None,
                       epochs=sorted({op.epoch for op in acks if op.epoch is not None}))
     verdict.violations["split_brain"] = overlapping_epochs(ops)
     verdict.violations["seq_anomalies"] = seq_anomalies(ops)
+    reads = [op for op in ops if op.kind == "read"]
+    if reads:
+        verdict.notes["reads"] = sum(1 for op in reads if op.answered)
+        stale = stale_reads(ops)
+        # Async mode may lose acknowledged writes on failover, and a read then sees the
+        # older value: reported, but a violation only where nothing may be lost.
+        if tail_keys is None:
+            verdict.violations["stale_reads"] = stale
+        else:
+            verdict.notes["stale_reads_after_async_loss"] = len(stale)
     if final_keys is not None:
         missing = sum(1 for op in acks if op.key.encode() not in final_keys)
         verdict.notes["acked_missing_from_final"] = missing

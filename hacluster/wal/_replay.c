@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { PARSE_OK = 0, PARSE_BAD = 1, PARSE_RAISED = 2 };
 
@@ -145,6 +146,14 @@ replay_entries(const unsigned char *p, Py_ssize_t n, PyObject *put, PyObject *de
         } else {
             s2 = -1;
             l2 = 0;
+        }
+        if (tag == 0xE || tag == 0xF) {
+            /* A range whose end sorts before its begin: RocksDB would log it, then fail the
+             * memtable insert half-way. Bytewise, like the Python decoder. */
+            Py_ssize_t common = l1 < l2 ? l1 : l2;
+            int c = common > 0 ? memcmp(p + s1, p + s2, (size_t)common) : 0;
+            if (c > 0 || (c == 0 && l1 > l2))
+                return PARSE_BAD;
         }
         done++;
         if (put == NULL) /* validate(): parse only */

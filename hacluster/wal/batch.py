@@ -13,6 +13,10 @@ Layout (RocksDB db/write_batch.cc): fixed64 sequence, fixed32 count, then entrie
 each a tag byte (db/dbformat.h ``ValueType``) followed by an optional varint32
 column family id and varint32-length-prefixed slices.
 
+A range deletion whose end key sorts (bytewise, the only comparator a Store uses) before
+its start key is refused as corruption: RocksDB would log it and then fail the write half
+applied.
+
 """
 
 from __future__ import annotations
@@ -351,6 +355,14 @@ def _scan(
                 if tag == 0x1 or tag == 0x5:
                     put(first, second, handles[cf])
                 else:
+                    if first > second:
+                        # RocksDB writes such a batch to its WAL and only then fails the
+                        # memtable insert, leaving the batch half-applied and the DB stopped.
+                        raise WalCorruption(
+                            path, offset,
+                            f"WriteBatch entry at payload byte {start} is a range deletion "
+                            "whose end key sorts before its start key",
+                        )
                     delete_range(first, second, handles[cf])
             elif tag == 0x0 or tag == 0x4:
                 delete(first, handles[cf])

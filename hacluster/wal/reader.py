@@ -24,6 +24,8 @@ import re
 import struct
 from pathlib import Path
 
+import crc32c
+
 from hacluster.wal.batch import HEADER_SIZE as BATCH_HEADER_SIZE
 from hacluster.wal.batch import WalBatch, check_batch, decode_batch
 from hacluster.wal.errors import (
@@ -33,11 +35,13 @@ from hacluster.wal.errors import (
     WalNotAtBoundary,
 )
 from hacluster.wal.records import (
+    BLOCK_SIZE,
     FIRST_TYPE,
     FULL_TYPE,
     LAST_TYPE,
     ZERO_TYPE,
     LogRecordReader,
+    mask_crc,
     unsupported_record_type,
 )
 from hacluster.wal.records import HEADER_SIZE as RECORD_HEADER_SIZE
@@ -165,9 +169,11 @@ class WalReader:
 
     def _first_seq(self, number: int) -> int | None:
         """Sequence number of the first batch in log ``number``, or None if the log
-        has no complete first record header yet (or no longer exists).
+        has no complete first record yet (or no longer exists).
 
-        Reads only the first record header and the batch header behind it.
+        Reads only the first physical record (at most one block), and checks its checksum:
+        a damaged sequence number must not send the reader to the wrong log, or make it
+        report data as gone that is merely corrupt.
         """
         cached = self._first_seq_cache.get(number)
         if cached is not None:
@@ -178,7 +184,7 @@ class WalReader:
         for candidate in self._paths(number):
             try:
                 with open(candidate, "rb") as f:
-                    head = f.read(want)
+                    head = f.read(BLOCK_SIZE)
             except FileNotFoundError:
                 continue
             path = str(candidate)
@@ -194,6 +200,16 @@ class WalReader:
             raise WalCorruption(
                 path, 0, f"log does not start with a WriteBatch (type {rtype}, length {length})"
             )
+        end = RECORD_HEADER_SIZE + length
+        if end > BLOCK_SIZE:
+            raise WalCorruption(
+                path, 0, f"record length {length} overruns its block ({BLOCK_SIZE} bytes left)"
+            )
+        if len(head) < end:
+            return None  # the first record is still being written
+        # The checksum covers the type byte and the payload.
+        if mask_crc(crc32c.crc32c(head[RECORD_HEADER_SIZE - 1 : end])) != masked:
+            raise WalCorruption(path, 0, "checksum mismatch")
         seq = int(_BATCH_HEADER.unpack_from(head, RECORD_HEADER_SIZE)[0])
         self._first_seq_cache[number] = seq
         return seq
@@ -203,14 +219,24 @@ class WalReader:
         while True:
             logs = list_logs(self._dir)
             oldest: tuple[int, int] | None = None
+            # The error of the lowest-numbered log so far, if its start cannot be read.
+            unreadable: WalError | None = None
             # Newest first: a caller is usually near the head, so this normally
             # probes one or two files.
             for number in sorted(logs, reverse=True):
-                first = self._first_seq(number)
+                try:
+                    first = self._first_seq(number)
+                except WalError as exc:
+                    # Where this log starts is unknown. An older log that starts at or before
+                    # start_seq still leads to it in order: its good batches come first, and
+                    # reading raises this error when it gets there.
+                    unreadable = exc
+                    continue
                 if first is None:
                     continue
                 if first > self._start_seq:
                     oldest = (number, first)
+                    unreadable = None
                     continue
                 rr = self._open_log(number)
                 if rr is None:
@@ -223,6 +249,8 @@ class WalReader:
                 )  # fmt: skip
                 return True
             else:
+                if unreadable is not None:
+                    raise unreadable  # start_seq may be in that log: say why it cannot be read
                 if oldest is None:
                     return False
                 raise WalGone(

@@ -1,0 +1,185 @@
+"""A full disk, for real: each node's data dir is a small tmpfs, filled with a ballast file.
+
+A primary below ``storage.min_free_mb`` refuses writes with 507 and stays consistent, and takes
+them again once space returns. A primary whose RocksDB itself hits ENOSPC (no free-space floor)
+gives the lock up, so a node with room takes over, and rejoins once space returns. A synchronous
+replica whose disk fills stops applying, says so, is replaced in the synchronous set (writes go
+on), and catches up afterwards. Nothing acknowledged is lost. Needs root (mount); skips
+otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hacluster.testing.harness import Cluster, NodeProc, read_db, wait_for
+from hacluster.testing.history import Endpoint, Writer, check_all
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+
+SIZE_MB = 64
+
+
+def fill(node: NodeProc) -> Path:
+    ballast = node.data_dir / "ballast"
+    chunk = b"\0" * (1 << 20)
+    try:
+        with open(ballast, "wb") as f:
+            while True:
+                f.write(chunk)
+    except OSError:
+        pass
+    return ballast
+
+
+@pytest.fixture
+def small_disks(tmp_path: Path) -> Iterator[list[Path]]:
+    mounted: list[Path] = []
+    for name in ("n1", "n2", "n3"):
+        d = tmp_path / "data" / name
+        d.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE_MB}m", "tmpfs", str(d)],
+                       check=True)
+        mounted.append(d)
+    yield mounted
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def cluster_on(tmp_path: Path, min_free_mb: int) -> Cluster:
+    return Cluster(tmp_path, consensus=True, replication={"mode": "sync"},
+                   storage={"min_free_mb": min_free_mb, "write_buffer_size_mb": 1,
+                            "wal_size_limit_mb": 16})
+
+
+def writer_for(cluster: Cluster) -> Writer:
+    return Writer([Endpoint(n.name, n.host, n.port) for n in cluster.nodes.values()],
+                  timeout=3.0, pause=0.01)
+
+
+def final_keys(cluster: Cluster, primary: NodeProc) -> set[bytes]:
+    cluster.stop()
+    return set(read_db(primary.data_dir / "db")[1]["default"])
+
+
+def test_primary_low_on_space_hands_over_and_rejoins_when_space_returns(
+        tmp_path: Path, small_disks: list[Path]) -> None:
+    cluster = cluster_on(tmp_path, min_free_mb=8)
+    cluster.start()
+    writer = None
+    try:
+        old = cluster.wait_primary()
+        writer = writer_for(cluster).start()
+        writer.wait_acked(100, 20)
+        ballast = fill(old)
+        others = [n for n in cluster.nodes.values() if n is not old]
+        new = cluster.wait_primary(30, among=others)
+        assert "handing the primary role over" in old.log()
+        assert new.status()["consensus"]["history"][-1]["reason"] == "switchover"
+        assert "below storage.min_free_mb" in str(old.status()["disk_full"])
+        count = len(writer.acked())
+        writer.wait_acked(count + 100, 30)                   # the cluster writes on
+        ballast.unlink()
+        wait_for(lambda: old.status()["disk_full"] is None, 30, "space to count as back")
+        history = writer.stop()
+        writer = None
+        cluster.wait_converged(60)
+        verdict = check_all(history, final_keys(cluster, new))
+        assert verdict.ok, str(verdict)
+    finally:
+        if writer is not None:
+            writer.stop()
+        cluster.stop()
+
+
+def test_a_lone_primary_low_on_space_refuses_with_507_then_recovers(
+        tmp_path: Path, small_disks: list[Path]) -> None:
+    cluster = cluster_on(tmp_path, min_free_mb=8)
+    only_n1 = {"n2": ["nofailover"], "n3": ["nofailover"]}
+    for name in cluster.nodes:
+        cluster.write_config(name, tags=only_n1)
+    cluster.start()
+    try:
+        primary = cluster.wait_primary()
+        assert primary.name == "n1"
+        assert primary.put("before", b"v").status == 200
+        ballast = fill(primary)
+        refused = primary.put("during", b"v")
+        assert refused.status == 507, refused.body
+        assert "below storage.min_free_mb (8 MB)" in refused.json()["error"]
+        assert "released the 32 MB reserve" in primary.log()
+        assert cluster.writable_primary() is primary          # nobody else may take over
+        ballast.unlink()
+        wait_for(lambda: primary.put("after", b"v").status == 200, 10, "writes again")
+        cluster.wait_converged()
+        keys = final_keys(cluster, primary)
+        assert {b"before", b"after"} <= keys and b"during" not in keys
+    finally:
+        cluster.stop()
+
+
+def test_primary_whose_rocksdb_runs_out_gives_the_lock_up_and_reopens(
+        tmp_path: Path, small_disks: list[Path]) -> None:
+    cluster = Cluster(tmp_path, consensus=True, replication={"mode": "sync"},
+                      storage={"min_free_mb": 0, "reserve_mb": 0, "write_buffer_size_mb": 1,
+                               "wal_size_limit_mb": 16})
+    cluster.start()
+    try:
+        old = cluster.wait_primary()
+        for i in range(20):
+            assert old.put(f"k{i}", b"v").status == 200
+        cluster.wait_converged()
+        ballast = fill(old)
+        with open(ballast, "r+b") as f:                   # leave 2 MB: the floor is off
+            f.truncate(ballast.stat().st_size - (2 << 20))
+        big = old.put("big", b"x" * (3 << 20))            # RocksDB's own WAL append fails
+        assert big.status == 507, big.body
+        assert "RocksDB ran out of space" in big.json()["error"]
+        others = [n for n in cluster.nodes.values() if n is not old]
+        new = cluster.wait_primary(30, among=others)
+        assert new.put("after", b"v").status == 200
+        ballast.unlink()
+        wait_for(lambda: old.status()["disk_full"] is None, 30, "the old primary to reopen")
+        assert "database reopened" in old.log()
+        cluster.wait_converged(60)
+        keys = final_keys(cluster, new)
+        assert {b"k0", b"k19", b"after"} <= keys and b"big" not in keys
+    finally:
+        cluster.stop()
+
+
+def test_full_sync_replica_is_replaced_and_catches_up(
+        tmp_path: Path, small_disks: list[Path]) -> None:
+    cluster = cluster_on(tmp_path, min_free_mb=8)
+    cluster.start()
+    writer = None
+    try:
+        primary = cluster.wait_primary()
+        member = wait_for(lambda: primary.status()["consensus"]["sync_set"], 10,
+                          "a synchronous standby")[0]
+        standby = cluster.nodes[member]
+        writer = writer_for(cluster).start()
+        writer.wait_acked(100, 20)
+        ballast = fill(standby)
+        # Writes go on: the synchronous set moves to the other replica.
+        wait_for(lambda: primary.status()["consensus"]["sync_set"] not in ([member], []), 30,
+                 "the synchronous set to move")
+        count = len(writer.acked())
+        writer.wait_acked(count + 300, 30)
+        wait_for(lambda: standby.status()["replication"]["state"] in ("disk_full", "backoff"),
+                 30, "the full replica to stop applying")
+        ballast.unlink()
+        history = writer.stop()
+        writer = None
+        cluster.wait_converged(60)                          # it catches up afterwards
+        verdict = check_all(history, final_keys(cluster, primary))
+        assert verdict.ok, str(verdict)
+    finally:
+        if writer is not None:
+            writer.stop()
+        cluster.stop()
