@@ -33,6 +33,8 @@ _INT_MAX = (1 << 63) - 1
 # A config is a page of YAML: deeper nesting, or more nodes once anchors are expanded, is a
 # mistake or an attack ("billion laughs"), and would exhaust the stack or the memory.
 _YAML_MAX_DEPTH = 64
+# A "\ud800"-style escape gives a str that cannot be encoded: no path, header or command.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_CONFIG_BYTES = 1 << 20
 _YAML_MAX_NODES = 100_000
 
@@ -73,7 +75,7 @@ class StorageConfig:
     max_total_wal_size_mb: int = 0
     fsync_writes: bool = False
     # The primary refuses writes (507) while its data dir's file system has less free space
-    # than this, before RocksDB itself runs out (0: only RocksDB's own error stops writes).
+    # than this, before RocksDB itself runs out (0: only below 1 MB, or on RocksDB's error).
     min_free_mb: int = 64
     # An emergency reserve file (real blocks) deleted when space runs low, so the Raft journal
     # and a RocksDB reopen still have room; 0: none.
@@ -272,7 +274,7 @@ def _brief(value: object, limit: int, depth: int) -> str:
     if value is None or isinstance(value, bool | float):
         return repr(value)
     if isinstance(value, int):
-        return repr(value) if value.bit_length() <= 64 else f"<{value.bit_length()}-bit integer>"
+        return repr(value) if value.bit_length() <= 128 else f"<{value.bit_length()}-bit integer>"
     if isinstance(value, str | bytes | bytearray):
         shown = repr(value[:limit])
         return f"{shown}..." if len(value) > limit else shown
@@ -336,7 +338,8 @@ class _Loader(yaml.SafeLoader):
 
 def _check_expansion(root: yaml.Node) -> None:
     """Refuse a document whose node tree, with every alias expanded, is recursive or holds
-    more than ``_YAML_MAX_NODES`` nodes. Linear in the (unexpanded) document."""
+    more than ``_YAML_MAX_NODES`` nodes, or that has a string no OS call or HTTP header could
+    take (an unpaired surrogate). Linear in the (unexpanded) document."""
     sizes: dict[int, int] = {}
     entered: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -347,6 +350,10 @@ def _check_expansion(root: yaml.Node) -> None:
             children = list(node.value)
         elif isinstance(node, yaml.MappingNode):
             children = [n for pair in node.value for n in pair]
+        elif isinstance(node.value, str) and _SURROGATE.search(node.value):
+            raise yaml.composer.ComposerError(
+                None, None, "a string with an unpaired surrogate escape (\\uD800-\\uDFFF) "
+                "cannot be encoded as UTF-8", node.start_mark)
         if done:
             total = 1 + sum(sizes[id(c)] for c in children)
             if total > _YAML_MAX_NODES:
@@ -459,8 +466,12 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         where = f"${TOKEN_ENV}" if env.get(TOKEN_ENV) else "cluster.token"
         raise cluster.fail(where, "must not contain control characters (it is sent in an "
                                   "HTTP header)")
+    if _SURROGATE.search(token):  # undecodable bytes in the environment
+        raise cluster.fail(f"${TOKEN_ENV}", "is not valid UTF-8")
     raft_password = cluster.get("raft_password", str, "")
     raft_password = env.get(RAFT_PASSWORD_ENV) or raft_password or None
+    if raft_password is not None and _SURROGATE.search(raft_password):
+        raise cluster.fail(f"${RAFT_PASSWORD_ENV}", "is not valid UTF-8")
     if raft_password is not None and len(raft_password) < 16:
         raise cluster.fail("cluster.raft_password", "must be at least 16 characters")
     primary = cluster.get("primary", str, "")
@@ -538,8 +549,9 @@ def _storage(r: _Reader) -> StorageConfig:
         write_buffer_size_mb=r.integer(
             "write_buffer_size_mb", d.write_buffer_size_mb, minimum=1, maximum=4096
         ),
+        # RocksDB takes it in bytes (uint64): at most 2**40 MB.
         max_total_wal_size_mb=r.integer("max_total_wal_size_mb", d.max_total_wal_size_mb,
-                                        minimum=0),
+                                        minimum=0, maximum=1 << 40),
         fsync_writes=r.get("fsync_writes", bool, d.fsync_writes),
         min_free_mb=r.integer("min_free_mb", d.min_free_mb, minimum=0),
         reserve_mb=r.integer("reserve_mb", d.reserve_mb, minimum=0, maximum=1 << 20),

@@ -60,7 +60,7 @@ def status(client: Client, cfg: ClusterConfig, as_json: bool) -> int:
     try:
         view = client.cluster()
     except HaclusterError as exc:
-        return _fail(f"no node answered: {exc}")
+        return _fail(str(exc))
     if as_json:
         print(json.dumps(view, indent=2))
         return 0
@@ -161,7 +161,13 @@ def reinit(client: Client, cfg: ClusterConfig, name: str) -> int:
             last = line
         return client.request(url, "GET", "/replica").status == 200
 
-    if not wait(caught_up, timeout=600):
+    def caught_up_yet() -> bool:
+        try:
+            return caught_up()
+        except (OSError, ValueError):     # restarting, or answering something else
+            return False
+
+    if not wait(caught_up_yet, timeout=600):
         return _fail(f"{name} has not caught up yet; follow it with `hacluster status`")
     print(f"{name}: reinitialised and streaming")
     return 0

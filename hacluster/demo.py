@@ -242,9 +242,9 @@ class Demo:
         token = self.doc["cluster"]["token"]
         primary = self.primary()
         url = self.urls[primary[0]] if primary else self.urls["n1"]
-        gone = ("and removes its files" if self.temporary else
+        gone = (" and removes its files" if self.temporary else
                 f"; its files stay in {self.root}")
-        lines = ["", f"The cluster keeps running (Ctrl-C stops it {gone}):",
+        lines = ["", f"The cluster keeps running (Ctrl-C stops it{gone}):",
                  *[f"  {n}  {u}   log {self.root / (n + '.log')}" for n, u in self.urls.items()],
                  f"  config {self.config}", "Try:",
                  f"  export HACLUSTER_TOKEN={token}",

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.metadata
 import logging
+import os
 import shutil
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +48,31 @@ if TYPE_CHECKING:
     from hacluster.consensus.loop import ControlLoop
 
 log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hacluster")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _version()
+
+
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]       # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", state, exc)
 
 GC_GEN0_THRESHOLD = 20_000
 
@@ -138,6 +166,10 @@ class Node:
             self.gate.open(self.role.epoch)
         else:
             self._start_replica()
+        if self.control is None:
+            # Without a control loop, something must still notice the disk filling (a
+            # replica stops applying) and emptying again.
+            self._tasks.append(asyncio.get_running_loop().create_task(self._watch_space()))
         self._runner = web.AppRunner(build_app(self), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.me.api.host, self.me.api.port, reuse_address=True)
@@ -145,6 +177,7 @@ class Node:
         # Objects alive after start-up live for the whole process: keep them out of the
         # cyclic collector, and collect young objects less often, so collection pauses stay
         # short and rare on the write and apply paths.
+        notify_systemd("READY=1")       # Type=notify units start their dependants now
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
@@ -325,6 +358,14 @@ class Node:
             log.error("%s: kept the old database at %s for manual recovery", self.name, aside)
         self.lineage.reset(0, 1)
 
+    async def _watch_space(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self.space.tend(self.disk_full)
+            except OSError as exc:
+                log.warning("%s: cannot check disk space: %s", self.name, exc)
+
     async def _janitor(self) -> None:
         while True:
             await asyncio.sleep(min(60.0, self.cfg.replication.checkpoint_ttl_seconds / 4))
@@ -372,7 +413,8 @@ class Node:
             return False
         async with self._role_lock:
             if self.follower is not None:
-                return True   # the follower reopens its own store
+                self.disk_full = None      # the follower reopens its own store
+                return True
             if self.store is not None:
                 self.store.close()
                 self.store = None
@@ -424,6 +466,10 @@ class Node:
         if late:
             raise OutcomeUnknown(f"confirmed at seq {seq} but not acknowledged: {late}")
 
+    def write_refusal(self) -> str | None:
+        """Why this node would refuse a write now (as primary), or None."""
+        return self.gate.refusal() or self.disk_full or self.space.low
+
     def status_epoch(self) -> int:
         """The newest epoch this node knows: a replica learns it from its stream."""
         return self.follower.known_epoch if self.follower else self.role.epoch
@@ -456,7 +502,8 @@ class Node:
         rep = self.cfg.replication
         return NodeView(
             name=self.name, is_primary=self.is_primary,
-            writable=self.is_primary and self.gate.refusal() is None,
+            writable=self.is_primary and self.write_refusal() is None,
+            write_refusal=self.write_refusal() if self.is_primary else None,
             epoch=self.status_epoch(), leader=leader,
             leader_url=self.api_url_of(leader) if leader else None,
             stream_state=st.state if st else None,
@@ -476,12 +523,13 @@ class Node:
             "role": "primary" if self.is_primary else "replica",
             "primary": self.role.primary,
             "epoch": self.status_epoch(),
-            "writable": self.is_primary and self.gate.refusal() is None,
+            "writable": self.is_primary and self.write_refusal() is None,
             "disk_full": self.disk_full or self.space.low,
             "applied_seq": seq,
             "column_families": self.column_families,
             "rocksdb": store.background_work() if store else None,
             "uptime": round(time.time() - self.started_at, 1),
+            "version": VERSION,
         }
         if self.is_primary:
             out["replicas"] = self.positions.snapshot(seq or 0)
@@ -505,6 +553,7 @@ class Node:
         return out
 
     async def stop(self) -> None:
+        notify_systemd("STOPPING=1")
         self.gate.close("shutting down")
         self.watchdog.disarm("shutting down")
         if self.control:

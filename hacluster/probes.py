@@ -31,6 +31,7 @@ class NodeView:
     stream_timeout_s: float         # a stream silent for longer is not streaming
     max_lag: int                    # sequence numbers, replication.max_replica_lag
     tags: frozenset[str] = frozenset()
+    write_refusal: str | None = None   # primary: why it refuses writes now, if it does
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,8 @@ def primary(view: NodeView) -> Probe:
     body = _base(view)
     if view.writable:
         return Probe(200, body)
-    why = "primary without a valid lease" if view.is_primary else "not the primary"
+    why = (view.write_refusal or "primary without a valid lease") if view.is_primary \
+        else "not the primary"
     return Probe(503, {**body, "reason": why, "leader": view.leader})
 
 
@@ -113,7 +115,8 @@ def readiness(view: NodeView) -> Probe:
     if view.writable:
         return Probe(200, _base(view))
     if view.is_primary:
-        return Probe(503, {**_base(view), "reason": "primary without a valid lease"})
+        return Probe(503, {**_base(view),
+                           "reason": view.write_refusal or "primary without a valid lease"})
     why = replica_refusal(view, view.max_lag)
     body = {**_base(view), "lag": lag(view)}
     return Probe(503, {**body, "reason": why}) if why else Probe(200, body)

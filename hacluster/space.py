@@ -61,27 +61,30 @@ class SpaceGuard:
     def tend(self, hard_error: str | None = None) -> str | None:
         """Check the space now; act on the reserve; return why writes are refused, if they are."""
         free = free_mb(self.data_dir)
-        action, low = decide(free, self.reserve.exists(), self.low is not None,
-                             hard_error is not None, self.floor_mb, self.reserve_mb)
+        was_low = self.low is not None
+        action, low = decide(free, self.reserve.exists(), was_low, hard_error is not None,
+                             self.floor_mb, self.reserve_mb)
+        released = ""
         if action is SpaceAction.RELEASE:
             size = self.reserve.stat().st_size >> 20
             self.reserve.unlink(missing_ok=True)
-            log.warning("%s: low on disk space (%.0f MB free): released the %d MB reserve; "
-                        "writes refused until %d MB are free", self.name, free, size,
-                        self.floor_mb + self.reserve_mb + 1)
-        elif action is SpaceAction.RESTORE:
-            if self._restore():
-                if self.low is not None:
-                    log.info("%s: disk space is back (%.0f MB free); reserve restored, writes "
-                             "accepted", self.name, free)
-            else:
-                low = True
+            released = f"; released the {size} MB reserve"
+        elif action is SpaceAction.RESTORE and not self._restore():
+            low = True
         if low:
-            why = hard_error or (f"{free:.0f} MB free in {self.data_dir}, below "
-                                 f"storage.min_free_mb ({self.floor_mb} MB)"
-                                 if self.low is None else self.low)
-            self.low = why
+            if hard_error:
+                self.low = hard_error
+            elif not was_low:
+                self.low = (f"{free:.0f} MB free in {self.data_dir}, below "
+                            f"storage.min_free_mb ({self.floor_mb} MB)")
+            if not was_low or released:
+                log.warning("%s: low on disk space (%.0f MB free)%s; writes refused until "
+                            "%d MB are free", self.name, free, released,
+                            self.floor_mb + self.reserve_mb + 1)
         else:
+            if was_low:
+                log.info("%s: disk space is back (%.0f MB free)%s; writes accepted", self.name,
+                         free, "; reserve restored" if action is SpaceAction.RESTORE else "")
             self.low = None
         return self.low
 

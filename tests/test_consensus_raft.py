@@ -204,3 +204,51 @@ except OSError as exc:
         assert done.stdout.strip() == "OSError 28"
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_journal_append_that_fails_on_a_full_disk_changes_nothing(tmp_path: Path) -> None:
+    """Memory and file stay equal when an append fails, so the journal replays after."""
+    import subprocess
+    import sys
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        script = f"""
+import os
+import hacluster.consensus.raft
+from pysyncobj.journal import FileJournal
+path, ballast = {str(mount / 'raft.journal')!r}, {str(mount / 'ballast')!r}
+j = FileJournal(path)
+for i in range(1, 11):
+    j.add(b"entry-%d" % i, i, 1)
+try:
+    with open(ballast, "wb", buffering=0) as b:
+        while True:
+            b.write(b"\\0" * 4096)
+except OSError:
+    pass
+failed = 0
+i = 11
+while failed == 0:
+    try:
+        j.add(b"x" * 2000, i, 1)
+        i += 1
+    except OSError:
+        failed = i
+assert len(j) == failed - 1, (len(j), failed)
+os.unlink(ballast)
+j.add(b"after", failed, 1)
+entries = [(bytes(j[k][0]), j[k][1]) for k in range(len(j))]
+j._destroy()
+again = FileJournal(path)
+assert [(bytes(again[k][0]), again[k][1]) for k in range(len(again))] == entries
+print("ok", failed)
+"""
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, (done.returncode, done.stderr[-800:])
+        assert done.stdout.startswith("ok ")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -113,7 +113,12 @@ def test_a_lone_primary_low_on_space_refuses_with_507_then_recovers(
         assert refused.status == 507, refused.body
         assert "below storage.min_free_mb (8 MB)" in refused.json()["error"]
         assert "released the 32 MB reserve" in primary.log()
-        assert cluster.writable_primary() is primary          # nobody else may take over
+        status = primary.status()
+        assert (status["role"], status["writable"]) == ("primary", False)
+        assert "below storage.min_free_mb" in status["disk_full"]
+        probe = primary.get("/primary", token=None)             # load balancers see it too
+        assert probe.status == 503 and "below storage.min_free_mb" in probe.json()["reason"]
+        assert cluster.writable_primary() is None               # nobody else may take over
         ballast.unlink()
         wait_for(lambda: primary.put("after", b"v").status == 200, 10, "writes again")
         cluster.wait_converged()

@@ -294,11 +294,16 @@ def test_mutated_repo_config(scratch: Path, data: st.DataObject) -> None:
 @given(token=st.text(min_size=16, max_size=40), password=st.text(max_size=40))
 @example(token="token-with-newline\n0123456789", password="")
 @example(token="token\x00with-a-nul-0123456789", password="")
+@example(token="token-from-latin-1-\udce9-0123", password="")
+@example(token="x" * 16, password="password-from-latin-1-\udce9")
 def test_secrets_from_the_environment(scratch: Path, token: str, password: str) -> None:
     env = {"HACLUSTER_TOKEN": token, "HACLUSTER_RAFT_PASSWORD": password}
-    env = {k: v for k, v in env.items() if "\x00" not in v and not any(
-        0xD800 <= ord(c) <= 0xDFFF for c in v)}
-    load(scratch / "env.yaml", dump(RAFT), env)
+    # What os.environ can hold: no NUL; undecodable bytes arrive as \udc80-\udcff.
+    env = {k: v for k, v in env.items() if "\x00" not in v}
+    message = load(scratch / "env.yaml", dump(RAFT), env)
+    if message is None:
+        for value in env.values():
+            value.encode("utf-8")  # whatever is accepted can be sent and compared as bytes
 
 
 @given(text=st.text(max_size=40) | st.sampled_from(
@@ -372,6 +377,20 @@ REGRESSIONS: list[tuple[str, str, str]] = [
      "replication.bootstrap_max_rate_mb_s: must be a finite number, got inf"),
     ("token with a newline", dump(BASE).replace(TOKEN, '"token-0123456789\\nX-Evil: 1"'),
      "cluster.token: must not contain control characters"),
+    # "\uD800" in a double-quoted string: a str no path or header can encode; a relative
+    # data_dir made Path.resolve() raise UnicodeEncodeError (found by the long run).
+    ("surrogate data_dir", dump(BASE).replace("data_dir: data/n1", 'data_dir: "\\uD800"'),
+     "not valid YAML (line 10, column 13): a string with an unpaired surrogate escape"),
+    ("surrogate token", dump(BASE).replace(TOKEN, '"\\udce9' + TOKEN + '"'),
+     "a string with an unpaired surrogate escape"),
+    # Accepted, then RocksDB's options (uint64 bytes) raised OverflowError when the node
+    # opened its database.
+    ("wal size in bytes past uint64", dump(BASE) + "storage: {max_total_wal_size_mb: "
+     + str(2**62) + "}\n",
+     "storage.max_total_wal_size_mb: must be at least 0 and at most 1099511627776, got "
+     + str(2**62)),
+    ("ttl past int64", dump(BASE) + "storage: {wal_ttl_seconds: " + str(2**64) + "}\n",
+     "storage.wal_ttl_seconds: must be at most 9223372036854775807, got 18446744073709551616"),
     ("huge int key", dump(BASE) + "? 0x" + "f" * 5000 + "\n: 1\n",
      "<20000-bit integer>: unknown key"),
 ]
@@ -384,6 +403,15 @@ def test_regressions(scratch: Path, text: str, expected: str) -> None:
     message = load(scratch / "regression.yaml", text)
     assert message is not None and expected in message, message
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(("name", "value"), [("HACLUSTER_TOKEN", "token-\udce9-0123456789"),
+                                             ("HACLUSTER_RAFT_PASSWORD", "raft-\udce9-0123456789")])
+def test_undecodable_secret_from_the_environment(scratch: Path, name: str, value: str) -> None:
+    """A secret holding bytes that are not UTF-8 (os.environ gives them as surrogates) would
+    make the node fail when it first encodes it: refused up front."""
+    message = load(scratch / "secret.yaml", dump(RAFT), {name: value})
+    assert message is not None and message.endswith(f"${name}: is not valid UTF-8"), message
 
 
 def test_a_huge_file_is_refused_without_reading_it_all(scratch: Path) -> None:

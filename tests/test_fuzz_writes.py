@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -203,7 +204,8 @@ def test_a_bad_op_anywhere_rejects_the_whole_batch(good: list[dict[str, Any]],
     ops.insert(data.draw(st.integers(0, len(ops))), bad)
     for body, ctype in encodings({"ops": ops}):
         if ctype == content_type:
-            assert isinstance(parse(body, ctype, LimitsConfig(max_batch_ops=100)), str)
+            assert isinstance(parse(body, ctype, dataclasses.replace(LIMITS, max_batch_ops=100)),
+                              str)
 
 
 @given(key=st.binary(max_size=40), value=st.binary(max_size=80),

@@ -102,7 +102,8 @@ def add_routes(app: web.Application, node: Node, metrics: Metrics) -> None:
         return node.view(time.monotonic())
 
     async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "node": node.name})
+        from hacluster.node import VERSION
+        return web.json_response({"status": "ok", "node": node.name, "version": VERSION})
 
     async def status(request: web.Request) -> web.Response:
         return web.json_response(node.status())

@@ -153,7 +153,7 @@ class ControlLoop:
                     log.warning("%s: watchdog required but %s is not writable: not a "
                                 "candidate for primary", node.name, node.cfg.watchdog.device)
             healthy = healthy and usable
-            healthy = healthy and not node.disk_full
+            healthy = healthy and not node.disk_full and node.space.low is None
             self.raft.propose(Report(
                 node.name, node.me.api.url, store.latest_seq() if store else 0,
                 "primary" if node.is_primary else ("replica" if has_db else "starting"),
@@ -211,6 +211,8 @@ class ControlLoop:
             log.info("%s: handed over to %s for lack of disk space", self.node.name, successor)
         except SwitchoverError as exc:
             log.error("%s: handover for lack of disk space failed: %s", self.node.name, exc)
+        finally:
+            self.switching = False
 
     def member_seen_at(self) -> dict[str, float]:
         """When each member's report last changed, on this node's monotonic clock."""
@@ -239,6 +241,7 @@ class ControlLoop:
             if self._disk_handover != lock.epoch and not self.switching and \
                     self._successors(None):
                 self._disk_handover = lock.epoch
+                self.switching = True     # now, not when the task starts: no Release below
                 log.error("%s: %s; handing the primary role over", node.name,
                           node.disk_full or node.space.low)
                 self._loop_task(self._hand_over_for_disk())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +71,26 @@ def _allocate_journal_growth() -> None:
 
     cls.write = write
     cls._hacluster_allocates = True
+
+    # pysyncobj appends an entry to its in-memory log before writing it to the file: a write
+    # that fails (full disk) leaves the two apart, and the journal on disk then misses an
+    # entry in the middle, so the node can never replay it again. Write first; only a write
+    # that landed goes into the in-memory log.
+    fj: Any = journal.FileJournal
+    if not hasattr(fj, "_FileJournal__setLastRecordOffset"):
+        log.warning("pysyncobj's FileJournal is unknown; journal appends not made atomic")
+        return
+
+    def add(self: Any, command: Any, idx: int, term: int) -> None:
+        data = struct.pack("<QQ", idx, term) + journal.to_bytes(command)
+        size = struct.pack("<I", len(data))
+        record = size + data + size
+        self._FileJournal__journalFile.write(self._FileJournal__currentOffset, record)
+        self._FileJournal__journal.append((command, idx, term))
+        self._FileJournal__currentOffset += len(record)
+        self._FileJournal__setLastRecordOffset(self._FileJournal__currentOffset)
+
+    fj.add = add
 
 
 _allocate_journal_growth()
@@ -169,6 +190,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self._next_dump_check = 0.0
         self.ready = threading.Event()   # set once this node has applied the leader's log
         self.last_tick_at: float | None = None   # liveness: when a tick last completed
+        self._last_shed = 0.0
         self.tick_error: str | None = None
         self._thread: threading.Thread | None = None
         conf = SyncObjConf(
@@ -218,6 +240,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     def _tick(self) -> None:
         failing_since: float | None = None
+        last_failure = 0.0
         while not self._stop.is_set():
             try:
                 self.doTick(0.02)
@@ -225,31 +248,52 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                 # pysyncobj writes its journal and meta files from here; a full disk makes
                 # those raise. A dead tick thread would leave a node that serves HTTP but
                 # never hears Raft again: report it, keep trying, and let liveness tell.
-                now = time.monotonic()
+                now = last_failure = time.monotonic()
                 if failing_since is None:
                     failing_since = now
-                    log.error("Raft tick failed (retrying): %s: %s", type(exc).__name__, exc)
+                    log.error("Raft ticks failing (retrying): %s: %s", type(exc).__name__, exc)
                 self.tick_error = f"{type(exc).__name__}: {exc}"
+                self._shed_leadership(now)
+                self._run_calls()
                 self._stop.wait(0.1)
                 continue
-            if failing_since is not None:
-                log.info("Raft ticks work again after %.1f s", time.monotonic() - failing_since)
+            now = time.monotonic()
+            if failing_since is not None and now - last_failure > 2.0:
+                log.info("Raft ticks work again (they failed from %.1f s to %.1f s ago)",
+                         now - failing_since, now - last_failure)
                 failing_since = None
                 self.tick_error = None
-            self.last_tick_at = time.monotonic()
-            while True:
-                try:
-                    call = self._calls.get_nowait()
-                except queue.Empty:
-                    break
-                try:
-                    call()
-                except Exception:
-                    log.exception("Raft call failed")
+            if self.tick_error is None:
+                self.last_tick_at = now
+            self._run_calls()
             now = time.monotonic()
             if now >= self._next_dump_check:
                 self._next_dump_check = now + 1.0
                 self._note_compaction()
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                call()
+            except Exception:
+                log.exception("Raft call failed")
+
+    def _shed_leadership(self, now: float) -> None:
+        """A leader whose ticks fail (its disk is full) half-serves the others: some stop
+        hearing from it without an election. Hand the leadership to a follower instead."""
+        if now - self._last_shed < 1.0:
+            return
+        self._last_shed = now
+        try:
+            if self._isLeader():
+                log.warning("Raft ticks failing on the leader: handing Raft leadership over")
+                self.transferLeadership(None)
+        except Exception as exc:
+            log.warning("could not hand Raft leadership over: %s", exc)
 
     def _note_compaction(self) -> None:
         # pysyncobj says nothing when it compacts; a new dump file is the sign.

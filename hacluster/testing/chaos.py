@@ -66,6 +66,7 @@ class ChaosResult:
     verdicts: dict[str, Any] = field(default_factory=dict)
     failovers: list[dict[str, Any]] = field(default_factory=list)
     availability: float = 0.0
+    longest_outage: float = 0.0      # the longest time with no write acknowledged
     converged: bool = False
     errors_over_time: list[tuple[float, int]] = field(default_factory=list)
     epochs_over_time: list[tuple[float, int, str]] = field(default_factory=list)
@@ -94,6 +95,7 @@ class ChaosResult:
             "unrecovered": self.verdicts.get("unrecovered", 0),
             "crashes": self.verdicts.get("crashes", 0),
             "converged": self.converged, "availability": round(self.availability, 4),
+            "longest_outage_s": round(self.longest_outage, 3),
             "failovers": len(times),
             "failover_p50_s": round(times[len(times) // 2], 3) if times else None,
             "failover_max_s": round(times[-1], 3) if times else None,
@@ -312,14 +314,25 @@ class ChaosRun:
     def wait_recovered(self, fault: Fault, timeout: float = 60.0) -> None:
         """Until a writable primary exists and every node answers; else note it."""
         deadline = time.monotonic() + timeout
+        probe = 0
         while time.monotonic() < deadline:
             self._restart_crashed()
-            if self.primary() is not None and all(
+            primary = self.primary()
+            if primary is not None and all(
                     self._healthy(n) for n in self.cluster.nodes.values()):
-                fault.recovered = time.monotonic()
-                return
+                # Recovered means a write is acknowledged again, not just a status saying so
+                # (in sync mode a primary without a standby to confirm is no help).
+                probe += 1
+                try:
+                    ok = request(primary.port, "PUT", f"/v1/kv/probe-{len(self.faults)}-{probe}",
+                                 body=b"p", host=primary.host, timeout=3).status == 200
+                except OSError:
+                    ok = False
+                if ok:
+                    fault.recovered = time.monotonic()
+                    return
             time.sleep(0.1)
-        self.unrecovered.append(f"{fault.kind} on {fault.nodes}: no writable primary with "
+        self.unrecovered.append(f"{fault.kind} on {fault.nodes}: no write acknowledged with "
                                 f"every node up within {timeout} s of healing")
 
     @staticmethod
@@ -375,6 +388,8 @@ class ChaosRun:
         if self.mode == "async":
             result.verdicts["async_stale_reads_after_loss"] = len(stale_reads(history))
         result.availability, result.errors_over_time = availability(history, started, ended)
+        ends = sorted(op.end for op in history.acked())
+        result.longest_outage = max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
         result.failovers, result.epochs_over_time = failover_times(history)
         return result
 
@@ -396,13 +411,19 @@ class ChaosRun:
                 time.sleep(0.3)
         primary = self.primary()
         self.cluster.stop()
-        dbs = [read_db(n.data_dir / "db") for n in nodes]
+        dbs: list[tuple[int, dict[str, dict[bytes, bytes]]]] = []
+        for n in nodes:
+            try:
+                dbs.append(read_db(n.data_dir / "db"))
+            except Exception as exc:   # rocksdict: a missing or unreadable database
+                self.unrecovered.append(f"{n.name} has no readable database at the end: {exc}")
+                dbs.append((-1, {}))
         identical = all(db == dbs[0] for db in dbs)
         if not identical:
             self.unrecovered.append("stopped databases differ: seqs "
                                     + ", ".join(f"{n.name}={db[0]}" for n, db in
                                                 zip(nodes, dbs, strict=True)))
-        final = dbs[nodes.index(primary)] if primary in nodes else dbs[0]
+        final = dbs[nodes.index(primary)] if primary in nodes else max(dbs, key=lambda d: d[0])
         return same and identical, set(final[1].get("default", {}))
 
 
