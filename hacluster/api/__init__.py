@@ -44,7 +44,8 @@ def make_auth(token: str) -> Middleware:
         if not given:
             return web.json_response({"error": "missing Authorization: Bearer <token>"},
                                      status=401, headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.encode(), expected):
+        # aiohttp decodes header bytes with surrogateescape: encode them back the same way.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
             return error(403, "wrong token")
         return await handler(request)
 

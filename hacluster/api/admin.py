@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from hacluster.api.common import error, to_primary
+from hacluster.api.common import BodyError, error, read_json, to_primary
 from hacluster.node_errors import NotWritable
 
 if TYPE_CHECKING:
@@ -76,9 +76,9 @@ def add_routes(app: web.Application, node: Node) -> None:
         if not node.is_primary:
             return to_primary(node, request)
         try:
-            body = await request.json() if request.can_read_body else {}
+            body = await read_json(request, {})
             target = body.get("to") if isinstance(body, dict) else None
-        except ValueError:
+        except BodyError:
             return error(400, "body must be JSON {\"to\": NAME} or empty")
         if target is not None and not isinstance(target, str):
             return error(400, "'to' must be a node name")
@@ -100,8 +100,8 @@ def add_routes(app: web.Application, node: Node) -> None:
         if node.control is None:
             return error(409, f"{NO_CONSENSUS}: no failover")
         try:
-            body = await request.json()
-        except ValueError:
+            body = await read_json(request, {})
+        except BodyError:
             return error(400, 'body must be JSON {"to": NAME, "force": false}')
         target = body.get("to") if isinstance(body, dict) else None
         force = body.get("force", False) if isinstance(body, dict) else False
@@ -121,8 +121,8 @@ def add_routes(app: web.Application, node: Node) -> None:
             return error(409, f"{NO_CONSENSUS}: no Raft membership")
         adding = request.method == "POST"
         try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError:
+            body = await read_json(request, {})
+        except BodyError:
             return error(400, 'body must be JSON {"name": NAME, "raft": "host:port"}')
         name = request.match_info.get("name") or (body.get("name") if isinstance(body, dict)
                                                   else None)

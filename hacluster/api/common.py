@@ -7,9 +7,11 @@ the primary is: it asks the node.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 if TYPE_CHECKING:
     from hacluster.node import Node
@@ -17,6 +19,29 @@ if TYPE_CHECKING:
 
 def error(status: int, message: str, **extra: object) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+class BodyError(Exception):
+    """The request body could not be read or parsed; the message is safe to show."""
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body, or BodyError for one that does not match its Content-Encoding."""
+    try:
+        return await request.read()
+    except RequestPayloadError as exc:
+        raise BodyError(f"request body could not be read: {exc}") from None
+
+
+async def read_json(request: web.Request, default: Any = None) -> Any:
+    """The JSON body (``default`` when there is none), or BodyError with a clear message."""
+    if not request.can_read_body:
+        return default
+    raw = await read_body(request)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BodyError("body is not valid JSON (or nests too deeply)") from None
 
 
 def to_primary(node: Node, request: web.Request) -> web.Response:

@@ -30,7 +30,7 @@ def _lag_arg(request: web.Request) -> int | None:
     raw = request.query.get("lag")
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
         raise web.HTTPBadRequest(text='{"error": "lag must be a non-negative integer"}',
                                  content_type="application/json")
     return int(raw)

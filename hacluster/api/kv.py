@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 from aiohttp import web
 
-from hacluster.api.common import error, to_primary
+from hacluster.api.common import BodyError, error, read_body, to_primary
 from hacluster.config import FRAME_OVERHEAD
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.store import Store, StoreError
@@ -90,9 +90,9 @@ def add_routes(app: web.Application, node: Node) -> None:
             return to_primary(node, request)
         try:
             key, cf = key_and_cf(request)
-            value = await request.read()
+            value = await read_body(request)
             check_value(value, limits, "value")
-        except BadRequest as exc:
+        except (BadRequest, BodyError) as exc:
             return error(400, str(exc))
         return await write(node, [(PUT, cf, key, value)])
 
@@ -128,7 +128,9 @@ def add_routes(app: web.Application, node: Node) -> None:
             prefix = _query_bytes(q, "prefix") or b""
             after = _query_bytes(q, "start_after")
             raw_limit = q.get("limit", str(SCAN_DEFAULT))
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= SCAN_MAX:
+            # isdigit() alone takes '²' and thousands of digits, which int() refuses.
+            if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6
+                    and 1 <= int(raw_limit) <= SCAN_MAX):
                 raise BadRequest(f"limit: must be an integer from 1 to {SCAN_MAX}")
             limit = int(raw_limit)
         except BadRequest as exc:
@@ -150,9 +152,9 @@ def add_routes(app: web.Application, node: Node) -> None:
         if not node.is_primary:
             return to_primary(node, request)
         try:
-            body = await request.read()
+            body = await read_body(request)
             ops = parse_batch(body, request.content_type, limits, node.column_families)
-        except BadRequest as exc:
+        except (BadRequest, BodyError) as exc:
             return error(400, str(exc))
         return await write(node, ops)
 

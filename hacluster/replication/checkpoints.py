@@ -23,6 +23,7 @@ from typing import Any
 
 import crc32c
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class CheckpointService:
     async def handle_create(self, request: web.Request) -> web.Response:
         try:
             body = await request.json() if request.can_read_body else {}
-        except ValueError:
+        except (ValueError, RecursionError, RequestPayloadError):
             return web.json_response({"error": "body must be JSON"}, status=400)
         replica = str(body.get("node", "?")) if isinstance(body, dict) else "?"
         async with self._lock:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from hacluster.replication import frames
 from hacluster.replication.feed import WalFeed
@@ -166,7 +167,8 @@ class ReplicationSource:
             body = await request.json()
             replica = str(body["node"])
             seq = int(body["seq"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError, OverflowError,
+                RequestPayloadError):
             return web.json_response({"error": "body must be JSON {node, seq}"}, status=400)
         self.positions.ack(replica, seq)
         return web.json_response({"ok": True, "primary_seq": self.latest_seq()})
