@@ -60,7 +60,7 @@ def main() -> int:
     if any(details.values()):
         print("violations:\n" + json.dumps(details, indent=1, default=str))
     print(f"report: {args.report}   timeline: {args.png}   run dir: {root}")
-    if not args.keep:
+    if not args.keep and result.ok:      # a failed run keeps its logs and histories
         import shutil
         shutil.rmtree(root, ignore_errors=True)
     if args.json:

@@ -208,7 +208,7 @@ except OSError as exc:
 
 @pytest.mark.skipif(__import__("os").geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_a_journal_append_that_fails_on_a_full_disk_changes_nothing(tmp_path: Path) -> None:
-    """Memory and file stay equal when an append fails, so the journal replays after."""
+    """Memory and file stay equal when an append (or a term and vote) fails to be stored."""
     import subprocess
     import sys
     mount = tmp_path / "small"
@@ -221,6 +221,7 @@ import hacluster.consensus.raft
 from pysyncobj.journal import FileJournal
 path, ballast = {str(mount / 'raft.journal')!r}, {str(mount / 'ballast')!r}
 j = FileJournal(path)
+j.setCurrentTerm(3, "n1")
 for i in range(1, 11):
     j.add(b"entry-%d" % i, i, 1)
 try:
@@ -238,6 +239,19 @@ while failed == 0:
     except OSError:
         failed = i
 assert len(j) == failed - 1, (len(j), failed)
+try:
+    for _ in range(1000):          # fill what the failed append left, then the meta store
+        with open(ballast + "2", "ab", buffering=0) as b:
+            b.write(b"\\0" * 4096)
+except OSError:
+    pass
+try:
+    j.setCurrentTerm(4, "n2")
+    raise SystemExit("the term was stored on a full disk?")
+except OSError:
+    pass
+assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (3, "n1")   # nothing changed
+os.unlink(ballast + "2")
 os.unlink(ballast)
 j.add(b"after", failed, 1)
 entries = [(bytes(j[k][0]), j[k][1]) for k in range(len(j))]

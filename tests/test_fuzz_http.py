@@ -14,6 +14,7 @@ names the handler and the fix).
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import socket
@@ -111,8 +112,9 @@ keys = st.binary(min_size=0, max_size=80) | st.text(max_size=20).map(str.encode)
 # The 500s found here once (non-ASCII digits and thousands of digits in ?limit= and ?lag=,
 # non-ASCII bytes in Authorization, a Content-Encoding the body does not match, deep JSON) are
 # fixed and pinned by the regression tests at the end.
-numbers = st.one_of(st.integers(-5, 20_000).map(str), st.sampled_from(["", "abc", "1.5", " 7",
-                                                                      "0x10", "1e3", "99" * 9]))
+numbers = st.one_of(st.integers(-5, 20_000).map(str), st.sampled_from(
+    ["", "abc", "1.5", " 7", "0x10", "1e3", "99" * 9, "\u00b2", "\u0661\u0662", "1" * 5000,
+     "\uff11"]))
 b64 = st.binary(max_size=12).map(lambda b: base64.b64encode(b).decode()) | st.sampled_from(
     ["!!", "AA=", "====", "QQ", "  "])
 
@@ -228,12 +230,18 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes]:
     body, content_type = draw(bodies()) if draw(st.booleans()) or method in (
         "PUT", "POST") else (b"", None)
     headers: dict[str, str] = {}
-    auth = draw(st.sampled_from(["good"] * 12 + ["none", "wrong", "basic", "empty"]))
+    auth = draw(st.sampled_from(["good"] * 12 + ["none", "wrong", "basic", "empty", "latin"]))
     if auth != "none":
         headers["Authorization"] = {"good": f"Bearer {TOKEN}", "wrong": "Bearer nope",
-                                    "basic": "Basic dXNlcjpwYXNz", "empty": ""}[auth]
+                                    "basic": "Basic dXNlcjpwYXNz", "empty": "",
+                                    "latin": "Bearer \xe9\xff"}[auth]
     if content_type:
         headers["Content-Type"] = content_type
+    if body and draw(st.integers(0, 7)) == 0:
+        encoding = draw(st.sampled_from(["gzip", "deflate", "br", "identity", "x-nope"]))
+        headers["Content-Encoding"] = encoding
+        if encoding == "gzip" and draw(st.booleans()):
+            body = gzip.compress(body)
     if draw(st.booleans()):
         headers["Accept"] = draw(st.sampled_from(["application/cbor", "*/*", "text/html"]))
     return method, target, headers, body
@@ -266,7 +274,16 @@ def test_random_requests_never_500_and_apply_only_what_they_acknowledge(
     else:
         assert after == before, (method, target, answer.status, answer.body[:200])
     new_log = node.log()[log_before:]
-    assert "Error handling request" not in new_log and "Traceback" not in new_log, new_log
+    if "Traceback" in new_log or "Error handling request" in new_log:
+        # Never a handler's exception (those pass through _handle_request and answer 500).
+        assert "in _handle_request" not in new_log, new_log
+        # aiohttp logs a traceback, though it answers 4xx, when its own HTTP parser refuses a
+        # request (a request line over 8190 bytes, a Content-Encoding it does not support such
+        # as "br" without Brotli), and when it drains the rest of a body that is not valid
+        # for its Content-Encoding after the handler answered 400 ("Unhandled exception").
+        parser = "in data_received" in new_log
+        encoding = "Content-Encoding" in headers and "ContentEncodingError" in new_log
+        assert parser or encoding, new_log
     assert node.running
 
 

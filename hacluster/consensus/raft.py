@@ -92,6 +92,19 @@ def _allocate_journal_growth() -> None:
 
     fj.add = add
 
+    # Raft's currentTerm and votedFor must be durable before the node acts on them. pysyncobj
+    # changes them in memory first and then stores them; a store that fails (full disk) left a
+    # node acting on a term it would forget at its next restart. Store first, then change.
+    def set_current_term(self: Any, term: int, voted_for: Any) -> None:
+        meta = dict(self._FileJournal__meta)
+        meta["currentTerm"] = term
+        meta["votedForNodeId"] = voted_for
+        self._FileJournal__metaStorer.storeMeta(meta)      # raises: nothing changed
+        self._FileJournal__meta = meta
+        self._FileJournal__metaSaved = True
+
+    fj.setCurrentTerm = set_current_term
+
 
 _allocate_journal_growth()
 
@@ -211,6 +224,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         )
         super().__init__(self_addr, partner_addrs, conf)
         self._state = ClusterState()
+
+    def _SyncObj__setCurrentTerm(self, term: int, voted_for: Any) -> None:
+        """pysyncobj's own, reordered: persist the term and vote, then act on them."""
+        self._SyncObj__raftLog.setCurrentTerm(term, voted_for)
+        self._SyncObj__raftCurrentTerm = term
+        self._SyncObj__votedForNodeId = voted_for
 
     # -- the state machine ----------------------------------------------------------------
 
