@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
               "taken from the config, which must list it.")
     mem.add_argument("action", choices=["add", "remove"])
     mem.add_argument("name", help="the node to add or remove")
+    mem.add_argument("--raft", help="its raft address (host:port), when the config does not "
+                                    "list it yet")
     demo = sub.add_parser(
         "demo", help="three local nodes, a steady writer, a SIGKILL of the primary, live",
         description="Start three nodes on loopback in a temporary directory, write a steady "
@@ -193,12 +195,13 @@ def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     if args.command in ("pause", "resume"):
         return ctl.pause(client, args.command == "pause")
     if args.command == "member":
-        try:
-            cfg.node(args.name)
-        except ConfigError as exc:
-            print(f"hacluster: {exc}", file=sys.stderr)
-            return 2
-        return ctl.member(client, cfg, args.action, args.name)
+        if args.raft is None:
+            try:
+                cfg.node(args.name)
+            except ConfigError as exc:
+                print(f"hacluster: {exc} (or give --raft HOST:PORT)", file=sys.stderr)
+                return 2
+        return ctl.member(client, cfg, args.action, args.name, args.raft)
     if args.command == "reinit":
         try:
             cfg.node(args.name)

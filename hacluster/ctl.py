@@ -213,12 +213,15 @@ def backup(client: Client, cfg: ClusterConfig, dest: Path) -> int:
     return 0
 
 
-def member(client: Client, cfg: ClusterConfig, action: str, name: str) -> int:
+def member(client: Client, cfg: ClusterConfig, action: str, name: str,
+           raft: str | None = None) -> int:
     """Add or remove a node in the Raft membership, asking the other nodes in turn."""
-    node = cfg.node(name)
-    if node.raft is None:
-        return _fail(f"{name} has no raft address in {cfg.source}")
-    body = json.dumps({"name": name, "raft": str(node.raft)}).encode()
+    if raft is None:
+        address = cfg.node(name).raft
+        if address is None:
+            return _fail(f"{name} has no raft address in {cfg.source}")
+        raft = str(address)
+    body = json.dumps({"name": name, "raft": raft}).encode()
     method, path = (("POST", "/v1/admin/members") if action == "add" else
                     ("DELETE", f"/v1/admin/members/{name}"))
     errors = []

@@ -35,7 +35,12 @@ def test_add_a_node_then_remove_one_and_quorum_follows(tmp_path: Path) -> None:
         for i in range(100):
             assert primary.put(f"k{i}", b"v").status == 200
         full = str(cluster.root / "n4.yaml")          # lists all four nodes
-        assert cli("member", "add", "n4", "--config", full).returncode == 0
+        old_config = str(cluster.root / "n1.yaml")     # does not list n4 yet
+        unknown = cli("member", "add", "n4", "--config", old_config)
+        assert unknown.returncode == 2 and "--raft HOST:PORT" in unknown.stderr
+        raft = f"127.0.0.1:{cluster.raft_ports['n4']}"
+        added = cli("member", "add", "n4", "--config", old_config, "--raft", raft)
+        assert added.returncode == 0, added.stderr
         wait_for(lambda: len(primary.status()["consensus"]["raft"]["members"]) == 4, 10,
                  "the membership to reach four")
         again = cli("member", "add", "n4", "--config", full)

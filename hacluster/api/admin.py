@@ -116,7 +116,7 @@ def add_routes(app: web.Application, node: Node) -> None:
 
     async def members(request: web.Request) -> web.Response:
         from hacluster.config import ConfigError, parse_address
-        from hacluster.consensus.loop import SwitchoverError
+        from hacluster.consensus.loop import NotCommitted, SwitchoverError
         if node.control is None:
             return error(409, f"{NO_CONSENSUS}: no Raft membership")
         adding = request.method == "POST"
@@ -140,6 +140,8 @@ def add_routes(app: web.Application, node: Node) -> None:
                 await node.control.add_member(name, address)
             else:
                 await node.control.remove_member(name, address)
+        except NotCommitted as exc:
+            return error(503, str(exc), outcome="unknown")
         except SwitchoverError as exc:
             return error(409, str(exc))
         return web.json_response({"added" if adding else "removed": name, "raft": address,

@@ -43,6 +43,10 @@ class SwitchoverError(Exception):
     """A switchover could not be done safely; the primary stays primary."""
 
 
+class NotCommitted(SwitchoverError):
+    """Raft did not commit the change in time: it may still take effect; retry to find out."""
+
+
 class ControlLoop:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -514,7 +518,7 @@ class ControlLoop:
         if raft_address in self.raft.raft_members():
             raise SwitchoverError(f"{raft_address} is already a Raft member")
         if not await self._membership("add", raft_address, timeout):
-            raise SwitchoverError(f"adding {name} ({raft_address}) was not committed")
+            raise NotCommitted(f"adding {name} ({raft_address}) was not committed in time")
         log.warning("%s: member added: %s (raft %s); start it now", self.node.name, name,
                     raft_address)
 
@@ -530,7 +534,7 @@ class ControlLoop:
         if raft_address not in self.raft.raft_members():
             raise SwitchoverError(f"{raft_address} is not a Raft member")
         if not await self._membership("remove", raft_address, timeout):
-            raise SwitchoverError(f"removing {name} ({raft_address}) was not committed")
+            raise NotCommitted(f"removing {name} ({raft_address}) was not committed in time")
         if state.member(name) is not None and not await self._propose_and_wait(Forget(name),
                                                                                 timeout):
             log.warning("%s: %s left Raft but its member record was not dropped",

@@ -1,0 +1,495 @@
+"""The Ansible deployment (``deploy/ansible/``), linted and driven for real.
+
+``ansible-lint`` (production profile) must pass on the project and ``ansible-playbook
+--syntax-check`` on every playbook (the ``*.yml`` files at the top of ``deploy/ansible/``). The
+systemd unit the role renders must pass ``systemd-analyze verify``. Then ``site.yml`` converges
+a real three-node cluster on this machine: three inventory hosts with ``ansible_connection:
+local``, each with its own ports, directories and virtual environment, in the role's
+``process`` service mode (systemd is not PID 1 here), installing a wheel built from this
+checkout. The nodes must elect a primary that ``GET /leader`` names on every node; a second run
+must report no change; and ``rolling-upgrade.yml``, run while a client writes through the
+nodes' API, must restart every node on a new wheel (replicas first, then a switchover, then
+the former primary). With the client still writing, ``add-node.yml`` then adds a fourth host
+without restarting the others, and ``remove-node.yml`` removes the primary (a switchover
+first) without restarting the others, leaving three Raft members. No acknowledged write may
+be lost and no automatic failover may happen (the epoch history holds only the bootstrap and
+switchovers), and every node must end with the primary's data.
+
+Skips, saying why, where ansible-playbook (or ansible-lint) is not installed (``pip install -e
+'.[test]'`` installs both), and the cluster test where it cannot run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hacluster.testing.harness import free_ports, read_db, request, wait_for
+from hacluster.testing.history import Endpoint, Writer, check_all
+
+REPO = Path(__file__).resolve().parents[1]
+ANSIBLE_DIR = REPO / "deploy" / "ansible"
+PLAYBOOKS = sorted(p.name for p in ANSIBLE_DIR.glob("*.yml"))
+TOKEN = "ansible-test-token-0123456789abcdef"
+RAFT_PASSWORD = "ansible-test-raft-password-0123456789"
+NAMES = ("n1", "n2", "n3")
+
+
+def tool(name: str) -> str | None:
+    """An executable next to this interpreter (its virtual environment), else on PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else shutil.which(name)
+
+
+ANSIBLE_PLAYBOOK = tool("ansible-playbook")
+ANSIBLE_LINT = tool("ansible-lint")
+
+pytestmark = pytest.mark.skipif(
+    ANSIBLE_PLAYBOOK is None,
+    reason="ansible-playbook is not installed (ansible-core; pip install -e '.[test]')")
+
+
+def ansible_env(tmp: Path) -> dict[str, str]:
+    return {**os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+            "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+
+
+def run_playbook(tmp: Path, playbook: str, inventory: Path, log_name: str,
+                 *extra: str, timeout: float = 900, rc: int = 0) -> str:
+    """Run a playbook of deploy/ansible; return its output, failing with its end unless it
+    exits with ``rc``."""
+    assert ANSIBLE_PLAYBOOK is not None
+    log = tmp / log_name
+    with open(log, "wb") as out:
+        proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(inventory), playbook, *extra],
+                              cwd=ANSIBLE_DIR, env=ansible_env(tmp), stdout=out,
+                              stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    text = log.read_text(errors="replace")
+    assert proc.returncode == rc, (f"ansible-playbook {playbook} exited {proc.returncode} "
+                                  f"(full output: {log}):\n{text[-6000:]}")
+    return text
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP: {host: {"ok": …, "changed": …, "failed": …, …}}."""
+    rows = {}
+    for host, counts in re.findall(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
+        rows[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return rows
+
+
+# --- static checks ----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(ANSIBLE_LINT is None, reason="ansible-lint is not installed "
+                    "(pip install -e '.[test]')")
+def test_ansible_lint_production_profile_passes(tmp_path: Path) -> None:
+    assert ANSIBLE_LINT is not None
+    # --project-dir keeps ansible-lint's cache in deploy/ansible/.ansible (git-ignored).
+    proc = subprocess.run([ANSIBLE_LINT, "--profile", "production", "--project-dir", ".",
+                           "--nocolor", "."], cwd=ANSIBLE_DIR,
+                          env={**ansible_env(tmp_path), "ANSIBLE_LINT_SKIP_SCHEMA_UPDATE": "1"},
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
+
+
+def test_there_are_the_playbooks_the_readme_names() -> None:
+    assert {"site.yml", "rolling-upgrade.yml", "add-node.yml", "remove-node.yml"} <= set(PLAYBOOKS)
+    readme = (ANSIBLE_DIR / "README.md").read_text()
+    for playbook in PLAYBOOKS:
+        assert playbook in readme, f"deploy/ansible/README.md does not mention {playbook}"
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_playbook_syntax_check_passes(playbook: str, tmp_path: Path) -> None:
+    assert ANSIBLE_PLAYBOOK is not None
+    proc = subprocess.run([ANSIBLE_PLAYBOOK, "--syntax-check", playbook], cwd=ANSIBLE_DIR,
+                          env=ansible_env(tmp_path), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_role_variable_is_documented() -> None:
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles/hacluster/defaults/main.yml").read_text())
+    specs = yaml.safe_load((ANSIBLE_DIR / "roles/hacluster/meta/argument_specs.yml")
+                           .read_text())["argument_specs"]["main"]["options"]
+    readme = (ANSIBLE_DIR / "README.md").read_text()
+    names = set(defaults) | set(specs)
+    assert set(defaults) <= set(specs), f"no argument spec: {sorted(set(defaults) - set(specs))}"
+    assert names - set(defaults) == {"hacluster_token", "hacluster_raft_password"}
+    missing = sorted(n for n in names if f"`{n}`" not in readme)
+    assert not missing, f"deploy/ansible/README.md does not describe {missing}"
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("watchdog", ["off", "required"])
+def test_the_systemd_unit_verifies(watchdog: str, tmp_path: Path) -> None:
+    """Render the unit through the role and let systemd check it (no systemd needed)."""
+    assert SYSTEMD_ANALYZE is not None
+    venv = Path(sys.executable).parent.parent    # any venv with bin/hacluster for ExecStart=
+    if not (venv / "bin" / "hacluster").exists():
+        pytest.skip(f"{venv}/bin/hacluster does not exist (pip install -e .)")
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"hacluster": {"hosts": {
+        "n1": {**host, "hacluster_api_address": "127.0.0.1:8701",
+               "hacluster_raft_address": "127.0.0.1:8801"},
+        "n2": {**host, "hacluster_api_address": "127.0.0.1:8702",
+               "hacluster_raft_address": "127.0.0.1:8802"}}}}}}))
+    playbook = tmp_path / "unit.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Render the unit", "hosts": "n1", "gather_facts": False,
+        "vars": {"hacluster_restart_on_change": False},
+        "tasks": [{"name": "Describe the cluster", "ansible.builtin.include_role": {
+                       "name": "hacluster", "tasks_from": "facts.yml"}},
+                  {"name": "Write the unit", "ansible.builtin.include_role": {
+                       "name": "hacluster", "tasks_from": "unit.yml"}}]}]))
+    run_playbook(tmp_path, str(playbook), inventory, "unit.log",
+                 "-e", f"hacluster_systemd_unit_dir={tmp_path}", "-e", f"hacluster_venv_dir={venv}",
+                 "-e", f"hacluster_install_dir={tmp_path / 'opt'}",
+                 "-e", f"hacluster_watchdog_mode={watchdog}")
+    unit = tmp_path / "hacluster.service"
+    text = unit.read_text()
+    for line in ("Type=notify\n", "NotifyAccess=main\n", "User=hacluster",
+                 "Restart=on-failure", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "ReadWritePaths=/var/lib/hacluster",
+                 "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service",
+                 "EnvironmentFile=/etc/hacluster/hacluster.env"):
+        assert line in text, f"{line!r} not in the unit:\n{text}"
+    assert "ExecStartPost=" not in text      # readiness comes from sd_notify READY=1
+    assert ("DeviceAllow=/dev/watchdog rw" in text) == (watchdog != "off")
+    assert ("PrivateDevices=yes" in text) == (watchdog == "off")
+    verify = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
+
+
+# --- a real cluster ---------------------------------------------------------------------------
+
+
+def service_python() -> str | None:
+    """A system Python >= 3.11 with venv that a dedicated service user can run."""
+    for candidate in ("/usr/bin/python3", "/usr/bin/python3.11", "/usr/bin/python3.12",
+                      "/usr/bin/python3.13"):
+        if not Path(candidate).exists():
+            continue
+        check = subprocess.run([candidate, "-c", "import sys, venv, ensurepip; "
+                                "assert sys.version_info >= (3, 11)"],
+                               capture_output=True, check=False)
+        if check.returncode == 0:
+            return candidate
+    return None
+
+
+def build_wheels(tmp: Path) -> tuple[Path, Path, Path, str]:
+    """Wheels of this checkout: (wheelhouse with every dependency, the wheel, an upgrade
+    wheel with a higher local version, that version). Built from a copy of the sources, so
+    nothing is written into the checkout."""
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    shutil.copytree(REPO / "hacluster", src / "hacluster",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+    upgrade_src = tmp / "src-upgrade"
+    shutil.copytree(src, upgrade_src)
+    pyproject = upgrade_src / "pyproject.toml"
+    text = pyproject.read_text()
+    version = re.search(r'^version = "([^"]+)"$', text, re.M)
+    assert version, "no version in pyproject.toml"
+    new = version.group(1) + (".upgrade1" if "+" in version.group(1) else "+upgrade1")
+    pyproject.write_text(text.replace(version.group(0), f'version = "{new}"'))
+    house, upgrade = tmp / "wheels", tmp / "wheels-upgrade"
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check"]
+    builds = [subprocess.Popen([*pip, "--wheel-dir", str(house), str(src)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+              subprocess.Popen([*pip, "--no-deps", "--wheel-dir", str(upgrade),
+                                str(upgrade_src)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)]
+    for build in builds:
+        out, _ = build.communicate(timeout=600)
+        assert build.returncode == 0, out.decode(errors="replace")[-4000:]
+    (wheel,) = house.glob("hacluster-*.whl")
+    (upgrade_wheel,) = upgrade.glob("hacluster-*.whl")
+    return house, wheel, upgrade_wheel, new
+
+
+class Deployment:
+    """Inventory hosts on this machine (connection local), one node each: n1, n2, n3 at first;
+    ``add_host`` and ``remove_host`` change the inventory's group."""
+
+    def __init__(self, root: Path, python: str, dedicated_user: bool, house: Path,
+                 wheel: Path) -> None:
+        self.root = root
+        self.names = list(NAMES)       # the hosts of the group `hacluster`, in order
+        self.deployed = list(NAMES)    # every host ever in it (stop() stops them all)
+        ports = free_ports(6)
+        self.api = dict(zip(NAMES, ports[:3], strict=True))
+        self.raft = dict(zip(NAMES, ports[3:], strict=True))
+        self.user = "hacluster" if dedicated_user else "root"
+        self.inventory = root / "inventory.yml"
+        self.group_vars: dict[str, Any] = {
+            "hacluster_service_manager": "process",
+            "hacluster_python": python,
+            "hacluster_system_packages": [],
+            "hacluster_token": TOKEN,
+            "hacluster_raft_password": RAFT_PASSWORD,
+            "hacluster_cluster_name": "ansible-test",
+            "hacluster_column_families": ["default", "users"],
+            "hacluster_package_file": str(wheel),
+            "hacluster_pip_extra_args": f"--no-index --find-links {house}",
+            "hacluster_wait_timeout": 60,
+            "hacluster_hooks": {"on_role_change": "true", "timeout_s": 5},
+        }
+        if not dedicated_user:
+            self.group_vars |= {"hacluster_manage_user": False, "hacluster_user": "root",
+                                "hacluster_group": "root"}
+        self.write_inventory()
+
+    def host_dir(self, name: str) -> Path:
+        return self.root / "hosts" / name
+
+    def write_inventory(self, **group_vars: Any) -> None:
+        self.group_vars |= group_vars
+        hosts = {}
+        for name in self.names:
+            d = self.host_dir(name)
+            hosts[name] = {
+                "ansible_connection": "local", "ansible_become": False,
+                "ansible_python_interpreter": sys.executable,
+                "hacluster_api_address": f"127.0.0.1:{self.api[name]}",
+                "hacluster_raft_address": f"127.0.0.1:{self.raft[name]}",
+                "hacluster_data_dir": str(d / "data"),
+                "hacluster_install_dir": str(d / "opt"),
+                "hacluster_config_dir": str(d / "etc"),
+                "hacluster_log_dir": str(d / "log"),
+                "hacluster_run_dir": str(d / "run"),
+            }
+        self.inventory.write_text(yaml.safe_dump(
+            {"all": {"children": {"hacluster": {"hosts": hosts, "vars": self.group_vars}}}}))
+
+    def add_host(self, name: str) -> None:
+        """A new host at the end of the group, with ports of its own."""
+        self.api[name], self.raft[name] = free_ports(2)
+        self.names.append(name)
+        self.deployed.append(name)
+        self.write_inventory()
+
+    def remove_host(self, name: str) -> None:
+        self.names.remove(name)
+        self.write_inventory()
+
+    def pids(self, names: list[str] | None = None) -> dict[str, int]:
+        return {n: int((self.host_dir(n) / "run" / "hacluster.pid").read_text())
+                for n in names or self.names}
+
+    def endpoint(self, name: str) -> Endpoint:
+        return Endpoint(name, "127.0.0.1", self.api[name])
+
+    def get(self, name: str, path: str) -> Any:
+        answer = request(self.api[name], "GET", path, token=TOKEN, timeout=5)
+        assert answer.status == 200, (name, path, answer.status, answer.body)
+        return answer.json()
+
+    def leaders(self) -> dict[str, str | None]:
+        out = {}
+        for name in self.names:
+            answer = request(self.api[name], "GET", "/leader", token=None, timeout=3)
+            out[name] = answer.json()["leader"] if answer.status == 200 else None
+        return out
+
+    def primary(self) -> str:
+        """The primary every node of the group names (waits up to 30 s for them to agree)."""
+        leaders = wait_for(lambda: (lv if len(set((lv := self.leaders()).values())) == 1
+                                    and None not in lv.values() else None),
+                           30, "every node to name the same primary")
+        return str(next(iter(leaders.values())))
+
+    def raft_members(self) -> dict[str, list[str]]:
+        return {n: sorted(self.get(n, "/status")["consensus"]["raft"]["members"])
+                for n in self.names}
+
+    def installed_version(self, name: str) -> str:
+        python = self.host_dir(name) / "opt" / "venv" / "bin" / "python"
+        return subprocess.run([str(python), "-I", "-c", "import importlib.metadata as m; "
+                               "print(m.version('hacluster'))"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    def stop(self) -> None:
+        """Stop every node: the role's launcher, then a kill of whatever is left."""
+        for name in self.deployed:
+            ctl = self.host_dir(name) / "opt" / "bin" / "hacluster-service"
+            if ctl.exists():
+                subprocess.run([str(ctl), "stop"], capture_output=True, timeout=60,
+                               check=False)
+            pidfile = self.host_dir(name) / "run" / "hacluster.pid"
+            if pidfile.exists():
+                try:
+                    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[tuple[Deployment, Path, str]]:
+    if os.geteuid() != 0:
+        pytest.skip("the role creates a system user and root-owned files: run as root")
+    python = service_python()
+    dedicated_user = python is not None
+    opened: dict[Path, int] = {}
+    if not dedicated_user:
+        # Only this interpreter (maybe under /root): the nodes then run as root.
+        python = str(Path(getattr(sys, "_base_executable", sys.executable)))
+    else:
+        # pytest makes its temporary directories 0700 (and /tmp/pytest-of-root): the service
+        # user must pass through them to its files. Only the search bit is added, until the
+        # end of the test.
+        for d in (tmp_path, *tmp_path.parents):
+            mode = d.stat().st_mode
+            if mode & 0o001:
+                break
+            opened[d] = mode
+            d.chmod(mode | 0o011)
+    assert python is not None
+    try:
+        house, wheel, upgrade_wheel, new_version = build_wheels(tmp_path)
+        deploy = Deployment(tmp_path, python, dedicated_user, house, wheel)
+        try:
+            yield deploy, upgrade_wheel, new_version
+        finally:
+            deploy.stop()
+    finally:
+        for d, mode in opened.items():
+            d.chmod(mode)
+
+
+@pytest.mark.slow
+def test_site_then_rolling_upgrade_then_add_and_remove_a_node_lose_no_write(
+        deployment: tuple[Deployment, Path, str], tmp_path: Path) -> None:
+    deploy, upgrade_wheel, new_version = deployment
+
+    # 1. site.yml: three nodes that elect a primary every node names.
+    run_playbook(tmp_path, "site.yml", deploy.inventory, "site-1.log")
+    primary = deploy.primary()
+    assert primary in NAMES
+    assert request(deploy.api[primary], "GET", "/primary", token=None).status == 200
+    pids = deploy.pids()
+    first = deploy.host_dir("n1")
+    assert TOKEN not in (first / "etc" / "cluster.yaml").read_text()
+    assert ((first / "etc" / "hacluster.env").stat().st_mode & 0o777) == 0o600
+    data = first / "data"
+    assert (data.owner(), data.stat().st_mode & 0o777) == (deploy.user, 0o750)
+
+    # 2. A second run changes nothing and restarts nothing.
+    again = recap(run_playbook(tmp_path, "site.yml", deploy.inventory, "site-2.log"))
+    assert set(again) == set(NAMES), again
+    assert all(row["changed"] == 0 and row["failed"] == 0 for row in again.values()), again
+    assert deploy.pids() == pids
+
+    # 3. site.yml does not upgrade a running node: that is the rolling upgrade's job.
+    deploy.write_inventory(hacluster_package_file=str(upgrade_wheel))
+    refused = run_playbook(tmp_path, "site.yml", deploy.inventory, "site-3.log",
+                           "--limit", "n1", rc=2)
+    assert "Upgrade a running cluster with rolling-upgrade.yml" in refused, refused
+    assert recap(refused)["n1"]["failed"] == 1, recap(refused)
+    assert deploy.pids() == pids
+
+    writer = Writer([deploy.endpoint(n) for n in NAMES], token=TOKEN, prefix="ansible",
+                    timeout=3.0)
+    writer.start()
+    try:
+        # 4. The rolling upgrade to the new wheel while a client writes through the nodes' API.
+        writer.wait_acked(100, 30)
+        started = time.monotonic()
+        run_playbook(tmp_path, "rolling-upgrade.yml", deploy.inventory, "upgrade.log")
+        writer.wait_acked(100, 30, since=time.monotonic())
+        after = deploy.pids()
+        assert all(after[n] != pids[n] for n in NAMES), (pids, after)
+        assert {n: deploy.installed_version(n) for n in NAMES} == dict.fromkeys(
+            NAMES, new_version)
+        assert {n: deploy.get(n, "/health")["version"] for n in NAMES} == dict.fromkeys(
+            NAMES, new_version)
+        upgraded = deploy.primary()
+        assert upgraded != primary, f"{primary} is still primary: no switchover happened"
+        epochs = deploy.get(upgraded, "/history")
+        assert [e["reason"] for e in epochs] == ["bootstrap", "switchover"], epochs
+        assert deploy.get(upgraded, "/cluster")["paused"] is False
+        assert any(op.start > started for op in writer.acked() if op.epoch == 1)
+
+        # 5. site.yml refuses a host added to the inventory that is not a Raft member yet.
+        deploy.add_host("n4")
+        refused = run_playbook(tmp_path, "site.yml", deploy.inventory, "site-4.log", rc=2)
+        assert "add-node.yml" in refused and "Not members: n4" in refused, refused[-3000:]
+        assert not (deploy.host_dir("n4") / "opt").exists()
+
+        # 6. add-node.yml: n4 joins; the running nodes get the new config without a restart.
+        run_playbook(tmp_path, "add-node.yml", deploy.inventory, "add-node.log",
+                     "-e", "hacluster_new_node=n4")
+        assert deploy.pids(list(NAMES)) == after, "add-node.yml restarted a running node"
+        for name in NAMES:
+            assert "name: n4" in (deploy.host_dir(name) / "etc" / "cluster.yaml").read_text()
+        writer.nodes.append(deploy.endpoint("n4"))
+        writer.wait_acked(100, 30, since=time.monotonic())
+        members = deploy.raft_members()
+        assert all(len(m) == 4 for m in members.values()), members
+        assert deploy.get("n4", "/health")["version"] == new_version
+        wait_for(lambda: request(deploy.api["n4"], "GET", "/replica", token=None).status == 200,
+                 30, "n4 to stream from the primary")
+
+        # 7. remove-node.yml on the primary: a switchover first, then it leaves; the others
+        # keep running with three Raft members, and its data is deleted (purge).
+        leaving = deploy.primary()
+        remaining = [n for n in deploy.names if n != leaving]
+        before = deploy.pids(remaining)
+        run_playbook(tmp_path, "remove-node.yml", deploy.inventory, "remove-node.log",
+                     "-e", f"hacluster_remove_node={leaving}", "-e", "hacluster_remove_purge=true")
+        deploy.remove_host(leaving)
+        assert deploy.pids() == before, "remove-node.yml restarted a remaining node"
+        assert not (deploy.host_dir(leaving) / "data").exists()
+        with pytest.raises(OSError):        # stopped: nothing listens
+            request(deploy.api[leaving], "GET", "/health", token=None, timeout=3)
+        members = deploy.raft_members()
+        assert all(m == sorted(f"127.0.0.1:{deploy.raft[n]}" for n in remaining)
+                   for m in members.values()), members
+        for name in remaining:
+            config = (deploy.host_dir(name) / "etc" / "cluster.yaml").read_text()
+            assert f"name: {leaving}" not in config, config
+        final = deploy.primary()
+        assert final != leaving
+        writer.wait_acked(100, 30, since=time.monotonic())
+    finally:
+        history = writer.stop()
+
+    # 8. Every node has the primary's data; only switchovers, no failover.
+    wait_for(lambda: len({str(deploy.get(n, "/v1/admin/hash")) for n in deploy.names}) == 1,
+             30, "every node to have the primary's data")
+    epochs = deploy.get(final, "/history")
+    assert [e["reason"] for e in epochs] == ["bootstrap", "switchover", "switchover"], epochs
+    acked = history.acked()
+    assert {op.epoch for op in acked} == {1, 2, 3}, "writes were not acknowledged throughout"
+
+    # 9. Nothing acknowledged is missing from the final primary.
+    deploy.stop()
+    _, contents = read_db(deploy.host_dir(final) / "data" / "db")
+    verdict = check_all(history, set(contents["default"]))
+    assert verdict.ok, str(verdict)
+    assert verdict.notes["acked_missing_from_final"] == 0
