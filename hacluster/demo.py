@@ -267,6 +267,9 @@ def run_demo(keep: bool, mode: str, directory: Path | None) -> int:
         raise KeyboardInterrupt        # SIGTERM stops the nodes too, like Ctrl-C
 
     signal.signal(signal.SIGTERM, interrupted)
+    # A shell starting us in the background may have set SIGINT to "ignore", which Python
+    # keeps: Ctrl-C (SIGINT) must still stop the demo and its nodes.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = demo.run(keep)
     except (RuntimeError, HaclusterError) as exc:
