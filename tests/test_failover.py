@@ -231,10 +231,11 @@ def test_switchover_to_a_named_replica_loses_nothing(cluster: Cluster) -> None:
             history[-1]["start_seq"]) == (2, target.name, "switchover", 201)
     assert f"{old.name} handed over to {target.name}" in target.log()
     # The Raft leadership leaves the old primary too, so restarting it costs no election.
-    wait_for(lambda: target.status()["consensus"]["raft"]["leader"] != old_raft, 10,
+    wait_for(lambda: target.status()["consensus"]["raft"]["leader"] != old_raft, 15,
              "the Raft leadership to move")
     if was_raft_leader:
         assert "Raft leadership transfer to" in old.log()
+        assert "did not happen within" not in old.log()
     put(target, "after")
     wait_for(lambda: old.status()["primary"] == target.name, 10, "the old primary to follow")
     cluster.wait_converged()

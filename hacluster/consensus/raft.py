@@ -204,6 +204,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self.ready = threading.Event()   # set once this node has applied the leader's log
         self.last_tick_at: float | None = None   # liveness: when a tick last completed
         self._last_shed = 0.0
+        self._later: list[tuple[float, Callable[[], None]]] = []
         self.tick_error: str | None = None
         self._thread: threading.Thread | None = None
         conf = SyncObjConf(
@@ -291,6 +292,11 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                 self._note_compaction()
 
     def _run_calls(self) -> None:
+        now = time.monotonic()
+        due = [fn for when, fn in self._later if when <= now]
+        self._later = [(when, fn) for when, fn in self._later if when > now]
+        for fn in due:
+            self._calls.put(fn)
         while True:
             try:
                 call = self._calls.get_nowait()
@@ -330,14 +336,36 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         """Run ``fn`` on the tick thread, between ticks."""
         self._calls.put(fn)
 
-    def transfer_leadership(self, address: str) -> None:
-        """Best effort: ask the Raft leadership to move to ``address`` (we must lead)."""
-        def go() -> None:
-            if self._isLeader():
-                self.transferLeadership(address, callback=lambda result, error: log.info(
-                    "Raft leadership transfer to %s: %s", address,
-                    "sent" if error == FAIL_REASON.SUCCESS else f"refused ({error})"))
-        self.call_soon(go)
+    def transfer_leadership(self, address: str, within_s: float = 3.0) -> None:
+        """Best effort: move the Raft leadership to ``address`` while we lead.
+
+        pysyncobj refuses a transfer to a follower that lacks the leader's last entry, which
+        under load is most of the time: try again every 100 ms until the leadership has moved
+        or ``within_s`` has passed.
+        """
+        deadline = time.monotonic() + within_s
+
+        def attempt() -> None:
+            if not self._isLeader():
+                return                                   # moved (or lost anyway): done
+            if time.monotonic() > deadline:
+                log.warning("Raft leadership transfer to %s did not happen within %.1f s",
+                            address, within_s)
+                return
+
+            def done(result: Any, error: Any) -> None:
+                if error == FAIL_REASON.SUCCESS:
+                    log.info("Raft leadership transfer to %s: sent", address)
+                self.call_later(0.1, attempt)           # check it moved, or try again
+
+            self.transferLeadership(address, callback=done)
+
+        self.call_soon(attempt)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the tick thread after ``delay`` seconds."""
+        when = time.monotonic() + delay
+        self.call_soon(lambda: self._later.append((when, fn)))
 
     def change_membership(self, action: str, address: str,
                           done: Callable[[bool], None]) -> None:
