@@ -11,14 +11,13 @@ and the C accelerator, on malformed input, and applying through a real ``Store``
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from hacluster.config import StorageConfig
@@ -36,15 +35,11 @@ from hacluster.wal.batch import (
     replay_batch,
 )
 from hacluster.wal.errors import WalCorruption, WalError, WalUnsupported
+from tests.fuzzing import fuzz_settings
 
-SCALE = max(1, int(os.environ.get("HACLUSTER_FUZZ_EXAMPLES", "1")))
 c_replay = wb._c_replay
 needs_c = pytest.mark.skipif(c_replay is None, reason="C accelerator not built")
 
-
-def fuzz_settings(examples: int) -> Any:
-    return settings(max_examples=examples * SCALE, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def varint(v: int) -> bytes:

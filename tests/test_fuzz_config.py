@@ -12,49 +12,25 @@ file's path, in bounded time; never another exception.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import os
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hacluster.config import ClusterConfig, ConfigError, load_config, parse_address
+from tests.fuzzing import fuzz_settings, time_limit
 
-SCALE = max(1, int(os.environ.get("HACLUSTER_FUZZ_EXAMPLES", "1")))
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "file-token-0123456789"
 
 
-def fuzz_settings(examples: int) -> Any:
-    return settings(max_examples=examples * SCALE, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-
-class Hang(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: Any) -> None:
-        raise Hang(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")

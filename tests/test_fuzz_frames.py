@@ -11,22 +11,18 @@ naming the frame, in bounded time and memory.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import decimal
 import itertools
-import os
-import signal
 import struct
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hacluster.replication.frames import (
@@ -47,33 +43,13 @@ from hacluster.replication.frames import (
 )
 from hacluster.wal.batch import DELETE, PUT
 from hacluster.wal.batch import encode_batch as encode_wb
+from tests.fuzzing import fuzz_settings, time_limit
 
-SCALE = max(1, int(os.environ.get("HACLUSTER_FUZZ_EXAMPLES", "1")))
 MAX = 1 << 16
 U64 = 2**64 - 1
 
 
-def fuzz_settings(examples: int) -> Any:
-    return settings(max_examples=examples * SCALE, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-
-class Hang(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: Any) -> None:
-        raise Hang(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def encode(frame: Frame) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import socket
 import time
 import urllib.parse
@@ -30,8 +29,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hacluster.testing.harness import TOKEN, Cluster, NodeProc
+from tests.fuzzing import SCALE
 
-SCALE = max(1, int(os.environ.get("HACLUSTER_FUZZ_EXAMPLES", "1")))
 LIMITS = {"max_key_bytes": 64, "max_value_bytes": 4096, "max_body_bytes": 65536,
           "max_batch_ops": 20}
 WRITES = {("PUT", "/v1/kv/"), ("DELETE", "/v1/kv/"), ("POST", "/v1/batch")}

@@ -15,22 +15,17 @@ lengths past the block, and random bytes are read as logs. Whatever the damage, 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import random
 import shutil
-import signal
 import struct
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import crc32c
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, WalBatch, encode_batch
@@ -43,32 +38,7 @@ from hacluster.wal.records import (
     encode_records,
     mask_crc,
 )
-
-SCALE = max(1, int(os.environ.get("HACLUSTER_FUZZ_EXAMPLES", "1")))
-
-
-def fuzz_settings(examples: int) -> Any:
-    return settings(max_examples=examples * SCALE, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-class Hang(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Turn a hang into a failure (with a traceback) instead of a stuck test run."""
-    def expire(signum: int, frame: Any) -> None:
-        raise Hang(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+from tests.fuzzing import fuzz_settings, time_limit
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,8 @@ body applies nothing.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import json
-import os
-import signal
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -26,42 +23,22 @@ from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hacluster.config import LimitsConfig, StorageConfig
 from hacluster.store import Store
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT
 from hacluster.writes import CBOR_TYPE, BadRequest, check_cf, check_key, check_value, parse_batch
+from tests.fuzzing import fuzz_settings, time_limit
 
-SCALE = max(1, int(os.environ.get("HACLUSTER_FUZZ_EXAMPLES", "1")))
 JSON_TYPE = "application/json"
 CFS = ("default", "users", "events")
 LIMITS = LimitsConfig(max_key_bytes=16, max_value_bytes=64, max_body_bytes=1 << 16,
                       max_batch_ops=8)
 
 
-def fuzz_settings(examples: int) -> Any:
-    return settings(max_examples=examples * SCALE, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-
-class Hang(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: Any) -> None:
-        raise Hang(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def parse(body: bytes, content_type: str, limits: LimitsConfig = LIMITS) -> list[Any] | str:
