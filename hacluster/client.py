@@ -112,17 +112,10 @@ class Client:
 
     def get_json(self, path: str, url: str | None = None) -> Any:
         """GET ``path`` from ``url`` or from the first node that answers."""
-        errors = []
-        for u in [url] if url else self._order():
-            try:
-                answer = self.request(u, "GET", path)
-            except OSError as exc:
-                errors.append(f"{u}: {exc}")
-                continue
-            if answer.status != 200:
-                raise RequestFailed(answer.status, _message(answer), answer.body)
-            return answer.json()
-        raise HaclusterError(f"no node answered {path}: {'; '.join(errors)}")
+        answer = self._any("GET", path, url)
+        if answer.status != 200:
+            raise RequestFailed(answer.status, _message(answer), answer.body)
+        return answer.json()
 
     def _order(self) -> list[str]:
         first = [self.leader_url] if self.leader_url in self.urls else []
@@ -132,16 +125,11 @@ class Client:
 
     def find_leader(self) -> str | None:
         """Ask the nodes ``GET /leader``; the first that knows a primary wins."""
-        for url in self._order():
-            try:
-                answer = self.request(url, "GET", "/leader", timeout=min(self.timeout, 2.0))
-            except OSError:
-                continue
-            if answer.status == 200:
-                leader = str(answer.json()["url"]).rstrip("/")
-                self.leader_url = leader
-                return leader
-        return None
+        try:
+            self.leader_url = str(self.leader()["url"]).rstrip("/")
+        except NoLeader:
+            return None
+        return self.leader_url
 
     def leader(self) -> dict[str, Any]:
         """The leader answer of the first node that knows one (``leader``, ``url``, ``epoch``)."""
@@ -238,7 +226,7 @@ class Client:
             return None
         path = f"/v1/kv/{_quote(text)}?cf={_quote(cf)}"
         if stale:
-            answer = self._any(path + "&stale=1", url)
+            answer = self._any("GET", path + "&stale=1", url)
         else:
             answer = self._on_primary("GET", path, write=False)
         if answer.status == 404:
@@ -257,7 +245,7 @@ class Client:
             if after is not None:
                 q += f"&start_after_b64={_quote(base64.b64encode(after).decode())}"
             headers = {"Accept": "application/cbor"}
-            answer = (self._any(q + "&stale=1", None, headers) if stale
+            answer = (self._any("GET", q + "&stale=1", None, headers=headers) if stale
                       else self._on_primary("GET", q, headers=headers, write=False))
             if answer.status != 200:
                 raise RequestFailed(answer.status, _message(answer))
@@ -271,21 +259,22 @@ class Client:
         q = (f"/v1/kv?cf={_quote(cf)}&limit=1&prefix_b64="
              f"{_quote(base64.b64encode(key).decode())}")
         headers = {"Accept": "application/cbor"}
-        answer = (self._any(q + "&stale=1", None, headers) if stale
+        answer = (self._any("GET", q + "&stale=1", None, headers=headers) if stale
                   else self._on_primary("GET", q, headers=headers, write=False))
         if answer.status != 200:
             raise RequestFailed(answer.status, _message(answer))
         return [(bytes(k), bytes(v)) for k, v in cbor2.loads(answer.body)["items"]]
 
-    def _any(self, path: str, url: str | None,
-             headers: dict[str, str] | None = None) -> Answer:
+    def _any(self, method: str, path: str, url: str | None, body: bytes | None = None,
+             headers: dict[str, str] | None = None, timeout: float | None = None) -> Answer:
+        """One request to ``url``, or to the first node that answers (the leader first)."""
         errors = []
         for u in [url] if url else self._order():
             try:
-                return self.request(u, "GET", path, headers=headers)
+                return self.request(u, method, path, body, headers, timeout)
             except OSError as exc:
                 errors.append(f"{u}: {exc}")
-        raise HaclusterError(f"no node answered: {'; '.join(errors)}")
+        raise HaclusterError(f"no node answered {path}: {'; '.join(errors)}")
 
     # -- the cluster ----------------------------------------------------------------------
 
@@ -306,21 +295,11 @@ class Client:
             answer = self._on_primary("POST", f"/v1/admin/{action}", data, headers,
                                       write=False, timeout=timeout)
         else:
-            answer = self._post_any(f"/v1/admin/{action}", data, headers, timeout)
+            answer = self._any("POST", f"/v1/admin/{action}", None, data, headers, timeout)
         if answer.status not in (200, 202):
             raise RequestFailed(answer.status, _message(answer), _safe_json(answer))
         result: dict[str, Any] = answer.json()
         return result
-
-    def _post_any(self, path: str, data: bytes, headers: dict[str, str],
-                  timeout: float) -> Answer:
-        errors = []
-        for u in self._order():
-            try:
-                return self.request(u, "POST", path, data, headers, timeout=timeout)
-            except OSError as exc:
-                errors.append(f"{u}: {exc}")
-        raise HaclusterError(f"no node answered {path}: {'; '.join(errors)}")
 
 
 def _b(value: bytes | str) -> bytes:
