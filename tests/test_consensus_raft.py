@@ -171,21 +171,16 @@ def test_log_is_compacted_into_a_dump_and_a_restart_replays_it(tmp_path: Path) -
             t.stop(i)
 
 
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_journal_growth_on_a_full_disk_is_an_error_not_a_crash(tmp_path: Path) -> None:
+def test_journal_growth_on_a_full_disk_is_an_error_not_a_crash(small_disk: Path) -> None:
     """pysyncobj grows its journal through an mmap: unpatched, a full disk is a SIGBUS."""
     import subprocess
     import sys
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
-        script = f"""
+    script = f"""
 import hacluster.consensus.raft
 from pysyncobj.journal import ResizableFile
-f = ResizableFile({str(mount / 'j')!r}, initialSize=1024, defaultContent=b"h" * 16)
+f = ResizableFile({str(small_disk / 'j')!r}, initialSize=1024, defaultContent=b"h" * 16)
 try:
-    with open({str(mount / 'ballast')!r}, "wb", buffering=0) as b:
+    with open({str(small_disk / 'ballast')!r}, "wb", buffering=0) as b:
         while True:
             b.write(b"\\0" * 4096)
 except OSError:
@@ -198,28 +193,21 @@ try:
 except OSError as exc:
     print("OSError", exc.errno)
 """
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, (done.returncode, done.stderr[-500:])
-        assert done.stdout.strip() == "OSError 28"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    assert done.stdout.strip() == "OSError 28"
 
 
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_a_journal_append_that_fails_on_a_full_disk_changes_nothing(tmp_path: Path) -> None:
+def test_a_journal_append_that_fails_on_a_full_disk_changes_nothing(small_disk: Path) -> None:
     """Memory and file stay equal when an append (or a term and vote) fails to be stored."""
     import subprocess
     import sys
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
-        script = f"""
+    script = f"""
 import os
 import hacluster.consensus.raft
 from pysyncobj.journal import FileJournal
-path, ballast = {str(mount / 'raft.journal')!r}, {str(mount / 'ballast')!r}
+path, ballast = {str(small_disk / 'raft.journal')!r}, {str(small_disk / 'ballast')!r}
 j = FileJournal(path)
 j.setCurrentTerm(3, "n1")
 for i in range(1, 11):
@@ -260,9 +248,21 @@ again = FileJournal(path)
 assert [(bytes(again[k][0]), again[k][1]) for k in range(len(again))] == entries
 print("ok", failed)
 """
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, (done.returncode, done.stderr[-800:])
-        assert done.stdout.startswith("ok ")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-800:])
+    assert done.stdout.startswith("ok ")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs to fill (mounting it needs root)."""
+    import os
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
