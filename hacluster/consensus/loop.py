@@ -440,7 +440,11 @@ class ControlLoop:
         # The next effective renewal reopens the gate (become_primary).
         self.switching = False
 
-    async def _propose_and_wait(self, cmd: Command, timeout: float) -> bool | None:
+    async def _raft_result(self, start: Any, timeout: float) -> bool | None:
+        """Call ``start(settle)``; wait for the Raft thread to call ``settle(ok)``.
+
+        None when nothing came within ``timeout``.
+        """
         assert self._loop is not None
         loop = self._loop
         result: asyncio.Future[bool | None] = loop.create_future()
@@ -449,14 +453,15 @@ class ControlLoop:
             if not result.done():
                 result.set_result(ok)
 
-        def done(ok: bool | None, proposed_at: float) -> None:
-            loop.call_soon_threadsafe(settle, ok)
-
-        self.raft.propose(cmd, done)
+        start(lambda ok: loop.call_soon_threadsafe(settle, ok))
         try:
             return await asyncio.wait_for(result, timeout)
         except TimeoutError:
             return None
+
+    async def _propose_and_wait(self, cmd: Command, timeout: float) -> bool | None:
+        return await self._raft_result(
+            lambda settle: self.raft.propose(cmd, lambda ok, proposed_at: settle(ok)), timeout)
 
     async def request_failover(self, candidate: str, force: bool,
                                timeout: float = 5.0) -> int:
@@ -493,22 +498,8 @@ class ControlLoop:
         return state.lock.epoch
 
     async def _membership(self, action: str, address: str, timeout: float) -> bool:
-        assert self._loop is not None
-        loop = self._loop
-        result: asyncio.Future[bool] = loop.create_future()
-
-        def settle(ok: bool) -> None:
-            if not result.done():
-                result.set_result(ok)
-
-        def done(ok: bool) -> None:
-            loop.call_soon_threadsafe(settle, ok)
-
-        self.raft.change_membership(action, address, done)
-        try:
-            return await asyncio.wait_for(result, timeout)
-        except TimeoutError:
-            return False
+        return bool(await self._raft_result(
+            lambda settle: self.raft.change_membership(action, address, settle), timeout))
 
     async def add_member(self, name: str, raft_address: str, timeout: float = 10.0) -> None:
         """Make ``raft_address`` a Raft member, before the new node ``name`` starts."""
