@@ -7,8 +7,12 @@ every latency. Then the same clients send ``POST /v1/batch`` with 100 ops per re
 mode). The ceiling is measured in the same run: raw local rocksdict puts in this process, and
 the idle RSS of a node process.
 
+A third cluster runs sync mode with ``storage.durability: os_buffer`` (acknowledged once in the
+page cache), to show what the default ``fsync`` (acknowledged once on disk, group commit) costs.
+
 Printed as figures and as ratios against the same run's baselines: sync/async throughput (goal
->= 0.5), sync p99 / async p99 (goal <= 2), idle RSS (goal <= 80 MB). ``--json`` prints one JSON
+>= 0.5), sync p99 / async p99 (goal <= 2), fsync/os_buffer throughput (goal >= 0.5), idle RSS
+(goal <= 80 MB). ``--json`` prints one JSON
 object as the last line; ``--quick`` shortens every phase so the run ends within 60 s.
 """
 
@@ -112,8 +116,11 @@ def raw_put_rate(root: Path, seconds: float) -> float:
 
 
 def cluster_phase(root: Path, mode: str, seconds: float, with_batch: bool,
-                  log: Any) -> dict[str, Any]:
-    cluster = Cluster(root / mode, consensus=True, replication={"mode": mode})
+                  log: Any, durability: str = "fsync") -> dict[str, Any]:
+    cluster = Cluster(root / f"{mode}-{durability}", consensus=True,
+                      replication={"mode": mode}, storage={"durability": durability})
+    log = (lambda text, log=log: log(f"{durability}: {text}")) if durability != "fsync" \
+        else log
     cluster.start()
     try:
         primary = cluster.wait_primary(30)
@@ -156,7 +163,8 @@ def main() -> int:
         log(f"raw local rocksdict: {raw:.0f} puts/s (the ceiling)")
         sync = cluster_phase(root, "sync", seconds, True, log)
         asyn = cluster_phase(root, "async", seconds, False, log)
-    s, a = sync["puts"], asyn["puts"]
+        buffered = cluster_phase(root, "sync", seconds, False, log, "os_buffer")
+    s, a, b = sync["puts"], asyn["puts"], buffered["puts"]
     figures = {
         "put_rate_sync": round(s["rate"], 1), "put_rate_async": round(a["rate"], 1),
         "put_p50_ms_sync": round(s["p50_ms"], 3), "put_p50_ms_async": round(a["p50_ms"], 3),
@@ -164,12 +172,17 @@ def main() -> int:
         "sync_async_rate_ratio": round(s["rate"] / a["rate"], 3),
         "sync_async_p99_ratio": round(s["p99_ms"] / a["p99_ms"], 3),
         "batch_ops_rate_sync": round(sync["batch"]["rate"], 1),
+        "put_rate_sync_os_buffer": round(b["rate"], 1),
+        "put_p99_ms_sync_os_buffer": round(b["p99_ms"], 3),
+        "fsync_os_buffer_rate_ratio": round(s["rate"] / b["rate"], 3),
+        "fsync_os_buffer_p99_ratio": round(s["p99_ms"] / b["p99_ms"], 3),
         "raw_put_rate": round(raw, 1),
         "put_raw_ratio_async": round(a["rate"] / raw, 4),
         "idle_rss_mb": round(max(sync["idle_rss_mb"], asyn["idle_rss_mb"]), 1),
     }
     log(f"sync/async throughput {figures['sync_async_rate_ratio']} (goal >= 0.5), "
-        f"sync/async p99 {figures['sync_async_p99_ratio']} (goal <= 2), idle RSS "
+        f"sync/async p99 {figures['sync_async_p99_ratio']} (goal <= 2), fsync/os_buffer "
+        f"throughput {figures['fsync_os_buffer_rate_ratio']} (goal >= 0.5), idle RSS "
         f"{figures['idle_rss_mb']} MB (goal <= 80)")
     if args.json:
         print(json.dumps(figures))

@@ -5,7 +5,8 @@ Runs ``hacluster.testing.chaos.ChaosRun``: 3 or 5 node processes, one network na
 faults (SIGKILL and restart, SIGSTOP longer than the lease, the primary cut off, a minority /
 majority split, one-way loss with iptables, restart of every node, a full disk, a wiped replica,
 a switchover under load), each healed before the next. Prints one line per fault, then a
-summary table; writes a JSON report and a timeline picture (PNG: primaries per epoch, faults,
+summary table; writes a JSON report and, when matplotlib is installed (``pip install
+matplotlib``, or the ``plot`` extra), a timeline picture (PNG: primaries per epoch, faults,
 client errors). ``--json`` prints one JSON object as the last line with ``faults``,
 ``lost_acked``, ``split_brain_windows``, ``stale_reads``, ``diverged_unreported``,
 ``converged``, ``availability``. Exit status 0 only when every checker is green.
@@ -14,6 +15,7 @@ client errors). ``--json`` prints one JSON object as the last line with ``faults
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -21,7 +23,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hacluster.testing.chaos import KINDS, ChaosRun, unavailable_reason, write_report
+from hacluster.testing.chaos import (
+    KINDS,
+    ChaosResult,
+    ChaosRun,
+    plot,
+    unavailable_reason,
+    write_report,
+)
+
+NO_PLOT = ("no timeline picture: matplotlib is not installed (pip install matplotlib, or "
+           "pip install -e '.[plot]'); the JSON report is written all the same")
+
+
+def write_outputs(result: ChaosResult, report: Path, png: Path) -> str:
+    """Write the JSON report, then the picture if matplotlib is there; say what was written.
+
+    The report comes first and never depends on matplotlib: a long run must not lose its
+    verdicts to a missing plotting library.
+    """
+    write_report(result, report)
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"chaos: {NO_PLOT}", file=sys.stderr)
+        return f"report: {report}   timeline: not drawn (matplotlib missing)"
+    plot(result, png)
+    return f"report: {report}   timeline: {png}"
 
 
 def main() -> int:
@@ -41,6 +67,8 @@ def main() -> int:
     if reason:
         print(f"chaos: cannot run here: {reason}", file=sys.stderr)
         return 2
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"chaos: {NO_PLOT}", file=sys.stderr)     # said now, not only after the run
     kinds = tuple(k for k in args.kinds.split(",") if k)
     unknown = set(kinds) - set(KINDS)
     if unknown:
@@ -52,14 +80,14 @@ def main() -> int:
         result = run.run(args.faults)
     finally:
         run.close()
-    write_report(result, args.report, args.png)
+    written = write_outputs(result, args.report, args.png)
     summary = result.summary()
     width = max(len(k) for k in summary)
     print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in summary.items()))
     details = result.verdicts.get("details", {})
     if any(details.values()):
         print("violations:\n" + json.dumps(details, indent=1, default=str))
-    print(f"report: {args.report}   timeline: {args.png}   run dir: {root}")
+    print(f"{written}   run dir: {root}")
     if not args.keep and result.ok:      # a failed run keeps its logs and histories
         import shutil
         shutil.rmtree(root, ignore_errors=True)

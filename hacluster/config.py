@@ -74,12 +74,20 @@ class StorageConfig:
     write_buffer_size_mb: int = 64
     max_total_wal_size_mb: int = 0
     fsync_writes: bool = False
+    # "fsync": nothing is acknowledged (by the primary to a client, or by a replica to the
+    # primary) before it is on disk, one WAL sync per round of writes (group commit), so a
+    # power loss of every node at once loses no acknowledged write. "os_buffer": in the page
+    # cache only, which survives a process crash but not a power loss.
+    durability: str = "fsync"
     # The primary refuses writes (507) while its data dir's file system has less free space
     # than this, before RocksDB itself runs out (0: only below 1 MB, or on RocksDB's error).
     min_free_mb: int = 64
     # An emergency reserve file (real blocks) deleted when space runs low, so the Raft journal
     # and a RocksDB reopen still have room; 0: none.
     reserve_mb: int = 32
+    # Retention of divergent-tail files and of databases set aside for incomplete tails.
+    divergent_keep_days: int = 30
+    divergent_max_mb: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,8 @@ class ReplicationConfig:
     checkpoint_ttl_seconds: int = 3600
     bootstrap_chunk_bytes: int = 1 << 20
     bootstrap_max_rate_mb_s: float = 0.0
+    # Checkpoints that may exist at once on the primary (each pins the SST files it links).
+    max_checkpoints: int = 4
     # "sync" (the default with consensus): a write is acknowledged once the synchronous set
     # has it; "async" (the only mode without consensus): once it is in the primary's DB.
     mode: str = "sync"
@@ -101,6 +111,8 @@ class ReplicationConfig:
     # /replica, /read-only and /readiness: how far behind (in sequence numbers, one per op) a
     # replica may be and still serve reads.
     max_replica_lag: int = 100_000
+    # GET ?min_seq=N on a replica: how long to wait for it to reach N before answering 503.
+    min_seq_wait_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,11 +565,22 @@ def _storage(r: _Reader) -> StorageConfig:
         max_total_wal_size_mb=r.integer("max_total_wal_size_mb", d.max_total_wal_size_mb,
                                         minimum=0, maximum=1 << 40),
         fsync_writes=r.get("fsync_writes", bool, d.fsync_writes),
+        durability=r.get("durability", str, d.durability),
         min_free_mb=r.integer("min_free_mb", d.min_free_mb, minimum=0),
         reserve_mb=r.integer("reserve_mb", d.reserve_mb, minimum=0, maximum=1 << 20),
+        divergent_keep_days=r.integer("divergent_keep_days", d.divergent_keep_days, minimum=1,
+                                      maximum=36_500),
+        divergent_max_mb=r.integer("divergent_max_mb", d.divergent_max_mb, minimum=1,
+                                   maximum=1 << 30),
     )
+    if result.durability not in DURABILITY:
+        raise r.fail(r.key("durability"), f"must be one of {', '.join(DURABILITY)}, got "
+                     f"{brief(result.durability)}")
     r.finish()
     return result
+
+
+DURABILITY = ("fsync", "os_buffer")
 
 
 def _replication(r: _Reader) -> ReplicationConfig:
@@ -578,11 +601,14 @@ def _replication(r: _Reader) -> ReplicationConfig:
         ack_interval=r.number("ack_interval", d.ack_interval, minimum=0, maximum=10),
         checkpoint_ttl_seconds=r.integer("checkpoint_ttl_seconds", d.checkpoint_ttl_seconds,
                                          minimum=10),
+        max_checkpoints=r.integer("max_checkpoints", d.max_checkpoints, minimum=1,
+                                  maximum=1024),
         bootstrap_chunk_bytes=r.integer("bootstrap_chunk_bytes", d.bootstrap_chunk_bytes,
                                         minimum=4096, maximum=64 << 20),
         bootstrap_max_rate_mb_s=r.number("bootstrap_max_rate_mb_s", d.bootstrap_max_rate_mb_s,
                                          minimum=0),
         max_replica_lag=r.integer("max_replica_lag", d.max_replica_lag, minimum=0),
+        min_seq_wait_s=r.number("min_seq_wait_s", d.min_seq_wait_s, minimum=0, maximum=60),
     )
     if result.mode not in ("sync", "async", ""):
         raise r.fail(r.key("mode"), f"must be sync or async, got {brief(result.mode)}")

@@ -104,6 +104,10 @@ class NodeCollector(Collector):
                                             value=float(raft[key]))
             yield CounterMetricFamily("hacluster_raft_compactions", "Raft log compactions",
                                       value=float(raft["compactions"]))
+            yield CounterMetricFamily(
+                "hacluster_raft_torn_records_truncated",
+                "torn final Raft journal records cut at start (a power loss mid-append)",
+                value=float(raft.get("torn_records_truncated") or 0))
             yield GaugeMetricFamily("hacluster_paused", "1 in maintenance mode",
                                     value=1.0 if control.raft.snapshot().paused else 0.0)
 

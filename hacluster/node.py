@@ -26,11 +26,18 @@ from aiohttp import web
 from hacluster.api import build_app
 from hacluster.config import ClusterConfig, NodeConfig
 from hacluster.consensus.decide import Action
+from hacluster.consensus.epochs import same_history
 from hacluster.consensus.lease import LeaseTiming
 from hacluster.consensus.lineage import Lineage, find_divergence
 from hacluster.consensus.state import EpochRecord
-from hacluster.divergence import list_divergent_tails, save_divergent_tail
+from hacluster.divergence import (
+    list_divergent_tails,
+    prune_divergence,
+    save_divergent_tail,
+    set_aside,
+)
 from hacluster.fencing import WriteGate
+from hacluster.groupsync import GroupSync
 from hacluster.hooks import Hooks
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.probes import NodeView
@@ -109,11 +116,16 @@ class Node:
         self.hooks = Hooks(cfg.hooks, name)
         self.watchdog = Watchdog(cfg.watchdog, name)
         self._tasks: list[asyncio.Task[None]] = []
+        self._janitor_task: asyncio.Task[None] | None = None   # while primary only
         self._runner: web.AppRunner | None = None
         self._role_lock = asyncio.Lock()
         self.started_at = time.time()
         self.writes = 0
         self.unknown_outcomes = 0
+        # The highest seq acknowledged to a client by this process (rule 2: renewals and
+        # releases carry it into Raft as the floor no successor may be below).
+        self.acked_seq = 0
+        self.wal_sync = GroupSync(self.latest_seq, self._sync_wal)
         self.disk_full: str | None = None     # set by a RocksDB space error, until reopened
         st = cfg.storage
         self.space = SpaceGuard(self.data_dir, st.min_free_mb, st.reserve_mb, name)
@@ -142,6 +154,38 @@ class Node:
     def current_store(self) -> Store | None:
         return self.follower.store if self.follower else self.store
 
+    def latest_seq(self) -> int:
+        store = self.current_store()
+        return store.latest_seq() if store else 0
+
+    def _sync_wal(self) -> None:
+        store = self.current_store()
+        if store is not None:
+            store.sync_wal()
+
+    @property
+    def durable_acks(self) -> bool:
+        return self.cfg.storage.durability == "fsync"
+
+    def history_refusal(self, label: int, seq: int) -> str | None:
+        """Why a replica whose data up to ``seq`` is labelled ``label`` cannot follow this
+        primary from there (rule 1: the stream request names its epoch); None when it can."""
+        if self.control is None or seq <= 0:
+            return None
+        history = self.control.raft.snapshot().history
+        mine = self.lineage_label(seq)
+        if same_history(label, mine, seq, history):
+            return None
+        return (f"the replica's seqs up to {seq} came from epoch {label}, this primary's from "
+                f"epoch {mine}, and the epoch history says they differ there: the replica "
+                "holds a divergent tail")
+
+    def lineage_label(self, seq: int) -> int:
+        """The epoch whose history this node's data up to ``seq`` belongs to (0: unknown)."""
+        if self.lineage is None or seq <= 0:
+            return 0
+        return self.lineage.last_epoch(seq) or 0
+
     def open_store(self) -> Store:
         return Store(self.db_dir, self.cfg.column_families, self.cfg.storage,
                      sync_writes=self.cfg.storage.fsync_writes)
@@ -152,6 +196,9 @@ class Node:
         if self.lineage is None:
             self.lineage = Lineage(self.data_dir)
         bootstrap.recover(self.data_dir)
+        st = self.cfg.storage
+        prune_divergence(self.data_dir, st.divergent_keep_days, st.divergent_max_mb << 20,
+                         startup=True)
         if self.cfg.uses_consensus:
             # The consensus loop decides the role; until then this node is nobody's replica.
             # A database already on disk is opened now, so the first report carries its real
@@ -194,14 +241,19 @@ class Node:
             node_name=self.name, db_dir=self.db_dir, feed=self.feed, positions=self.positions,
             latest_seq=store.latest_seq, column_families=lambda: store.column_families,
             epoch=lambda: self.role.epoch,
-            heartbeat_interval=self.cfg.replication.heartbeat_interval)
+            heartbeat_interval=self.cfg.replication.heartbeat_interval,
+            is_member=self.is_member, history_refusal=self.history_refusal)
         self.checkpoints = CheckpointService(
             self.data_dir / "checkpoints", create=store.checkpoint,
             epoch=lambda: self.role.epoch, column_families=lambda: store.column_families,
             ttl_seconds=self.cfg.replication.checkpoint_ttl_seconds,
-            on_bootstrap=self._bootstrap_started)
+            on_bootstrap=self._bootstrap_started,
+            max_checkpoints=self.cfg.replication.max_checkpoints)
         self.checkpoints.clear()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._janitor()))
+        # The janitor belongs to this spell as primary: one at a time, cancelled on demotion.
+        if self._janitor_task is not None:
+            self._janitor_task.cancel()
+        self._janitor_task = asyncio.get_running_loop().create_task(self._janitor())
         log.info("%s is primary: epoch %d, seq %d", self.name, self.role.epoch,
                  store.latest_seq())
 
@@ -213,17 +265,21 @@ class Node:
             token=self.cfg.token,
             cfg=self.cfg.replication, open_store=self._replica_store,
             known_epoch=self.role.epoch, lineage=self.lineage,
-            space_low=lambda: self.space.low)
+            space_low=lambda: self.space.low, durable=self.durable_acks)
         # A store this node already has open (it was primary, or followed another primary)
         # is handed over, never opened twice.
         self.follower.store = self.store
         self._follower_task = asyncio.get_running_loop().create_task(self.follower.run())
 
+    def is_member(self, name: str) -> bool:
+        """A node of the config, or a member admitted to Raft since."""
+        return name in {n.name for n in self.cfg.nodes} or (
+            self.control is not None and self.control.raft.snapshot().member(name) is not None)
+
     def _bootstrap_started(self, name: str) -> None:
         # Only members are replicas: a backup or another tool fetching a checkpoint must not
         # show up (and alert) as a lagging replica.
-        if name in {n.name for n in self.cfg.nodes} or (
-                self.control is not None and self.control.raft.snapshot().member(name)):
+        if self.is_member(name):
             self.positions.bootstrap_started(name)
 
     def _replica_store(self) -> Store:
@@ -252,10 +308,49 @@ class Node:
         self.feed = None
         self.source = None
         self.checkpoints = None
+        janitor, self._janitor_task = self._janitor_task, None
+        if janitor is not None:
+            janitor.cancel()
+            try:
+                await janitor
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def _may_serve(self, epoch: int) -> str | None:
+        """Rule 7: why a committed Acquire or Renew of ``epoch`` must not open the gate now.
+
+        Checked under the role lock, when the gate is about to open: between the commit and
+        now the lock may have moved on, a switchover may have shut the gate, or this process
+        may have been paused (SIGSTOP) across all of it.
+        """
+        if self.control is None:
+            return None
+        lock = self.control.raft.snapshot().lock
+        if not (lock.held and lock.holder == self.name):
+            return f"the lock is no longer mine (holder {lock.holder}, epoch {lock.epoch})"
+        if lock.epoch != epoch:
+            return f"the lock moved on to epoch {lock.epoch}"
+        if self.control.switching:
+            return "a switchover holds the gate shut"
+        if not self.is_primary:
+            # The epoch starts where its Acquire said: this node must hold exactly the data
+            # before it (an Acquire that committed late, after more was applied, is not ours).
+            record = next((r for r in self.control.raft.snapshot().history
+                           if r.epoch == epoch), None)
+            have = self.latest_seq()
+            if record is not None and record.start_seq != have + 1:
+                return (f"epoch {epoch} starts at seq {record.start_seq} but this node holds "
+                        f"seq {have}")
+        return None
 
     async def become_primary(self, epoch: int, proposed_at: float) -> None:
         """The lock is ours (a committed Acquire or Renew proposed at ``proposed_at``)."""
         async with self._role_lock:
+            stale = self._may_serve(epoch)
+            if stale is not None:
+                log.info("%s: not opening the write gate for epoch %d: %s", self.name, epoch,
+                         stale)
+                return
             if self.is_primary and self.role.epoch == epoch and self.feed is not None:
                 if self.gate.refusal() is None:
                     self.gate.extend(proposed_at)   # a routine renewal
@@ -269,7 +364,15 @@ class Node:
                 if self.control is not None:
                     self.control.release(epoch)
                 return
+            if self.is_primary:
+                # Primary of an older epoch still (its parts serve that epoch): stop them.
+                await self._stop_primary_parts()
             await self._stop_follower()
+            stale = self._may_serve(epoch)      # a batch may have landed while it stopped
+            if stale is not None:
+                log.info("%s: not opening the write gate for epoch %d: %s", self.name, epoch,
+                         stale)
+                return
             store = self.store or self.open_store()
             # Durable before the first write of this epoch: what follows is epoch's data.
             assert self.lineage is not None
@@ -306,7 +409,7 @@ class Node:
                             primary=primary)
             if primary is not None and primary != self.name:
                 if self.control is not None:
-                    self._handle_divergence(self.control.raft.snapshot().history)
+                    await self._handle_divergence(self.control.raft.snapshot().history)
                 self._start_replica()
 
     async def reinit(self) -> str:
@@ -333,7 +436,7 @@ class Node:
             self._start_replica()
             return primary
 
-    def _handle_divergence(self, history: Sequence[EpochRecord]) -> None:
+    async def _handle_divergence(self, history: Sequence[EpochRecord]) -> None:
         """Before following: keep writes no current primary has in a file, then start over."""
         store = self.store
         if store is None and has_database(self.db_dir):
@@ -343,20 +446,27 @@ class Node:
         div = find_divergence(self.lineage, store.latest_seq(), history)
         if div is None:
             return
-        path, complete, ops = save_divergent_tail(self.data_dir, self.name, store, div)
+        st = self.cfg.storage
+        # Off the event loop: a long tail must not stall leases, Raft reports or /status.
+        # Nothing writes this store meanwhile: the caller holds the role lock, the follower
+        # and the primary parts are stopped, and the role names another primary, so
+        # Node.write refuses.
+        saved = await asyncio.to_thread(save_divergent_tail, self.data_dir, self.name, store,
+                                        div, max_bytes=st.divergent_max_mb << 20)
         log.error("%s: divergent tail: seqs %d..%d were written in epoch %d but epoch history "
                   "gives them to a later epoch; %d ops saved to %s%s; re-bootstrapping from "
-                  "the primary", self.name, div.first_seq, div.last_seq, div.epoch, ops, path,
-                  "" if complete else " (INCOMPLETE: the WAL no longer held all of them)")
+                  "the primary", self.name, div.first_seq, div.last_seq, div.epoch, saved.ops,
+                  saved.path, "" if saved.complete else f" (INCOMPLETE: {saved.error})")
         store.close()
         self.store = None
-        aside = self.data_dir / f"db.diverged-{int(time.time())}"
-        self.db_dir.rename(aside)
-        if complete:
-            shutil.rmtree(aside, ignore_errors=True)
+        aside = set_aside(self.db_dir)
+        self.lineage.reset(0, 1)
+        if saved.complete:
+            await asyncio.to_thread(shutil.rmtree, aside, True)
         else:
             log.error("%s: kept the old database at %s for manual recovery", self.name, aside)
-        self.lineage.reset(0, 1)
+        await asyncio.to_thread(prune_divergence, self.data_dir, st.divergent_keep_days,
+                                st.divergent_max_mb << 20, keep=saved.path)
 
     async def _watch_space(self) -> None:
         while True:
@@ -399,6 +509,27 @@ class Node:
                                  f"acknowledged: {late}; it may be lost on failover")
         return applied
 
+    async def acknowledge(self, seq: int) -> None:
+        """Return once the write ending at ``seq`` may be acknowledged to its client.
+
+        Durable here first (``storage.durability: fsync``, one sync for every write waiting),
+        confirmed by the synchronous set in sync mode, and the gate still open at the end;
+        else OutcomeUnknown. Records ``seq`` as acknowledged (rule 2) with no await between the
+        last check and the record, so a release after the gate shut sees every ack.
+        """
+        if self.durable_acks:
+            try:
+                await self.wal_sync.through(seq)
+            except Exception as exc:
+                raise OutcomeUnknown(f"written locally at seq {seq} but the WAL sync failed: "
+                                     f"{exc}") from None
+        await self.confirm(seq)
+        late = self.gate.refusal()
+        if late:
+            raise OutcomeUnknown(f"written at seq {seq} but not acknowledged: {late}; it may "
+                                 "be lost on failover")
+        self.acked_seq = max(self.acked_seq, seq)
+
     def check_space(self) -> None:
         """Refuse a write (DiskFull) after a RocksDB space error or while low on space."""
         why = self.space.tend(self.disk_full)
@@ -434,11 +565,12 @@ class Node:
         return self.control is not None and self.cfg.replication.mode == "sync"
 
     async def confirm(self, seq: int) -> None:
-        """Sync mode: return once every member of the committed synchronous set has ``seq``.
+        """Sync mode: return once every member of the synchronous set has ``seq``.
 
-        Raises OutcomeUnknown when that does not happen within ``sync_timeout_s``, when the
-        set is being changed, or when the lock or lease is lost meanwhile: the write is then
-        on this node but may be on no replica, so it is not acknowledged.
+        The set is the committed one plus, while a change of it is undecided, every set
+        proposed since (rule 6). Raises OutcomeUnknown when that does not happen within
+        ``sync_timeout_s``, or when the lock is lost meanwhile: ``seq`` is then on this node
+        but may be on no replica.
         """
         if not self.sync_mode:
             return
@@ -451,8 +583,8 @@ class Node:
             if not (lock.held and lock.holder == self.name and lock.epoch == self.role.epoch):
                 raise OutcomeUnknown(f"written locally at seq {seq} but the lock was lost "
                                      "before replicas confirmed it")
-            members = state.sync_set
-            if (not self.control.sync_changing and len(members) >= need
+            members = self.control.confirmers(state)
+            if (len(state.sync_set) >= need
                     and all(self.positions.applied(m) >= seq for m in members)):
                 break
             left = deadline - time.monotonic()
@@ -462,9 +594,41 @@ class Node:
                     f"{sorted(members) or '(none recorded yet)'} within "
                     f"{self.cfg.replication.sync_timeout_s} s")
             await self.positions.changed(min(left, 0.05))
+
+    def begin_read(self) -> int:
+        """Rule 8, first half: may the primary read now, and up to which seq does it see?
+
+        The caller reads right after, on the same turn of the event loop, so the read sees
+        exactly the returned seq; then it calls ``finish_read`` before answering.
+        Raises NotWritable when this node is not a primary with a valid lease.
+        """
+        refusal = self.gate.refusal() if self.is_primary else f"{self.name} is not primary"
+        if refusal is not None:
+            raise NotWritable(refusal)
+        return self.latest_seq()
+
+    async def finish_read(self, seq: int) -> None:
+        """Rule 8, second half: what the read saw (up to ``seq``) is safe to show.
+
+        Waits until the synchronous set confirmed ``seq`` (sync mode: a value a failover
+        could take back is never shown) and checks the lease again: a primary whose lease ran
+        out meanwhile may have been replaced. Raises NotWritable or OutcomeUnknown.
+        """
+        await self.confirm(seq)
         late = self.gate.refusal()
-        if late:
-            raise OutcomeUnknown(f"confirmed at seq {seq} but not acknowledged: {late}")
+        if late is not None:
+            raise NotWritable(late)
+
+    async def wait_applied(self, seq: int, timeout: float) -> int | None:
+        """A replica's read-your-writes: wait until this node holds ``seq``; its seq, or None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            have = self.latest_seq()
+            if have >= seq:
+                return have
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.005)
 
     def write_refusal(self) -> str | None:
         """Why this node would refuse a write now (as primary), or None."""

@@ -294,6 +294,13 @@ class Store:
                 raise StoreError(f"unknown op kind {kind}")
         return batch
 
+    def sync_wal(self) -> None:
+        """Make every write so far durable (FlushWAL with sync: live WAL files and their dir).
+
+        Safe to call from a worker thread while the event loop writes.
+        """
+        self._db.flush_wal(True)
+
     # -- maintenance -----------------------------------------------------------------------
 
     def flush(self) -> None:

@@ -13,14 +13,30 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hacluster.consensus.decide import Action, Decision, Observation, Policy, decide
+from hacluster.consensus.decide import (
+    Action,
+    Decision,
+    Observation,
+    Policy,
+    decide,
+    failover_refusal,
+)
 from hacluster.consensus.lease import (
     LeaseTiming,
     holder_lease_end,
     holder_may_write,
     observer_lease_end,
 )
-from hacluster.consensus.state import ClusterState, Lock, Member
+from hacluster.consensus.state import (
+    Acquire,
+    ClusterState,
+    EpochRecord,
+    Lock,
+    Member,
+    Release,
+    Renew,
+    apply_command,
+)
 
 T = LeaseTiming(lease_s=1.0, renew_interval_s=0.25, drift=0.05, margin_s=0.05)
 ASYNC = Policy(timing=T, sync_mode=False, maximum_lag_on_failover=1000, member_stale_s=3.0)
@@ -43,11 +59,12 @@ def cluster(holder: str | None = "n1", *, epoch: int = 7, released: bool = False
 
 def obs(me: str, *, quorum: bool = True, seen: float | None = NOW - 0.2,
         proposed: float | None = None, seq: int | None = None,
-        member_seen: dict[str, float] | None = None) -> Observation:
+        member_seen: dict[str, float] | None = None, last_epoch: int = 0,
+        acquired: int | None = 7) -> Observation:
     seen_map = member_seen if member_seen is not None else {
         n: NOW - 0.5 for n in ("n1", "n2", "n3")}
     return Observation(me, NOW, quorum, seen, proposed,
-                       81233 if seq is None else seq, seen_map)
+                       81233 if seq is None else seq, seen_map, last_epoch, acquired)
 
 
 def expired_seen() -> float:
@@ -352,3 +369,124 @@ def test_a_switchover_completes_in_pause_mode_but_only_to_its_successor() -> Non
     assert d.action is Action.WAIT
     assert d.sentence == ("PAUSE: n2: n1 handed over to n3 (epoch 7); n3 does not qualify and "
                           "there is no automatic failover in maintenance mode")
+
+
+# -- rule 1: elections compare (epoch of the last write, seq) and drop divergent tails ---------
+
+def stale_tail_cluster(*, released: bool = True, acked: int = 0,
+                       sync: frozenset[str] = frozenset()) -> ClusterState:
+    """The review's case: A (n1) holds seqs 81..500 written in epoch 5 while cut off; B (n2)
+    took over at 81 in epoch 6 and wrote to 90; C (n3) follows B to 90. B then gives up."""
+    members = (replace(member("n1", 500), last_epoch=5),
+               replace(member("n2", 90), last_epoch=6),
+               replace(member("n3", 90), last_epoch=6))
+    history = (EpochRecord(5, "n1", 1, "bootstrap", 0.0),
+               EpochRecord(6, "n2", 81, "failover", 0.0))
+    return ClusterState(Lock("n2", 6, 1.0, 5, released), members, history, sync, False,
+                        acked_epoch=6 if acked else 0, acked_seq=acked)
+
+
+def test_rule_1_a_stale_tail_never_wins_an_election() -> None:
+    state = stale_tail_cluster()
+    d = decide(state, obs("n1", seq=500, last_epoch=5, acquired=None), ASYNC)
+    assert (d.action, d.sentence) == (
+        Action.WAIT, "n1: n2 released the lock (epoch 6); not a candidate (diverged: its seqs "
+        "81..500 came from epoch 5, but epoch 6 took over at seq 81)")
+    d = decide(state, obs("n3", seq=90, last_epoch=6, acquired=None), ASYNC)
+    assert d == Decision(Action.PROMOTE, "n3: promoting, epoch 7 from seq 91; n2 released "
+                         "the lock (epoch 6)", target="n3", epoch=7, start_seq=91)
+
+
+def test_rule_1_rank_is_epoch_of_the_last_write_then_seq() -> None:
+    # n1 followed epoch 6 to 85 (behind n3 at 90, both on the history): seq decides. n2 has
+    # epoch 5's 200 at a higher seq, but off the history: never ranked at all.
+    members = (replace(member("n1", 85), last_epoch=6), replace(member("n2", 200), last_epoch=5),
+               replace(member("n3", 90), last_epoch=6))
+    history = (EpochRecord(5, "n2", 1, "bootstrap", 0.0),
+               EpochRecord(6, "n4", 81, "failover", 0.0))
+    state = ClusterState(Lock("n4", 6, 1.0, 5, True), members, history)
+    d = decide(state, obs("n1", seq=85, last_epoch=6, acquired=None), ASYNC)
+    assert d.sentence.endswith("n3 is the better candidate (seq 90 vs 85)")
+    # A node that caught up from epoch 6's primary carries label 6 even for seqs epoch 5
+    # wrote before 81: the epoch of the last write is what ranks, as in Raft.
+    members = (replace(member("n1", 70), last_epoch=6), replace(member("n3", 75), last_epoch=5))
+    state = ClusterState(Lock("n4", 6, 1.0, 5, True), members, history)
+    d = decide(state, obs("n1", seq=70, last_epoch=6, acquired=None), ASYNC)
+    assert d.sentence.endswith("n3 is the better candidate (seq 75 vs 70)")
+
+
+def test_rule_1_state_machine_refuses_an_acquire_off_the_history() -> None:
+    state = stale_tail_cluster()
+    cmd = Acquire("n1", 6, 5, 501, 1.0, "failover", 0.0, last_epoch=5, force=True)
+    assert apply_command(state, cmd) == (state, False)
+    ok = Acquire("n3", 6, 5, 91, 1.0, "failover", 0.0, last_epoch=6)
+    after, took = apply_command(state, ok)
+    assert took and after.lock == Lock("n3", 7, 1.0, 0, False, None, 90)
+
+
+# -- rule 2: the acknowledged floor survives a Release ----------------------------------------
+
+def test_rule_2_release_keeps_the_floor_that_renewals_raised() -> None:
+    state = ClusterState(Lock("n1", 7, 1.0, 5, False), (member("n1", 100), member("n2", 95)),
+                         (EpochRecord(7, "n1", 1, "bootstrap", 0.0),), frozenset({"n2"}))
+    state, ok = apply_command(state, Renew("n1", 7, 100, 96))
+    assert ok and (state.acked_epoch, state.acked_seq) == (7, 96)
+    state, ok = apply_command(state, Release("n1", 7, None, 99))
+    assert ok and state.acked_seq == 99 and state.sync_set == frozenset()
+    state, _ = apply_command(state, Renew("n1", 7, 100, 50))     # never lowered
+    assert state.acked_seq == 99
+
+
+def test_rule_2_after_a_release_no_candidate_below_the_floor_is_promoted() -> None:
+    state = replace(cluster(released=True, seqs={"n1": 100, "n2": 98, "n3": 99}),
+                    history=(EpochRecord(7, "n1", 1, "bootstrap", 0.0),),
+                    acked_epoch=7, acked_seq=100)
+    policy = replace(SYNC, maximum_lag_on_failover=10)
+    for me, seq in (("n2", 98), ("n3", 99)):
+        d = decide(state, obs(me, seq=seq, last_epoch=7, acquired=None), policy)
+        assert d.action is Action.WAIT
+        assert d.sentence.endswith(f"not a candidate (at seq {seq}, below seq 100 acknowledged "
+                                   "in epoch 7: it would lose an acknowledged write)")
+    # Async mode allows maximum_lag_on_failover below the floor (saved as divergent tails).
+    d = decide(state, obs("n3", seq=99, last_epoch=7, acquired=None), policy.__class__(
+        timing=T, sync_mode=False, maximum_lag_on_failover=10))
+    assert d.action is Action.PROMOTE
+
+
+def test_rule_2_forced_failover_alone_may_go_below_the_floor() -> None:
+    state = replace(cluster(released=True, seqs={"n1": 100, "n2": 98, "n3": 99}),
+                    history=(EpochRecord(7, "n1", 1, "bootstrap", 0.0),),
+                    acked_epoch=7, acked_seq=100)
+    assert failover_refusal(state, "n3", False, SYNC, {"n3": NOW}, NOW, 99, 7) == (
+        "n3 is at seq 99, below seq 100 acknowledged in epoch 7: it would lose an "
+        "acknowledged write")
+    assert failover_refusal(state, "n3", True, SYNC, {"n3": NOW}, NOW, 99, 7) is None
+    cmd = Acquire("n3", 7, 5, 100, 1.0, "manual failover", 0.0, last_epoch=7)
+    assert apply_command(state, cmd) == (state, False)
+    assert apply_command(state, replace(cmd, force=True))[1]
+
+
+# -- rule 3: a restarted holder takes a new epoch ------------------------------------------------
+
+def test_rule_3_restarted_holder_takes_a_new_epoch_from_what_it_holds() -> None:
+    d = decide(cluster(), obs("n1", acquired=None), SYNC)
+    assert d == Decision(
+        Action.PROMOTE, "n1: promoting, epoch 8 from seq 81234; n1 holds the lock of epoch 7 "
+        "from before a restart: a new epoch, never its old one", target="n1", epoch=8,
+        start_seq=81234)
+    # The same process, after SIGSTOP and SIGCONT, still renews its own epoch.
+    assert decide(cluster(), obs("n1", acquired=7, proposed=NOW - 0.2), SYNC).action is \
+        Action.RENEW
+
+
+def test_rule_3_restarted_holder_with_less_data_releases() -> None:
+    d = decide(cluster(), obs("n1", seq=81000, acquired=None), SYNC)
+    assert (d.action, d.sentence) == (
+        Action.RELEASE, "n1: releasing the lock of epoch 7; n1 holds the lock of epoch 7 from "
+        "before a restart and n2 holds more (seq 81233 of epoch 0 vs seq 81000)")
+    floor = replace(cluster(), acked_epoch=7, acked_seq=81100)
+    d = decide(floor, obs("n1", seq=81000, acquired=None,
+                          member_seen={"n1": NOW}), SYNC)
+    assert d.action is Action.RELEASE and "below seq 81100 acknowledged" in d.sentence
+    assert decide(cluster(), obs("n1", acquired=None, quorum=False), SYNC).action is \
+        Action.WAIT

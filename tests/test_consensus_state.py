@@ -23,8 +23,11 @@ from hacluster.consensus.state import (
 )
 
 
-def acquire(candidate: str, epoch: int, renewals: int = 0, seq: int = 1) -> Acquire:
-    return Acquire(candidate, epoch, renewals, seq, 1.0, "failover", 1_700_000_000.0)
+def acquire(candidate: str, epoch: int, renewals: int = 0, seq: int = 1,
+            last_epoch: int | None = None) -> Acquire:
+    # By default the candidate's data lies on the history: it followed the last epoch.
+    return Acquire(candidate, epoch, renewals, seq, 1.0, "failover", 1_700_000_000.0,
+                   epoch if last_epoch is None else last_epoch)
 
 
 def run(*cmds: Command, state: ClusterState | None = None) -> tuple[ClusterState, list[bool]]:

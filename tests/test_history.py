@@ -26,6 +26,7 @@ from hacluster.testing.history import (
     acked_after,
     check_all,
     divergent_tail_keys,
+    linearizable,
     lost_acked,
     overlapping_epochs,
     seq_anomalies,
@@ -190,18 +191,54 @@ def test_history_is_safe_to_append_from_several_threads() -> None:
 class FakeNode:
     """A real HTTP server on loopback answering PUTs like a primary (200) or a replica (307)."""
 
-    def __init__(self, name: str, status: int, redirect_to: FakeNode | None = None) -> None:
+    def __init__(self, name: str, status: int, redirect_to: FakeNode | None = None,
+                 lagging: bool = False) -> None:
         self.name, self.host, self.status = name, "127.0.0.1", status
         self.redirect_to = redirect_to
         self.puts: list[str] = []
+        self.gets: list[str] = []
         self.running = True
+        # A primary stores what it acknowledges and reads it back, each op atomic under the
+        # lock; a lagging one answers reads with the value before the latest write.
+        self.data: dict[str, bytes] = {}
+        self.before: dict[str, bytes | None] = {}
+        self.lagging = lagging
+        self.lock = threading.Lock()
         node = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                node.gets.append(self.path)
+                key = self.path.split("?")[0]
+                with node.lock:
+                    value = (node.before.get(key) if node.lagging else node.data.get(key))
+                if node.status == 200 and value is not None:
+                    self.send_response(200)
+                    body = value
+                elif node.status == 200:
+                    self.send_response(404)
+                    body = b'{"error": "not found"}'
+                elif node.status == 307:
+                    assert node.redirect_to is not None
+                    self.send_response(307)
+                    self.send_header("Location", f"http://127.0.0.1:{node.redirect_to.port}"
+                                                 f"{self.path}")
+                    body = b""
+                else:
+                    self.send_response(node.status)
+                    body = b'{"error": "not serving reads"}'
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_PUT(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                value = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 node.puts.append(self.path)
                 if node.status == 200:
+                    key = self.path.split("?")[0]
+                    with node.lock:
+                        node.before[key] = node.data.get(key)
+                        node.data[key] = value
                     body = json.dumps({"seq": len(node.puts), "first_seq": len(node.puts),
                                        "epoch": 3}).encode()
                     self.send_response(200)
@@ -283,6 +320,20 @@ def test_the_subprocess_writer_saves_a_history_the_test_can_load(
     assert len(primary.puts) == len(h.acked())
 
 
+def test_the_subprocess_writer_records_register_reads_and_writes(
+        fake_nodes: tuple[FakeNode, FakeNode, FakeNode], tmp_path: Path) -> None:
+    replica, _, primary = fake_nodes
+    out = tmp_path / "reg.json"
+    subprocess.run([sys.executable, "-m", "hacluster.testing.history", "--seconds", "0.5",
+                    "--out", str(out), "--prefix", "s", "--pause", "0.005", "--register", "2",
+                    "--seed", "3", f"r=127.0.0.1:{replica.port}", f"p=127.0.0.1:{primary.port}"],
+                   check=True, timeout=30)
+    ops = History.load(out).ops()
+    assert {op.key for op in ops} <= {"reg-0", "reg-1"}
+    assert any(op.kind == "read" and op.answered for op in ops) and History(ops).acked()
+    assert linearizable(ops) == ([], [])
+
+
 def test_stale_reads_of_hot_keys_are_found_and_in_flight_ones_are_not() -> None:
     from hacluster.testing.history import stale_reads
     w1 = Op("hot-w0-1", "n1", 1.0, 1.1, 200, 1, 10, value="1")
@@ -297,3 +348,118 @@ def test_stale_reads_of_hot_keys_are_found_and_in_flight_ones_are_not() -> None:
     assert len(found) == 2 and all("stale read: n2" in f for f in found)
     assert "after 'hot-w0-1'" in found[0] and "with 2" in found[0]
     assert not Op("k", "n1", 0, 1, 200, kind="read").acked   # a read is no acknowledgement
+
+
+def test_the_hot_workload_records_its_primary_reads() -> None:
+    node = FakeNode("p", 200)
+    try:
+        writer = Writer([node], prefix="h", hot=2, pause=0.001).start()
+        wait_for(lambda: sum(op.kind == "read" for op in writer.history) >= 6, 10, "six reads")
+        ops = writer.stop().ops()
+    finally:
+        node.close()
+    reads = [op for op in ops if op.kind == "read"]
+    assert len(node.gets) == len(reads) and not any("stale" in p for p in node.gets)
+    assert all(op.key.startswith("hot-h0-") and op.status == 200 and op.answered
+               and op.value is not None and op.value.isdigit() and op.start < op.end
+               for op in reads)
+    assert check_all(ops).ok and check_all(ops).notes["reads"] == len(reads)
+
+
+# --- outcomes and linearizability -----------------------------------------------------------
+
+def test_each_op_is_classified_as_applied_refused_or_unknown() -> None:
+    def put(status: int, note: str = "") -> str:
+        return Op("k", "n1", 1.0, 1.1, status, note=note).outcome
+
+    def read(status: int) -> str:
+        return Op("k", "n1", 1.0, 1.1, status, kind="read").outcome
+
+    assert put(200) == "ok"
+    for status, note in ((307, "redirect"), (400, "key too long"), (401, ""),
+                         (413, "too big"), (503, "not accepting writes: lease"),
+                         (507, "disk full"), (0, "ConnectionRefusedError: [Errno 111]")):
+        assert put(status, note) == "failed", (status, note)
+    for status, note in ((0, "TimeoutError: timed out"),
+                         (0, "RemoteDisconnected: closed"),
+                         (503, "outcome unknown: written locally"), (500, "write failed"),
+                         (502, "bad gateway"), (504, "")):
+        assert put(status, note) == "unknown", (status, note)
+    assert (read(200), read(404), read(503), read(307), read(0)) == ("ok", "ok", "failed",
+                                                                      "failed", "failed")
+
+
+def reg_put(value: str, start: float, end: float, status: int = 200, note: str = "",
+            key: str = "reg-0") -> Op:
+    acked = status == 200                       # seqs rise with time, as a primary's do
+    return Op(key, "n1", start, end, status, 1 if acked else None,
+              round(start * 100) if acked else None, note, value=value)
+
+
+def reg_read(value: str | None, start: float, end: float, status: int = 200,
+             key: str = "reg-0", node: str = "n1") -> Op:
+    return Op(key, node, start, end, status if value is not None or status != 200 else 404,
+              kind="read", value=value)
+
+
+def test_linearizable_judges_register_keys_and_skips_keys_without_recorded_values() -> None:
+    clean = [reg_read(None, 0.0, 0.1), reg_put("a-1", 1.0, 1.1), reg_read("a-1", 1.2, 1.3),
+             reg_put("b-1", 2.0, 4.0, status=0, note="TimeoutError: timed out"),
+             reg_read("b-1", 5.0, 5.1),                                 # applied late: fine
+             reg_put("a-2", 6.0, 6.1, status=503, note="not accepting writes: fenced"),
+             reg_read("b-1", 6.2, 6.3), reg_read("zz", 7.0, 7.1, status=503)]
+    assert linearizable(clean) == ([], [])
+    refused_seen = [*clean, reg_read("a-2", 8.0, 8.1, node="n2")]
+    [found], undecided = linearizable(refused_seen)
+    assert undecided == [] and "'reg-0'" in found and "read -> 'a-2'" in found
+    assert "refused" in found and "n2, status 200, request 8.000..8.100" in found
+    # A unique key written without its value kept (the plain writer) cannot be judged.
+    blind = [Op("w0000001", "n1", 1.0, 1.1, 200, 1, 1), reg_read("x", 1.2, 1.3, key="w0000001")]
+    assert linearizable(blind) == ([], [])
+
+
+def test_check_all_reports_non_linearizable_reads_in_sync_mode_and_notes_them_in_async() -> None:
+    stale = [reg_put("a-1", 1.0, 1.1), reg_put("a-2", 2.0, 2.1), reg_read("a-1", 3.0, 3.1)]
+    v = check_all(stale)
+    assert not v.ok and len(v.violations["nonlinearizable"]) == 1
+    assert "overwritten by 'a-2'" in v.violations["nonlinearizable"][0]
+    assert v.violations["split_brain"] == [] and v.notes["reads"] == 1
+    async_ = check_all(stale, set(), tail_keys=set())
+    assert "nonlinearizable" not in async_.violations
+    assert async_.notes["nonlinearizable_after_async_loss"] == 1
+    fresh = check_all([*stale[:2], reg_read("a-2", 3.0, 3.1)])
+    assert fresh.ok and fresh.violations["nonlinearizable"] == []
+    assert "nonlinearizable" not in check_all(stale[:2]).violations    # no reads, no check
+
+
+def test_the_register_writer_makes_linearizable_histories_of_a_real_register() -> None:
+    node = FakeNode("p", 200)
+    try:
+        writer = Writer([node], prefix="g", threads=4, register_keys=3, pause=0.001).start()
+        wait_for(lambda: sum(op.answered for op in writer.history) >= 150, 20, "150 reads")
+        ops = writer.stop().ops()
+    finally:
+        node.close()
+    assert {op.key for op in ops} == {"reg-0", "reg-1", "reg-2"}
+    writes = [op for op in ops if op.kind == "put"]
+    reads = [op for op in ops if op.kind == "read"]
+    assert writes and all(op.acked and op.value for op in writes)
+    assert len({(op.key, op.value) for op in writes}) == len(writes)       # unique per key
+    assert {op.value.split("-")[0] for op in writes if op.value} <= {"g0", "g1", "g2", "g3"}
+    assert all(op.status in (200, 404) and (op.value is None) == (op.status == 404)
+               for op in reads)
+    assert any(op.value is not None for op in reads)
+    verdict = check_all(ops)
+    assert verdict.ok and verdict.violations["nonlinearizable"] == [], str(verdict)
+
+
+def test_the_register_writer_catches_a_primary_answering_stale_reads() -> None:
+    node = FakeNode("p", 200, lagging=True)
+    try:
+        writer = Writer([node], prefix="s", register_keys=2, pause=0.001, seed=1).start()
+        wait_for(lambda: sum(op.answered for op in writer.history) >= 60, 20, "60 reads")
+        ops = writer.stop().ops()
+    finally:
+        node.close()
+    found = check_all(ops).violations["nonlinearizable"]
+    assert found and all("not linearizable" in f for f in found)

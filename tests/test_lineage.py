@@ -51,5 +51,22 @@ def test_writes_past_the_next_epoch_start_are_divergent(tmp_path: Path) -> None:
     assert find_divergence(lin, 45, h) == Divergence(2, 40, 45)
 
 
-def test_unknown_lineage_is_never_guessed_divergent(tmp_path: Path) -> None:
-    assert find_divergence(Lineage(tmp_path), 100, history((5, "n2", 3))) is None
+def test_rule_1_unknown_lineage_is_not_trusted_under_an_epoch_history(tmp_path: Path) -> None:
+    # Data with no lineage (a copied-in database) is vouched for only below every epoch start;
+    # past that no one can tell which primary wrote it, so the node must bootstrap.
+    assert find_divergence(Lineage(tmp_path), 2, history((1, "n1", 3))) is None
+    assert find_divergence(Lineage(tmp_path), 100, history((1, "n1", 3))) == Divergence(0, 3,
+                                                                                        100)
+    assert find_divergence(Lineage(tmp_path), 100, []) is None      # a cluster's first data
+
+
+def test_rule_1_lineage_older_than_the_kept_history_bootstraps(tmp_path: Path) -> None:
+    lin = Lineage(tmp_path)
+    lin.record(2, 1)
+    # Raft keeps epochs 5.. only: where epochs 3 and 4 took over is forgotten.
+    assert find_divergence(lin, 10, history((5, "n2", 300))) == Divergence(2, 1, 10)
+    # Epoch 4's record kept: epoch 3 forgotten, still unverifiable.
+    assert find_divergence(lin, 10, history((4, "n1", 200), (5, "n2", 300))) == \
+        Divergence(2, 1, 10)
+    # Epoch 3 kept: every later start is known and none is at or below 10.
+    assert find_divergence(lin, 10, history((3, "n3", 100), (4, "n1", 200))) is None

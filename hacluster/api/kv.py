@@ -65,16 +65,49 @@ def add_routes(app: web.Application, node: Node) -> None:
         check_key(key, limits, "key")
         return key, check_cf(request.query.get("cf", "default"), node.column_families, "cf")
 
-    def readable_store(request: web.Request) -> Store | web.Response:
-        """The store when this node may answer the read itself; else the redirect or refusal."""
-        if request.query.get("stale") not in ("1", "true"):
+    async def readable_store(request: web.Request) -> tuple[Store, int | None] | web.Response:
+        """The store when this node may answer the read itself, and for a primary read the
+        seq it sees (to pass to ``finish_read``); else the redirect or refusal.
+
+        ``?stale=1``: this node's own copy, as it is. ``?min_seq=N``: this node's copy once it
+        holds seq N (read your own writes on a replica), waiting up to min_seq_wait_s.
+        Otherwise the primary, linearizable (rule 8).
+        """
+        q = request.query
+        min_seq = q.get("min_seq")
+        if min_seq is not None:
+            if not (min_seq.isascii() and min_seq.isdigit() and len(min_seq) <= 20):
+                return error(400, "min_seq: must be a non-negative integer sequence number")
             if not node.is_primary:
-                return to_primary(node, request)
-            refusal = node.gate.refusal()
-            if refusal is not None:
-                return error(503, f"not serving reads: {refusal}", leader=None)
+                wait = node.cfg.replication.min_seq_wait_s
+                have = await node.wait_applied(int(min_seq), wait)
+                store = node.current_store()
+                if have is None or store is None:
+                    return error(503, f"{node.name} has not reached seq {min_seq} within "
+                                 f"{wait} s (it is at seq {node.latest_seq()})",
+                                 seq=node.latest_seq(), min_seq=int(min_seq))
+                return store, None
+        elif q.get("stale") in ("1", "true"):
+            store = node.current_store()
+            return error(503, "no database open") if store is None else (store, None)
+        if not node.is_primary:
+            return to_primary(node, request)
+        try:
+            seq = node.begin_read()
+        except NotWritable as exc:
+            return error(503, f"not serving reads: {exc}", leader=None)
         store = node.current_store()
-        return error(503, "no database open") if store is None else store
+        return error(503, "no database open") if store is None else (store, seq)
+
+    async def answer_read(seq: int | None, response: web.Response) -> web.Response:
+        """A primary read is answered only once what it saw is confirmed (rule 8)."""
+        if seq is None:
+            return response
+        try:
+            await node.finish_read(seq)
+        except (NotWritable, OutcomeUnknown) as exc:
+            return error(503, f"read at seq {seq} not confirmed: {exc}", leader=None)
+        return response
 
     def lag_header() -> dict[str, str]:
         if node.is_primary:
@@ -110,16 +143,17 @@ def add_routes(app: web.Application, node: Node) -> None:
             key, cf = key_and_cf(request)
         except BadRequest as exc:
             return error(400, str(exc))
-        store = readable_store(request)
-        if not isinstance(store, Store):
-            return store
+        readable = await readable_store(request)
+        if isinstance(readable, web.Response):
+            return readable
+        store, seq = readable
         value = store.get(key, cf)
         headers = lag_header()
         if value is None:
-            return web.json_response({"error": "not found", "key": key.decode()}, status=404,
-                                     headers=headers)
-        return web.Response(body=value, content_type="application/octet-stream",
-                            headers=headers)
+            return await answer_read(seq, web.json_response(
+                {"error": "not found", "key": key.decode()}, status=404, headers=headers))
+        return await answer_read(seq, web.Response(
+            body=value, content_type="application/octet-stream", headers=headers))
 
     async def scan(request: web.Request) -> web.Response:
         q = request.query
@@ -135,18 +169,21 @@ def add_routes(app: web.Application, node: Node) -> None:
             limit = int(raw_limit)
         except BadRequest as exc:
             return error(400, str(exc))
-        store = readable_store(request)
-        if not isinstance(store, Store):
-            return store
+        readable = await readable_store(request)
+        if isinstance(readable, web.Response):
+            return readable
+        store, seq = readable
         items, more = store.scan(cf, prefix, limit, after)
         headers = lag_header()
+        seen = store.latest_seq()
         if _wants_cbor(request):
             doc: dict[str, Any] = {"items": [[k, v] for k, v in items], "more": more,
-                                   "seq": store.latest_seq()}
-            return web.Response(body=cbor2.dumps(doc), content_type=CBOR_TYPE, headers=headers)
+                                   "seq": seen}
+            return await answer_read(seq, web.Response(
+                body=cbor2.dumps(doc), content_type=CBOR_TYPE, headers=headers))
         out = [{**_text_or_b64("key", k), **_text_or_b64("value", v)} for k, v in items]
-        return web.json_response({"items": out, "more": more, "seq": store.latest_seq()},
-                                 headers=headers)
+        return await answer_read(seq, web.json_response(
+            {"items": out, "more": more, "seq": seen}, headers=headers))
 
     async def batch(request: web.Request) -> web.Response:
         if not node.is_primary:
@@ -175,7 +212,7 @@ async def write(node: Node, ops: list[tuple[int, str, bytes, bytes]]) -> web.Res
                           f"({limit} bytes; replication.max_frame_bytes)")
     try:
         applied = node.write(ops)
-        await node.confirm(applied.last_seq)
+        await node.acknowledge(applied.last_seq)
     except DiskFull as exc:
         return error(507, f"disk full, write refused: {exc}")
     except NotWritable as exc:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hacluster.consensus.epochs import conflict
 from hacluster.consensus.state import EpochRecord
 
 MAX_TRANSITIONS = 100
@@ -66,14 +67,14 @@ class Lineage:
 
 def find_divergence(lineage: Lineage, latest_seq: int,
                     history: Sequence[EpochRecord]) -> Divergence | None:
-    """Does this node hold writes past the point where a later epoch took over?"""
-    mine = lineage.last_epoch(latest_seq)
-    if mine is None or latest_seq == 0:
+    """Does this node hold writes past the point where a later epoch took over?
+
+    Unknown lineage counts as epoch 0 (only data older than every epoch record is safe), and a
+    lineage older than the oldest record kept in Raft cannot be vouched for: the whole
+    database is then treated as divergent (first_seq 1), so the node bootstraps.
+    """
+    mine = lineage.last_epoch(latest_seq) or 0
+    off = conflict(mine, latest_seq, history)
+    if off is None:
         return None
-    later = [r.start_seq for r in history if r.epoch > mine]
-    if not later:
-        return None
-    first = min(later)
-    if first <= latest_seq:
-        return Divergence(mine, first, latest_seq)
-    return None
+    return Divergence(mine, off.first_seq, latest_seq)

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from hacluster.consensus.decide import Action, Decision, Observation, Policy, decide
+from hacluster.consensus.decide import Action, Decision, Observation, Policy, decide, lag_allowance
 from hacluster.consensus.raft import RaftNode, RaftTiming
 from hacluster.consensus.state import (
     Acquire,
@@ -73,8 +73,17 @@ class ControlLoop:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._acquiring: float | None = None   # when an Acquire was proposed, until decided
+        # The epoch this process proposed to acquire (kept once it took effect): any other
+        # epoch of the lock in my name belongs to an earlier run of this node (rule 3).
+        self._claimed_epoch: int | None = None
+        self._claimed_start = 0            # its start_seq
+        self._claim_confirmed = False      # its Acquire's callback said it took effect
         self.switching = False                  # a switchover holds the write gate shut
-        self._sync_change_at: float | None = None   # no acknowledgement while the set changes
+        # Rule 6: names of every synchronous set proposed whose outcome is not known yet.
+        # Until it is, a write needs them as well as the committed set.
+        self._sync_pending: frozenset[str] = frozenset()
+        self._sync_unknown = False
+        self._sync_proposed_at = 0.0
         self._watchdog_tried = False
         self._watchdog_usable = True
         self._released_for_disk: int | None = None
@@ -123,13 +132,29 @@ class ControlLoop:
                 self._member_seen[m.name] = now
         store = self.node.current_store()
         holder = state.lock.held and state.lock.holder == self.node.name
+        seq = store.latest_seq() if store else self._seq_on_disk()
         return Observation(
             me=self.node.name, now=now,
             has_quorum=self.raft.has_quorum(now, self.quorum_window),
             lock_seen_at=self.raft.lock_seen_at(),
             renewal_proposed_at=self.node.gate.renewal_proposed_at if holder else None,
-            my_applied_seq=store.latest_seq() if store else self._seq_on_disk(),
-            member_seen_at=dict(self._member_seen))
+            my_applied_seq=seq,
+            member_seen_at=dict(self._member_seen),
+            my_last_epoch=self.node.lineage_label(seq),
+            acquired_epoch=self._acquired_epoch(seq))
+
+    def _acquired_epoch(self, seq: int) -> int | None:
+        """The epoch this process may serve as its own (rule 3).
+
+        An Acquire whose outcome was unknown (a Raft leader change while it was in flight) may
+        still commit: the epoch is ours only if this node still holds exactly the data it
+        proposed to start after; otherwise it is treated as a restarted holder's.
+        """
+        if self._claimed_epoch is None:
+            return None
+        if self._claim_confirmed or seq == self._claimed_start - 1:
+            return self._claimed_epoch
+        return None
 
     def _seq_on_disk(self) -> int:
         """Before the store is open (a fresh start), the last reported seq is our best guess."""
@@ -139,11 +164,7 @@ class ControlLoop:
     async def run_once(self) -> Decision:
         now = time.monotonic()
         node = self.node
-        snap = self.raft.snapshot()
-        resuming = snap.lock.held and snap.lock.holder == node.name and not node.is_primary
-        # A holder back from a restart keeps quiet until it has resumed or released the lock:
-        # its report from before is the record of how much data it must still have.
-        if not resuming and now - self._last_report >= node.cfg.consensus.report_interval_s:
+        if now - self._last_report >= node.cfg.consensus.report_interval_s:
             self._last_report = now
             store = node.current_store()
             has_db = store is not None or has_database(node.db_dir)
@@ -158,10 +179,11 @@ class ControlLoop:
                                 "candidate for primary", node.name, node.cfg.watchdog.device)
             healthy = healthy and usable
             healthy = healthy and not node.disk_full and node.space.low is None
+            seq = store.latest_seq() if store else 0
             self.raft.propose(Report(
-                node.name, node.me.api.url, store.latest_seq() if store else 0,
+                node.name, node.me.api.url, seq,
                 "primary" if node.is_primary else ("replica" if has_db else "starting"),
-                healthy, node.me.tags))
+                healthy, node.me.tags, node.lineage_label(seq)))
         node.space.tend(node.disk_full)     # a replica's reserve goes too when its disk fills
         state = self.raft.snapshot()
         decision = decide(state, self._observe(state, now), self.policy)
@@ -223,8 +245,12 @@ class ControlLoop:
         return dict(self._member_seen)
 
     def release(self, epoch: int) -> None:
-        """Give the lock up (no successor named): others elect without waiting out a lease."""
-        self.raft.propose(Release(self.node.name, epoch))
+        """Give the lock up (no successor named): others elect without waiting out a lease.
+
+        The gate is shut by now, so what this node acknowledged is final: the release records
+        it as the floor no successor may be below (rule 2).
+        """
+        self.raft.propose(Release(self.node.name, epoch, None, self.node.acked_seq))
 
     def _record(self, d: Decision) -> None:
         self.passes += 1
@@ -256,7 +282,7 @@ class ControlLoop:
                     self._released_for_disk = lock.epoch
                     log.error("%s: disk full; releasing the lock of epoch %d", node.name,
                               lock.epoch)
-                self.raft.propose(Release(node.name, lock.epoch))
+                self.release(lock.epoch)
                 return
         elif node.disk_full:
             # Nobody follows or promotes with a broken store: reopen it once there is room.
@@ -264,22 +290,13 @@ class ControlLoop:
                 await node.become_replica(None, lock.epoch)
             if not await node.recover_disk():
                 return
-        if lock.held and lock.holder == node.name and not node.is_primary:
-            # Resuming a lock after a restart: only with at least the data we last reported.
-            # A holder that came back with less (a wiped or restored data dir) must hand the
-            # lock over rather than serve from a database missing acknowledged writes.
-            reported = state.member(node.name)
-            floor = max(lock.holder_seq, reported.applied_seq if reported else 0)
-            if node.current_store() is None and has_database(node.db_dir):
-                node.store = node.open_store()
-            store = node.current_store()
-            have = store.latest_seq() if store else 0
-            if have < floor:
-                log.error("%s: holds the lock of epoch %d but has seq %d < %d it had; "
-                          "releasing the lock", node.name, lock.epoch, have, floor)
-                self.raft.propose(Release(node.name, lock.epoch))
-                return
-        if lock.held and lock.holder == node.name:
+        if d.action is Action.RELEASE:
+            # A lock in my name that I must not serve (rule 3: a restarted holder that holds
+            # less than another candidate or than the floor).
+            node.gate.close("releasing the lock")
+            self.release(lock.epoch)
+            return
+        if lock.held and lock.holder == node.name and self._claimed_epoch == lock.epoch:
             # Renew on every pass while the lock is ours, with or without proven quorum:
             # the commit of the renewal is itself the proof.
             epoch = lock.epoch
@@ -290,8 +307,8 @@ class ControlLoop:
                     self._on_raft(node.become_primary, epoch, proposed_at)
 
             store = node.store
-            self.raft.propose(Renew(node.name, epoch, store.latest_seq() if store else 0),
-                              renewed)
+            self.raft.propose(Renew(node.name, epoch, store.latest_seq() if store else 0,
+                                    node.acked_seq), renewed)
             if node.is_primary and self.policy.sync_mode:
                 self._maintain_sync_set(state)
             if d.action is Action.DEMOTE:
@@ -310,19 +327,31 @@ class ControlLoop:
             # or nodes holding the same old-epoch batches would look divergent.
             start_seq = await node.stop_following() + 1
             request = state.failover_request
-            reason = ("manual failover" if request and request.candidate == node.name else
+            manual = request is not None and request.candidate == node.name
+            reason = ("manual failover" if manual else
+                      "restart" if lock.held and lock.holder == node.name else
                       "bootstrap" if lock.holder is None else
                       "switchover" if lock.released and lock.successor == node.name else
                       "failover")
             cmd = Acquire(node.name, lock.epoch, lock.renewals, start_seq,
-                          self.timing.lease_s, reason, time.time())
+                          self.timing.lease_s, reason, time.time(),
+                          node.lineage_label(start_seq - 1), lag_allowance(self.policy),
+                          bool(manual and request is not None and request.force))
+            self._claimed_epoch, self._claimed_start = d.epoch, start_seq
+            self._claim_confirmed = False
 
             def acquired(ok: bool | None, proposed_at: float, epoch: int = d.epoch) -> None:
                 self._acquiring = None
                 if ok:
+                    if self._claimed_epoch == epoch:
+                        self._claim_confirmed = True
                     log.info("%s: promoted, epoch %d, from seq %d", node.name, epoch,
                              cmd.start_seq)
                     self._on_raft(node.become_primary, epoch, proposed_at)
+                elif ok is False and self._claimed_epoch == epoch:
+                    # Committed without effect: if the lock shows up in my name at this epoch
+                    # anyway, an earlier run of this node took it, and it is not resumed.
+                    self._claimed_epoch = None
 
             self.raft.propose(cmd, acquired)
 
@@ -381,11 +410,10 @@ class ControlLoop:
         self.switching = False
         return successor
 
-    @property
-    def sync_changing(self) -> bool:
-        # Bounded: a proposal whose answer never comes must not block writes for ever.
-        at = self._sync_change_at
-        return at is not None and time.monotonic() - at < 2.0
+    def confirmers(self, state: ClusterState) -> frozenset[str]:
+        """Whose confirmation a write needs: the committed synchronous set and, while a change
+        of it may still commit, every set proposed since (rule 6)."""
+        return state.sync_set | self._sync_pending
 
     def _maintain_sync_set(self, state: ClusterState) -> None:
         """Keep ``sync_replicas`` connected replicas in the synchronous set recorded in Raft.
@@ -398,8 +426,14 @@ class ControlLoop:
         node, lock = self.node, state.lock
         need = node.cfg.replication.sync_replicas
         store = node.store
-        if self.sync_changing or store is None:
+        if store is None:
             return
+        now = time.monotonic()
+        settle = False
+        if self._sync_pending:
+            if not self._sync_unknown and now - self._sync_proposed_at < 2.0:
+                return       # the answer is on its way
+            settle = True    # a proposal whose outcome we may never hear: decide it by another
         connected = {r["name"] for r in node.positions.snapshot(0) if r["connected"]}
         latest = store.latest_seq()
         # A member that is connected but has stopped applying (its disk is full, say) holds
@@ -407,18 +441,33 @@ class ControlLoop:
         stall_s = min(1.0, node.cfg.replication.sync_timeout_s / 2)
         keep = {m for m in state.sync_set & connected
                 if not node.positions.stalled(m, latest, stall_s)}
-        if keep == set(state.sync_set) and len(keep) >= need:
-            return
         ready = sorted((n for n in connected - keep if node.positions.applied(n) >= latest),
                        key=lambda n: (-node.positions.applied(n), n))
         new = frozenset(keep | set(ready[:max(0, need - len(keep))]))
-        if len(new) < min(need, len(state.sync_set)) or not new or new == state.sync_set:
-            return   # nobody can take over yet: writes wait (and time out) rather than go
-                     # unguarded, and a stalled member stays until a replacement is ready
-        self._sync_change_at = time.monotonic()
+        unchanged = keep == set(state.sync_set) and len(keep) >= need
+        # Nobody can take over yet: writes wait (and time out) rather than go unguarded, and
+        # a stalled member stays until a replacement is ready.
+        useless = len(new) < min(need, len(state.sync_set)) or not new or new == state.sync_set
+        if unchanged or useless:
+            if not settle:
+                return
+            new = state.sync_set     # re-proposing the committed set changes nothing
+        self._sync_pending = self._sync_pending | new
+        self._sync_unknown = False
+        self._sync_proposed_at = now
 
         def done(ok: bool | None, proposed_at: float) -> None:
-            self._sync_change_at = None
+            if ok is None:
+                # Not committed, yet it still may be: keep requiring its members. A later
+                # proposal whose outcome is known ends the doubt (the log is ordered: once a
+                # later entry of ours commits, this one has committed or never will).
+                log.warning("%s: synchronous set change to %s: outcome unknown; writes need "
+                            "both sets until a later change settles it", node.name,
+                            sorted(new))
+                self._sync_unknown = True
+                return
+            self._sync_pending = frozenset()
+            self._sync_unknown = False
             if ok:
                 log.info("%s: synchronous set is now %s (epoch %d, at seq %d)", node.name,
                          sorted(new), lock.epoch, latest)

@@ -12,9 +12,7 @@ anything: ``decide`` does, from ``snapshot()``.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
+from hacluster.consensus.raft_journal import install_patches, journal_stats
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,
@@ -42,71 +41,9 @@ from hacluster.consensus.state import (
 log = logging.getLogger(__name__)
 
 
-def _allocate_journal_growth() -> None:
-    """Make pysyncobj's journal allocate disk blocks before it writes through its mmap.
-
-    pysyncobj grows its journal file by resizing an mmap, which extends the file sparsely;
-    writing into such pages on a full file system raises SIGBUS and kills the process. With
-    the blocks allocated first (posix_fallocate), a full disk is an OSError in the Raft tick
-    (reported and retried) instead of a crash.
-    """
-    from pysyncobj import journal
-    cls: Any = journal.ResizableFile
-    if getattr(cls, "_hacluster_allocates", False):
-        return
-    original = cls.write
-    if not hasattr(cls, "_ResizableFile__extand"):    # not the layout this was written for
-        log.warning("pysyncobj's journal file class is unknown; journal growth not "
-                    "preallocated")
-        return
-
-    def write(self: Any, offset: int, values: bytes) -> None:
-        mm = self._ResizableFile__mm
-        end = offset + len(values)
-        if end > mm.size():
-            grown = max(int(mm.size() * self._ResizableFile__resizeFactor), end)
-            os.posix_fallocate(self._ResizableFile__f.fileno(), 0, grown)
-            mm.resize(grown)        # the file has the size already; the mapping follows it
-        original(self, offset, values)
-
-    cls.write = write
-    cls._hacluster_allocates = True
-
-    # pysyncobj appends an entry to its in-memory log before writing it to the file: a write
-    # that fails (full disk) leaves the two apart, and the journal on disk then misses an
-    # entry in the middle, so the node can never replay it again. Write first; only a write
-    # that landed goes into the in-memory log.
-    fj: Any = journal.FileJournal
-    if not hasattr(fj, "_FileJournal__setLastRecordOffset"):
-        log.warning("pysyncobj's FileJournal is unknown; journal appends not made atomic")
-        return
-
-    def add(self: Any, command: Any, idx: int, term: int) -> None:
-        data = struct.pack("<QQ", idx, term) + journal.to_bytes(command)
-        size = struct.pack("<I", len(data))
-        record = size + data + size
-        self._FileJournal__journalFile.write(self._FileJournal__currentOffset, record)
-        self._FileJournal__journal.append((command, idx, term))
-        self._FileJournal__currentOffset += len(record)
-        self._FileJournal__setLastRecordOffset(self._FileJournal__currentOffset)
-
-    fj.add = add
-
-    # Raft's currentTerm and votedFor must be durable before the node acts on them. pysyncobj
-    # changes them in memory first and then stores them; a store that fails (full disk) left a
-    # node acting on a term it would forget at its next restart. Store first, then change.
-    def set_current_term(self: Any, term: int, voted_for: Any) -> None:
-        meta = dict(self._FileJournal__meta)
-        meta["currentTerm"] = term
-        meta["votedForNodeId"] = voted_for
-        self._FileJournal__metaStorer.storeMeta(meta)      # raises: nothing changed
-        self._FileJournal__meta = meta
-        self._FileJournal__metaSaved = True
-
-    fj.setCurrentTerm = set_current_term
-
-
-_allocate_journal_growth()
+# Durable Raft storage: every pysyncobj patch lives in raft_journal and is applied here, at
+# import, before any journal is opened (it raises if pysyncobj is not the version it knows).
+install_patches()
 
 
 class RaftConfigError(Exception):
@@ -125,16 +62,18 @@ class RaftTiming:
 
 def encode_command(cmd: Command) -> tuple[Any, ...]:
     """Plain values only in the log: the receiver rebuilds (and re-validates) the command."""
+    # Fields added later go at the end, with defaults, so entries written before still decode.
     if isinstance(cmd, Acquire):
         return ("acquire", cmd.candidate, cmd.expected_epoch, cmd.expected_renewals,
-                cmd.start_seq, cmd.lease_s, cmd.reason, cmd.wall_time)
+                cmd.start_seq, cmd.lease_s, cmd.reason, cmd.wall_time, cmd.last_epoch,
+                cmd.lag_allowance, cmd.force)
     if isinstance(cmd, Renew):
-        return ("renew", cmd.holder, cmd.epoch, cmd.applied_seq)
+        return ("renew", cmd.holder, cmd.epoch, cmd.applied_seq, cmd.acked_seq)
     if isinstance(cmd, Release):
-        return ("release", cmd.holder, cmd.epoch, cmd.successor)
+        return ("release", cmd.holder, cmd.epoch, cmd.successor, cmd.acked_seq)
     if isinstance(cmd, Report):
         return ("report", cmd.name, cmd.api_url, cmd.applied_seq, cmd.role, cmd.healthy,
-                tuple(sorted(cmd.tags)))
+                tuple(sorted(cmd.tags)), cmd.last_epoch)
     if isinstance(cmd, SetSyncSet):
         return ("sync_set", cmd.holder, cmd.epoch, tuple(sorted(cmd.names)))
     if isinstance(cmd, SetFailover):
@@ -156,8 +95,8 @@ def decode_command(raw: Any) -> Command:
         if kind == "release":
             return Release(*args)
         if kind == "report":
-            name, api_url, applied_seq, role, healthy, tags = args
-            return Report(name, api_url, applied_seq, role, healthy, frozenset(tags))
+            name, api_url, applied_seq, role, healthy, tags, *rest = args
+            return Report(name, api_url, applied_seq, role, healthy, frozenset(tags), *rest)
         if kind == "sync_set":
             holder, epoch, names = args
             return SetSyncSet(holder, epoch, frozenset(names))
@@ -452,6 +391,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                 "tick_error": self.tick_error,
                 "members": self.raft_members(),
                 "compactions": self._compactions,
+                # Torn final journal records cut at start (a power loss mid-append).
+                "torn_records_truncated": journal_stats(self)["torn_records_truncated"],
                 "journal_bytes": files["raft.journal"].st_size if "raft.journal" in files
                 else None,
                 "dump_bytes": dump.st_size if dump else None,

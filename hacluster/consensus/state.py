@@ -15,12 +15,14 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from hacluster.consensus.epochs import conflict
+
 MAX_MEMBERS = 64
 MAX_HISTORY = 100
 MAX_URL = 256
 MAX_TAGS = 8
 KNOWN_TAGS = frozenset({"nofailover", "noloadbalance"})
-REASONS = frozenset({"bootstrap", "failover", "switchover", "manual failover"})
+REASONS = frozenset({"bootstrap", "failover", "switchover", "manual failover", "restart"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -53,6 +55,8 @@ class Member:
     healthy: bool
     tags: frozenset[str] = frozenset()
     reports: int = 0           # bumped by each report, so observers can time freshness
+    last_epoch: int = 0        # the epoch whose history this node's last seq belongs to
+                               # (its lineage; 0: unknown, or no data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,11 @@ class ClusterState:
     sync_set: frozenset[str] = frozenset()
     paused: bool = False
     failover: FailoverRequest | None = None
+    # The acknowledged floor: the highest seq ever acknowledged to a client, and the epoch
+    # that acknowledged it (carried by renewals and releases). No candidate below it may take
+    # over: it would lack a write a client was told is done.
+    acked_epoch: int = 0
+    acked_seq: int = 0
 
     @property
     def failover_request(self) -> FailoverRequest | None:
@@ -125,11 +134,18 @@ class Acquire:
     lease_s: float
     reason: str
     wall_time: float
+    last_epoch: int = 0        # the candidate's lineage at start_seq - 1 (see Member)
+    # Sequence numbers below the acknowledged floor the candidate may lack: 0 in sync mode,
+    # maximum_lag_on_failover in async mode (whose losses are saved as divergent tails).
+    lag_allowance: int = 0
+    force: bool = False        # an operator's forced failover: the floor does not apply
 
     def __post_init__(self) -> None:
         _check_name(self.candidate, "acquire")
         _check_epoch(self.expected_epoch, "acquire")
         _check_epoch(self.expected_renewals, "acquire")
+        _check_epoch(self.last_epoch, "acquire")
+        _check_epoch(self.lag_allowance, "acquire")
         if self.start_seq < 1 or not 0 < self.lease_s <= 60 or self.reason not in REASONS:
             raise CommandError(f"acquire: bad arguments {self!r}")
 
@@ -139,11 +155,13 @@ class Renew:
     holder: str
     epoch: int
     applied_seq: int = 0       # the holder's latest seq when it proposed the renewal
+    acked_seq: int = 0         # the highest seq it has acknowledged to a client so far
 
     def __post_init__(self) -> None:
         _check_name(self.holder, "renew")
         _check_epoch(self.epoch, "renew")
         _check_epoch(self.applied_seq, "renew")
+        _check_epoch(self.acked_seq, "renew")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +171,12 @@ class Release:
     holder: str
     epoch: int
     successor: str | None = None
+    acked_seq: int = 0         # the highest seq it acknowledged (its gate is shut by now)
 
     def __post_init__(self) -> None:
         _check_name(self.holder, "release")
         _check_epoch(self.epoch, "release")
+        _check_epoch(self.acked_seq, "release")
         if self.successor is not None:
             _check_name(self.successor, "release")
 
@@ -169,9 +189,11 @@ class Report:
     role: str
     healthy: bool
     tags: frozenset[str] = frozenset()
+    last_epoch: int = 0
 
     def __post_init__(self) -> None:
         _check_name(self.name, "report")
+        _check_epoch(self.last_epoch, "report")
         if not isinstance(self.api_url, str) or len(self.api_url) > MAX_URL:
             raise CommandError("report: api_url missing or too long")
         if self.applied_seq < 0 or self.role not in ("primary", "replica", "starting"):
@@ -229,11 +251,42 @@ class Forget:
 Command = Acquire | Renew | Release | Report | SetSyncSet | SetPaused | SetFailover | Forget
 
 
+def _raise_floor(state: ClusterState, acked_seq: int) -> ClusterState:
+    if acked_seq <= state.acked_seq:
+        return state
+    return replace(state, acked_epoch=state.lock.epoch, acked_seq=acked_seq)
+
+
+def floor_refusal(state: ClusterState, seq: int, lag_allowance: int = 0) -> str | None:
+    """Why a candidate at ``seq`` would lose an acknowledged write; None when it would not."""
+    if seq + lag_allowance < state.acked_seq:
+        return (f"at seq {seq}, below seq {state.acked_seq} acknowledged in epoch "
+                f"{state.acked_epoch}" + (f" by more than the allowed {lag_allowance}"
+                                          if lag_allowance else ""))
+    return None
+
+
+def acquire_refusal(state: ClusterState, cmd: Acquire) -> str | None:
+    """Why the state machine turns ``cmd`` down (besides a stale expected epoch)."""
+    seq = cmd.start_seq - 1
+    off = conflict(cmd.last_epoch, seq, state.history)
+    if off is not None:
+        return f"{cmd.candidate}: {off}"
+    if not cmd.force:
+        return floor_refusal(state, seq, cmd.lag_allowance)
+    return None
+
+
 def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool]:
     """The state machine: the next state and whether the command took effect."""
     lock = state.lock
     if isinstance(cmd, Acquire):
         if (lock.epoch, lock.renewals) != (cmd.expected_epoch, cmd.expected_renewals):
+            return state, False
+        # The same checks the decision made, again where every node applies them in log
+        # order: a candidate whose data left the history, or (unforced) lacks an
+        # acknowledged write, never gets an epoch, whatever its view was when it proposed.
+        if acquire_refusal(state, cmd) is not None:
             return state, False
         epoch = lock.epoch + 1
         record = EpochRecord(epoch, cmd.candidate, cmd.start_seq, cmd.reason, cmd.wall_time)
@@ -250,20 +303,24 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
             return state, False
         # A primary renewing is a healthy primary: an operator's failover request made while
         # it looked gone no longer applies (it would hold back the next automatic failover).
-        return replace(state, lock=replace(lock, renewals=lock.renewals + 1,
-                                           holder_seq=max(lock.holder_seq, cmd.applied_seq)),
+        return replace(_raise_floor(state, cmd.acked_seq),
+                       lock=replace(lock, renewals=lock.renewals + 1,
+                                    holder_seq=max(lock.holder_seq, cmd.applied_seq)),
                        failover=None), True
     if isinstance(cmd, Release):
         if not lock.held or (lock.holder, lock.epoch) != (cmd.holder, cmd.epoch):
             return state, False
-        return replace(state, lock=replace(lock, released=True, successor=cmd.successor),
+        # The synchronous set goes (no one confirms for a holder that stopped writing); the
+        # acknowledged floor stays, so no candidate lacking an acknowledged write qualifies.
+        return replace(_raise_floor(state, cmd.acked_seq),
+                       lock=replace(lock, released=True, successor=cmd.successor),
                        sync_set=frozenset()), True
     if isinstance(cmd, Report):
         old = state.member(cmd.name)
         if old is None and len(state.members) >= MAX_MEMBERS:
             return state, False
         member = Member(cmd.name, cmd.api_url, cmd.applied_seq, cmd.role, cmd.healthy,
-                        cmd.tags, (old.reports + 1) if old else 1)
+                        cmd.tags, (old.reports + 1) if old else 1, cmd.last_epoch)
         others = tuple(m for m in state.members if m.name != cmd.name)
         return replace(state, members=tuple(sorted((*others, member),
                                                    key=lambda m: m.name))), True

@@ -2,9 +2,12 @@
 
 Owns ``POST /v1/replication/checkpoints`` (create one, answer its manifest: sequence number,
 files, sizes, CRC32C), ``GET .../checkpoints/{id}/files/{name}`` (a file, with HTTP Range so an
-interrupted download resumes), ``DELETE .../checkpoints/{id}``, and the clean-up of checkpoints
-nobody fetched for ``checkpoint_ttl_seconds``. It must never serve a path outside a checkpoint
-directory, and never serve from the live DB directory (only from immutable hard-linked copies).
+interrupted download resumes), ``DELETE .../checkpoints/{id}``, the clean-up of checkpoints
+nobody fetched for ``checkpoint_ttl_seconds``, and the cap on how many exist at once
+(``max_checkpoints``: the least recently used idle one makes room; when every one is in use the
+request is refused with 503). It must never serve a path outside a checkpoint directory, never
+serve from the live DB directory (only from immutable hard-linked copies), and never remove a
+checkpoint while a file of it is being sent.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import re
 import secrets
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import crc32c
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_protocol import RequestPayloadError
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,11 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9]{10,}-[0-9a-f]{8}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 READ_CHUNK = 4 << 20
+# A checkpoint counts as in use this long after its last request, besides while a file of it
+# is being sent: a bootstrapping replica asks for the files one after another, and checksums
+# what it staged earlier before the first request.
+IN_USE_GRACE_S = 30.0
+MAX_NAME = 200
 
 
 def file_crc32c(path: Path) -> int:
@@ -43,7 +53,8 @@ def file_crc32c(path: Path) -> int:
 class CheckpointService:
     def __init__(self, root: Path, *, create: Callable[[Path], int], epoch: Callable[[], int],
                  column_families: Callable[[], list[str]], ttl_seconds: float,
-                 on_bootstrap: Callable[[str], None] | None = None) -> None:
+                 on_bootstrap: Callable[[str], None] | None = None, max_checkpoints: int = 4,
+                 in_use_grace_s: float = IN_USE_GRACE_S) -> None:
         self.root = root
         self._create = create
         self._epoch = epoch
@@ -52,6 +63,9 @@ class CheckpointService:
         self._on_bootstrap = on_bootstrap
         self._last_used: dict[str, float] = {}
         self._owner: dict[str, str] = {}
+        self._max = max_checkpoints
+        self._grace = in_use_grace_s
+        self._sending: Counter[str] = Counter()    # files of each checkpoint being sent now
         # SST files are immutable and hard-linked into every checkpoint: checksum each once.
         self._crc_cache: dict[tuple[int, int, int, int], int] = {}
         self._lock = asyncio.Lock()
@@ -85,12 +99,20 @@ class CheckpointService:
         except (ValueError, RecursionError, RequestPayloadError):
             return web.json_response({"error": "body must be JSON"}, status=400)
         replica = str(body.get("node", "?")) if isinstance(body, dict) else "?"
+        if len(replica) > MAX_NAME:
+            return web.json_response(
+                {"error": f"node must be at most {MAX_NAME} characters"}, status=400)
         async with self._lock:
             self.expire()
             # A replica asking again has abandoned its earlier checkpoint (it was killed or
             # restarted mid-download); it will resume from its staged files, not from that one.
             for old in [c for c, owner in self._owner.items() if owner == replica]:
                 self._remove(old)
+            refusal = self._make_room()
+            if refusal:
+                log.warning("checkpoint for %s refused: %s", replica, refusal)
+                return web.json_response({"error": "busy", "reason": refusal}, status=503,
+                                         headers={"Retry-After": str(int(self._grace))})
             cp_id = f"{int(time.time()):010d}-{secrets.token_hex(4)}"
             started = time.monotonic()
             # Checkpoint creation runs on the loop thread on purpose: no write may interleave
@@ -121,7 +143,7 @@ class CheckpointService:
             raise web.HTTPNotFound(text=json.dumps({"error": f"no file {name!r}"}),
                                    content_type="application/json")
         self._last_used[cp_dir.name] = time.monotonic()
-        return web.FileResponse(path, chunk_size=1 << 20)
+        return _Sending(path, self, cp_dir.name)
 
     async def handle_delete(self, request: web.Request) -> web.Response:
         cp_dir = self._checkpoint_dir(request.match_info["id"])
@@ -137,11 +159,57 @@ class CheckpointService:
     def expire(self) -> None:
         now = time.monotonic()
         for cp_id, used in list(self._last_used.items()):
-            if now - used > self._ttl:
+            if now - used > self._ttl and not self._sending[cp_id]:
                 self._remove(cp_id)
+
+    def in_use(self, cp_id: str) -> bool:
+        return bool(self._sending[cp_id]) or (
+            time.monotonic() - self._last_used.get(cp_id, float("-inf")) < self._grace)
+
+    def _make_room(self) -> str | None:
+        """Remove idle checkpoints (least recently used first) until one more fits; or why not."""
+        while len(self._last_used) >= self._max:
+            idle = [c for c in self._last_used if not self.in_use(c)]
+            if not idle:
+                return (f"all {len(self._last_used)} checkpoints (replication.max_checkpoints "
+                        f"= {self._max}) are in use by {sorted(set(self._owner.values()))}; "
+                        f"retry once one of those bootstraps is done")
+            oldest = min(idle, key=lambda c: self._last_used[c])
+            log.info("checkpoint %s of %s is idle: removed to make room "
+                     "(replication.max_checkpoints = %d)", oldest, self._owner.get(oldest),
+                     self._max)
+            self._remove(oldest)
+        return None
+
+    def _sent(self, cp_id: str, started: bool) -> None:
+        if started:
+            self._sending[cp_id] += 1
+            return
+        self._sending[cp_id] -= 1
+        if self._sending[cp_id] <= 0:
+            del self._sending[cp_id]
+        if cp_id in self._last_used:
+            self._last_used[cp_id] = time.monotonic()
 
     def list_ids(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir()) if self.root.exists() else []
+
+
+class _Sending(web.FileResponse):
+    """A checkpoint file, counted as in use from the first byte sent until the last (aiohttp
+    sends a file after the handler returned, in ``prepare``)."""
+
+    def __init__(self, path: Path, service: CheckpointService, cp_id: str) -> None:
+        super().__init__(path, chunk_size=1 << 20)
+        self._service = service
+        self._cp_id = cp_id
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        self._service._sent(self._cp_id, started=True)
+        try:
+            return await super().prepare(request)
+        finally:
+            self._service._sent(self._cp_id, started=False)
 
 
 def fsync_path(path: Path) -> None:

@@ -24,6 +24,7 @@ import rocksdict
 
 from hacluster.config import ReplicationConfig
 from hacluster.consensus.lineage import Lineage
+from hacluster.groupsync import GroupSync
 from hacluster.replication import frames
 from hacluster.replication.applier import Verdict, decide
 from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
@@ -100,6 +101,17 @@ class AckSender:
             seq = self.seq
             if seq == self.sent:
                 continue
+            if self.f.durable:
+                # An acknowledgement counts toward a client's (rule 5): on disk first, one
+                # sync for every batch applied since the last acknowledgement.
+                try:
+                    await self.f.wal_sync.through(seq)
+                except Exception as exc:
+                    log.error("%s: WAL sync failed, seq %d not acknowledged: %s", self.f.node,
+                              seq, exc)
+                    await asyncio.sleep(0.2)
+                    self.event.set()
+                    continue
             try:
                 async with session.post(url, json={"node": self.f.node, "seq": seq},
                                         headers=self.f.headers) as resp:
@@ -120,7 +132,8 @@ class Follower:
                  cfg: ReplicationConfig,
                  open_store: Callable[[], Store], known_epoch: int,
                  lineage: Lineage | None = None,
-                 space_low: Callable[[], str | None] = lambda: None) -> None:
+                 space_low: Callable[[], str | None] = lambda: None,
+                 durable: bool = False) -> None:
         self.node = node
         self.data_dir = data_dir
         self.primary_url = primary_url.rstrip("/")
@@ -132,6 +145,9 @@ class Follower:
         self.space_low = space_low      # why applying must wait for disk space, if it must
         self.status = FollowerStatus()
         self.store: Store | None = None
+        self.durable = durable      # storage.durability: fsync
+        self.wal_sync = GroupSync(lambda: self.store.latest_seq() if self.store else 0,
+                                  lambda: self.store.sync_wal() if self.store else None)
         self._backoff = Backoff(cfg.reconnect_backoff_min, cfg.reconnect_backoff_max)
         self._acks = AckSender(self)
         self._stopping = False
@@ -247,11 +263,17 @@ class Follower:
     async def _stream(self, session: aiohttp.ClientSession) -> None:
         assert self.store is not None
         since = self.store.latest_seq()
+        if self.durable:
+            # Opening a stream tells the primary our position: it counts as acknowledged.
+            await self.wal_sync.through(since)
+        params = {"node": self.node, "since": str(since)}
+        if self.lineage is not None:
+            # Rule 1: the primary checks that our data up to `since` is on its history.
+            params["epoch"] = str(self.lineage.last_epoch(since) or 0)
         self.status.state = "connecting"
         self.status.connects += 1
         url = f"{self.primary_url}/v1/replication/stream"
-        async with session.get(url, params={"node": self.node, "since": str(since)},
-                               headers=self.headers) as resp:
+        async with session.get(url, params=params, headers=self.headers) as resp:
             if resp.status == 410:
                 raise NeedBootstrap((await resp.json()).get("reason", "410 Gone"))
             if resp.status == 409:

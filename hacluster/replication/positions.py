@@ -1,9 +1,13 @@
 """Replication positions as the primary sees them: each replica's applied seq, lag and link state.
 
 Owns the per-replica records that the status endpoint shows and that the consensus layer will
-hold. Pure state with an injected clock: no sockets. It must never move a replica's position
-backwards on a stale or reordered ack (a restarted replica may legitimately be at a lower
-position; opening a new stream resets it to what the replica asks for).
+hold. Pure state with an injected clock: no sockets. Which names may have a record is the
+caller's decision (the replication source admits cluster members only); this map only bounds
+itself: at most ``max_replicas`` records, the least recently heard one without an open stream
+giving way to a new name, and ``PositionsFull`` when every one has a stream open. It must never
+move a replica's position backwards on a stale or reordered ack (a restarted replica may
+legitimately be at a lower position; opening a new stream resets it to what the replica asks
+for), and never drop the record of a replica whose stream is open.
 """
 
 from __future__ import annotations
@@ -13,6 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+# Far above any real cluster (members are named in the config or admitted to Raft); only a
+# bound on memory.
+MAX_REPLICAS = 64
+
+
+class PositionsFull(Exception):
+    """Every tracked replica has a stream open: no record can make room for another name."""
 
 
 @dataclass(slots=True)
@@ -30,12 +42,24 @@ class ReplicaPosition:
 class ReplicaPositions:
     clock: Callable[[], float] = time.monotonic
     replicas: dict[str, ReplicaPosition] = field(default_factory=dict)
+    max_replicas: int = MAX_REPLICAS
     _changed: asyncio.Event | None = None
 
     def _get(self, name: str) -> ReplicaPosition:
-        if name not in self.replicas:
-            self.replicas[name] = ReplicaPosition(name)
-        return self.replicas[name]
+        rep = self.replicas.get(name)
+        if rep is None:
+            if len(self.replicas) >= self.max_replicas:
+                self._evict()
+            rep = self.replicas[name] = ReplicaPosition(name)
+        return rep
+
+    def _evict(self) -> None:
+        idle = [r for r in self.replicas.values() if r.streams == 0]
+        if not idle:
+            raise PositionsFull(f"already tracking {len(self.replicas)} replicas, each with a "
+                                "stream open")
+        gone = min(idle, key=lambda r: -1.0 if r.acked_at is None else r.acked_at)
+        del self.replicas[gone.name]
 
     def stream_opened(self, name: str, since: int) -> None:
         rep = self._get(name)
@@ -45,7 +69,9 @@ class ReplicaPositions:
         rep.acked_at = rep.advanced_at = self.clock()
 
     def stream_closed(self, name: str) -> None:
-        rep = self._get(name)
+        rep = self.replicas.get(name)
+        if rep is None:
+            return
         rep.streams = max(0, rep.streams - 1)
         rep.connected = rep.streams > 0
 
@@ -83,7 +109,10 @@ class ReplicaPositions:
             pass
 
     def bootstrap_started(self, name: str) -> None:
-        self._get(name).bootstraps += 1
+        try:
+            self._get(name).bootstraps += 1
+        except PositionsFull:
+            pass        # only a counter shown in status; the bootstrap itself goes on
 
     def snapshot(self, primary_seq: int) -> list[dict[str, Any]]:
         now = self.clock()

@@ -5,7 +5,8 @@ position) and ``POST /v1/replication/ack`` (a replica reporting what it has appl
 the shared live feed and, for replicas older than the feed's ring, from a private WAL reader run
 off the event loop. It must never send a batch out of order, never send anything after an
 error frame, and never answer 200 to a position it cannot serve: 410 when the WAL no longer holds
-it (the replica bootstraps), 409 when the replica claims more than the primary has.
+it (the replica bootstraps), 409 when the replica claims more than the primary has. Only cluster
+members (``is_member``) stream or ack: any other name is refused with 403 before it is recorded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from hacluster.replication import frames
 from hacluster.replication.feed import WalFeed
-from hacluster.replication.positions import ReplicaPositions
+from hacluster.replication.positions import PositionsFull, ReplicaPositions
 from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader
 
@@ -34,8 +35,13 @@ class ReplicationSource:
     def __init__(self, *, node_name: str, db_dir: Path, feed: WalFeed,
                  positions: ReplicaPositions, latest_seq: Callable[[], int],
                  column_families: Callable[[], list[str]], epoch: Callable[[], int],
-                 heartbeat_interval: float) -> None:
+                 heartbeat_interval: float,
+                 is_member: Callable[[str], bool] | None = None,
+                 history_refusal: Callable[[int, int], str | None] | None = None) -> None:
         self.node_name = node_name
+        self.is_member = is_member
+        # Rule 1: (replica's lineage label, its position) -> why our histories differ there.
+        self.history_refusal = history_refusal
         self.db_dir = db_dir
         self.feed = feed
         self.positions = positions
@@ -58,8 +64,22 @@ class ReplicationSource:
                                      content_type="application/json")
         return replica, since
 
+    def _refuse_stranger(self, replica: str) -> web.Response | None:
+        """403 for a name that is not a cluster member: positions are kept per name, and a
+        client must not grow that map (or show up as a lagging replica) with made-up names."""
+        if self.is_member is None or self.is_member(replica):
+            return None
+        shown = replica if len(replica) <= 64 else replica[:64] + "..."
+        log.warning("replication request from %r refused: not a cluster member", shown)
+        return web.json_response(
+            {"error": "not a member", "reason": f"node {shown!r} is not a member of this "
+             "cluster (neither in the config's nodes nor a Raft member)"}, status=403)
+
     async def handle_stream(self, request: web.Request) -> web.StreamResponse:
         replica, since = self._params(request)
+        refusal = self._refuse_stranger(replica)
+        if refusal is not None:
+            return refusal
         latest = self.latest_seq()
         if since > latest:
             log.warning("%s asked for changes after seq %d but this primary is at %d",
@@ -68,6 +88,19 @@ class ReplicationSource:
                 {"error": "ahead", "reason": f"replica position {since} is ahead of the "
                  f"primary's {latest}: its history has diverged", "primary_seq": latest},
                 status=409)
+        label = request.query.get("epoch")
+        if label is not None and self.history_refusal is not None:
+            if not (label.isascii() and label.isdigit() and len(label) <= 18):
+                return web.json_response({"error": "epoch must be a non-negative integer"},
+                                         status=400)
+            differs = self.history_refusal(int(label), since)
+            if differs is not None:
+                log.warning("%s asked for changes after seq %d of epoch %s, which this "
+                            "primary's history does not hold: %s", replica, since, label,
+                            differs)
+                return web.json_response(
+                    {"error": "diverged", "reason": differs, "primary_seq": latest},
+                    status=409)
         next_seq = since + 1
         private: WalReader | None = None
         first_chunk = b""
@@ -92,12 +125,17 @@ class ReplicationSource:
                 log.error("cannot serve %s from seq %d: %s", replica, since + 1, exc)
                 return web.json_response({"error": "wal", "reason": str(exc)}, status=500)
 
+        try:
+            self.positions.stream_opened(replica, since)
+        except PositionsFull as exc:
+            if private:
+                private.close()
+            return web.json_response({"error": "busy", "reason": str(exc)}, status=503)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-hacluster-frames"})
-        await resp.prepare(request)
-        self.positions.stream_opened(replica, since)
         log.info("%s streaming from seq %d (primary at %d, %s)", replica, since + 1, latest,
                  "catching up from disk" if private else "live")
         try:
+            await resp.prepare(request)
             await resp.write(frames.encode_hello(frames.Hello(
                 self.epoch(), self.node_name, latest, tuple(self.column_families()))))
             if first_chunk:
@@ -170,5 +208,11 @@ class ReplicationSource:
         except (ValueError, KeyError, TypeError, RecursionError, OverflowError,
                 RequestPayloadError):
             return web.json_response({"error": "body must be JSON {node, seq}"}, status=400)
-        self.positions.ack(replica, seq)
+        refusal = self._refuse_stranger(replica)
+        if refusal is not None:
+            return refusal
+        try:
+            self.positions.ack(replica, seq)
+        except PositionsFull as exc:
+            return web.json_response({"error": "busy", "reason": str(exc)}, status=503)
         return web.json_response({"ok": True, "primary_seq": self.latest_seq()})

@@ -5,9 +5,12 @@ the request started and when its response ended on CLOCK_MONOTONIC, the HTTP sta
 epoch and seq a 200 answer carried); the thread-safe, append-only ``History``, saved to and
 loaded from JSON so that a writer running in another process or network namespace can record
 and the test judges; the ``Writer`` that keeps writing unique keys to whichever node accepts
-them; and pure checkers over recorded ops: acknowledged writes lost, split brain (two epochs
-acknowledging in an order only two writable primaries can produce), losses missing from the
-divergent-tail files, acknowledgements after a fence, and sequence numbers out of order.
+them (or, in register mode, writes and reads back a few shared keys); how each op's outcome is
+classified (``Op.outcome``: took effect, certainly did not, or unknown); and pure checkers over
+recorded ops: acknowledged writes lost, split brain (two epochs acknowledging in an order only
+two writable primaries can produce), losses missing from the divergent-tail files,
+acknowledgements after a fence, sequence numbers out of order, stale reads of hot keys, and
+reads no order of the writes explains (``linearizable``, by ``linearizability.check``).
 
 It must never trust the server's word over the recorded responses (a write is acknowledged
 when, and only when, its client got a 200; status pages and logs are not evidence), never fake
@@ -24,6 +27,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -34,9 +38,11 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from hacluster.testing.harness import TOKEN, request, wait_for
+from hacluster.testing.linearizability import MAX_STATES, SECONDS, Call, Outcome, check
 
 FORMAT = "hacluster-history"
 HOT = "hot-"           # hot keys: overwritten with a rising counter and read back
+REG = "reg-"           # register keys: shared by every writer, written and read at random
 VERSION = 1
 
 
@@ -65,13 +71,45 @@ class Op:
         """A read that returned the key's value, or that it is absent."""
         return self.kind == "read" and self.status in (200, 404)
 
+    @property
+    def refused(self) -> bool:
+        """A write the node certainly did not apply.
+
+        A connection refused (nothing was sent), a redirect, a 4xx (checked before writing),
+        a 503 that does not say "outcome unknown" (the write gate shut before the local write)
+        and a 507 (disk full, refused before writing). Anything else that is not a 200 (a
+        timeout or a connection broken after the request went out, a 503 "outcome unknown", a
+        500, a proxy's 502/504) may have been applied.
+        """
+        if self.kind != "put" or self.status == 200:
+            return False
+        if self.status == 0:
+            return self.note.startswith("ConnectionRefusedError")
+        if self.status == 503:
+            return not self.note.startswith("outcome unknown")
+        return self.status in (307, 507) or 400 <= self.status < 500
+
+    @property
+    def outcome(self) -> Outcome:
+        """"ok": a write that took effect inside [start, end], or an answered read; "failed": a
+        refused write, or a read that was not answered; "unknown": a write that may have taken
+        effect at any time after its start, or never."""
+        if self.kind == "read":
+            return "ok" if self.answered else "failed"
+        if self.acked:
+            return "ok"
+        return "failed" if self.refused else "unknown"
+
     def span(self) -> str:
         return f"request {self.start:.3f}..{self.end:.3f}"
 
-    def describe(self) -> str:
+    def detail(self) -> str:
         told = (f"epoch {self.epoch}, seq {self.seq}" if self.acked
                 else f"status {self.status}")
-        return f"{self.key!r} ({self.node}, {told}, {self.span()})"
+        return f"{self.node}, {told}, {self.span()}"
+
+    def describe(self) -> str:
+        return f"{self.key!r} ({self.detail()})"
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Op:
@@ -227,7 +265,7 @@ def put_once(target: Target, key: str, *, value: bytes = b"x", cf: str = "defaul
                 hint = leader if isinstance(leader, str) else None
             else:
                 note = resp.body[:200].decode(errors="replace")
-    text = value.decode(errors="replace") if key.startswith(HOT) else None
+    text = value.decode(errors="replace") if key.startswith((HOT, REG)) else None
     return Op(key, target.name, start, end, status, epoch, seq, note, value=text), hint
 
 
@@ -238,12 +276,19 @@ class Writer:
     status) or a connection error it moves on: to the node the answer named as leader when
     that is one of ``nodes`` and running, otherwise to the next running node in turn. Every
     attempt, failed or not, is recorded in ``history``; every attempt uses a new key.
+
+    With ``register_keys=N`` each attempt is instead, at random, a write or (``read_share`` of
+    the time) a primary read of one of the keys ``reg-0`` .. ``reg-{N-1}``, which every writer
+    and thread shares, so that the ``linearizable`` check has concurrent ops to order. Written
+    values are ``f"{prefix}{thread}-{n}"``: unique per key as long as writers that share a
+    cluster use different prefixes, so a read names the write it saw.
     """
 
     def __init__(self, nodes: Sequence[Target], history: History | None = None, *,
                  prefix: str = "w", threads: int = 1, timeout: float = 2.0,
                  pause: float = 0.005, value: bytes = b"x", cf: str = "default",
-                 token: str = TOKEN, hot: int = 0) -> None:
+                 token: str = TOKEN, hot: int = 0, register_keys: int = 0,
+                 read_share: float = 0.5, seed: int | None = None) -> None:
         if not nodes:
             raise ValueError("a writer needs at least one node")
         self.nodes = list(nodes)
@@ -255,6 +300,9 @@ class Writer:
         self.cf = cf
         self.token = token
         self.hot = hot       # per thread: hot keys it overwrites and reads back after each write
+        self.register_keys = register_keys
+        self.read_share = read_share
+        self.seed = seed     # with one thread, the same ops in the same order on every run
         self._threads = [threading.Thread(target=self._run, args=(i,),
                                           name=f"writer-{prefix}-{i}", daemon=True)
                          for i in range(threads)]
@@ -310,11 +358,23 @@ class Writer:
                 return node
         return None
 
+    def _register_op(self, node: Target, thread: int, n: int,
+                     rng: random.Random) -> tuple[Op, str | None]:
+        """One write or primary read of a random register key."""
+        key = f"{REG}{rng.randrange(self.register_keys)}"
+        if rng.random() < self.read_share:
+            return read_once(node, key, cf=self.cf, timeout=self.timeout,
+                             token=self.token), None
+        return put_once(node, key, value=f"{self.prefix}{thread}-{n}".encode(), cf=self.cf,
+                        timeout=self.timeout, token=self.token)
+
     def _run(self, thread: int = 0) -> None:
         preferred: Target | None = None
         last: Target | None = None
         turn = 0
         counter = 0
+        written = itertools.count()
+        rng = random.Random(None if self.seed is None else f"{self.seed}-{thread}")
         while not self._stop.is_set():
             live = [n for n in self.nodes if n.running]
             if not live:
@@ -326,11 +386,15 @@ class Writer:
                 turn += 1
                 if candidate is not last or len(live) == 1:
                     node = candidate
-            op, hint = put_once(node, self._next_key(), value=self.value, cf=self.cf,
-                                timeout=self.timeout, token=self.token)
+            if self.register_keys:
+                op, hint = self._register_op(node, thread, next(written), rng)
+            else:
+                op, hint = put_once(node, self._next_key(), value=self.value, cf=self.cf,
+                                    timeout=self.timeout, token=self.token)
             self.history.append(op)
             last = node
-            preferred = node if op.acked else self._by_hint(hint, live, node)
+            # A read answers no leader hint: after a refused one, the next node in turn.
+            preferred = node if op.acked or op.answered else self._by_hint(hint, live, node)
             if self.hot and op.acked:
                 # One thread owns each hot key: its counter orders the key's writes, so a
                 # read may never return less than a write acknowledged before it began.
@@ -380,10 +444,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token", default=TOKEN)
     parser.add_argument("--hot", type=int, default=0,
                         help="hot keys per thread, overwritten and read back")
+    parser.add_argument("--register", type=int, default=0, metavar="N",
+                        help="instead of unique keys, write and read N shared keys at random")
+    parser.add_argument("--read-share", type=float, default=0.5,
+                        help="with --register: the share of reads")
+    parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
     history = write_for(args.nodes, args.seconds, args.out, args.stop_file, prefix=args.prefix,
                         threads=args.threads, timeout=args.timeout, pause=args.pause,
-                        token=args.token, hot=args.hot)
+                        token=args.token, hot=args.hot, register_keys=args.register,
+                        read_share=args.read_share, seed=args.seed)
     print(f"{len(history)} attempts, {len(history.acked())} acknowledged", file=sys.stderr)
     return 0
 
@@ -514,16 +584,36 @@ def stale_reads(history: Iterable[Op]) -> list[str]:
     return out
 
 
+def linearizable(history: Iterable[Op], *, max_states: int = MAX_STATES,
+                 seconds: float = SECONDS) -> tuple[list[str], list[str]]:
+    """Keys read back whose reads no order of their writes explains; and keys left undecided.
+
+    Each key is a register starting absent; writes are classified by ``Op.outcome`` (acked:
+    took effect inside the request; refused: left out; anything else: may have taken effect
+    any time after its start, or never) and answered primary reads (200, 404 = absent) must
+    be explained. A key with a put that recorded no value (the unique keys, whose values are
+    not kept) cannot be judged and is skipped. The second list names keys whose search ran
+    over ``max_states`` or ``seconds``: not violations, but not proven either.
+    """
+    ops = list(history)
+    blind = {op.key for op in ops if op.kind == "put" and op.value is None}
+    calls = [Call(op.key, "read" if op.kind == "read" else "write", op.value, op.start,
+                  op.end, op.outcome, op.detail())
+             for op in ops if op.key not in blind]
+    results = check(calls, max_states=max_states, seconds=seconds)
+    return ([r.explain() for r in results if r.linearizable is False],
+            [r.explain() for r in results if r.linearizable is None])
+
+
 def divergent_tail_keys(data_dirs: Iterable[str | os.PathLike[str]],
                         cf: str | None = "default") -> set[bytes]:
     """Keys put by the writes in ``<data_dir>/divergent/*.cbor`` (of column family ``cf``)."""
-    import cbor2
+    # Streamed a batch at a time (either file format): a tail may be as large as its cap.
+    from hacluster.divergence import iter_tail_batches
     keys: set[bytes] = set()
     for data_dir in data_dirs:
         for path in sorted((Path(data_dir) / "divergent").glob("*.cbor")):
-            with open(path, "rb") as f:
-                doc = cbor2.load(f)
-            for batch in doc["batches"]:
+            for batch in iter_tail_batches(path):
                 for op in batch["ops"]:
                     if op[0] == "put" and (cf is None or op[1] == cf):
                         keys.add(bytes(op[2]))
@@ -565,7 +655,10 @@ def check_all(history: Iterable[Op], final_keys: Container[bytes] | None = None,
               fences: Iterable[Fence] = ()) -> Verdict:
     """Run every check that applies.
 
-    Always: ``split_brain`` (overlapping_epochs) and ``seq_anomalies``. With ``final_keys``:
+    Always: ``split_brain`` (overlapping_epochs) and ``seq_anomalies``. With reads:
+    ``stale_reads`` and ``nonlinearizable`` (linearizable; keys it could not decide in time are
+    noted as ``linearizability_unknown``); in async mode (``tail_keys`` given) both are only
+    counted in the notes, as a failover may lose acknowledged writes. With ``final_keys``:
     ``lost_acked`` when ``tail_keys`` is None (sync mode: nothing acknowledged may be lost),
     otherwise ``unreported_losses`` (async: lost only into a tail file). Per fence
     ``(node, t, until)``: ``late_acks`` (acked_after).
@@ -589,6 +682,13 @@ def check_all(history: Iterable[Op], final_keys: Container[bytes] | None = None,
             verdict.violations["stale_reads"] = stale
         else:
             verdict.notes["stale_reads_after_async_loss"] = len(stale)
+        wrong, undecided = linearizable(ops)
+        if tail_keys is None:
+            verdict.violations["nonlinearizable"] = wrong
+        else:
+            verdict.notes["nonlinearizable_after_async_loss"] = len(wrong)
+        if undecided:
+            verdict.notes["linearizability_unknown"] = undecided
     if final_keys is not None:
         missing = sum(1 for op in acks if op.key.encode() not in final_keys)
         verdict.notes["acked_missing_from_final"] = missing

@@ -1,0 +1,649 @@
+"""Durable Raft storage: every patch hacluster applies to pysyncobj's internals, in one place.
+
+pysyncobj keeps Raft's persistent state in three files under the node's data dir and, as
+shipped, syncs none of them: the journal (``raft.journal``) is written through an mmap that is
+never msynced, the term and vote (``raft.journal.meta``) and the full dump (``raft.dump``) are
+written to a tmp file and renamed without fsync. After a power loss a node could forget its
+vote (two leaders in one term), lose entries it had acknowledged (a committed entry lost), or
+fail to start on a torn final record. This module owns making those files durable:
+
+* journal appends, truncations and compaction are msynced (and fsynced when the file size
+  changed) before any message leaves the node and before the leader counts its own entries
+  toward a commit; appends are batched: marked dirty, synced once per round;
+* the term and vote are fsynced (tmp file, rename, directory) before the node acts on them;
+* the dump is fsynced before its rename, the directory after;
+* a journal whose final record was torn by a power loss is cut back to its last complete
+  record (counted, logged); damage anywhere else stops the node with an error naming the file
+  and offset;
+* a failed journal sync is not retried (the kernel may have dropped the dirty pages: a retry
+  could report success for data that never reached the disk).
+
+``install_patches()`` is the one entry point (``raft.py`` calls it at import). Each patch
+checks first that the private attributes it relies on exist and raises ``RuntimeError``
+naming the pysyncobj version and the attribute if not. It must never warn and continue on an
+unknown pysyncobj, never acknowledge (send) before the journal is synced, and never truncate
+anything but a torn final record. ``HACLUSTER_RAFT_NOSYNC=1`` turns every sync off; it exists
+for ``bench/raft.py`` only (and the test that proves the fault bites) and is never a config
+option.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+NOSYNC_ENV = "HACLUSTER_RAFT_NOSYNC"
+# Benchmark only (bench/raft.py measures the cost of durability with it): read once, at import.
+SYNC = os.environ.get(NOSYNC_ENV) != "1"
+
+_installed = False
+
+
+class JournalCorruptError(RuntimeError):
+    """A Raft file is damaged in a way a torn final write cannot explain: the node must not
+    start on it (it could have forgotten entries or a vote it acknowledged)."""
+
+
+@dataclass
+class JournalSync:
+    """Durability bookkeeping of one FileJournal (kept on the journal, not the SyncObj: any
+    attribute on the SyncObj after its __init__ would be pickled into the dump)."""
+
+    path: str
+    dirty: bool = False
+    synced_size: int = -1              # the file size at the last fsync
+    failed: OSError | None = None      # sticky: a failed msync/fsync is never retried
+    appends: int = 0
+    resent_kept: int = 0               # entries a resend carried that the log had already
+    syncs: int = 0
+    sync_seconds: float = 0.0
+    torn_records_truncated: int = 0
+
+
+def _version() -> str:
+    try:
+        from pysyncobj.version import VERSION
+        return str(VERSION)
+    except Exception:
+        return "(unknown version)"
+
+
+def _require(owner: Any, *names: str) -> None:
+    """Fail loudly when pysyncobj is not the layout these patches were written for."""
+    for name in names:
+        if not hasattr(owner, name):
+            what = getattr(owner, "__qualname__", None) or getattr(owner, "__name__", None) \
+                or type(owner).__qualname__
+            raise RuntimeError(
+                f"pysyncobj {_version()}: {what} has no attribute {name!r}; hacluster's Raft "
+                f"durability patches (hacluster/consensus/raft_journal.py) rely on it. Use "
+                f"pysyncobj >=0.3.14,<0.4 or update the patches.")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: str, data: bytes, tmp: str | None = None) -> None:
+    """Replace ``path`` with ``data``: tmp file, fsync, rename, fsync of the directory."""
+    tmp = tmp or path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if SYNC:
+                os.fsync(f.fileno())
+    except OSError:
+        try:
+            os.unlink(tmp)        # a full disk: do not leave the half file taking space
+        except OSError:
+            pass
+        raise
+    os.replace(tmp, path)
+    if SYNC:
+        _fsync_dir(path)
+
+
+def _record(command: Any, idx: int, term: int, to_bytes: Callable[[Any], bytes]) -> bytes:
+    """pysyncobj's record layout: size, (idx, term, command), size."""
+    data = struct.pack("<QQ", idx, term) + to_bytes(command)
+    size = struct.pack("<I", len(data))
+    return size + data + size
+
+
+# -- the journal sync -------------------------------------------------------------------------
+
+def journal_sync_state(journal: Any) -> JournalSync | None:
+    """The durability bookkeeping of a pysyncobj journal (None for an in-memory one)."""
+    state = getattr(journal, "_hacluster_sync", None)
+    return state if isinstance(state, JournalSync) else None
+
+
+def _refuse_after_failure(state: JournalSync) -> None:
+    if state.failed is not None:
+        raise OSError(state.failed.errno,
+                      f"{state.path}: an earlier journal sync failed ({state.failed}); it is "
+                      f"not retried (the written pages may be gone): restart the node")
+
+
+def sync_journal(journal: Any) -> None:
+    """Make every journal write so far durable, if there is any not yet synced.
+
+    One msync of the mapping (it writes only the dirty pages), and an fsync when the file size
+    changed since the last one (growth or a rewrite), so the size is on disk too.
+    """
+    state = journal_sync_state(journal)
+    if state is None or not state.dirty:
+        return
+    _refuse_after_failure(state)
+    if not SYNC:
+        state.dirty = False
+        return
+    rf = journal._FileJournal__journalFile
+    mm = rf._ResizableFile__mm
+    started = time.perf_counter()
+    try:
+        mm.flush()
+        size = len(mm)
+        if size != state.synced_size:
+            os.fsync(rf._ResizableFile__f.fileno())
+            state.synced_size = size
+    except OSError as exc:
+        state.failed = exc
+        log.critical("Raft journal %s: sync failed (%s); the node stops acknowledging Raft "
+                     "messages until it is restarted", state.path, exc)
+        raise
+    state.dirty = False
+    state.syncs += 1
+    state.sync_seconds += time.perf_counter() - started
+
+
+# -- the patches ------------------------------------------------------------------------------
+
+def install_patches() -> None:
+    """Apply every pysyncobj patch (once); raise RuntimeError if pysyncobj is not as expected."""
+    global _installed
+    if _installed:
+        return
+    from pysyncobj import journal, serializer, syncobj
+
+    # Check everything first, so a mismatch leaves pysyncobj unpatched rather than half.
+    _require(journal, "ResizableFile", "FileJournal", "MetaStorer", "to_bytes", "loads",
+             "dumps", "FIRST_RECORD_OFFSET", "LAST_RECORD_OFFSET_OFFSET", "NAME_SIZE",
+             "VERSION_SIZE", "APP_NAME", "JOURNAL_FORMAT_VERSION")
+    _require(journal.ResizableFile, "write", "read", "_destroy", "_ResizableFile__extand")
+    _require(journal.FileJournal, "add", "clear", "deleteEntriesFrom", "deleteEntriesTo",
+             "setCurrentTerm", "onOneSecondTimer", "_destroy",
+             "_FileJournal__getDefaultHeader", "_FileJournal__setLastRecordOffset")
+    _require(journal.MetaStorer, "storeMeta", "getMeta")
+    _require(serializer, "atomicReplace")
+    _require(syncobj, "SyncObj")
+    _require(syncobj.SyncObj, "_onTick", "_checkCommandsToApply", "_SyncObj__onBecomeLeader",
+             "_SyncObj__setCurrentTerm", "_SyncObj__onMessageReceived")
+
+    _patch_resizable_file(journal)
+    _patch_file_journal(journal)
+    _patch_meta_storer(journal)
+    _patch_serializer(serializer)
+    _patch_syncobj(syncobj)
+    _installed = True
+    if not SYNC:
+        log.warning("%s=1: Raft storage is NOT durable (benchmark use only)", NOSYNC_ENV)
+
+
+def _patch_resizable_file(journal: Any) -> None:
+    cls: Any = journal.ResizableFile
+    original = cls.write
+
+    def write(self: Any, offset: int, values: bytes) -> None:
+        # pysyncobj grows the file by resizing the mmap, which extends it sparsely; writing
+        # into such pages on a full file system raises SIGBUS and kills the process. With the
+        # blocks allocated first, a full disk is an OSError in the Raft tick instead.
+        mm = self._ResizableFile__mm
+        end = offset + len(values)
+        if end > mm.size():
+            grown = max(int(mm.size() * self._ResizableFile__resizeFactor), end)
+            os.posix_fallocate(self._ResizableFile__f.fileno(), 0, grown)
+            mm.resize(grown)        # the file has the size already; the mapping follows it
+        original(self, offset, values)
+
+    cls.write = write
+
+
+def _patch_file_journal(journal: Any) -> None:
+    fj: Any = journal.FileJournal
+    to_bytes = journal.to_bytes
+    first = int(journal.FIRST_RECORD_OFFSET)
+    last_offset_at = int(journal.LAST_RECORD_OFFSET_OFFSET)
+    original_clear = fj.clear
+    original_delete_from = fj.deleteEntriesFrom
+    original_timer = fj.onOneSecondTimer
+
+    def init(self: Any, journal_file: str) -> None:
+        rf = journal.ResizableFile(journal_file,
+                                   defaultContent=self._FileJournal__getDefaultHeader())
+        _require(rf, "_ResizableFile__mm", "_ResizableFile__f", "_ResizableFile__fileName",
+                 "_ResizableFile__resizeFactor")
+        self._FileJournal__journalFile = rf
+        self._FileJournal__journal = []
+        self._FileJournal__metaStorer = journal.MetaStorer(journal_file + ".meta")
+        _require(self._FileJournal__metaStorer, "_MetaStorer__path")
+        self._FileJournal__meta = self._FileJournal__metaStorer.getMeta()
+        self._FileJournal__metaSaved = True
+        state = JournalSync(journal_file)
+        self._hacluster_sync = state
+        entries, end = _load(self, journal, journal_file, state)
+        self._FileJournal__journal = entries
+        self._FileJournal__currentOffset = end
+        # The file (and its name in the directory) may be new, or just cut: on disk before
+        # any append is acknowledged.
+        state.dirty = True
+        sync_journal(self)
+        if SYNC:
+            _fsync_dir(journal_file)
+        commit = self._FileJournal__meta.get("raftCommitIndex")
+        if entries and isinstance(commit, int) and commit > entries[-1][1]:
+            # Only a journal that lost synced entries (a torn record cut, or a file written
+            # before these patches) gets here; a commit index past the log would count entries
+            # appended later as committed without a majority. It is re-learnt from the leader.
+            log.warning("Raft journal %s: commit index %d is past the last entry %d; lowered",
+                        journal_file, commit, entries[-1][1])
+            self._FileJournal__meta["raftCommitIndex"] = entries[-1][1]
+            self._FileJournal__metaSaved = False
+
+    def add(self: Any, command: Any, idx: int, term: int) -> None:
+        # pysyncobj appends to its in-memory log before writing the file: a write that fails
+        # (full disk) left the two apart. Write first; only a write that landed is in memory.
+        record = _record(command, idx, term, to_bytes)
+        self._FileJournal__journalFile.write(self._FileJournal__currentOffset, record)
+        self._FileJournal__journal.append((command, idx, term))
+        self._FileJournal__currentOffset += len(record)
+        self._FileJournal__setLastRecordOffset(self._FileJournal__currentOffset)
+        state = self._hacluster_sync
+        state.dirty = True               # synced once per round, before the next send
+        state.appends += 1
+
+    def clear(self: Any) -> None:
+        # The records that follow are written over the old ones: the shorter log must be on
+        # disk first, or a power loss could leave the old end in the header over new records.
+        original_clear(self)
+        self._hacluster_sync.dirty = True
+        sync_journal(self)
+
+    def delete_entries_from(self: Any, entry_from: int) -> None:
+        # Only a real conflict gets here (see _trim_resend): same reason as clear.
+        original_delete_from(self, entry_from)
+        self._hacluster_sync.dirty = True
+        sync_journal(self)
+
+    def delete_entries_to(self: Any, entry_to: int) -> None:
+        # pysyncobj rewrote the kept entries in place (clear, then add each): a power loss
+        # half-way lost entries it had acknowledged. Write the kept log to a new file, sync it,
+        # rename it over the journal: the old journal or the new one, never a mix.
+        rf = self._FileJournal__journalFile
+        path = rf._ResizableFile__fileName
+        keep = self._FileJournal__journal[entry_to:]
+        body = b"".join(_record(c, i, t, to_bytes) for c, i, t in keep)
+        end = first + len(body)
+        header = self._FileJournal__getDefaultHeader()
+        header = header[:last_offset_at] + struct.pack("<I", end) + header[last_offset_at + 4:]
+        _refuse_after_failure(self._hacluster_sync)
+        _write_durably(path, header + body, tmp=path + ".compact.tmp")
+        rf._destroy()
+        self._FileJournal__journalFile = journal.ResizableFile(path)
+        self._FileJournal__journal = keep
+        self._FileJournal__currentOffset = end
+        state = self._hacluster_sync
+        state.synced_size = len(header) + len(body)
+        state.dirty = True      # ResizableFile may have grown the new file: fsync that size
+
+    def on_one_second_timer(self: Any) -> None:
+        # The meta file stores the commit index too: never one past the journal on disk.
+        if not self._FileJournal__metaSaved:
+            sync_journal(self)
+        original_timer(self)
+
+    def set_current_term(self: Any, term: int, voted_for: Any) -> None:
+        # Store first, then change: a store that fails (full disk) leaves the node on the term
+        # and vote it has on disk, not acting on one it would forget at its next restart.
+        meta = dict(self._FileJournal__meta)
+        meta["currentTerm"] = term
+        meta["votedForNodeId"] = voted_for
+        self._FileJournal__metaStorer.storeMeta(meta)      # raises: nothing changed
+        self._FileJournal__meta = meta
+        self._FileJournal__metaSaved = True
+
+    def destroy(self: Any) -> None:
+        try:
+            sync_journal(self)
+        except OSError as exc:
+            log.error("Raft journal %s closed without its last writes synced: %s",
+                      self._hacluster_sync.path, exc)
+        finally:
+            self._FileJournal__journalFile._destroy()
+
+    fj.__init__ = init
+    fj.add = add
+    fj.clear = clear
+    fj.deleteEntriesFrom = delete_entries_from
+    fj.deleteEntriesTo = delete_entries_to
+    fj.onOneSecondTimer = on_one_second_timer
+    fj.setCurrentTerm = set_current_term
+    fj._destroy = destroy
+
+
+def _load(self: Any, journal: Any, path: str, state: JournalSync) -> tuple[list[Any], int]:
+    """Read the records; cut a torn final record; refuse damage anywhere else."""
+    first = int(journal.FIRST_RECORD_OFFSET)
+    last_offset_at = int(journal.LAST_RECORD_OFFSET_OFFSET)
+    name_size, version_size = int(journal.NAME_SIZE), int(journal.VERSION_SIZE)
+    rf = self._FileJournal__journalFile
+    mm = rf._ResizableFile__mm
+    size = len(mm)
+    header = bytes(mm[:first])
+    if header == b"\0" * first and bytes(mm[first:first + 4]) == b"\0" * 4:
+        # Created, then lost before its first sync (the file is new): an empty journal.
+        rf.write(0, self._FileJournal__getDefaultHeader())
+        return [], first
+    name = header[:name_size].rstrip(b"\0")
+    (fmt,) = struct.unpack_from("<I", header, name_size + version_size)
+    (end,) = struct.unpack_from("<I", header, last_offset_at)
+    if name != journal.APP_NAME or fmt != journal.JOURNAL_FORMAT_VERSION or end < first:
+        raise JournalCorruptError(
+            f"{path}: not a pysyncobj journal this version reads (header name {name!r}, "
+            f"format {fmt}, log end {end}); refusing to start on it")
+
+    entries: list[Any] = []
+    offset = first
+    reason = ""
+    while offset < end:
+        rec, reason = _read_record(mm, offset, end, size)
+        if rec is None:
+            break
+        idx, term, command, nxt = rec
+        if entries and (idx != entries[-1][1] + 1 or term < entries[-1][2]):
+            reason = (f"entry {idx} (term {term}) does not follow entry {entries[-1][1]} "
+                      f"(term {entries[-1][2]})")
+            break
+        entries.append((command, idx, term))
+        offset = nxt
+    if offset == end:
+        return entries, end
+
+    prev = (entries[-1][1], entries[-1][2]) if entries else None
+    if _complete_record_ends_at(mm, offset, end, size, prev):
+        raise JournalCorruptError(
+            f"{path}: damaged record at offset {offset} ({reason}) with complete records "
+            f"after it up to offset {end}: not a torn final write. Refusing to start: entries "
+            f"this node acknowledged may be lost. Restore the file, or remove this node's Raft "
+            f"files and add it back as a new member")
+    dropped = end - offset
+    log.warning("Raft journal %s: torn final record at offset %d (%s): dropped %d bytes "
+                "(file %d bytes); %d entries kept", path, offset, reason, dropped, size,
+                len(entries))
+    self._FileJournal__setLastRecordOffset(offset)
+    zero_to = min(end, size)
+    if zero_to > offset:
+        rf.write(offset, b"\0" * (zero_to - offset))   # no stale bytes for a later torn write
+    state.torn_records_truncated += 1
+    return entries, offset
+
+
+def _read_record(mm: Any, offset: int, end: int, size: int) \
+        -> tuple[tuple[int, int, bytes, int] | None, str]:
+    if offset + 4 > min(end, size):
+        return None, f"size field cut at {min(end, size)}"
+    (n,) = struct.unpack("<I", mm[offset:offset + 4])
+    nxt = offset + n + 8
+    if n < 16:
+        return None, f"record size {n} is below the 16 bytes of index and term"
+    if nxt > end:
+        return None, f"record of {n} bytes runs past the log end {end}"
+    if nxt > size:
+        return None, f"record of {n} bytes runs past the file end {size}"
+    (trailer,) = struct.unpack("<I", mm[nxt - 4:nxt])
+    if trailer != n:
+        return None, f"size fields differ ({n} and {trailer})"
+    idx, term = struct.unpack("<QQ", mm[offset + 4:offset + 20])
+    return (idx, term, bytes(mm[offset + 20:nxt - 4]), nxt), ""
+
+
+def _complete_record_ends_at(mm: Any, damaged_at: int, end: int, size: int,
+                             prev: tuple[int, int] | None) -> bool:
+    """Does a whole record that follows the damaged one (and continues the log) end the log?
+
+    A power loss tears only what was written after the last sync, at the end; a damaged
+    record followed by a complete last record is damage in the middle.
+    """
+    if end > size or end - 4 < damaged_at:
+        return False
+    (n,) = struct.unpack("<I", mm[end - 4:end])
+    start = end - 8 - n
+    if n < 16 or start <= damaged_at:
+        return False
+    (lead,) = struct.unpack("<I", mm[start:start + 4])
+    if lead != n:
+        return False
+    idx, term = struct.unpack("<QQ", mm[start + 4:start + 20])
+    return prev is None or (idx > prev[0] and term >= prev[1])
+
+
+def _patch_meta_storer(journal: Any) -> None:
+    ms: Any = journal.MetaStorer
+    dumps, loads = journal.dumps, journal.loads
+
+    def store_meta(self: Any, meta: dict[str, Any]) -> None:
+        _write_durably(self._MetaStorer__path, dumps(meta))
+
+    def get_meta(self: Any) -> dict[str, Any]:
+        # pysyncobj read an unreadable meta file as "term 0, no vote": a node that forgets
+        # its vote can vote twice in a term. A missing file is a new node; anything else stops.
+        path = self._MetaStorer__path
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return {}
+        try:
+            meta = loads(data)
+        except Exception as exc:
+            raise JournalCorruptError(
+                f"{path}: the Raft term and vote cannot be read ({type(exc).__name__}: "
+                f"{exc}); refusing to start with them forgotten") from None
+        if not isinstance(meta, dict):
+            raise JournalCorruptError(f"{path}: the Raft term and vote file holds a "
+                                      f"{type(meta).__name__}, not a dict")
+        return meta
+
+    ms.storeMeta = store_meta
+    ms.getMeta = get_meta
+
+
+def _patch_serializer(serializer: Any) -> None:
+    original = serializer.atomicReplace
+
+    def durable_replace(src: str, dst: str) -> Any:
+        # The full dump (written here, or received from the leader) replaces the journal's
+        # prefix: it must be on disk before the journal entries it covers are dropped.
+        if SYNC:
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        result = original(src, dst)
+        if SYNC:
+            _fsync_dir(dst)
+        return result
+
+    serializer.atomicReplace = durable_replace
+
+
+class _DurableSender:
+    """The transport's send, behind a journal sync; holds sends while a batch is appended."""
+
+    def __init__(self, journal: Any, send: Callable[[Any, Any], Any]) -> None:
+        self._journal = journal
+        self._send = send
+        self._holding = False
+        self._held: list[tuple[Any, Any]] = []
+
+    def send(self, node: Any, message: Any) -> bool:
+        if self._holding:
+            self._held.append((node, message))
+            return True             # pysyncobj ignores the result where it holds
+        sync_journal(self._journal)
+        return bool(self._send(node, message))
+
+    def hold(self) -> None:
+        self._holding = True
+
+    def release(self) -> None:
+        self._holding = False
+        held, self._held = self._held, []
+        if held:
+            sync_journal(self._journal)     # raises: the held answers are never sent
+            for node, message in held:
+                self._send(node, message)
+
+
+def _patch_syncobj(syncobj: Any) -> None:
+    so: Any = syncobj.SyncObj
+    original_init = so.__init__
+    original_tick = so._onTick
+    original_check = so._checkCommandsToApply
+    original_become_leader = so._SyncObj__onBecomeLeader
+    original_received = so._SyncObj__onMessageReceived
+
+    def init(self: Any, self_node: Any, other_nodes: Any, conf: Any = None,
+             *args: Any, **kwargs: Any) -> None:
+        if conf is None or getattr(conf, "autoTick", True):
+            # pysyncobj's own tick thread would start inside __init__, before the transport
+            # is wrapped: messages could leave before the journal is synced.
+            raise RuntimeError("hacluster's durable Raft journal needs SyncObjConf("
+                               "autoTick=False): the caller drives the ticks")
+        original_init(self, self_node, other_nodes, conf, *args, **kwargs)
+        _require(self, "_SyncObj__transport", "_SyncObj__raftLog", "_SyncObj__raftCurrentTerm")
+        transport = self._SyncObj__transport
+        _require(transport, "send")
+        sender = _DurableSender(self._SyncObj__raftLog, transport.send)
+        # On the transport, not the SyncObj: attributes set on it now would go into the dump.
+        transport.send = sender.send
+        transport._hacluster_sender = sender
+
+    def on_tick(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # The leader counts its own log toward the commit index early in the tick: what it
+        # appended last tick must be on disk by then.
+        sync_journal(self._SyncObj__raftLog)
+        return original_tick(self, *args, **kwargs)
+
+    def check_commands_to_apply(self: Any) -> Any:
+        # Each command forwarded by a follower is answered right after its append: hold those
+        # answers and sync once for the whole batch, not once per entry.
+        sender = getattr(self._SyncObj__transport, "_hacluster_sender", None)
+        if sender is None:
+            return original_check(self)
+        sender.hold()
+        try:
+            return original_check(self)
+        finally:
+            sender.release()
+
+    def on_become_leader(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original_become_leader(self, *args, **kwargs)
+        # Its no-op entry counts toward the commit index in this same tick (alone in the
+        # cluster, nothing is sent first).
+        sync_journal(self._SyncObj__raftLog)
+        return result
+
+    def on_message_received(self: Any, node: Any, message: Any) -> Any:
+        if isinstance(message, dict) and message.get("type") == "append_entries":
+            message = _trim_resend(self, message)
+        return original_received(self, node, message)
+
+    def set_current_term(self: Any, term: int, voted_for: Any) -> None:
+        # pysyncobj changed the term and vote in memory before storing them; a store that
+        # fails (full disk) left the node acting on a term it would forget. Store first.
+        self._SyncObj__raftLog.setCurrentTerm(term, voted_for)
+        self._SyncObj__raftCurrentTerm = term
+        self._SyncObj__votedForNodeId = voted_for
+
+    so.__init__ = init
+    so._onTick = on_tick
+    so._checkCommandsToApply = check_commands_to_apply
+    so._SyncObj__onBecomeLeader = on_become_leader
+    so._SyncObj__setCurrentTerm = set_current_term
+    so._SyncObj__onMessageReceived = on_message_received
+
+
+def _trim_resend(so: Any, message: dict[str, Any]) -> dict[str, Any]:
+    """An append-entries message, without the part of it the follower's log already has.
+
+    pysyncobj's follower cuts its log after prevLogIdx whenever its log goes further, then
+    appends what the message carries: a leader that resends (its next index for us went back
+    after a late answer) makes it drop and rewrite entries it had acknowledged, and a power
+    loss in between loses them. Raft cuts only at a conflict. Same message, trimmed:
+
+    * entries it has already (same index, same term) are dropped from the message, and
+      prevLogIdx/prevLogTerm moved past them, so pysyncobj cuts at the first conflict only;
+    * when it has every entry sent and its last entry is of the sender's term (by Raft's log
+      matching, its whole log then matches the leader's), nothing is cut and the answer says so.
+
+    Anything else (a conflict at the first entry, prevLogIdx not matching, a tail of older
+    terms past what was sent, a stale term, chunked transmissions) goes to pysyncobj as sent.
+    """
+    if "prevLogIdx" not in message or "transmission" in message or \
+            message.get("term", -1) < so._SyncObj__raftCurrentTerm:
+        return message
+    raft_log = so._SyncObj__raftLog
+    if len(raft_log) == 0:
+        return message
+    first, last, last_term = raft_log[0][1], raft_log[-1][1], raft_log[-1][2]
+    prev = message["prevLogIdx"]
+    if not first <= prev < last or raft_log[prev - first][2] != message["prevLogTerm"]:
+        return message
+    entries = list(message.get("entries") or [])
+    have = 0
+    for entry in entries:
+        if entry[1] > last or raft_log[entry[1] - first][2] != entry[2]:
+            break
+        have += 1
+    if have < len(entries) and entries[have][1] <= last:        # a conflict at entries[have]
+        if have == 0:
+            return message
+        kept = entries[have - 1]
+        trimmed = dict(message, prevLogIdx=kept[1], prevLogTerm=kept[2], entries=entries[have:])
+    elif have < len(entries):                                    # new entries past ours
+        if entries[have][1] != last + 1:
+            return message
+        trimmed = dict(message, prevLogIdx=last, prevLogTerm=last_term, entries=entries[have:])
+    elif last_term == message["term"]:                          # all of it is ours already
+        trimmed = dict(message, prevLogIdx=last, prevLogTerm=last_term, entries=[])
+    else:
+        return message
+    state = journal_sync_state(raft_log)
+    if state is not None:
+        state.resent_kept += have
+    return trimmed
+
+
+def journal_stats(node: Any) -> dict[str, Any]:
+    """Durability figures of a SyncObj's journal (for raft_status, the bench and tests)."""
+    state = journal_sync_state(getattr(node, "_SyncObj__raftLog", None))
+    if state is None:
+        return {"torn_records_truncated": 0, "appends": 0, "resent_kept": 0, "syncs": 0,
+                "sync_seconds": 0.0}
+    return {"torn_records_truncated": state.torn_records_truncated, "appends": state.appends,
+            "resent_kept": state.resent_kept, "syncs": state.syncs,
+            "sync_seconds": state.sync_seconds}
