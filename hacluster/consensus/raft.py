@@ -165,12 +165,6 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         super().__init__(self_addr, partner_addrs, conf)
         self._state = ClusterState()
 
-    def _SyncObj__setCurrentTerm(self, term: int, voted_for: Any) -> None:
-        """pysyncobj's own, reordered: persist the term and vote, then act on them."""
-        self._SyncObj__raftLog.setCurrentTerm(term, voted_for)
-        self._SyncObj__raftCurrentTerm = term
-        self._SyncObj__votedForNodeId = voted_for
-
     # -- the state machine ----------------------------------------------------------------
 
     @replicated  # type: ignore[untyped-decorator]

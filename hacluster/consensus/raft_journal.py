@@ -10,6 +10,9 @@ fail to start on a torn final record. This module owns making those files durabl
 * journal appends, truncations and compaction are msynced (and fsynced when the file size
   changed) before any message leaves the node and before the leader counts its own entries
   toward a commit; appends are batched: marked dirty, synced once per round;
+* an append-entries that resends entries the follower has is trimmed to what is new, so
+  pysyncobj cuts the log only at a real conflict (it cut and rewrote acknowledged entries);
+  compaction writes a new journal file and renames it over the old one;
 * the term and vote are fsynced (tmp file, rename, directory) before the node acts on them;
 * the dump is fsynced before its rename, the directory after;
 * a journal whose final record was torn by a power loss is cut back to its last complete
@@ -21,10 +24,11 @@ fail to start on a torn final record. This module owns making those files durabl
 ``install_patches()`` is the one entry point (``raft.py`` calls it at import). Each patch
 checks first that the private attributes it relies on exist and raises ``RuntimeError``
 naming the pysyncobj version and the attribute if not. It must never warn and continue on an
-unknown pysyncobj, never acknowledge (send) before the journal is synced, and never truncate
-anything but a torn final record. ``HACLUSTER_RAFT_NOSYNC=1`` turns every sync off; it exists
-for ``bench/raft.py`` only (and the test that proves the fault bites) and is never a config
-option.
+unknown pysyncobj, never let a message leave before the journal is synced, never cut at load
+anything but a torn final record, and never add attributes to the SyncObj after its __init__
+(pysyncobj pickles those into the dump). ``HACLUSTER_RAFT_NOSYNC=1`` turns every sync off;
+it exists for ``bench/raft.py`` only (and the test that proves the fault bites) and is never
+a config option.
 """
 
 from __future__ import annotations
