@@ -12,6 +12,7 @@ in its divergent-tail file. Skips, saying why, where namespaces cannot be made.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -92,3 +93,70 @@ def test_partitioned_primary_stops_acknowledging_within_its_lease(
                         fences=[(old.name, cut_at + lease_s, healed_at)])
     assert verdict.ok, str(verdict)
     assert verdict.epochs == [1, 2], str(verdict)
+
+
+def test_rule_1_a_stale_tail_never_wins_after_the_next_primary_dies(
+        net_cluster: tuple[Cluster, Netns], tmp_path: Path) -> None:
+    """The review's case, for real: A is cut off with a writer inside and keeps acknowledging
+    until its lease ends (async), so it holds more seqs than anyone; B takes over and writes;
+    C follows B; B is killed and A comes back. A's higher seq is a divergent tail: C must win,
+    A must save its tail and copy C, and nothing B acknowledged may be lost."""
+    cluster, net = net_cluster
+    a = cluster.wait_primary(30)
+    for i in range(20):
+        assert a.put(f"k{i}", b"v").status == 200
+    cluster.wait_converged()
+    history_file = tmp_path / "inside.json"
+    inside = subprocess.Popen(
+        ["ip", "netns", "exec", net.ns[a.name], sys.executable, "-m",
+         "hacluster.testing.history", "--seconds", "3", "--out", str(history_file),
+         "--prefix", "p", "--timeout", "1", "--pause", "0.002",
+         f"{a.name}={a.host}:{a.port}"])
+    try:
+        time.sleep(1.0)
+        net.cut(a.name)
+        others = [n for n in cluster.nodes.values() if n is not a]
+        b = cluster.wait_primary(20, among=others)
+        c = next(n for n in others if n is not b)
+        assert inside.wait(30) == 0
+    finally:
+        inside.wait(30)
+    history = History.load(history_file)
+    b_writes = Writer([b], prefix="b").start()
+    b_writes.wait_acked(5, 10)
+    history.extend(b_writes.stop())
+    cluster.wait_converged(nodes=[c])
+    # A is unreachable from here: what it acknowledged alone bounds its seq from below.
+    a_seq = max(op.seq or 0 for op in history.acked() if op.node == a.name)
+    c_seq = c.status()["applied_seq"]
+    assert a_seq > c_seq, f"A must hold more seqs than C for this case ({a_seq} vs {c_seq})"
+    # B now gives the lock up without a successor, while A is still away: B comes back from
+    # a crash with an empty data dir (maintenance mode keeps C from taking over meanwhile), so
+    # as a restarted holder with less than the floor it releases the lock. A, healed after
+    # that, follows no one and keeps its tail: the election itself must reject it.
+    assert c.post("/v1/admin/pause").status == 200
+    b.kill()
+    shutil.rmtree(b.data_dir / "db")
+    b.start()
+    wait_for(lambda: c.status()["consensus"]["lock"]["released"], 30, "B to release the lock")
+    net.heal(a.name)
+
+    def a_reported() -> bool:
+        members = {m["name"]: m for m in c.status()["consensus"]["members"]}
+        return bool(members[a.name]["applied_seq"] >= a_seq)
+
+    wait_for(a_reported, 30, "A's report of its seq")
+    assert c.post("/v1/admin/resume").status == 200
+    new = cluster.wait_primary(30)
+    assert new is c, "the node with the stale tail (higher seq, older epoch) was elected"
+    decision = a.status()["consensus"]["decision"] or ""
+    wait_for(lambda: a.status()["primary"] == c.name, 30, "A to follow C")
+    assert c.put("after", b"v").status == 200
+    cluster.wait_converged(timeout=60, nodes=[a, b])
+    assert a.hash() == c.hash() == b.hash()
+    cluster.stop()
+    _, contents = read_db(c.data_dir / "db")
+    tails = divergent_tail_keys(n.data_dir for n in cluster.nodes.values())
+    verdict = check_all(history, contents["default"], tail_keys=tails)
+    assert verdict.ok, f"{verdict} (A decided: {decision})"
+    assert b"after" in contents["default"]
