@@ -11,13 +11,15 @@ otherwise.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hacluster.testing.harness import Cluster, NodeProc, read_db, wait_for
+from hacluster.testing.harness import Cluster, FaultyProxy, NodeProc, read_db, wait_for
 from hacluster.testing.history import Endpoint, Writer, check_all
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -188,3 +190,69 @@ def test_full_sync_replica_is_replaced_and_catches_up(
         if writer is not None:
             writer.stop()
         cluster.stop()
+
+
+def test_rule_2_a_release_after_disk_full_never_promotes_a_lagging_node(
+        tmp_path: Path, small_disks: list[Path]) -> None:
+    """n1's RocksDB runs out and it releases the lock while its synchronous standby n2 is
+    stopped; the only other candidate, n3, is in the Raft quorum but gets no data (its stream
+    from n1 goes through a proxy that drops it), so it lacks acknowledged writes. The
+    acknowledged floor keeps n3 from taking over until n2 is back."""
+    cluster = Cluster(tmp_path, consensus=True, replication={"mode": "sync"},
+                      storage={"min_free_mb": 0, "write_buffer_size_mb": 1,
+                               "wal_size_limit_mb": 16})
+    n1, n2, n3 = (cluster.nodes[n] for n in ("n1", "n2", "n3"))
+    proxy = FaultyProxy(cluster.addresses["n1"])
+    only_n1 = {"n2": ["nofailover"], "n3": ["nofailover"]}
+    via_proxy = dict(cluster.addresses, n1=proxy.port)
+    for name in ("n1", "n2"):
+        cluster.write_config(name, tags=only_n1)
+    cluster.write_config("n3", addresses=via_proxy, tags=only_n1)
+    stopped = None
+    try:
+        cluster.start()
+        assert cluster.wait_primary() is n1
+        for i in range(10):
+            assert n1.put(f"k{i}", b"v").status == 200
+        cluster.wait_converged()
+        proxy.mode = "drop"                 # n3 stays in the Raft quorum, gets no data
+        wait_for(lambda: n1.status()["consensus"]["sync_set"] == ["n2"], 20,
+                 "n2 alone in the synchronous set")
+        acked = []
+        for i in range(10, 30):
+            resp = n1.put(f"k{i}", b"v")
+            assert resp.status == 200, resp.body
+            acked.append(f"k{i}".encode())
+        n2.signal(signal.SIGSTOP)
+        stopped = n2
+        ballast = fill(n1)
+        with open(ballast, "r+b") as f:                   # leave 2 MB: the floor is off
+            f.truncate(ballast.stat().st_size - (2 << 20))
+        assert n1.put("big", b"x" * (3 << 20)).status == 507
+        wait_for(lambda: n3.status()["consensus"]["lock"]["released"], 20, "n1's release")
+        n3.stop()
+        cluster.write_config("n3", addresses=via_proxy)       # n3 may now be promoted
+        n3.start()
+        wait_for(lambda: "below seq 30 acknowledged" in (
+            n3.status()["consensus"]["decision"] or ""), 30,
+            "n3 to see it is below the acknowledged floor")
+        time.sleep(2.0)
+        assert cluster.writable_primary([n1, n3]) is None, \
+            "a node lacking acknowledged writes took over"
+        n2.signal(signal.SIGCONT)
+        stopped = None
+        n2.stop()
+        cluster.write_config("n2")                            # n2 may now be promoted
+        n2.start()
+        assert cluster.wait_primary(30, among=[n2, n3]) is n2
+        proxy.mode = "pass"
+        ballast.unlink()
+        assert n2.put("after", b"v").status == 200
+        cluster.wait_converged(60, nodes=[n3])
+    finally:
+        if stopped is not None:
+            stopped.signal(signal.SIGCONT)
+        proxy.close()
+        cluster.stop()
+    contents = read_db(n3.data_dir / "db")[1]["default"]
+    assert set(acked) | {b"after"} <= set(contents)
