@@ -152,3 +152,48 @@ def test_rule_7_switchovers_under_load_lose_nothing_and_never_overlap(tmp_path: 
     # a switchover: a late renewal never reopened a handed-over gate.
     assert verdict.epochs == [1, 2, 3, 4, 5, 6], str(verdict)
     assert [h["reason"] for h in epochs] == ["bootstrap"] + ["switchover"] * 5, epochs
+
+
+def test_rule_6_sync_set_churn_while_the_raft_leader_is_lost(tmp_path: Path) -> None:
+    """The synchronous standby (or the Raft leader) is killed again and again under a writer,
+    so the primary changes its synchronous set while Raft may have no leader and proposals
+    end without a known outcome; then the primary itself is killed. No acknowledged write
+    may be lost: a write is confirmed by every set that might be committed."""
+    cluster = Cluster(tmp_path, consensus=True,
+                      replication={"mode": "sync", "sync_timeout_s": 2.0})
+    writer = Writer(list(cluster.nodes.values()), prefix="w")
+    by_raft = {f"127.0.0.1:{port}": name for name, port in cluster.raft_ports.items()}
+    try:
+        cluster.start()
+        primary = cluster.wait_primary()
+        wait_for(lambda: primary.status()["consensus"]["sync_set"], 10, "a synchronous standby")
+        writer.start()
+        writer.wait_acked(50, 20)
+        for _ in range(4):
+            status = primary.status()["consensus"]
+            leader = by_raft.get(status["raft"]["leader"] or "")
+            victim = cluster.nodes[leader] if leader and leader != primary.name else \
+                cluster.nodes[status["sync_set"][0]]
+            victim.signal(signal.SIGKILL)
+            victim.proc.wait(10)  # type: ignore[union-attr]
+            since = time.monotonic()
+            time.sleep(1.0)
+            victim.start()
+            primary = cluster.wait_primary(30)
+            writer.wait_acked(20, 30, node=primary.name, since=since)
+            wait_for(lambda p=primary: p.status()["consensus"]["sync_set"], 20,
+                     "a synchronous standby again")
+        primary.signal(signal.SIGKILL)
+        primary.proc.wait(10)  # type: ignore[union-attr]
+        survivors = [n for n in cluster.nodes.values() if n is not primary]
+        new = cluster.wait_primary(30, among=survivors)
+        writer.wait_acked(20, 30, node=new.name, since=time.monotonic() - 1)
+        history = writer.stop()
+        primary.start()
+        cluster.wait_converged(60)
+    finally:
+        writer.stop()
+        cluster.stop()
+    _, contents = read_db(new.data_dir / "db")
+    verdict = check_all(history, contents["default"])
+    assert verdict.ok, str(verdict)
