@@ -3,8 +3,8 @@
 Owns the node's registry: request latency histograms (observed by an aiohttp middleware, by
 route template so label values stay bounded) and a collector that reads the node's state at
 scrape time — role, epoch, applied seq, lag per replica, writes, failovers, fencing events,
-divergent writes, bootstrap bytes, Raft log figures. It must never change node state, and never
-label by anything unbounded (keys, client addresses, raw paths).
+divergent writes, bootstrap bytes, Raft log figures, peer clock drift. It must never change
+node state, and never label by anything unbounded (keys, client addresses, raw paths).
 """
 
 from __future__ import annotations
@@ -110,6 +110,16 @@ class NodeCollector(Collector):
                 value=float(raft.get("torn_records_truncated") or 0))
             yield GaugeMetricFamily("hacluster_paused", "1 in maintenance mode",
                                     value=1.0 if control.raft.snapshot().paused else 0.0)
+            drift = GaugeMetricFamily("hacluster_clock_drift", "how much faster (negative: "
+                                      "slower) each peer's monotonic clock runs than this "
+                                      "node's, as a fraction (0.05 = 5 %)", labels=["peer"])
+            for peer, est in sorted(control.clocks.estimates.items()):
+                if est.drift is not None:
+                    drift.add_metric([peer], est.drift)
+            yield drift
+            yield GaugeMetricFamily("hacluster_clock_drift_beyond_bound", "peers whose clock "
+                                    "rate differs from this node's by more than "
+                                    "consensus.drift", value=float(len(control.clocks.beyond())))
 
 
 class Metrics:

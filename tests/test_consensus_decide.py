@@ -250,13 +250,24 @@ def test_at_most_one_promoter_and_never_without_quorum(
     policy = replace(ASYNC, sync_mode=sync_mode)
     promoters = []
     for me in seqs:
-        o = Observation(me, NOW, quorum, seen, None, seqs[me], {n: NOW for n in seqs})
+        # Every process runs on (the holder acquired its epoch itself): see below for one
+        # that restarted.
+        o = Observation(me, NOW, quorum, seen, None, seqs[me], {n: NOW for n in seqs},
+                        acquired_epoch=state.lock.epoch)
         d = decide(state, o, policy)
         if d.action is Action.PROMOTE:
             promoters.append(me)
             assert quorum, "a node without quorum must never promote"
             assert d.epoch == state.lock.epoch + 1
     assert len(promoters) <= 1, promoters
+    # A restarted holder takes a new epoch while others may judge its lease expired and
+    # elect too: they all propose the same compare-and-set (epoch + 1 over the same lock),
+    # so at most one Acquire takes effect.
+    if holder in seqs and not released:
+        o = Observation(holder, NOW, quorum, seen, None, seqs[holder], {n: NOW for n in seqs})
+        d = decide(state, o, policy)
+        if d.action is Action.PROMOTE:
+            assert quorum and d.epoch == state.lock.epoch + 1
 
 
 def test_the_node_that_released_the_lock_does_not_take_it_back() -> None:

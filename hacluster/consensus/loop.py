@@ -1,7 +1,8 @@
 """The control loop: every renew interval, snapshot, decide, act — and say why in one sentence.
 
 Owns the node's RaftNode, its periodic Report of its own replication position, the local
-observations ``decide`` needs (when each member's report last changed here), and carrying out
+observations ``decide`` needs (when each member's report last changed here), the peers' clock
+rates measured from their reports (``clock``: reported only, never decided on), and carrying out
 the decision: renew the lease, propose an Acquire, follow a primary, or demote. Acting means
 calling the node's role transitions; results of Raft proposals arrive on the Raft thread and are
 handed to the event loop. It must never open the write gate on anything but a committed Acquire
@@ -16,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from hacluster.consensus.clock import BEYOND, OK, ClockPolicy, ClockWatch, describe
 from hacluster.consensus.decide import Action, Decision, Observation, Policy, decide, lag_allowance
 from hacluster.consensus.raft import RaftNode, RaftTiming
 from hacluster.consensus.state import (
@@ -69,6 +71,9 @@ class ControlLoop:
         self.passes = 0
         self._member_reports: dict[str, int] = {}
         self._member_seen: dict[str, float] = {}
+        # Each peer's clock rate against ours, from the clocks in their reports: reported in
+        # /status and metrics only, never used to decide (see hacluster.consensus.clock).
+        self.clocks = ClockWatch(node.name, ClockPolicy(bound=c.drift))
         self._last_report = 0.0
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,10 +131,24 @@ class ControlLoop:
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(fn(*args)))
 
     def _observe(self, state: ClusterState, now: float) -> Observation:
+        # Read after the snapshot was taken, so a clock sample is never timed before the
+        # report it pairs with was applied (the estimator assumes delays are never negative).
+        # Only a fallback: the Raft thread's own apply time is used when it has it.
+        seen = time.monotonic()
         for m in state.members:
-            if self._member_reports.get(m.name) != m.reports:
+            previous = self._member_reports.get(m.name)
+            if previous != m.reports:
                 self._member_reports[m.name] = m.reports
                 self._member_seen[m.name] = now
+                # The first sighting may be a report replayed from the log, proposed long
+                # ago: its delay would say nothing about clock rates. (getattr: a Member
+                # unpickled from a dump written before the field existed lacks it.)
+                clock = float(getattr(m, "clock", 0.0))
+                if previous is not None and clock > 0:
+                    applied = self.raft.report_seen_at(m.name, clock)
+                    self._clock_sample(m.name, seen if applied is None else applied, clock)
+        for gone in set(self.clocks.estimates) - {m.name for m in state.members}:
+            self.clocks.forget(gone)
         store = self.node.current_store()
         holder = state.lock.held and state.lock.holder == self.node.name
         seq = store.latest_seq() if store else self._seq_on_disk()
@@ -155,6 +174,14 @@ class ControlLoop:
         if self._claim_confirmed or seq == self._claimed_start - 1:
             return self._claimed_epoch
         return None
+
+    def _clock_sample(self, peer: str, seen: float, peer_clock: float) -> None:
+        est = self.clocks.observe(peer, seen, peer_clock)
+        if est is not None:
+            level = (logging.ERROR if est.verdict == BEYOND else
+                     logging.INFO if est.verdict == OK or est.rate is None else logging.WARNING)
+            log.log(level, "%s: %s", self.node.name,
+                    describe(peer, self.node.name, est, self.clocks.policy.bound))
 
     def _seq_on_disk(self) -> int:
         """Before the store is open (a fresh start), the last reported seq is our best guess."""
@@ -183,7 +210,7 @@ class ControlLoop:
             self.raft.propose(Report(
                 node.name, node.me.api.url, seq,
                 "primary" if node.is_primary else ("replica" if has_db else "starting"),
-                healthy, node.me.tags, node.lineage_label(seq)))
+                healthy, node.me.tags, node.lineage_label(seq), clock=time.monotonic()))
         node.space.tend(node.disk_full)     # a replica's reserve goes too when its disk fills
         state = self.raft.snapshot()
         decision = decide(state, self._observe(state, now), self.policy)
@@ -604,4 +631,5 @@ class ControlLoop:
             "history": [{"epoch": r.epoch, "primary": r.primary, "start_seq": r.start_seq,
                          "reason": r.reason, "time": r.wall_time} for r in state.history[-10:]],
             "raft": self.raft.raft_status(),
+            "clock": self.clocks.status(),
         }

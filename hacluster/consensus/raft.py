@@ -73,7 +73,7 @@ def encode_command(cmd: Command) -> tuple[Any, ...]:
         return ("release", cmd.holder, cmd.epoch, cmd.successor, cmd.acked_seq)
     if isinstance(cmd, Report):
         return ("report", cmd.name, cmd.api_url, cmd.applied_seq, cmd.role, cmd.healthy,
-                tuple(sorted(cmd.tags)), cmd.last_epoch)
+                tuple(sorted(cmd.tags)), cmd.last_epoch, cmd.clock)
     if isinstance(cmd, SetSyncSet):
         return ("sync_set", cmd.holder, cmd.epoch, tuple(sorted(cmd.names)))
     if isinstance(cmd, SetFailover):
@@ -128,6 +128,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self._on_change = on_change
         self._lock_key: tuple[int, int, bool] | None = None
         self._lock_seen_at: float | None = None
+        # name -> (the clock in its last report, when this node applied that report): clock
+        # rates are measured from apply times, not the control loop's next pass (less jitter).
+        self._report_seen: dict[str, tuple[float, float]] = {}
         self._last_ack_at: float | None = None
         self._obs_lock = threading.Lock()
         self._stop = threading.Event()
@@ -181,6 +184,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             if key != self._lock_key:
                 self._lock_key = key
                 self._lock_seen_at = time.monotonic()
+            if ok and isinstance(cmd, Report):
+                self._report_seen[cmd.name] = (cmd.clock, time.monotonic())
         if self._on_change is not None:
             self._on_change(self._state)
         return ok
@@ -362,6 +367,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]
     def lock_seen_at(self) -> float | None:
         with self._obs_lock:
             return self._lock_seen_at
+
+    def report_seen_at(self, name: str, clock: float) -> float | None:
+        """When this node applied ``name``'s report carrying ``clock``; None if not the last."""
+        with self._obs_lock:
+            seen = self._report_seen.get(name)
+        return seen[1] if seen is not None and seen[0] == clock else None
 
     def has_quorum(self, now: float, window_s: float) -> bool:
         """A proposal of ours made within ``window_s`` has been committed."""

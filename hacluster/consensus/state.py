@@ -57,6 +57,8 @@ class Member:
     reports: int = 0           # bumped by each report, so observers can time freshness
     last_epoch: int = 0        # the epoch whose history this node's last seq belongs to
                                # (its lineage; 0: unknown, or no data)
+    clock: float = 0.0         # the reporter's monotonic clock when it proposed the report
+                               # (0: not sent); only for measuring clock rates (``clock``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +192,14 @@ class Report:
     healthy: bool
     tags: frozenset[str] = frozenset()
     last_epoch: int = 0
+    clock: float = 0.0         # the reporter's time.monotonic() at proposal; 0: not sent
 
     def __post_init__(self) -> None:
         _check_name(self.name, "report")
         _check_epoch(self.last_epoch, "report")
+        if (not isinstance(self.clock, int | float) or isinstance(self.clock, bool)
+                or not 0 <= self.clock < 1e12):
+            raise CommandError(f"report: bad clock {self.clock!r}")
         if not isinstance(self.api_url, str) or len(self.api_url) > MAX_URL:
             raise CommandError("report: api_url missing or too long")
         if self.applied_seq < 0 or self.role not in ("primary", "replica", "starting"):
@@ -320,7 +326,8 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
         if old is None and len(state.members) >= MAX_MEMBERS:
             return state, False
         member = Member(cmd.name, cmd.api_url, cmd.applied_seq, cmd.role, cmd.healthy,
-                        cmd.tags, (old.reports + 1) if old else 1, cmd.last_epoch)
+                        cmd.tags, (old.reports + 1) if old else 1, cmd.last_epoch,
+                        float(cmd.clock))
         others = tuple(m for m in state.members if m.name != cmd.name)
         return replace(state, members=tuple(sorted((*others, member),
                                                    key=lambda m: m.name))), True
