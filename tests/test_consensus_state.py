@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from hacluster.consensus.state import (
     Command,
     CommandError,
     Lock,
+    Member,
     Release,
     Renew,
     Report,
@@ -145,3 +148,34 @@ def test_a_renewal_voids_a_forced_failover_request() -> None:
     assert ok and state.failover_request is not None
     state, ok = apply_command(state, Renew("n1", 1, 5))
     assert ok and state.failover is None
+
+
+def test_a_dump_pickled_before_new_fields_loads_with_their_defaults() -> None:
+    """An upgrade loads the Raft dump an older version wrote: its objects lack the fields
+    added since (lineage epoch, acknowledged floor, peer clock), which take their defaults."""
+    member = Member("n1", "http://n1", 5, "replica", True, frozenset(), 3)
+    older_member = object.__new__(Member)
+    older_member.__setstate__(member.__getstate__()[:7])          # type: ignore[attr-defined]
+    assert older_member == member
+    state = ClusterState(Lock("n1", 2), (member,))
+    older_state = object.__new__(ClusterState)
+    older_state.__setstate__(state.__getstate__()[:6])             # type: ignore[attr-defined]
+    assert (older_state.acked_epoch, older_state.acked_seq) == (0, 0)
+    assert pickle.loads(pickle.dumps(state)) == state
+
+
+def test_an_old_journal_replays_as_it_was_applied() -> None:
+    """An Acquire written before the lineage and floor checks carries no lineage: replaying
+    it must give the epoch it gave then, or a restarted node would rebuild another history."""
+    from hacluster.consensus.raft import decode_command
+    old = [("acquire", "n1", 0, 0, 1, 1.0, "bootstrap", 0.0),
+           ("renew", "n1", 1, 50),
+           ("acquire", "n2", 1, 1, 51, 1.0, "failover", 0.0)]
+    state = ClusterState()
+    for raw in old:
+        state, ok = apply_command(state, decode_command(raw))
+        assert ok
+    assert (state.lock.holder, state.lock.epoch) == ("n2", 2)
+    # The same Acquire in today's format, with no lineage, is refused: its data is unknown.
+    fresh = decode_command(("acquire", "n3", 2, 0, 60, 1.0, "failover", 0.0, 0, 0, False))
+    assert apply_command(state, fresh) == (state, False)

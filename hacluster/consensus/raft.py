@@ -83,12 +83,20 @@ def encode_command(cmd: Command) -> tuple[Any, ...]:
     return ("pause", cmd.paused)
 
 
+# An Acquire as versions before the lineage and floor checks wrote it.
+LEGACY_ACQUIRE_FIELDS = 7
+
+
 def decode_command(raw: Any) -> Command:
     if not isinstance(raw, tuple) or not raw or not isinstance(raw[0], str):
         raise CommandError(f"not a command: {type(raw).__name__}")
     kind, args = raw[0], raw[1:]
     try:
         if kind == "acquire":
+            if len(args) == LEGACY_ACQUIRE_FIELDS:
+                candidate, epoch, renewals, start_seq, lease_s, reason, wall_time = args
+                return Acquire(candidate, epoch, renewals, start_seq, lease_s, reason,
+                               wall_time, legacy=True)
             return Acquire(*args)
         if kind == "renew":
             return Renew(*args)

@@ -11,9 +11,10 @@ judgement each node makes with its own clock (see ``lease``), not something the 
 
 from __future__ import annotations
 
+import itertools
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 from hacluster.consensus.epochs import conflict
 
@@ -26,10 +27,31 @@ REASONS = frozenset({"bootstrap", "failover", "switchover", "manual failover", "
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
+def _loads_older_dumps(cls: type[_T]) -> type[_T]:
+    """Let a state pickled by an older version (a Raft dump) load: fields added since, which
+    are always at the end and have defaults, take their defaults instead of being unset."""
+    def setstate(self: Any, state: list[Any]) -> None:
+        for f, value in itertools.zip_longest(fields(self), state, fillvalue=_MISSING):
+            if f is _MISSING:
+                break                     # a newer version's extra field: ignore it
+            if value is _MISSING:
+                value = (f.default_factory() if f.default_factory is not MISSING
+                         else f.default)
+            object.__setattr__(self, f.name, value)
+
+    cls.__setstate__ = setstate  # type: ignore[attr-defined]
+    return cls
+
+
+_MISSING: Any = object()
+_T = TypeVar("_T")
+
+
 class CommandError(ValueError):
     """A command is malformed (bad name, too long, unknown tag); it never reaches the log."""
 
 
+@_loads_older_dumps
 @dataclass(frozen=True, slots=True)
 class Lock:
     holder: str | None = None
@@ -46,6 +68,7 @@ class Lock:
         return self.holder is not None and not self.released
 
 
+@_loads_older_dumps
 @dataclass(frozen=True, slots=True)
 class Member:
     name: str
@@ -61,6 +84,7 @@ class Member:
                                # (0: not sent); only for measuring clock rates (``clock``)
 
 
+@_loads_older_dumps
 @dataclass(frozen=True, slots=True)
 class EpochRecord:
     epoch: int
@@ -70,6 +94,7 @@ class EpochRecord:
     wall_time: float           # proposer's wall clock; for operators, never for decisions
 
 
+@_loads_older_dumps
 @dataclass(frozen=True, slots=True)
 class FailoverRequest:
     """An operator's forced failover: only ``candidate`` may take over after ``epoch``."""
@@ -79,6 +104,7 @@ class FailoverRequest:
     force: bool                # skip the checks that protect acknowledged writes
 
 
+@_loads_older_dumps
 @dataclass(frozen=True, slots=True)
 class ClusterState:
     lock: Lock = field(default_factory=Lock)
@@ -141,6 +167,9 @@ class Acquire:
     # maximum_lag_on_failover in async mode (whose losses are saved as divergent tails).
     lag_allowance: int = 0
     force: bool = False        # an operator's forced failover: the floor does not apply
+    # An entry written by a version before rules 1 and 2 (no lineage, no floor in it): it is
+    # applied as that version applied it, so replaying an old journal rebuilds the same state.
+    legacy: bool = False
 
     def __post_init__(self) -> None:
         _check_name(self.candidate, "acquire")
@@ -292,7 +321,7 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
         # The same checks the decision made, again where every node applies them in log
         # order: a candidate whose data left the history, or (unforced) lacks an
         # acknowledged write, never gets an epoch, whatever its view was when it proposed.
-        if acquire_refusal(state, cmd) is not None:
+        if not cmd.legacy and acquire_refusal(state, cmd) is not None:
             return state, False
         epoch = lock.epoch + 1
         record = EpochRecord(epoch, cmd.candidate, cmd.start_seq, cmd.reason, cmd.wall_time)
