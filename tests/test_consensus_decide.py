@@ -501,3 +501,17 @@ def test_rule_3_restarted_holder_with_less_data_releases() -> None:
     assert d.action is Action.RELEASE and "below seq 81100 acknowledged" in d.sentence
     assert decide(cluster(), obs("n1", acquired=None, quorum=False), SYNC).action is \
         Action.WAIT
+
+
+def test_rule_3_restarted_holder_waits_for_fresh_reports_before_comparing() -> None:
+    # Just restarted: n2 and n3's reports predate the restart (a power loss may have taken
+    # their tails): wait for them to report again, at most member_stale_s.
+    fresh = replace(obs("n1", acquired=None, member_seen={"n1": NOW}), uptime_s=1.0)
+    d = decide(cluster(), fresh, SYNC)
+    assert (d.action, d.sentence) == (
+        Action.WAIT, "n1: n1 holds the lock of epoch 7 from before a restart; waiting for "
+        "fresh reports from n2, n3")
+    # Once they reported afresh, or once waiting longer could not help, it decides.
+    assert decide(cluster(), replace(fresh, member_seen_at={"n1": NOW, "n2": NOW, "n3": NOW}),
+                  SYNC).action is Action.PROMOTE
+    assert decide(cluster(), replace(fresh, uptime_s=3.5), SYNC).action is Action.PROMOTE

@@ -53,6 +53,7 @@ class Observation:
     # in any other epoch was taken by an earlier run of this node: after a crash or power
     # loss it may lack an acknowledged tail, so it is never resumed, only re-acquired.
     acquired_epoch: int | None = None
+    uptime_s: float = float("inf")              # since this process's control loop started
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,15 @@ def _restarted_holder(state: ClusterState, obs: Observation, policy: Policy,
     if refusal is not None:
         return Decision(Action.RELEASE, f"{pause}{me}: releasing the lock of epoch "
                         f"{lock.epoch}; {why} but {refusal}", epoch=lock.epoch)
+    # Compare with what the others hold now, not with reports from before the restart (a
+    # power loss may have taken their tails too): wait for each to report afresh, for as
+    # long as a report may take to count as stale anyway.
+    unheard = sorted(m.name for m in state.members if m.name != me and (
+        obs.member_seen_at.get(m.name) is None
+        or obs.now - obs.member_seen_at[m.name] > policy.member_stale_s))
+    if unheard and obs.uptime_s < policy.member_stale_s:
+        return Decision(Action.WAIT, f"{pause}{me}: {why}; waiting for fresh reports from "
+                        f"{', '.join(unheard)}", epoch=lock.epoch)
     mine_rank = rank(state, obs.my_applied_seq, obs.my_last_epoch)
     others = [(rank(state, m.applied_seq, m.last_epoch), m.name) for m in state.members
               if m.name != me and _refusal(state, obs, policy, m, m.applied_seq, m.last_epoch,

@@ -97,8 +97,10 @@ class ControlLoop:
         self.last_pass_at: float | None = None   # liveness: when the last pass finished
         self.epoch_changes: dict[str, int] = {}  # by reason, seen since this process started
         self._seen_epoch: int | None = None
+        self._started_at = time.monotonic()
 
     def start(self) -> None:
+        self._started_at = time.monotonic()
         self._loop = asyncio.get_running_loop()
         self.raft.start()
         self._task = self._loop.create_task(self._run(), name="control-loop")
@@ -139,7 +141,11 @@ class ControlLoop:
             previous = self._member_reports.get(m.name)
             if previous != m.reports:
                 self._member_reports[m.name] = m.reports
-                self._member_seen[m.name] = now
+                if previous is not None:
+                    # A report counts as fresh only once it changed while this process ran:
+                    # the first one seen may be replayed from before a restart (or a power
+                    # loss), describing data the member no longer holds.
+                    self._member_seen[m.name] = now
                 # The first sighting may be a report replayed from the log, proposed long
                 # ago: its delay would say nothing about clock rates. (getattr: a Member
                 # unpickled from a dump written before the field existed lacks it.)
@@ -160,7 +166,8 @@ class ControlLoop:
             my_applied_seq=seq,
             member_seen_at=dict(self._member_seen),
             my_last_epoch=self.node.lineage_label(seq),
-            acquired_epoch=self._acquired_epoch(seq))
+            acquired_epoch=self._acquired_epoch(seq),
+            uptime_s=now - self._started_at)
 
     def _acquired_epoch(self, seq: int) -> int | None:
         """The epoch this process may serve as its own (rule 3).
