@@ -35,6 +35,7 @@ from typing import IO, Any
 import cbor2
 
 from hacluster.consensus.lineage import Divergence
+from hacluster.fsutil import fsync_path
 from hacluster.store import Store
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE
 from hacluster.wal.errors import WalError, WalGone
@@ -145,16 +146,8 @@ def save_divergent_tail(data_dir: Path, node: str, store: Store, div: Divergence
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(folder)
+    fsync_path(folder)
     return SavedTail(path, complete, ops, saved_last, error)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _head(f: IO[bytes]) -> tuple[int, int | None]:

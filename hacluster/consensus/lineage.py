@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hacluster.consensus.epochs import conflict
 from hacluster.consensus.state import EpochRecord
+from hacluster.fsutil import fsync_parent
 
 MAX_TRANSITIONS = 100
 
@@ -57,6 +58,7 @@ class Lineage:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        fsync_parent(self.path)     # the rename too: a lineage lost at power loss lies
 
     def reset(self, epoch: int, first_seq: int) -> None:
         """After installing a checkpoint: the data is the primary's, up to its epoch."""

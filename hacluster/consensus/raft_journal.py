@@ -41,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hacluster.fsutil import fsync_parent
+
 log = logging.getLogger(__name__)
 
 NOSYNC_ENV = "HACLUSTER_RAFT_NOSYNC"
@@ -92,11 +94,7 @@ def _require(owner: Any, *names: str) -> None:
 
 
 def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_parent(path)
 
 
 def _write_durably(path: str, data: bytes, tmp: str | None = None) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 import aiohttp
 import crc32c
 
-from hacluster.replication.checkpoints import file_crc32c, fsync_path
+from hacluster.fsutil import fsync_path
+from hacluster.replication.checkpoints import file_crc32c
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import secrets
 import shutil
@@ -212,10 +211,4 @@ class _Sending(web.FileResponse):
             self._service._sent(self._cp_id, started=False)
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes renames in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+
