@@ -1,12 +1,15 @@
 """One pass of the control loop, decided: a pure function from a snapshot to one sentence.
 
 Owns the failover rules: who may hold the primary lock, when a lease counts as expired, who is
-the best candidate, what a node without quorum does, what pause mode holds back. Input is an
+the best candidate (on the epoch history, at the acknowledged floor, most up to date: rules 1
+and 2 of docs/architecture.md), what a lock holder back from a restart does (rule 3), what a
+node without quorum does, what pause mode holds back. Input is an
 immutable snapshot of the replicated state plus this node's local observations (its monotonic
 clock, whether Raft has quorum, when it last saw the lock renewed); output is an action and the
 sentence that explains it ("n2: promoting, epoch 7 from seq 81234; n1's lease expired 0.31 s
 ago"), which the loop logs and shows in status. It must never read a clock, touch the network or
-the disk, and never choose to promote on a side without quorum.
+the disk, never choose to promote on a side without quorum, and never promote a candidate whose
+data left the epoch history.
 """
 
 from __future__ import annotations
