@@ -127,6 +127,7 @@ class Node:
         self.acked_seq = 0
         self.wal_sync = GroupSync(self.latest_seq, self._sync_wal)
         self.disk_full: str | None = None     # set by a RocksDB space error, until reopened
+        self._stopping = False                # stop() began: no write waits for replicas
         st = cfg.storage
         self.space = SpaceGuard(self.data_dir, st.min_free_mb, st.reserve_mb, name)
 
@@ -583,6 +584,11 @@ class Node:
             if not (lock.held and lock.holder == self.name and lock.epoch == self.role.epoch):
                 raise OutcomeUnknown(f"written locally at seq {seq} but the lock was lost "
                                      "before replicas confirmed it")
+            if self._stopping:
+                # The answer is the same 503 a timeout gives, only sooner: waiting on would
+                # hold the shutdown for sync_timeout_s (aiohttp's cleanup waits for handlers).
+                raise OutcomeUnknown(f"written locally at seq {seq} but the node is shutting "
+                                     "down before the synchronous set confirmed it")
             members = self.control.confirmers(state)
             if (len(state.sync_set) >= need
                     and all(self.positions.applied(m) >= seq for m in members)):
@@ -718,6 +724,7 @@ class Node:
 
     async def stop(self) -> None:
         notify_systemd("STOPPING=1")
+        self._stopping = True
         self.gate.close("shutting down")
         self.watchdog.disarm("shutting down")
         if self.control:

@@ -197,3 +197,38 @@ def test_rule_6_sync_set_churn_while_the_raft_leader_is_lost(tmp_path: Path) -> 
     _, contents = read_db(new.data_dir / "db")
     verdict = check_all(history, contents["default"])
     assert verdict.ok, str(verdict)
+
+
+def test_a_primary_stops_promptly_with_a_write_its_standby_cannot_confirm(
+        tmp_path: Path) -> None:
+    """SIGTERM during a write the synchronous set cannot confirm: the node answers it 503
+    (outcome unknown) and exits, rather than hold its shutdown for sync_timeout_s."""
+    import threading
+
+    # Both replicas in the set: the stopped one cannot be replaced by the other.
+    cluster = Cluster(tmp_path, consensus=True,
+                      replication={"mode": "sync", "sync_replicas": 2, "sync_timeout_s": 60.0})
+    stopped = None
+    try:
+        cluster.start()
+        primary = cluster.wait_primary()
+        wait_for(lambda: len(primary.status()["consensus"]["sync_set"]) == 2, 15,
+                 "both replicas in the synchronous set")
+        standby = cluster.nodes[primary.status()["consensus"]["sync_set"][0]]
+        standby.signal(signal.SIGSTOP)
+        stopped = standby
+        answers: list[int] = []
+        pending = threading.Thread(
+            target=lambda: answers.append(primary.put("in-flight", b"v", timeout=90).status))
+        pending.start()
+        time.sleep(1.0)                   # the write waits for the stopped standby
+        started = time.monotonic()
+        primary.stop()
+        took = time.monotonic() - started
+        pending.join(90)
+        assert took < 15, f"shutdown took {took:.1f} s with sync_timeout_s 60"
+        assert answers == [503], answers
+    finally:
+        if stopped is not None:
+            stopped.signal(signal.SIGCONT)
+        cluster.stop()
