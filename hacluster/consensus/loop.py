@@ -190,6 +190,17 @@ class ControlLoop:
             log.log(level, "%s: %s", self.node.name,
                     describe(peer, self.node.name, est, self.clocks.policy.bound))
 
+    def _won_earlier(self, epoch: int, start_seq: int) -> bool:
+        """Did an earlier proposal of this process take ``epoch``? (Its answer was lost: a Raft
+        leader change, as a switchover's leadership transfer causes, and the retry then
+        failed the compare-and-set.) Only if the epoch starts exactly where this process
+        proposed it: an earlier run's Acquire that did commit would have let that run write,
+        and it is then never resumed."""
+        state = self.raft.snapshot()
+        record = next((r for r in state.history if r.epoch == epoch), None)
+        return (state.lock.holder == self.node.name and state.lock.epoch == epoch
+                and record is not None and record.start_seq == start_seq)
+
     def _seq_on_disk(self) -> int:
         """Before the store is open (a fresh start), the last reported seq is our best guess."""
         mine = self.raft.snapshot().member(self.node.name)
@@ -382,7 +393,8 @@ class ControlLoop:
                     log.info("%s: promoted, epoch %d, from seq %d", node.name, epoch,
                              cmd.start_seq)
                     self._on_raft(node.become_primary, epoch, proposed_at)
-                elif ok is False and self._claimed_epoch == epoch:
+                elif ok is False and self._claimed_epoch == epoch and \
+                        not self._won_earlier(epoch, cmd.start_seq):
                     # Committed without effect: if the lock shows up in my name at this epoch
                     # anyway, an earlier run of this node took it, and it is not resumed.
                     self._claimed_epoch = None
