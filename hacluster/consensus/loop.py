@@ -231,9 +231,10 @@ class ControlLoop:
                 healthy, node.me.tags, node.lineage_label(seq), clock=time.monotonic()))
         node.space.tend(node.disk_full)     # a replica's reserve goes too when its disk fills
         state = self.raft.snapshot()
-        decision = decide(state, self._observe(state, now), self.policy)
+        obs = self._observe(state, now)
+        decision = decide(state, obs, self.policy)
         self._record(decision)
-        await self._act(decision, state)
+        await self._act(decision, state, obs)
         self._tend_watchdog(state)
         self._count_epoch(state)
         self.last_pass_at = time.monotonic()
@@ -307,7 +308,7 @@ class ControlLoop:
         else:
             log.debug("%s", d.sentence)
 
-    async def _act(self, d: Decision, state: ClusterState) -> None:
+    async def _act(self, d: Decision, state: ClusterState, obs: Observation) -> None:
         node, lock = self.node, state.lock
         holding = lock.held and lock.holder == node.name
         if holding and (node.disk_full or node.space.low):
@@ -341,12 +342,18 @@ class ControlLoop:
             node.gate.close("releasing the lock")
             self.release(lock.epoch)
             return
-        if lock.held and lock.holder == node.name and self._claimed_epoch == lock.epoch:
+        # Ours to renew by the same judgement decide made (rule 3), never by a second one.
+        if lock.held and lock.holder == node.name and obs.acquired_epoch == lock.epoch:
             # Renew on every pass while the lock is ours, with or without proven quorum:
             # the commit of the renewal is itself the proof.
             epoch = lock.epoch
 
             def renewed(ok: bool | None, proposed_at: float) -> None:
+                if ok and self._claimed_epoch == epoch and \
+                        node.latest_seq() == self._claimed_start - 1:
+                    # Renewed as ours while we held exactly the data it starts after: ours
+                    # from now on, whatever this node writes in it.
+                    self._claim_confirmed = True
                 # During a switchover the lease is kept but the gate stays shut.
                 if ok and not self.switching:
                     self._on_raft(node.become_primary, epoch, proposed_at)
@@ -396,7 +403,9 @@ class ControlLoop:
                 elif ok is False and self._claimed_epoch == epoch and \
                         not self._won_earlier(epoch, cmd.start_seq):
                     # Committed without effect: if the lock shows up in my name at this epoch
-                    # anyway, an earlier run of this node took it, and it is not resumed.
+                    # anyway, an earlier run of this node took it, and it is never resumed.
+                    # (Won earlier: ours, served once a renewal of it commits while this node
+                    # still holds exactly the data the epoch starts after.)
                     self._claimed_epoch = None
 
             self.raft.propose(cmd, acquired)
