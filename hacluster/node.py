@@ -344,13 +344,16 @@ class Node:
                         f"seq {have}")
         return None
 
+    def _stale(self, epoch: int) -> bool:
+        stale = self._may_serve(epoch)
+        if stale is not None:
+            log.info("%s: not opening the write gate for epoch %d: %s", self.name, epoch, stale)
+        return stale is not None
+
     async def become_primary(self, epoch: int, proposed_at: float) -> None:
         """The lock is ours (a committed Acquire or Renew proposed at ``proposed_at``)."""
         async with self._role_lock:
-            stale = self._may_serve(epoch)
-            if stale is not None:
-                log.info("%s: not opening the write gate for epoch %d: %s", self.name, epoch,
-                         stale)
+            if self._stale(epoch):
                 return
             if self.is_primary and self.role.epoch == epoch and self.feed is not None:
                 if self.gate.refusal() is None:
@@ -369,10 +372,7 @@ class Node:
                 # Primary of an older epoch still (its parts serve that epoch): stop them.
                 await self._stop_primary_parts()
             await self._stop_follower()
-            stale = self._may_serve(epoch)      # a batch may have landed while it stopped
-            if stale is not None:
-                log.info("%s: not opening the write gate for epoch %d: %s", self.name, epoch,
-                         stale)
+            if self._stale(epoch):              # a batch may have landed while it stopped
                 return
             store = self.store or self.open_store()
             # Durable before the first write of this epoch: what follows is epoch's data.
