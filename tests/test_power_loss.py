@@ -218,7 +218,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         r.close()
 
 
-def test_power_loss_of_the_primary(rig: Rig) -> None:
+def test_rule_5_power_loss_of_the_primary(rig: Rig) -> None:
     rig.start()
     rig.writer.wait_acked(150, 30)
     rig.note_epochs()
@@ -238,7 +238,7 @@ def test_power_loss_of_the_primary(rig: Rig) -> None:
     assert len(verdict.epochs) >= 2, str(verdict)
 
 
-def test_power_loss_of_the_sync_standby_then_sigkill_of_the_primary(rig: Rig) -> None:
+def test_rule_5_power_loss_of_the_sync_standby_then_sigkill_of_the_primary(rig: Rig) -> None:
     primary = rig.start()
     rig.writer.wait_acked(150, 30)
     # Every write acknowledged so far waited for the standby, which (rule 5) synced it before
@@ -266,7 +266,7 @@ def test_power_loss_of_the_sync_standby_then_sigkill_of_the_primary(rig: Rig) ->
     rig.finish()
 
 
-def test_power_loss_of_every_node_at_once(rig: Rig) -> None:
+def test_rule_5_power_loss_of_every_node_at_once(rig: Rig) -> None:
     primary = rig.start()
     rig.writer.wait_acked(200, 30)
     rig.note_epochs()
@@ -279,7 +279,7 @@ def test_power_loss_of_every_node_at_once(rig: Rig) -> None:
     rig.finish()
 
 
-def test_power_loss_of_a_majority_right_after_a_failover(rig: Rig) -> None:
+def test_rule_5_power_loss_of_a_majority_right_after_a_failover(rig: Rig) -> None:
     old = rig.start()
     rig.writer.wait_acked(100, 30)
     old_epoch = epoch_of(old)
@@ -303,7 +303,7 @@ def test_power_loss_of_a_majority_right_after_a_failover(rig: Rig) -> None:
     rig.finish()
 
 
-def test_os_buffer_power_loss_of_every_node_loses_acknowledged_writes(tmp_path: Path) -> None:
+def test_rule_5_os_buffer_power_loss_of_every_node_loses_acknowledged_writes(tmp_path: Path) -> None:
     """The fault bites: without syncs, acknowledged writes are gone from every disk.
 
     With ``durability: os_buffer`` the primary acknowledges from the page cache and replicas

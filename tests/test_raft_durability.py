@@ -110,7 +110,7 @@ def write_and_stop(solo: Solo, count: int) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("tear", ["file cut mid-record", "record never written"])
-def test_a_torn_final_record_is_cut_and_the_node_starts(solo: Solo, tear: str) -> None:
+def test_rule_4_a_torn_final_record_is_cut_and_the_node_starts(solo: Solo, tear: str) -> None:
     recs = write_and_stop(solo, 20)
     last_at, last_size = recs[-1]
     if tear == "file cut mid-record":
@@ -135,7 +135,7 @@ def test_a_torn_final_record_is_cut_and_the_node_starts(solo: Solo, tear: str) -
     wait_for(lambda: solo.applied_seq() == 100, 10, "the journal to be replayed again")
 
 
-def test_a_damaged_record_in_the_middle_stops_the_node(solo: Solo) -> None:
+def test_rule_4_a_damaged_record_in_the_middle_stops_the_node(solo: Solo) -> None:
     recs = write_and_stop(solo, 20)
     at, size = recs[len(recs) // 2]
     with open(solo.journal, "r+b") as f:
@@ -148,7 +148,7 @@ def test_a_damaged_record_in_the_middle_stops_the_node(solo: Solo) -> None:
     assert "size fields differ" in message
 
 
-def test_an_unreadable_term_and_vote_stops_the_node(solo: Solo) -> None:
+def test_rule_4_an_unreadable_term_and_vote_stops_the_node(solo: Solo) -> None:
     write_and_stop(solo, 3)
     meta = solo.dir / "raft.journal.meta"
     meta.write_bytes(meta.read_bytes()[:5])       # a torn rewrite: the vote would be forgotten
@@ -156,7 +156,7 @@ def test_an_unreadable_term_and_vote_stops_the_node(solo: Solo) -> None:
         solo.start()
 
 
-def test_a_resend_never_cuts_entries_the_follower_has(tmp_path: Path) -> None:
+def test_rule_4_a_resend_never_cuts_entries_the_follower_has(tmp_path: Path) -> None:
     """pysyncobj's follower cut its log at prevLogIdx on every resend that overlapped it (and
     wrote the same entries again): acknowledged entries left the disk for a while. Messages
     from a leader go through the real handler of a real (not ticking) RaftNode."""
@@ -244,7 +244,7 @@ class Trio:
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["durable", "nosync"])
-def test_committed_entries_term_vote_and_dump_are_on_disk(
+def test_rule_4_committed_entries_term_vote_and_dump_are_on_disk(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: bool) -> None:
     # The benchmark switch (HACLUSTER_RAFT_NOSYNC=1 sets it at import) proves the check bites:
     # with the syncs off the journals are still dirty in the page cache.
@@ -419,7 +419,7 @@ class PoweredCluster:
                                             (True, "during the commits"),
                                             (False, "after the commits")],
                          ids=["durable-after", "durable-during", "nosync-after"])
-def test_committed_entries_and_the_vote_survive_a_power_loss(tmp_path: Path, sync: bool,
+def test_rule_4_committed_entries_and_the_vote_survive_a_power_loss(tmp_path: Path, sync: bool,
                                                             when: str) -> None:
     count = 60 if when == "after the commits" else 3000
     with LazyFS(tmp_path / "backing", tmp_path / "mnt") as fs:
@@ -472,7 +472,7 @@ def test_committed_entries_and_the_vote_survive_a_power_loss(tmp_path: Path, syn
         assert all(journal_seqs(d / "raft.journal") >= committed for d in cluster.dirs)
 
 
-def test_an_unknown_pysyncobj_layout_stops_the_import() -> None:
+def test_rule_4_an_unknown_pysyncobj_layout_stops_the_import() -> None:
     script = (
         "import pysyncobj.journal as j\n"
         "del j.FileJournal._FileJournal__setLastRecordOffset\n"
