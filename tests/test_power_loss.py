@@ -303,7 +303,8 @@ def test_rule_5_power_loss_of_a_majority_right_after_a_failover(rig: Rig) -> Non
     rig.finish()
 
 
-def test_rule_5_os_buffer_power_loss_of_every_node_loses_acknowledged_writes(tmp_path: Path) -> None:
+def test_rule_5_os_buffer_power_loss_of_every_node_loses_acknowledged_writes(
+        tmp_path: Path) -> None:
     """The fault bites: without syncs, acknowledged writes are gone from every disk.
 
     With ``durability: os_buffer`` the primary acknowledges from the page cache and replicas
