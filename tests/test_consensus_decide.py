@@ -515,3 +515,7 @@ def test_rule_3_restarted_holder_waits_for_fresh_reports_before_comparing() -> N
     assert decide(cluster(), replace(fresh, member_seen_at={"n1": NOW, "n2": NOW, "n3": NOW}),
                   SYNC).action is Action.PROMOTE
     assert decide(cluster(), replace(fresh, uptime_s=3.5), SYNC).action is Action.PROMOTE
+    # Reports seen once since the restart (replayed from the log) are not fresh for this.
+    replayed = replace(fresh, member_seen_at={"n1": NOW, "n2": NOW, "n3": NOW},
+                       member_reported_at={"n1": NOW})
+    assert decide(cluster(), replayed, SYNC).action is Action.WAIT

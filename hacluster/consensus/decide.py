@@ -15,7 +15,7 @@ data left the epoch history.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from hacluster.consensus.epochs import conflict, writer_epoch
@@ -57,6 +57,9 @@ class Observation:
     # loss it may lack an acknowledged tail, so it is never resumed, only re-acquired.
     acquired_epoch: int | None = None
     uptime_s: float = float("inf")              # since this process's control loop started
+    # When each member's report last changed while this process ran (a subset of
+    # member_seen_at, which also counts the first report seen, replayed or not).
+    member_reported_at: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,8 @@ def _restarted_holder(state: ClusterState, obs: Observation, policy: Policy,
     # Compare with what the others hold now, not with reports from before the restart (a
     # power loss may have taken their tails too): wait for each to report afresh, for as
     # long as a report may take to count as stale anyway.
+    if obs.member_reported_at is not None:
+        obs = replace(obs, member_seen_at=obs.member_reported_at)
     unheard = sorted(m.name for m in state.members if m.name != me and (
         obs.member_seen_at.get(m.name) is None
         or obs.now - obs.member_seen_at[m.name] > policy.member_stale_s))

@@ -71,7 +71,8 @@ class ControlLoop:
         self.passes = 0
         self._member_reports: dict[str, int] = {}
         self._member_seen: dict[str, float] = {}   # when a report was last seen new here
-        # When a report last changed while this process ran: what elections count as fresh.
+        # When a report last changed while this process ran: what a restarted holder counts
+        # as fresh (the first report seen may predate a power loss).
         self._member_fresh: dict[str, float] = {}
         # Each peer's clock rate against ours, from the clocks in their reports: reported in
         # /status and metrics only, never used to decide (see hacluster.consensus.clock).
@@ -145,9 +146,9 @@ class ControlLoop:
                 self._member_reports[m.name] = m.reports
                 self._member_seen[m.name] = now
                 if previous is not None:
-                    # A report counts as fresh for an election only once it changed while
-                    # this process ran: the first one seen may be replayed from before a
-                    # restart (or a power loss), describing data the member no longer holds.
+                    # Only a report that changed while this process ran describes what the
+                    # member holds now: the first one seen may be replayed from before a
+                    # restart (or a power loss).
                     self._member_fresh[m.name] = now
                 # The first sighting may be a report replayed from the log, proposed long
                 # ago: its delay would say nothing about clock rates. (getattr: a Member
@@ -167,7 +168,8 @@ class ControlLoop:
             lock_seen_at=self.raft.lock_seen_at(),
             renewal_proposed_at=self.node.gate.renewal_proposed_at if holder else None,
             my_applied_seq=seq,
-            member_seen_at=dict(self._member_fresh),
+            member_seen_at=dict(self._member_seen),
+            member_reported_at=dict(self._member_fresh),
             my_last_epoch=self.node.lineage_label(seq),
             acquired_epoch=self._acquired_epoch(seq),
             uptime_s=now - self._started_at)
