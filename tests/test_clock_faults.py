@@ -105,9 +105,13 @@ def test_four_percent_fast_is_a_warning_and_a_failover_loses_nothing(
         for node in normal:
             view = wait_judged(fast, node.name, "warning", 20)
             assert -0.05 < float(view["drift"]) < -0.03, view
-        assert (f"{FAST}'s clock runs 4." in primary.log()
-                and "over half of consensus.drift 5 %" in primary.log())
+        # The line states the measured rate (3.9 % or 4.1 % as often as 4.0 %: the numeric
+        # bounds above already pin it).
+        assert re.search(rf"{FAST}'s clock runs (3\.[5-9]|4\.[0-4]) % fast relative to n1, "
+                         r"over half of consensus\.drift 5 %", primary.log()), primary.log()
         writer.wait_acked(100, 20)
+        # n1 may have been made primary by a switchover above: epochs count from here.
+        before = primary.status()["epoch"]
         primary.signal(signal.SIGKILL)
         primary.proc.wait(10)  # type: ignore[union-attr]
         survivors = [n for n in cluster.nodes.values() if n is not primary]
@@ -115,7 +119,7 @@ def test_four_percent_fast_is_a_warning_and_a_failover_loses_nothing(
         assert new.name == FAST
         writer.wait_acked(50, 20, node=new.name)
         history = writer.stop()
-        assert new.status()["epoch"] == 2
+        assert new.status()["epoch"] == before + 1
         # The other survivor still measures the fast clock (samples survive a failover).
         other = next(n for n in survivors if n.name != FAST)
         assert judged(other, FAST, "warning"), clock_view(other, FAST)
@@ -125,7 +129,7 @@ def test_four_percent_fast_is_a_warning_and_a_failover_loses_nothing(
     _, contents = read_db(new.data_dir / "db")
     verdict = check_all(history, contents["default"])   # no acknowledged write lost, no overlap
     assert verdict.ok, str(verdict)
-    assert verdict.epochs == [1, 2], str(verdict)
+    assert verdict.epochs == [before, before + 1], str(verdict)
 
 
 def test_fifteen_percent_fast_is_reported_beyond_the_bound(tmp_path: Path) -> None:
