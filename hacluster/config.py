@@ -132,6 +132,9 @@ class ConsensusConfig:
     report_interval_s: float = 0.5
     member_stale_s: float = 3.0
     maximum_lag_on_failover: int = 1 << 20
+    # An unanswered Acquire / synchronous set proposal is made again after this long.
+    acquire_retry_s: float = 2.0
+    sync_set_retry_s: float = 2.0
     # The Raft log is compacted into a dump once it holds this many entries or is this old:
     # about 15 entries a second with default timings, so a few minutes of log at most.
     log_compaction_min_entries: int = 5000
@@ -635,6 +638,10 @@ def _consensus(r: _Reader) -> ConsensusConfig:
         member_stale_s=r.number("member_stale_s", d.member_stale_s, minimum=0.1, maximum=600),
         maximum_lag_on_failover=r.integer("maximum_lag_on_failover",
                                           d.maximum_lag_on_failover, minimum=0),
+        acquire_retry_s=r.number("acquire_retry_s", d.acquire_retry_s, minimum=0.05,
+                                 maximum=600),
+        sync_set_retry_s=r.number("sync_set_retry_s", d.sync_set_retry_s, minimum=0.05,
+                                  maximum=600),
         log_compaction_min_entries=r.integer("log_compaction_min_entries",
                                              d.log_compaction_min_entries, minimum=10,
                                              maximum=10_000_000),

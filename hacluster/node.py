@@ -25,9 +25,9 @@ from aiohttp import web
 
 from hacluster.api import build_app
 from hacluster.config import ClusterConfig, NodeConfig
+from hacluster.consensus import settings
 from hacluster.consensus.decide import Action
 from hacluster.consensus.epochs import same_history
-from hacluster.consensus.lease import LeaseTiming
 from hacluster.consensus.lineage import Lineage, find_divergence
 from hacluster.consensus.state import EpochRecord
 from hacluster.divergence import (
@@ -107,9 +107,7 @@ class Node:
         self.follower: Follower | None = None
         self._follower_task: asyncio.Task[None] | None = None
         self.positions = ReplicaPositions()
-        c = cfg.consensus
-        self.lease_timing = (LeaseTiming(c.lease_s, c.renew_interval_s, c.drift, c.drift_margin_s)
-                             if cfg.uses_consensus else None)
+        self.lease_timing = settings.lease_timing(cfg) if cfg.uses_consensus else None
         self.gate = WriteGate(self.lease_timing)
         self.lineage = Lineage(self.data_dir) if self.data_dir.exists() else None
         self.control: ControlLoop | None = None

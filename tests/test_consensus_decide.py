@@ -27,6 +27,7 @@ from hacluster.consensus.lease import (
     holder_may_write,
     observer_lease_end,
 )
+from hacluster.consensus.model import Follow, ProposeAcquire, ProposeRenew
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,
@@ -93,7 +94,7 @@ def test_timing_rejects_a_renewal_interval_longer_than_the_lease() -> None:
 def test_primary_renews_while_its_lease_is_valid() -> None:
     d = decide(cluster(), obs("n1", proposed=NOW - 0.2), ASYNC)
     assert d == Decision(Action.RENEW, "n1: primary, epoch 7; lease valid for 0.75 s",
-                         target="n1", epoch=7)
+                         target="n1", epoch=7, effects=(ProposeRenew(7),))
 
 
 def test_primary_with_lapsed_lease_renews_before_writing() -> None:
@@ -128,7 +129,8 @@ def test_pause_prefixes_the_sentence_but_the_primary_still_renews() -> None:
 
 def test_replica_follows_a_primary_whose_lease_runs() -> None:
     d = decide(cluster(), obs("n2"), ASYNC)
-    assert d == Decision(Action.FOLLOW, "n2: following n1 (epoch 7)", target="n1", epoch=7)
+    assert d == Decision(Action.FOLLOW, "n2: following n1 (epoch 7)", target="n1", epoch=7,
+                         effects=(Follow("n1", 7),))
 
 
 def test_replica_that_never_saw_a_renewal_waits_for_one() -> None:
@@ -148,7 +150,8 @@ def test_best_candidate_promotes_after_the_lease_expired() -> None:
     d = decide(cluster(), obs("n2", seen=expired_seen()), ASYNC)
     assert d == Decision(
         Action.PROMOTE, "n2: promoting, epoch 8 from seq 81234; n1's lease expired 0.31 s ago",
-        target="n2", epoch=8, start_seq=81234)
+        target="n2", epoch=8, start_seq=81234,
+        effects=(ProposeAcquire(8, "failover", False, 1000),))
 
 
 def test_other_replica_defers_to_the_better_candidate() -> None:
@@ -274,6 +277,38 @@ def test_the_node_that_released_the_lock_does_not_take_it_back() -> None:
     d = decide(cluster(released=True), obs("n1"), ASYNC)
     assert d.sentence == ("n1: n1 released the lock (epoch 7); not a candidate "
                           "(I held the lock)")
+
+
+def test_the_node_that_released_the_lock_takes_it_back_when_no_one_else_qualifies() -> None:
+    # Found by the simulator: the holder gave the lock up (its watchdog would not arm) and
+    # was the only healthy node holding every write; the others are unhealthy. Waiting for
+    # them would leave the cluster without a primary for as long as they stay so.
+    state = cluster(released=True, n2={"healthy": False}, n3={"healthy": False})
+    d = decide(state, obs("n1", seen=None), ASYNC)
+    assert (d.action, d.sentence) == (
+        Action.PROMOTE, "n1: promoting, epoch 8 from seq 81234; n1 released the lock (epoch 7)")
+    assert decide(state, obs("n2", seen=None), ASYNC).sentence == (
+        "n2: n1 released the lock (epoch 7); not a candidate (unhealthy)")
+
+
+def test_rule_2_the_newest_epoch_s_prefix_is_a_floor() -> None:
+    # Found by the simulator (sync mode): n1 acknowledged seq 1 and lost power before a
+    # renewal recorded it; n3, its synchronous standby, took over from seq 4 (epoch 4) and
+    # later gave the lock up; n2, which missed seqs 1..3, must not be elected next.
+    history = (EpochRecord(3, "n1", 1, "bootstrap", 0.0), EpochRecord(4, "n3", 4, "failover",
+                                                                      0.0))
+    members = (replace(member("n1", 3), healthy=False, last_epoch=3),
+               replace(member("n2", 0), last_epoch=0),
+               replace(member("n3", 3), healthy=False, last_epoch=3))
+    state = ClusterState(Lock("n3", 4, 1.0, 5, True), members, history, frozenset(), False)
+    d = decide(state, obs("n2", seen=None, seq=0, last_epoch=0, acquired=None), SYNC)
+    assert d.sentence == ("n2: n3 released the lock (epoch 4); not a candidate (at seq 0, "
+                          "below seq 3 that epoch 4 started after: it would lose an "
+                          "acknowledged write)")
+    # The state machine refuses the same Acquire, whoever proposes it; --force alone may.
+    cmd = Acquire("n2", 4, 5, 1, 1.0, "failover", 0.0, 0)
+    assert apply_command(state, cmd) == (state, False)
+    assert apply_command(state, replace(cmd, force=True))[1]
 
 
 def test_a_node_without_a_database_is_only_a_candidate_before_anything_was_written() -> None:
@@ -405,7 +440,8 @@ def test_rule_1_a_stale_tail_never_wins_an_election() -> None:
         "81..500 came from epoch 5, but epoch 6 took over at seq 81)")
     d = decide(state, obs("n3", seq=90, last_epoch=6, acquired=None), ASYNC)
     assert d == Decision(Action.PROMOTE, "n3: promoting, epoch 7 from seq 91; n2 released "
-                         "the lock (epoch 6)", target="n3", epoch=7, start_seq=91)
+                         "the lock (epoch 6)", target="n3", epoch=7, start_seq=91,
+                         effects=(ProposeAcquire(7, "failover", False, 1000),))
 
 
 def test_rule_1_rank_is_epoch_of_the_last_write_then_seq() -> None:
@@ -484,7 +520,7 @@ def test_rule_3_restarted_holder_takes_a_new_epoch_from_what_it_holds() -> None:
     assert d == Decision(
         Action.PROMOTE, "n1: promoting, epoch 8 from seq 81234; n1 holds the lock of epoch 7 "
         "from before a restart: a new epoch, never its old one", target="n1", epoch=8,
-        start_seq=81234)
+        start_seq=81234, effects=(ProposeAcquire(8, "restart", False, 0),))
     # The same process, after SIGSTOP and SIGCONT, still renews its own epoch.
     assert decide(cluster(), obs("n1", acquired=7, proposed=NOW - 0.2), SYNC).action is \
         Action.RENEW

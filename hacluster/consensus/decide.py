@@ -1,103 +1,56 @@
-"""One pass of the control loop, decided: a pure function from a snapshot to one sentence.
+"""One pass of the control loop, decided: a pure function from a snapshot to a verdict.
 
-Owns the failover rules: who may hold the primary lock, when a lease counts as expired, who is
-the best candidate (on the epoch history, at the acknowledged floor, most up to date: rules 1
+Owns the failover judgement: when a lease counts as expired, who is the best candidate (ranked
+by ``eligibility``: on the epoch history, at the acknowledged floor, most up to date — rules 1
 and 2 of docs/architecture.md), what a lock holder back from a restart does (rule 3), what a
-node without quorum does, what pause mode holds back. Input is an
-immutable snapshot of the replicated state plus this node's local observations (its monotonic
-clock, whether Raft has quorum, when it last saw the lock renewed); output is an action and the
-sentence that explains it ("n2: promoting, epoch 7 from seq 81234; n1's lease expired 0.31 s
-ago"), which the loop logs and shows in status. It must never read a clock, touch the network or
+node without quorum does, what pause mode and an operator's failover request hold back. Input
+is an immutable snapshot of the replicated state plus this node's ``Observation``; output is a
+``Decision``: an action, the sentence that explains it ("n2: promoting, epoch 7 from seq 81234;
+n1's lease expired 0.31 s ago"), which the loop logs and shows in status, and the ordered
+effects that carry it out (``effects.plan``). It must never read a clock, touch the network or
 the disk, never choose to promote on a side without quorum, and never promote a candidate whose
 data left the epoch history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import replace
 
-from hacluster.consensus.epochs import conflict, writer_epoch
-from hacluster.consensus.lease import LeaseTiming, holder_lease_end, observer_lease_end
-from hacluster.consensus.state import ClusterState, FailoverRequest, Member, floor_refusal
+from hacluster.consensus import eligibility as elig
+from hacluster.consensus.effects import plan
+from hacluster.consensus.eligibility import (
+    Purpose,
+    failover_refusal,
+    lag_allowance,
+    position_refusal,
+    rank,
+)
+from hacluster.consensus.lease import holder_lease_end, observer_lease_end
+from hacluster.consensus.model import (
+    Action,
+    Decision,
+    Effect,
+    Observation,
+    Policy,
+    ReplicaView,
+)
+from hacluster.consensus.state import ClusterState, FailoverRequest, Member
 
-
-class Action(Enum):
-    RENEW = "renew"          # I hold the lock: renew it (and write while the lease lasts)
-    PROMOTE = "promote"      # propose Acquire for myself
-    FOLLOW = "follow"        # replicate from ``target``
-    DEMOTE = "demote"        # I held the lock and must stop writing now
-    RELEASE = "release"      # I hold the lock but must not serve it: give it up
-    WAIT = "wait"            # nothing to do this pass
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    timing: LeaseTiming = field(default_factory=LeaseTiming)
-    sync_mode: bool = True
-    maximum_lag_on_failover: int = 1 << 20     # sequence numbers
-    member_stale_s: float = 3.0                # a member report older than this is not a candidate
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What this node knows locally, beside the replicated state."""
-
-    me: str
-    now: float                                  # monotonic
-    has_quorum: bool                            # Raft has a leader and commits reach it
-    lock_seen_at: float | None                  # when the current (epoch, renewals) was applied
-    renewal_proposed_at: float | None           # mine: proposal time of my last effective renewal
-    my_applied_seq: int
-    member_seen_at: Mapping[str, float] = field(default_factory=dict)
-    my_last_epoch: int = 0                      # my lineage's label of my_applied_seq
-    # The epoch this process acquired (or is acquiring) the lock for. A lock held in my name
-    # in any other epoch was taken by an earlier run of this node: after a crash or power
-    # loss it may lack an acknowledged tail, so it is never resumed, only re-acquired.
-    acquired_epoch: int | None = None
-    uptime_s: float = float("inf")              # since this process's control loop started
-    # When each member's report last changed while this process ran (a subset of
-    # member_seen_at, which also counts the first report seen, replayed or not).
-    member_reported_at: Mapping[str, float] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    action: Action
-    sentence: str
-    target: str | None = None                   # the primary to follow, or me when promoting
-    epoch: int | None = None                    # the epoch to expect (follow) or create (promote)
-    start_seq: int | None = None                # promote: the first seq of the new epoch
+__all__ = ["Action", "Decision", "Effect", "Observation", "Policy", "Purpose", "ReplicaView",
+           "decide", "failover_refusal", "lag_allowance", "position_refusal", "rank"]
 
 
 def _ago(seconds: float) -> str:
     return f"{seconds:.2f} s ago"
 
 
-def lag_allowance(policy: Policy) -> int:
-    """How far below the acknowledged floor a candidate may be: none in sync mode."""
-    return 0 if policy.sync_mode else policy.maximum_lag_on_failover
-
-
-def position_refusal(state: ClusterState, seq: int, last_epoch: int, policy: Policy,
-                     force: bool = False) -> str | None:
-    """Rules 1 and 2 for any candidate position: on the newest history, at the floor."""
-    off = conflict(last_epoch, seq, state.history)
-    if off is not None:
-        return f"diverged: {off}"
-    if force:
-        return None
-    below = floor_refusal(state, seq, lag_allowance(policy))
-    return None if below is None else f"{below}: it would lose an acknowledged write"
-
-
-def rank(state: ClusterState, seq: int, last_epoch: int) -> tuple[int, int]:
-    """Raft's up-to-date rule in our terms: (epoch of the last write, seq), higher is better."""
-    return writer_epoch(last_epoch, seq, state.history), seq
-
-
 def decide(state: ClusterState, obs: Observation, policy: Policy) -> Decision:
+    """The verdict of one pass, its sentence, and the ordered effects that carry it out."""
+    return plan(state, obs, policy, judge(state, obs, policy))
+
+
+def judge(state: ClusterState, obs: Observation, policy: Policy) -> Decision:
+    """The action and its sentence, before effects (``effects.plan`` adds them)."""
     me, now, t = obs.me, obs.now, policy.timing
     lock = state.lock
     pause = "PAUSE: " if state.paused else ""
@@ -178,8 +131,8 @@ def _restarted_holder(state: ClusterState, obs: Observation, policy: Policy,
         return Decision(Action.WAIT, f"{pause}{me}: no quorum; {why}", epoch=lock.epoch)
     mine = state.member(me)
     refusal = ("no report of mine yet" if mine is None else
-               "unhealthy" if not mine.healthy else
-               position_refusal(state, obs.my_applied_seq, obs.my_last_epoch, policy))
+               _refusal(state, obs, policy, mine, obs.my_applied_seq, obs.my_last_epoch,
+                        guarded=False))
     if refusal is not None:
         return Decision(Action.RELEASE, f"{pause}{me}: releasing the lock of epoch "
                         f"{lock.epoch}; {why} but {refusal}", epoch=lock.epoch)
@@ -194,8 +147,8 @@ def _restarted_holder(state: ClusterState, obs: Observation, policy: Policy,
     if unheard and obs.uptime_s < policy.member_stale_s:
         return Decision(Action.WAIT, f"{pause}{me}: {why}; waiting for fresh reports from "
                         f"{', '.join(unheard)}", epoch=lock.epoch)
-    mine_rank = rank(state, obs.my_applied_seq, obs.my_last_epoch)
-    others = [(rank(state, m.applied_seq, m.last_epoch), m.name) for m in state.members
+    mine_rank = elig.rank(state, obs.my_applied_seq, obs.my_last_epoch)
+    others = [(elig.rank(state, m.applied_seq, m.last_epoch), m.name) for m in state.members
               if m.name != me and _refusal(state, obs, policy, m, m.applied_seq, m.last_epoch,
                                            guarded=False) is None]
     better = [(r, name) for r, name in others if r > mine_rank]
@@ -216,91 +169,22 @@ def _manual(state: ClusterState, obs: Observation, policy: Policy, why: str,
         return Decision(Action.WAIT, f"{me}: {why}; manual failover to {request.candidate}"
                         f"{forced} requested", target=request.candidate, epoch=lock.epoch)
     mine = state.member(me)
-    refusal = failover_refusal(state, me, request.force, policy, obs.member_seen_at, obs.now,
-                               obs.my_applied_seq, obs.my_last_epoch)
+    refusal = elig.failover_refusal(state, me, request.force, policy, obs.member_seen_at,
+                                    obs.now, obs.my_applied_seq, obs.my_last_epoch)
     if refusal is not None or mine is None:
         return Decision(Action.WAIT, f"{me}: {why}; manual failover to me refused: "
                         f"{refusal or 'no report of mine yet'}", epoch=lock.epoch)
     return _promote(obs, state, f"{why}; manual failover{forced}")
 
 
-def failover_refusal(state: ClusterState, candidate: str, force: bool, policy: Policy,
-                     member_seen_at: Mapping[str, float], now: float,
-                     candidate_seq: int | None = None,
-                     candidate_epoch: int | None = None) -> str | None:
-    """Why ``candidate`` may not be made primary by an operator; None when it may.
-
-    Never a candidate whose data left the epoch history. Without ``force``, a candidate that
-    could lack acknowledged writes is refused: below the acknowledged floor, in sync mode one
-    outside the recorded synchronous set, in async mode one behind the highest position known.
-    With ``force`` only those and a candidate without a database (or the holder itself) are.
-    """
-    lock = state.lock
-    m = state.member(candidate)
-    if m is None:
-        return f"{candidate} has never reported"
-    if candidate == lock.holder and lock.held:
-        return f"{candidate} holds the lock of epoch {lock.epoch}"
-    if lock.epoch > 0 and m.role == "starting":
-        return f"{candidate} has no database yet"
-    seq = m.applied_seq if candidate_seq is None else candidate_seq
-    last_epoch = m.last_epoch if candidate_epoch is None else candidate_epoch
-    position = position_refusal(state, seq, last_epoch, policy, force)
-    if position is not None:
-        return f"{candidate} is {position}"
-    if force:
-        return None
-    if not m.healthy:
-        return f"{candidate} is unhealthy"
-    seen = member_seen_at.get(candidate)
-    if seen is None or now - seen > policy.member_stale_s:
-        return f"{candidate} has not reported recently"
-    if policy.sync_mode and lock.holder is not None and not lock.released:
-        if candidate not in state.sync_set:
-            return (f"{candidate} is not in the synchronous set "
-                    f"{sorted(state.sync_set) or '(none recorded)'}: it may lack acknowledged "
-                    "writes")
-        return None
-    best = max([x.applied_seq for x in state.members] + [lock.holder_seq])
-    if seq < best:
-        return (f"{candidate} is at seq {seq}, behind seq {best}: writes acknowledged after "
-                "it would be lost")
-    return None
-
-
-def _best_known(state: ClusterState, obs: Observation) -> int:
-    return max([m.applied_seq for m in state.members]
-               + [obs.my_applied_seq, state.lock.holder_seq])
-
-
 def _refusal(state: ClusterState, obs: Observation, policy: Policy, m: Member, seq: int,
              last_epoch: int, guarded: bool) -> str | None:
-    """Why member ``m`` (at ``seq``, lineage ``last_epoch``) may not take over automatically.
-
-    The one eligibility rule of automatic elections, for every candidate a node judges
-    (itself included): ``guarded`` adds the synchronous set's rule.
-    """
-    lock = state.lock
-    if "nofailover" in m.tags:
-        return "tagged nofailover"
-    if not m.healthy:
-        return "unhealthy"
-    # Once anything was written, a node without a database must never be promoted; before
-    # that (a first primary that gave the lock back) an empty node loses nothing.
-    best_known = _best_known(state, obs)
-    if lock.epoch > 0 and m.role == "starting" and best_known > 0:
-        return "no database yet"
-    seen = obs.member_seen_at.get(m.name)
-    if m.name != obs.me and (seen is None or obs.now - seen > policy.member_stale_s):
-        return "no recent report"
-    if guarded and m.name not in state.sync_set:
-        return "not in the synchronous set"
-    position = position_refusal(state, seq, last_epoch, policy)
-    if position is not None:
-        return position
-    if best_known - seq > policy.maximum_lag_on_failover:
-        return f"{best_known - seq} behind, over maximum_lag_on_failover"
-    return None
+    """Why ``m`` (at ``seq``, lineage ``last_epoch``) may not take over automatically, as the
+    one eligibility rule says; ``guarded`` adds the synchronous set's rule."""
+    return elig.refusal(state, m, Purpose.ELECTION, policy, seen_at=obs.member_seen_at,
+                        now=obs.now, me=obs.me, seq=seq, last_epoch=last_epoch,
+                        guarded=guarded,
+                        best_known=elig.best_known_seq(state, obs.my_applied_seq))
 
 
 def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> Decision:
@@ -321,17 +205,24 @@ def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> D
         return ((obs.my_applied_seq, obs.my_last_epoch) if m.name == me
                 else (m.applied_seq, m.last_epoch))
 
-    # The node that held the lock is never its own successor: it released it on purpose
-    # (switchover), or its lease ran out while it was cut off.
-    my_refusal = ("I held the lock" if me == lock.holder else
-                  _refusal(state, obs, policy, mine, *position(mine), guarded))
+    my_refusal = _refusal(state, obs, policy, mine, *position(mine), guarded)
+    qualified = [m for m in state.members if (
+        my_refusal is None if m.name == me else
+        _refusal(state, obs, policy, m, *position(m), guarded) is None)]
+    # The node that held the lock is not its own successor while another qualifies: it gave
+    # the lock up (a switchover, a full disk, a watchdog that would not arm) or its lease ran
+    # out while it was cut off. Once it released the lock and no one else qualifies, it may
+    # take it back in a new epoch rather than leave the cluster without a primary (it may be
+    # the only node holding every acknowledged write).
+    others = [m for m in qualified if m.name != lock.holder]
+    if others or not lock.released:
+        qualified = others
+        if me == lock.holder:
+            my_refusal = my_refusal or "I held the lock"
     if my_refusal:
         return Decision(Action.WAIT, f"{me}: {why}; not a candidate ({my_refusal})",
                         epoch=lock.epoch)
-    eligible = [(rank(state, *position(m)), m.name) for m in state.members
-                if m.name != lock.holder
-                and (m.name == me or _refusal(state, obs, policy, m, *position(m),
-                                              guarded) is None)]
+    eligible = [(elig.rank(state, *position(m)), m.name) for m in qualified]
     # A switchover names its successor: it alone may take over, while it qualifies.
     if lock.released and lock.successor in {name for _, name in eligible}:
         eligible = [(r, name) for r, name in eligible if name == lock.successor]
@@ -344,7 +235,7 @@ def _elect(state: ClusterState, obs: Observation, policy: Policy, why: str) -> D
     # name, so every node picks the same one.
     (best_epoch, best_seq), best = min(eligible, key=lambda c: (-c[0][0], -c[0][1], c[1]))
     if best != me:
-        my_epoch = rank(state, obs.my_applied_seq, obs.my_last_epoch)[0]
+        my_epoch = elig.rank(state, obs.my_applied_seq, obs.my_last_epoch)[0]
         versus = (f"seq {best_seq} vs {obs.my_applied_seq}" if best_epoch == my_epoch else
                   f"seq {best_seq} written in epoch {best_epoch} vs seq {obs.my_applied_seq} "
                   f"in epoch {my_epoch}")

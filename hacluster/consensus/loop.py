@@ -17,9 +17,27 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from hacluster.consensus import settings
 from hacluster.consensus.clock import BEYOND, OK, ClockPolicy, ClockWatch, describe
-from hacluster.consensus.decide import Action, Decision, Observation, Policy, decide, lag_allowance
-from hacluster.consensus.raft import RaftNode, RaftTiming
+from hacluster.consensus.decide import decide
+from hacluster.consensus.eligibility import failover_refusal, successors
+from hacluster.consensus.model import (
+    CloseGate,
+    Decision,
+    Effect,
+    Follow,
+    HandOver,
+    Observation,
+    ProposeAcquire,
+    ProposeRelease,
+    ProposeRenew,
+    ProposeSyncSet,
+    RecoverDisk,
+    ReplicaView,
+    StepDown,
+)
+from hacluster.consensus.raft import RaftNode
+from hacluster.consensus.reports import ReportTracker
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,
@@ -54,26 +72,16 @@ class ControlLoop:
         self.node = node
         cfg = node.cfg
         c = cfg.consensus
-        assert node.lease_timing is not None and node.me.raft is not None
-        self.timing = node.lease_timing
-        self.policy = Policy(timing=self.timing, sync_mode=cfg.replication.mode == "sync",
-                             maximum_lag_on_failover=c.maximum_lag_on_failover,
-                             member_stale_s=c.member_stale_s)
+        assert node.me.raft is not None
+        self.policy = settings.policy(cfg)
+        self.timing = self.policy.timing
         self.quorum_window = max(3 * c.report_interval_s, 3 * c.renew_interval_s)
         partners = [str(n.raft) for n in cfg.nodes if n.name != node.name]
-        self.raft = RaftNode(
-            str(node.me.raft), partners, node.data_dir / "raft", cfg.raft_password,
-            RaftTiming(election_min_s=c.election_min_s, election_max_s=c.election_max_s,
-                       heartbeat_s=c.raft_heartbeat_s,
-                       compaction_min_entries=c.log_compaction_min_entries,
-                       compaction_min_time_s=c.log_compaction_min_time_s))
+        self.raft = RaftNode(str(node.me.raft), partners, node.data_dir / "raft",
+                             cfg.raft_password, settings.raft_timing(cfg))
         self.last: Decision | None = None
         self.passes = 0
-        self._member_reports: dict[str, int] = {}
-        self._member_seen: dict[str, float] = {}   # when a report was last seen new here
-        # When a report last changed while this process ran: what a restarted holder counts
-        # as fresh (the first report seen may predate a power loss).
-        self._member_fresh: dict[str, float] = {}
+        self.reports = ReportTracker()     # when each member's report last changed here
         # Each peer's clock rate against ours, from the clocks in their reports: reported in
         # /status and metrics only, never used to decide (see hacluster.consensus.clock).
         self.clocks = ClockWatch(node.name, ClockPolicy(bound=c.drift))
@@ -94,8 +102,8 @@ class ControlLoop:
         self._sync_proposed_at = 0.0
         self._watchdog_tried = False
         self._watchdog_usable = True
-        self._released_for_disk: int | None = None
         self._disk_handover: int | None = None
+        self._fencing_failed: tuple[int, str] | None = None   # (epoch, why)
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_pass_at: float | None = None   # liveness: when the last pass finished
         self.epoch_changes: dict[str, int] = {}  # by reason, seen since this process started
@@ -140,23 +148,14 @@ class ControlLoop:
         # report it pairs with was applied (the estimator assumes delays are never negative).
         # Only a fallback: the Raft thread's own apply time is used when it has it.
         seen = time.monotonic()
-        for m in state.members:
-            previous = self._member_reports.get(m.name)
-            if previous != m.reports:
-                self._member_reports[m.name] = m.reports
-                self._member_seen[m.name] = now
-                if previous is not None:
-                    # Only a report that changed while this process ran describes what the
-                    # member holds now: the first one seen may be replayed from before a
-                    # restart (or a power loss).
-                    self._member_fresh[m.name] = now
-                # The first sighting may be a report replayed from the log, proposed long
-                # ago: its delay would say nothing about clock rates. (getattr: a Member
-                # unpickled from a dump written before the field existed lacks it.)
-                clock = float(getattr(m, "clock", 0.0))
-                if previous is not None and clock > 0:
-                    applied = self.raft.report_seen_at(m.name, clock)
-                    self._clock_sample(m.name, seen if applied is None else applied, clock)
+        for m in self.reports.note(state, now):
+            # Only a report that changed while this process ran: the first sighting may be
+            # replayed from the log, proposed long ago, and its delay would say nothing about
+            # clock rates. (getattr: a Member unpickled from an older dump lacks the field.)
+            clock = float(getattr(m, "clock", 0.0))
+            if clock > 0:
+                applied = self.raft.report_seen_at(m.name, clock)
+                self._clock_sample(m.name, seen if applied is None else applied, clock)
         for gone in set(self.clocks.estimates) - {m.name for m in state.members}:
             self.clocks.forget(gone)
         store = self.node.current_store()
@@ -168,11 +167,23 @@ class ControlLoop:
             lock_seen_at=self.raft.lock_seen_at(),
             renewal_proposed_at=self.node.gate.renewal_proposed_at if holder else None,
             my_applied_seq=seq,
-            member_seen_at=dict(self._member_seen),
-            member_reported_at=dict(self._member_fresh),
+            member_seen_at=dict(self.reports.seen),
+            member_reported_at=dict(self.reports.fresh),
             my_last_epoch=self.node.lineage_label(seq),
             acquired_epoch=self._acquired_epoch(seq),
-            uptime_s=now - self._started_at)
+            uptime_s=now - self._started_at,
+            is_primary=self.node.is_primary,
+            disk_full=self.node.disk_full or None,
+            space_low=self.node.space.low or None,
+            switching=self.switching,
+            fencing_failed=(self._fencing_failed[1] if self._fencing_failed is not None
+                            and self._fencing_failed[0] == state.lock.epoch else None),
+            handover_epoch=self._disk_handover,
+            acquiring_since=self._acquiring,
+            sync_pending=self._sync_pending, sync_unknown=self._sync_unknown,
+            sync_proposed_at=self._sync_proposed_at,
+            replicas=tuple(ReplicaView(r.name, r.connected, r.applied_seq, r.advanced_at)
+                           for r in self.node.positions.replicas.values()))
 
     def _acquired_epoch(self, seq: int) -> int | None:
         """The epoch this process may serve as its own (rule 3).
@@ -270,9 +281,10 @@ class ControlLoop:
             try:
                 wd.arm()
             except WatchdogError as exc:
+                # Shut now; the next pass gives the lock up (decide: fencing_failed).
                 node.gate.close(str(exc))
-                log.error("%s; releasing the lock of epoch %d", exc, state.lock.epoch)
-                self.release(state.lock.epoch)
+                self._fencing_failed = (state.lock.epoch, str(exc))
+                log.error("%s (epoch %d)", exc, state.lock.epoch)
                 return
         wd.feed()
 
@@ -293,7 +305,7 @@ class ControlLoop:
 
     def member_seen_at(self) -> dict[str, float]:
         """When each member's report last changed, on this node's monotonic clock."""
-        return dict(self._member_seen)
+        return dict(self.reports.seen)
 
     def release(self, epoch: int) -> None:
         """Give the lock up (no successor named): others elect without waiting out a lease.
@@ -314,106 +326,82 @@ class ControlLoop:
             log.debug("%s", d.sentence)
 
     async def _act(self, d: Decision, state: ClusterState, obs: Observation) -> None:
-        node, lock = self.node, state.lock
-        holding = lock.held and lock.holder == node.name
-        if holding and (node.disk_full or node.space.low):
-            # Low on space, the primary hands over to a replica with room (a switchover: no
-            # acknowledged write lost); with none, it stays primary and answers 507.
-            if self._disk_handover != lock.epoch and not self.switching and \
-                    self._successors(None):
-                self._disk_handover = lock.epoch
-                self.switching = True     # now, not when the task starts: no Release below
-                log.error("%s: %s; handing the primary role over", node.name,
-                          node.disk_full or node.space.low)
+        """Carry out ``d.effects`` in order; a RecoverDisk that fails ends the pass."""
+        for effect in d.effects:
+            if not await self._do(effect, state):
+                return
+
+    async def _do(self, effect: Effect, state: ClusterState) -> bool:
+        node = self.node
+        match effect:
+            case CloseGate(reason):
+                node.gate.close(reason)
+            case StepDown(target, epoch):
+                await node.become_replica(target, epoch)
+            case RecoverDisk():
+                return await node.recover_disk()
+            case HandOver(epoch, reason):
+                self._disk_handover = epoch
+                self.switching = True     # now, not when the task starts: no Release meanwhile
+                log.error("%s: %s; handing the primary role over", node.name, reason)
                 self._loop_task(self._hand_over_for_disk())
-            if node.disk_full and not self.switching:
-                # RocksDB refuses every write until it is reopened: give the lock up.
-                node.gate.close("disk full")
-                if self._released_for_disk != lock.epoch:
-                    self._released_for_disk = lock.epoch
-                    log.error("%s: disk full; releasing the lock of epoch %d", node.name,
-                              lock.epoch)
-                self.release(lock.epoch)
-                return
-        elif node.disk_full:
-            # Nobody follows or promotes with a broken store: reopen it once there is room.
-            if node.is_primary:
-                await node.become_replica(None, lock.epoch)
-            if not await node.recover_disk():
-                return
-        if d.action is Action.RELEASE:
-            # A lock in my name that I must not serve (rule 3: a restarted holder that holds
-            # less than another candidate or than the floor).
-            node.gate.close("releasing the lock")
-            self.release(lock.epoch)
-            return
-        # Ours to renew by the same judgement decide made (rule 3), never by a second one.
-        if lock.held and lock.holder == node.name and obs.acquired_epoch == lock.epoch:
-            # Renew on every pass while the lock is ours, with or without proven quorum:
-            # the commit of the renewal is itself the proof.
-            epoch = lock.epoch
+            case ProposeRelease(epoch):
+                self.release(epoch)
+            case ProposeRenew(epoch):
+                self._renew(epoch)
+            case ProposeSyncSet(epoch, members):
+                self._propose_sync_set(epoch, members)
+            case Follow(target, epoch):
+                await node.become_replica(target, epoch)
+            case ProposeAcquire():
+                await self._acquire(effect, state)
+        return True
 
-            def renewed(ok: bool | None, proposed_at: float) -> None:
-                if ok and self._claimed_epoch == epoch and \
-                        node.latest_seq() == self._claimed_start - 1:
-                    # Renewed as ours while we held exactly the data it starts after: ours
-                    # from now on, whatever this node writes in it.
+    def _renew(self, epoch: int) -> None:
+        node = self.node
+
+        def renewed(ok: bool | None, proposed_at: float) -> None:
+            if ok and self._claimed_epoch == epoch and \
+                    node.latest_seq() == self._claimed_start - 1:
+                # Renewed as ours while we held exactly the data it starts after: ours from
+                # now on, whatever this node writes in it.
+                self._claim_confirmed = True
+            # During a switchover the lease is kept but the gate stays shut.
+            if ok and not self.switching:
+                self._on_raft(node.become_primary, epoch, proposed_at)
+
+        store = node.store
+        self.raft.propose(Renew(node.name, epoch, store.latest_seq() if store else 0,
+                                node.acked_seq), renewed)
+
+    async def _acquire(self, effect: ProposeAcquire, state: ClusterState) -> None:
+        node, lock, epoch = self.node, state.lock, effect.epoch
+        self._acquiring = time.monotonic()
+        # Stop applying first: the epoch must start after the last batch this node holds, or
+        # nodes holding the same old-epoch batches would look divergent.
+        start_seq = await node.stop_following() + 1
+        cmd = Acquire(node.name, lock.epoch, lock.renewals, start_seq, self.timing.lease_s,
+                      effect.reason, time.time(), node.lineage_label(start_seq - 1),
+                      effect.lag_allowance, effect.force)
+        self._claimed_epoch, self._claimed_start = epoch, start_seq
+        self._claim_confirmed = False
+
+        def acquired(ok: bool | None, proposed_at: float) -> None:
+            self._acquiring = None
+            if ok:
+                if self._claimed_epoch == epoch:
                     self._claim_confirmed = True
-                # During a switchover the lease is kept but the gate stays shut.
-                if ok and not self.switching:
-                    self._on_raft(node.become_primary, epoch, proposed_at)
+                log.info("%s: promoted, epoch %d, from seq %d", node.name, epoch, start_seq)
+                self._on_raft(node.become_primary, epoch, proposed_at)
+            elif ok is False and self._claimed_epoch == epoch and \
+                    not self._won_earlier(epoch, start_seq):
+                # Committed without effect: if the lock shows up in my name at this epoch
+                # anyway, an earlier run of this node took it, and it is never resumed. (Won
+                # earlier: ours, served once a renewal of it commits while this node still
+                # holds exactly the data the epoch starts after.)
+                self._claimed_epoch = None
 
-            store = node.store
-            self.raft.propose(Renew(node.name, epoch, store.latest_seq() if store else 0,
-                                    node.acked_seq), renewed)
-            if node.is_primary and self.policy.sync_mode:
-                self._maintain_sync_set(state)
-            if d.action is Action.DEMOTE:
-                node.gate.close("no quorum and the lease expired")
-            return
-        if node.is_primary:
-            # The lock is someone else's (or released): stop writing before anything else.
-            await node.become_replica(lock.holder if lock.held else None, lock.epoch)
-        if d.action is Action.FOLLOW and d.target is not None and d.epoch is not None:
-            await node.become_replica(d.target, d.epoch)
-        elif d.action is Action.PROMOTE and (
-                self._acquiring is None or time.monotonic() - self._acquiring > 2.0):
-            assert d.epoch is not None and d.start_seq is not None
-            self._acquiring = time.monotonic()
-            # Stop applying first: the epoch must start after the last batch this node holds,
-            # or nodes holding the same old-epoch batches would look divergent.
-            start_seq = await node.stop_following() + 1
-            request = state.failover_request
-            manual = request is not None and request.candidate == node.name
-            reason = ("manual failover" if manual else
-                      "restart" if lock.held and lock.holder == node.name else
-                      "bootstrap" if lock.holder is None else
-                      "switchover" if lock.released and lock.successor == node.name else
-                      "failover")
-            cmd = Acquire(node.name, lock.epoch, lock.renewals, start_seq,
-                          self.timing.lease_s, reason, time.time(),
-                          node.lineage_label(start_seq - 1), lag_allowance(self.policy),
-                          bool(manual and request is not None and request.force))
-            self._claimed_epoch, self._claimed_start = d.epoch, start_seq
-            self._claim_confirmed = False
-
-            def acquired(ok: bool | None, proposed_at: float, epoch: int = d.epoch) -> None:
-                self._acquiring = None
-                if ok:
-                    if self._claimed_epoch == epoch:
-                        self._claim_confirmed = True
-                    log.info("%s: promoted, epoch %d, from seq %d", node.name, epoch,
-                             cmd.start_seq)
-                    self._on_raft(node.become_primary, epoch, proposed_at)
-                elif ok is False and self._claimed_epoch == epoch and \
-                        not self._won_earlier(epoch, cmd.start_seq):
-                    # Committed without effect: if the lock shows up in my name at this epoch
-                    # anyway, an earlier run of this node took it, and it is never resumed.
-                    # (Won earlier: ours, served once a renewal of it commits while this node
-                    # still holds exactly the data the epoch starts after.)
-                    self._claimed_epoch = None
-
-            self.raft.propose(cmd, acquired)
+        self.raft.propose(cmd, acquired)
 
     async def switchover(self, target: str | None, timeout: float = 5.0) -> str:
         """Hand the primary role over with no acknowledged write lost; returns the successor.
@@ -451,13 +439,15 @@ class ControlLoop:
             if report is not None and report.role == "replica" and report.applied_seq >= last:
                 break
             if time.monotonic() > deadline:
-                self._reopen(lock.epoch)
+                self.switching = False     # the next effective renewal reopens the gate
                 raise SwitchoverError(f"{successor} did not reach seq {last} within "
                                       f"{timeout} s; still primary")
             await asyncio.sleep(0.01)
-        ok = await self._propose_and_wait(Release(node.name, lock.epoch, successor), timeout)
+        # What this primary acknowledged is final now (the gate is shut): the floor (rule 2).
+        ok = await self._propose_and_wait(
+            Release(node.name, lock.epoch, successor, node.acked_seq), timeout)
         if not ok:
-            self._reopen(lock.epoch)
+            self.switching = False
             raise SwitchoverError("the release could not be committed; still primary")
         log.info("%s: switchover: handed over to %s at seq %d (epoch %d)", node.name,
                  successor, last, lock.epoch)
@@ -475,46 +465,14 @@ class ControlLoop:
         of it may still commit, every set proposed since (rule 6)."""
         return state.sync_set | self._sync_pending
 
-    def _maintain_sync_set(self, state: ClusterState) -> None:
-        """Keep ``sync_replicas`` connected replicas in the synchronous set recorded in Raft.
-
-        A member stays while it is connected. A new member is added only once it holds every
-        write so far, and no write is acknowledged from deciding the change until it commits,
-        so every member of the committed set always holds every acknowledged write — which is
-        what lets ``decide`` promote only from that set.
-        """
-        node, lock = self.node, state.lock
-        need = node.cfg.replication.sync_replicas
-        store = node.store
-        if store is None:
-            return
-        now = time.monotonic()
-        settle = False
-        if self._sync_pending:
-            if not self._sync_unknown and now - self._sync_proposed_at < 2.0:
-                return       # the answer is on its way
-            settle = True    # a proposal whose outcome we may never hear: decide it by another
-        connected = {r["name"] for r in node.positions.snapshot(0) if r["connected"]}
-        latest = store.latest_seq()
-        # A member that is connected but has stopped applying (its disk is full, say) holds
-        # every write back until the sync timeout: replace it once another replica has it all.
-        stall_s = min(1.0, node.cfg.replication.sync_timeout_s / 2)
-        keep = {m for m in state.sync_set & connected
-                if not node.positions.stalled(m, latest, stall_s)}
-        ready = sorted((n for n in connected - keep if node.positions.applied(n) >= latest),
-                       key=lambda n: (-node.positions.applied(n), n))
-        new = frozenset(keep | set(ready[:max(0, need - len(keep))]))
-        unchanged = keep == set(state.sync_set) and len(keep) >= need
-        # Nobody can take over yet: writes wait (and time out) rather than go unguarded, and
-        # a stalled member stays until a replacement is ready.
-        useless = len(new) < min(need, len(state.sync_set)) or not new or new == state.sync_set
-        if unchanged or useless:
-            if not settle:
-                return
-            new = state.sync_set     # re-proposing the committed set changes nothing
+    def _propose_sync_set(self, epoch: int, new: frozenset[str]) -> None:
+        """Propose ``new`` as the synchronous set (chosen by ``effects.sync_set_change``);
+        until its outcome is known, writes need its members too (rule 6)."""
+        node = self.node
         self._sync_pending = self._sync_pending | new
         self._sync_unknown = False
-        self._sync_proposed_at = now
+        self._sync_proposed_at = time.monotonic()
+        latest = node.latest_seq()
 
         def done(ok: bool | None, proposed_at: float) -> None:
             if ok is None:
@@ -530,24 +488,14 @@ class ControlLoop:
             self._sync_unknown = False
             if ok:
                 log.info("%s: synchronous set is now %s (epoch %d, at seq %d)", node.name,
-                         sorted(new), lock.epoch, latest)
+                         sorted(new), epoch, latest)
 
-        self.raft.propose(SetSyncSet(node.name, lock.epoch, new), done)
+        self.raft.propose(SetSyncSet(node.name, epoch, new), done)
 
     def _successors(self, target: str | None) -> list[str]:
-        """Healthy, recently heard-from replicas that may take over, best first."""
-        state, now = self.raft.snapshot(), time.monotonic()
-        fresh = {m.name for m in state.members
-                 if now - self._member_seen.get(m.name, -1e9) <= self.policy.member_stale_s}
-        choices = sorted(
-            (m for m in state.members if m.name != self.node.name and m.healthy
-             and "nofailover" not in m.tags and m.name in fresh),
-            key=lambda m: (-m.applied_seq, m.name))
-        return [m.name for m in choices if target is None or m.name == target]
-
-    def _reopen(self, epoch: int) -> None:
-        # The next effective renewal reopens the gate (become_primary).
-        self.switching = False
+        """Who may take over in a switchover, best first (``eligibility.successors``)."""
+        return successors(self.raft.snapshot(), self.node.name, self.policy,
+                          self.reports.seen, time.monotonic(), target)
 
     async def _raft_result(self, start: Any, timeout: float) -> bool | None:
         """Call ``start(settle)``; wait for the Raft thread to call ``settle(ok)``.
@@ -580,7 +528,6 @@ class ControlLoop:
         candidate would lose acknowledged writes and ``force`` is not given, or when Raft does
         not commit the request.
         """
-        from hacluster.consensus.decide import failover_refusal
         state = self.raft.snapshot()
         leader = self.node.leader()
         if leader is not None:

@@ -29,6 +29,9 @@ anything but a torn final record, and never add attributes to the SyncObj after 
 (pysyncobj pickles those into the dump). ``HACLUSTER_RAFT_NOSYNC=1`` turns every sync off;
 it exists for ``bench/raft.py`` only (and the test that proves the fault bites) and is never
 a config option.
+
+Two helpers hold no patch and never sync: ``raft_journal_format`` (the record layout, loading a
+journal, ``JournalSync``) and ``raft_resend`` (trimming a resent append-entries).
 """
 
 from __future__ import annotations
@@ -38,9 +41,16 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from hacluster.consensus.raft_journal_format import (
+    JournalCorruptError,
+    JournalSync,
+    _load,
+    _record,
+    journal_sync_state,
+)
+from hacluster.consensus.raft_resend import _trim_resend
 from hacluster.fsutil import fsync_parent
 
 log = logging.getLogger(__name__)
@@ -50,27 +60,6 @@ NOSYNC_ENV = "HACLUSTER_RAFT_NOSYNC"
 SYNC = os.environ.get(NOSYNC_ENV) != "1"
 
 _installed = False
-
-
-class JournalCorruptError(RuntimeError):
-    """A Raft file is damaged in a way a torn final write cannot explain: the node must not
-    start on it (it could have forgotten entries or a vote it acknowledged)."""
-
-
-@dataclass
-class JournalSync:
-    """Durability bookkeeping of one FileJournal (kept on the journal, not the SyncObj: any
-    attribute on the SyncObj after its __init__ would be pickled into the dump)."""
-
-    path: str
-    dirty: bool = False
-    synced_size: int = -1              # the file size at the last fsync
-    failed: OSError | None = None      # sticky: a failed msync/fsync is never retried
-    appends: int = 0
-    resent_kept: int = 0               # entries a resend carried that the log had already
-    syncs: int = 0
-    sync_seconds: float = 0.0
-    torn_records_truncated: int = 0
 
 
 def _version() -> str:
@@ -117,20 +106,7 @@ def _write_durably(path: str, data: bytes, tmp: str | None = None) -> None:
         _fsync_dir(path)
 
 
-def _record(command: Any, idx: int, term: int, to_bytes: Callable[[Any], bytes]) -> bytes:
-    """pysyncobj's record layout: size, (idx, term, command), size."""
-    data = struct.pack("<QQ", idx, term) + to_bytes(command)
-    size = struct.pack("<I", len(data))
-    return size + data + size
-
-
 # -- the journal sync -------------------------------------------------------------------------
-
-def journal_sync_state(journal: Any) -> JournalSync | None:
-    """The durability bookkeeping of a pysyncobj journal (None for an in-memory one)."""
-    state = getattr(journal, "_hacluster_sync", None)
-    return state if isinstance(state, JournalSync) else None
-
 
 def _refuse_after_failure(state: JournalSync) -> None:
     if state.failed is not None:
@@ -345,102 +321,6 @@ def _patch_file_journal(journal: Any) -> None:
     fj._destroy = destroy
 
 
-def _load(self: Any, journal: Any, path: str, state: JournalSync) -> tuple[list[Any], int]:
-    """Read the records; cut a torn final record; refuse damage anywhere else."""
-    first = int(journal.FIRST_RECORD_OFFSET)
-    last_offset_at = int(journal.LAST_RECORD_OFFSET_OFFSET)
-    name_size, version_size = int(journal.NAME_SIZE), int(journal.VERSION_SIZE)
-    rf = self._FileJournal__journalFile
-    mm = rf._ResizableFile__mm
-    size = len(mm)
-    header = bytes(mm[:first])
-    if header == b"\0" * first and bytes(mm[first:first + 4]) == b"\0" * 4:
-        # Created, then lost before its first sync (the file is new): an empty journal.
-        rf.write(0, self._FileJournal__getDefaultHeader())
-        return [], first
-    name = header[:name_size].rstrip(b"\0")
-    (fmt,) = struct.unpack_from("<I", header, name_size + version_size)
-    (end,) = struct.unpack_from("<I", header, last_offset_at)
-    if name != journal.APP_NAME or fmt != journal.JOURNAL_FORMAT_VERSION or end < first:
-        raise JournalCorruptError(
-            f"{path}: not a pysyncobj journal this version reads (header name {name!r}, "
-            f"format {fmt}, log end {end}); refusing to start on it")
-
-    entries: list[Any] = []
-    offset = first
-    reason = ""
-    while offset < end:
-        rec, reason = _read_record(mm, offset, end, size)
-        if rec is None:
-            break
-        idx, term, command, nxt = rec
-        if entries and (idx != entries[-1][1] + 1 or term < entries[-1][2]):
-            reason = (f"entry {idx} (term {term}) does not follow entry {entries[-1][1]} "
-                      f"(term {entries[-1][2]})")
-            break
-        entries.append((command, idx, term))
-        offset = nxt
-    if offset == end:
-        return entries, end
-
-    prev = (entries[-1][1], entries[-1][2]) if entries else None
-    if _complete_record_ends_at(mm, offset, end, size, prev):
-        raise JournalCorruptError(
-            f"{path}: damaged record at offset {offset} ({reason}) with complete records "
-            f"after it up to offset {end}: not a torn final write. Refusing to start: entries "
-            f"this node acknowledged may be lost. Restore the file, or remove this node's Raft "
-            f"files and add it back as a new member")
-    dropped = end - offset
-    log.warning("Raft journal %s: torn final record at offset %d (%s): dropped %d bytes "
-                "(file %d bytes); %d entries kept", path, offset, reason, dropped, size,
-                len(entries))
-    self._FileJournal__setLastRecordOffset(offset)
-    zero_to = min(end, size)
-    if zero_to > offset:
-        rf.write(offset, b"\0" * (zero_to - offset))   # no stale bytes for a later torn write
-    state.torn_records_truncated += 1
-    return entries, offset
-
-
-def _read_record(mm: Any, offset: int, end: int, size: int) \
-        -> tuple[tuple[int, int, bytes, int] | None, str]:
-    if offset + 4 > min(end, size):
-        return None, f"size field cut at {min(end, size)}"
-    (n,) = struct.unpack("<I", mm[offset:offset + 4])
-    nxt = offset + n + 8
-    if n < 16:
-        return None, f"record size {n} is below the 16 bytes of index and term"
-    if nxt > end:
-        return None, f"record of {n} bytes runs past the log end {end}"
-    if nxt > size:
-        return None, f"record of {n} bytes runs past the file end {size}"
-    (trailer,) = struct.unpack("<I", mm[nxt - 4:nxt])
-    if trailer != n:
-        return None, f"size fields differ ({n} and {trailer})"
-    idx, term = struct.unpack("<QQ", mm[offset + 4:offset + 20])
-    return (idx, term, bytes(mm[offset + 20:nxt - 4]), nxt), ""
-
-
-def _complete_record_ends_at(mm: Any, damaged_at: int, end: int, size: int,
-                             prev: tuple[int, int] | None) -> bool:
-    """Does a whole record that follows the damaged one (and continues the log) end the log?
-
-    A power loss tears only what was written after the last sync, at the end; a damaged
-    record followed by a complete last record is damage in the middle.
-    """
-    if end > size or end - 4 < damaged_at:
-        return False
-    (n,) = struct.unpack("<I", mm[end - 4:end])
-    start = end - 8 - n
-    if n < 16 or start <= damaged_at:
-        return False
-    (lead,) = struct.unpack("<I", mm[start:start + 4])
-    if lead != n:
-        return False
-    idx, term = struct.unpack("<QQ", mm[start + 4:start + 20])
-    return prev is None or (idx > prev[0] and term >= prev[1])
-
-
 def _patch_meta_storer(journal: Any) -> None:
     ms: Any = journal.MetaStorer
     dumps, loads = journal.dumps, journal.loads
@@ -587,57 +467,6 @@ def _patch_syncobj(syncobj: Any) -> None:
     so._SyncObj__onBecomeLeader = on_become_leader
     so._SyncObj__setCurrentTerm = set_current_term
     so._SyncObj__onMessageReceived = on_message_received
-
-
-def _trim_resend(so: Any, message: dict[str, Any]) -> dict[str, Any]:
-    """An append-entries message, without the part of it the follower's log already has.
-
-    pysyncobj's follower cuts its log after prevLogIdx whenever its log goes further, then
-    appends what the message carries: a leader that resends (its next index for us went back
-    after a late answer) makes it drop and rewrite entries it had acknowledged, and a power
-    loss in between loses them. Raft cuts only at a conflict. Same message, trimmed:
-
-    * entries it has already (same index, same term) are dropped from the message, and
-      prevLogIdx/prevLogTerm moved past them, so pysyncobj cuts at the first conflict only;
-    * when it has every entry sent and its last entry is of the sender's term (by Raft's log
-      matching, its whole log then matches the leader's), nothing is cut and the answer says so.
-
-    Anything else (a conflict at the first entry, prevLogIdx not matching, a tail of older
-    terms past what was sent, a stale term, chunked transmissions) goes to pysyncobj as sent.
-    """
-    if "prevLogIdx" not in message or "transmission" in message or \
-            message.get("term", -1) < so._SyncObj__raftCurrentTerm:
-        return message
-    raft_log = so._SyncObj__raftLog
-    if len(raft_log) == 0:
-        return message
-    first, last, last_term = raft_log[0][1], raft_log[-1][1], raft_log[-1][2]
-    prev = message["prevLogIdx"]
-    if not first <= prev < last or raft_log[prev - first][2] != message["prevLogTerm"]:
-        return message
-    entries = list(message.get("entries") or [])
-    have = 0
-    for entry in entries:
-        if entry[1] > last or raft_log[entry[1] - first][2] != entry[2]:
-            break
-        have += 1
-    if have < len(entries) and entries[have][1] <= last:        # a conflict at entries[have]
-        if have == 0:
-            return message
-        kept = entries[have - 1]
-        trimmed = dict(message, prevLogIdx=kept[1], prevLogTerm=kept[2], entries=entries[have:])
-    elif have < len(entries):                                    # new entries past ours
-        if entries[have][1] != last + 1:
-            return message
-        trimmed = dict(message, prevLogIdx=last, prevLogTerm=last_term, entries=entries[have:])
-    elif last_term == message["term"]:                          # all of it is ours already
-        trimmed = dict(message, prevLogIdx=last, prevLogTerm=last_term, entries=[])
-    else:
-        return message
-    state = journal_sync_state(raft_log)
-    if state is not None:
-        state.resent_kept += have
-    return trimmed
 
 
 def journal_stats(node: Any) -> dict[str, Any]:

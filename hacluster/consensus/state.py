@@ -293,11 +293,22 @@ def _raise_floor(state: ClusterState, acked_seq: int) -> ClusterState:
 
 
 def floor_refusal(state: ClusterState, seq: int, lag_allowance: int = 0) -> str | None:
-    """Why a candidate at ``seq`` would lose an acknowledged write; None when it would not."""
+    """Why a candidate at ``seq`` would lose an acknowledged write; None when it would not.
+
+    Two floors: the highest seq a primary recorded as acknowledged (Renew, Release), and the
+    prefix the newest epoch started after. A primary may acknowledge a write and die before
+    any renewal records it; the write is then on the synchronous standby, which the guarded
+    election promotes — and the epoch it starts makes its whole prefix the floor, so a later
+    election (after a release, when elections are no longer guarded) cannot go below it.
+    """
+    allowed = f" by more than the allowed {lag_allowance}" if lag_allowance else ""
     if seq + lag_allowance < state.acked_seq:
         return (f"at seq {seq}, below seq {state.acked_seq} acknowledged in epoch "
-                f"{state.acked_epoch}" + (f" by more than the allowed {lag_allowance}"
-                                          if lag_allowance else ""))
+                f"{state.acked_epoch}{allowed}")
+    newest = state.history[-1] if state.history else None
+    if newest is not None and seq + lag_allowance < newest.start_seq - 1:
+        return (f"at seq {seq}, below seq {newest.start_seq - 1} that epoch {newest.epoch} "
+                f"started after{allowed}")
     return None
 
 

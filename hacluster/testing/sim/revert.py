@@ -1,8 +1,8 @@
 """The stale-tail fix, reverted for one experiment: proof that the simulator can find it.
 
 Owns one context manager that swaps, for the duration of a ``with`` block, the rule-1 pieces
-of the pure core for their pre-fix versions: ``decide.rank`` ranks by seq alone, and
-``decide.position_refusal`` / ``state.acquire_refusal`` check only the acknowledged floor,
+of the pure core for their pre-fix versions: ``eligibility.rank`` ranks by seq alone, and
+``eligibility.position_refusal`` / ``state.acquire_refusal`` check only the acknowledged floor,
 ignoring ``epochs.conflict``. It must never be used outside a test or a bench run (it patches
 module globals of the product, process-wide), and must always restore them, also on error.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import hacluster.consensus.decide as decide_mod
+import hacluster.consensus.eligibility as decide_mod
 import hacluster.consensus.state as state_mod
-from hacluster.consensus.decide import Policy, lag_allowance
+from hacluster.consensus.eligibility import lag_allowance
+from hacluster.consensus.model import Policy
 from hacluster.consensus.state import Acquire, ClusterState, floor_refusal
 
 

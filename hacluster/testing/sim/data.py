@@ -1,0 +1,210 @@
+"""The simulated data path: client writes, group commit, streaming replication and acks.
+
+Owns what happens to a key from a client's PUT to its answer: the primary's write gate (open
+only between a renewal's commit and its lease end, as ``WriteGate`` measures it), the entry
+appended with the epoch's label, the group commit that makes it durable (power loss keeps only
+the synced prefix), the stream to each follower (served by a node in the primary role only;
+the divergent tail saved and dropped before following, a 409 for data off the history), the
+replica's fsync before its ack, the ack raising the primary's view of that replica, and the
+answer: 200 once synced and confirmed by every name in ``confirmers`` (the committed
+synchronous set plus any change in flight: rule 6) while the lease still holds, else 503 with
+the outcome unknown. Clients record ``Op``s for ``history.check_all``. It must never make a
+decision the product's core makes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hacluster.consensus.epochs import conflict, same_history
+from hacluster.consensus.lease import holder_lease_end
+from hacluster.testing.history import Op
+from hacluster.testing.sim.control import Control
+from hacluster.testing.sim.core import Pending, SimNode
+
+BATCH = 200                     # entries one stream message carries at most
+
+
+@dataclass
+class Client:
+    hint: int = 0
+    busy: bool = False
+
+
+class Data(Control):
+    def init_data(self) -> None:
+        self.clients = [Client(hint=i % len(self.nodes)) for i in range(self.cfg.clients)]
+        self.keyno = 0
+        self.tails_dropped = 0
+        self.tail_keys: set[bytes] = set()     # every divergent tail saved to a file
+        self.writing = True
+
+    # -- the write gate and the answer ---------------------------------------------------
+
+    def gate_refusal(self, n: SimNode) -> str | None:
+        if n.primary_epoch is None or n.gate_proposed_at is None:
+            return f"{n.name} is not primary"
+        if n.gate_reason is not None:
+            return n.gate_reason
+        if n.disk_full is not None:
+            return n.disk_full
+        if self.local(n) >= holder_lease_end(n.gate_proposed_at, self.policy.timing):
+            return "lease expired"
+        return None
+
+    def finish(self, p: object, n: SimNode, status: int, note: str) -> None:
+        assert isinstance(p, Pending)
+        if p.client < 0:
+            return                      # its client gave up long ago: nobody hears this
+        ok = status == 200
+        self.ops.append(Op(p.key, n.name, p.start, self.now, status,
+                           p.epoch if ok else None, p.seq if ok else None, note))
+        self._next_request(p.client)
+
+    def connected(self, p: SimNode) -> list[SimNode]:
+        return [m for m in self.nodes if m is not p and m.following == p.name
+                and self.linked(m, p) and self.linked(p, m) and not m.diverged]
+
+    def settle_writes(self, n: SimNode) -> None:
+        """Answer every waiting write of ``n`` whose fate is known."""
+        if not n.waiting:
+            return
+        state = self.state(n)
+        lock = state.lock
+        confirmers = state.sync_set | n.sync_pending
+        still = []
+        for p in n.waiting:
+            if not (lock.held and lock.holder == n.name and lock.epoch == p.epoch
+                    and n.primary_epoch == p.epoch):
+                self.finish(p, n, 503, "outcome unknown: the lock was lost")
+                continue
+            confirmed = not self.policy.sync_mode or (
+                len(state.sync_set) >= 1
+                and all(n.positions.get(m, (0, 0.0))[0] >= p.seq for m in confirmers))
+            if n.synced >= p.seq and confirmed:
+                late = self.gate_refusal(n) if n.gate_reason is None else None
+                if late is not None:
+                    self.finish(p, n, 503, f"outcome unknown: {late}")
+                else:
+                    n.acked_seq = max(n.acked_seq, p.seq)
+                    self.finish(p, n, 200, "")
+                continue
+            if self.local(n) >= p.deadline:
+                self.finish(p, n, 503, "outcome unknown: sync timeout")
+            elif p.client >= 0 and self.now - p.start >= self.cfg.client_timeout_s:
+                # The client gives up; the server keeps the write and may still apply it.
+                self.ops.append(Op(p.key, n.name, p.start, self.now, 0, note="timeout"))
+                self._next_request(p.client)
+                p.client = -1
+                still.append(p)
+            else:
+                still.append(p)
+        n.waiting = still
+
+    # -- clients --------------------------------------------------------------------------
+
+    def _next_request(self, i: int, delay: float | None = None) -> None:
+        c = self.clients[i]
+        c.busy = False
+        if self.writing:
+            self.after(self.cfg.think_s if delay is None else delay, lambda: self._request(i))
+
+    def _request(self, i: int) -> None:
+        if not self.writing:
+            return
+        c = self.clients[i]
+        n = self.nodes[c.hint]
+        self.keyno += 1
+        key = f"k{self.keyno}"
+        start = self.now
+        if not n.up:
+            self.ops.append(Op(key, n.name, start, start + 0.001, 0,
+                               note="ConnectionRefusedError"))
+            c.hint = (c.hint + 1) % len(self.nodes)
+            self._next_request(i, self.rng.uniform(0.1, 0.4))
+            return
+        why = self.gate_refusal(n)
+        if why is not None:
+            status = 507 if why == n.disk_full else 503
+            self.ops.append(Op(key, n.name, start, start + 0.001, status, note=why))
+            holder = self.state(n).lock.holder
+            c.hint = ([m.name for m in self.nodes].index(holder)
+                      if holder is not None and holder != n.name and self.rng.random() < 0.8
+                      else (c.hint + 1) % len(self.nodes))
+            self._next_request(i, self.rng.uniform(0.1, 0.4))
+            return
+        assert n.primary_epoch is not None
+        n.entries.append((n.primary_epoch, key))
+        c.busy = True
+        p = Pending(i, key, start, n.seq, n.primary_epoch,
+                    self.local(n) + self.cfg.sync_timeout_s)
+        n.waiting.append(p)
+        # One group commit for every write that arrives before it starts, and the stream to
+        # each follower. (Timeouts are noticed by the primary's next control pass.)
+        if not n.sync_due:
+            n.sync_due = True
+            self.after(self.cfg.sync_s, lambda: self._synced(n), n)
+        for f in self.nodes:
+            if f.following == n.name and not f.pull_due:
+                self.pull(f)
+
+    def _synced(self, n: SimNode) -> None:
+        n.sync_due = False
+        n.synced = n.seq
+        self.settle_writes(n)
+
+    # -- replication ----------------------------------------------------------------------
+
+    def pull(self, f: SimNode) -> None:
+        """Ask the primary ``f`` follows for what it lacks; the answer arrives after a delay."""
+        f.pull_due = True
+        self.after(self.cfg.link_s, lambda: self._stream(f), f)
+
+    def _stream(self, f: SimNode) -> None:
+        f.pull_due = False
+        if f.following is None or f.diverged or f.disk_full is not None:
+            return
+        history = self.state(f).history
+        off = conflict(f.label(f.seq), f.seq, history)
+        if off is not None and off.verifiable:
+            # Node._handle_divergence, before following: the tail goes to a file and the
+            # node starts over from the primary (modelled as keeping the common prefix).
+            dropped = f.seq - off.first_seq + 1
+            self.tail_keys.update(k.encode() for _, k in f.entries[off.first_seq - 1:])
+            del f.entries[off.first_seq - 1:]
+            f.synced = min(f.synced, f.seq)
+            self.tails_dropped += dropped
+            self.say(f"{f.name}: divergent tail seqs {off.first_seq}..{off.first_seq + dropped - 1}"
+                     f" saved and dropped ({off})")
+        p = self.by_name[f.following]
+        # The stream is served by a node in the primary role only (api.add_replication_routes).
+        if p is f or p.primary_epoch is None or not (self.linked(f, p) and self.linked(p, f)):
+            return
+        seq = f.seq
+        if seq > 0 and not same_history(f.label(seq), p.label(seq), seq,
+                                        self.state(p).history):
+            f.diverged = True           # the primary answers 409: replication stops
+            self.say(f"{f.name}: {p.name} refuses the stream at seq {seq} (409): diverged")
+            return
+        if f.name not in p.positions or p.positions[f.name][0] > seq:
+            p.positions[f.name] = (seq, self.local(p))     # the stream opens at its position
+        if p.seq <= seq:
+            return
+        # Labels never go back (Lineage.record ignores an older epoch).
+        label = max(p.primary_epoch, f.label(seq))
+        # Everything the primary wrote, synced there or not: a replica may hold writes its
+        # primary loses at a power loss (rule 3 makes those a divergent tail).
+        f.entries.extend((label, k) for _, k in p.entries[seq:seq + BATCH])
+        f.synced = f.seq                # the replica's fsync before it acks
+        upto = f.seq
+        self.after(self.cfg.link_s, lambda: self._ack(p, f, upto), p)
+        if p.seq > f.seq:
+            self.pull(f)
+
+    def _ack(self, p: SimNode, f: SimNode, upto: int) -> None:
+        if not self.linked(f, p) or p.primary_epoch is None:
+            return
+        seq = p.positions.get(f.name, (0, 0.0))[0]
+        if upto > seq:
+            p.positions[f.name] = (upto, self.local(p))
+        self.settle_writes(p)

@@ -1,0 +1,802 @@
+"""The HTTP handlers of ``hacluster.api`` against a fake node: no processes, no consensus.
+
+The app is the real one (``build_app``: auth, metrics middleware, every route), served by
+aiohttp's ``TestServer``/``TestClient``; the node behind it is ``FakeNode`` below, over a real
+``Store`` in ``tmp_path``. The tests check what reaches the client (status, body, headers) and
+what reaches the store.
+
+What the handlers use of ``Node`` (hacluster/api/*.py and the metrics collector that
+``build_app`` registers), i.e. everything ``FakeNode`` has to provide:
+
+- attributes: ``name``, ``role.primary``, ``role.epoch``, ``control`` (None: static mode;
+  admin uses ``set_paused``, ``switchover``, ``request_failover``, ``add_member``,
+  ``remove_member``, ``raft.compact_log``, ``raft.raft_status``, ``raft.raft_members``),
+  ``source`` and ``checkpoints`` (replication routes), ``unknown_outcomes`` (incremented by
+  the write handler), and for /metrics ``writes``, ``gate.refusal()``, ``gate.closes``,
+  ``positions.snapshot()``, ``follower``, ``data_dir``;
+- config: ``cfg.token``, ``cfg.limits`` (all of it), ``cfg.nodes`` (name, api.url, tags,
+  raft), ``cfg.source``, ``cfg.replication.max_frame_bytes``, ``.min_seq_wait_s``, ``.mode``;
+- properties and methods: ``is_primary``, ``column_families``, ``current_store()``,
+  ``latest_seq()``, ``leader()``, ``api_url_of(name)``, ``view(now)`` (a
+  ``probes.NodeView``), ``status()``, ``status_epoch()``, ``write(ops)``,
+  ``await acknowledge(seq)``, ``begin_read()``, ``await finish_read(seq)``,
+  ``await wait_applied(seq, timeout)``, ``await reinit()``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import cbor2
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from hacluster.api import build_app
+from hacluster.config import (
+    FRAME_OVERHEAD,
+    Address,
+    LimitsConfig,
+    NodeConfig,
+    ReplicationConfig,
+    StorageConfig,
+)
+from hacluster.consensus.loop import NotCommitted, SwitchoverError
+from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
+from hacluster.probes import NodeView
+from hacluster.replication.positions import ReplicaPositions
+from hacluster.store import NamedOp, Store, StoreError
+from hacluster.writes import CBOR_TYPE
+
+TOKEN = "unit-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CFS = ["default", "users"]
+LIMITS = LimitsConfig(max_key_bytes=32, max_value_bytes=1000, max_body_bytes=8192,
+                      max_batch_ops=4)
+N1_URL, N2_URL = "http://10.0.0.1:8001", "http://10.0.0.2:8002"
+
+
+# -- the fake node ---------------------------------------------------------------------------
+
+@dataclass
+class FakeRole:
+    primary: str | None
+    epoch: int
+
+
+@dataclass
+class FakeGate:
+    """What the metrics collector reads of the write gate."""
+
+    refusal_text: str | None = None
+    closes: int = 0
+
+    def refusal(self) -> str | None:
+        return self.refusal_text
+
+
+@dataclass
+class FakeRaft:
+    members: list[str] = field(default_factory=lambda: ["10.0.0.1:9001", "10.0.0.2:9002"])
+    compactions: int = 0
+
+    def compact_log(self) -> None:
+        self.compactions += 1
+
+    def raft_status(self) -> dict[str, Any]:
+        return {"log_len": 7, "compactions": self.compactions}
+
+    def raft_members(self) -> list[str]:
+        return list(self.members)
+
+
+@dataclass
+class FakeControl:
+    """The consensus loop's operator actions: each records its call and does what it is told."""
+
+    raft: FakeRaft = field(default_factory=FakeRaft)
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    paused_result: bool | None = True
+    fail: Exception | None = None        # raised by switchover, failover and membership
+
+    async def set_paused(self, paused: bool) -> bool | None:
+        self.calls.append(("set_paused", paused))
+        return self.paused_result
+
+    async def switchover(self, target: str | None) -> str:
+        self.calls.append(("switchover", target))
+        if self.fail:
+            raise self.fail
+        return target or "n2"
+
+    async def request_failover(self, target: str, force: bool) -> int:
+        self.calls.append(("failover", target, force))
+        if self.fail:
+            raise self.fail
+        return 7
+
+    async def add_member(self, name: str, address: str) -> None:
+        self.calls.append(("add", name, address))
+        if self.fail:
+            raise self.fail
+        self.raft.members.append(address)
+
+    async def remove_member(self, name: str, address: str) -> None:
+        self.calls.append(("remove", name, address))
+        if self.fail:
+            raise self.fail
+        self.raft.members.remove(address)
+
+
+class FakeNode:
+    """n1 of a two-node cluster (n1, n2); primary or replica per ``primary``.
+
+    The write gate is ``refusal`` (None: open). ``write_error`` / ``ack_error`` are raised by
+    ``write`` (before anything is written) and ``acknowledge`` (after); ``read_error`` by
+    ``finish_read``.
+    """
+
+    def __init__(self, tmp_path: Path, primary: str | None = "n1", epoch: int = 3) -> None:
+        self.name = "n1"
+        self.role = FakeRole(primary, epoch)
+        self.cfg = SimpleNamespace(
+            token=TOKEN, limits=LIMITS, source=tmp_path / "cluster.yaml",
+            replication=ReplicationConfig(min_seq_wait_s=0.2, max_frame_bytes=16384),
+            nodes=(NodeConfig("n1", Address("10.0.0.1", 8001), tmp_path / "n1",
+                              raft=Address("10.0.0.1", 9001)),
+                   NodeConfig("n2", Address("10.0.0.2", 8002), tmp_path / "n2",
+                              raft=Address("10.0.0.2", 9002), tags=frozenset({"dc2"}))))
+        self.data_dir = tmp_path / "n1"
+        self.store: Store | None = Store(self.data_dir / "db", CFS, StorageConfig())
+        self.control: FakeControl | None = None
+        self.source = None
+        self.checkpoints = None
+        self.follower = None
+        self.positions = ReplicaPositions()
+        self.gate = FakeGate()
+        self.writes = 0
+        self.unknown_outcomes = 0
+        self.refusal: str | None = None
+        self.write_error: Exception | None = None
+        self.ack_error: Exception | None = None
+        self.read_error: Exception | None = None
+        self.acknowledged: list[int] = []
+        self.reads: list[tuple[str, int]] = []
+        self.primary_seq: int | None = None        # replica: what its stream last said
+        self.stream_state = "streaming"
+        self.reinit_error: Exception | None = None
+
+    @property
+    def is_primary(self) -> bool:
+        return self.role.primary == self.name
+
+    @property
+    def column_families(self) -> list[str]:
+        return self.store.column_families if self.store else list(CFS)
+
+    def current_store(self) -> Store | None:
+        return self.store
+
+    def latest_seq(self) -> int:
+        return self.store.latest_seq() if self.store else 0
+
+    def api_url_of(self, name: str) -> str | None:
+        return next((n.api.url for n in self.cfg.nodes if n.name == name), None)
+
+    def leader(self) -> str | None:
+        if self.is_primary:
+            return self.name if self.refusal is None else None
+        return self.role.primary
+
+    def status_epoch(self) -> int:
+        return self.role.epoch
+
+    def write(self, ops: list[NamedOp]) -> Any:
+        if not self.is_primary or self.refusal:
+            raise NotWritable(self.refusal or "not the primary")
+        if self.write_error:
+            raise self.write_error
+        assert self.store is not None
+        applied = self.store.write(ops)
+        self.writes += 1
+        return applied
+
+    async def acknowledge(self, seq: int) -> None:
+        if self.ack_error:
+            raise self.ack_error
+        self.acknowledged.append(seq)
+
+    def begin_read(self) -> int:
+        if not self.is_primary or self.refusal:
+            raise NotWritable(self.refusal or "not the primary")
+        self.reads.append(("begin", self.latest_seq()))
+        return self.latest_seq()
+
+    async def finish_read(self, seq: int) -> None:
+        self.reads.append(("finish", seq))
+        if self.read_error:
+            raise self.read_error
+
+    async def wait_applied(self, seq: int, timeout: float) -> int | None:
+        return self.latest_seq() if self.latest_seq() >= seq else None
+
+    async def reinit(self) -> str:
+        if self.reinit_error:
+            raise self.reinit_error
+        return self.role.primary or "?"
+
+    def view(self, now: float) -> NodeView:
+        leader = self.leader()
+        replica = not self.is_primary
+        return NodeView(
+            name=self.name, is_primary=self.is_primary,
+            writable=self.is_primary and self.refusal is None,
+            write_refusal=self.refusal if self.is_primary else None,
+            epoch=self.role.epoch, leader=leader,
+            leader_url=self.api_url_of(leader) if leader else None,
+            stream_state=self.stream_state if replica else None,
+            applied_seq=self.latest_seq(), primary_seq=self.primary_seq if replica else None,
+            last_frame_age_s=0.1 if replica else None, loop_age_s=None,
+            lease_s=float("inf"), stream_timeout_s=2.0,
+            max_lag=self.cfg.replication.max_replica_lag)
+
+    def status(self) -> dict[str, Any]:
+        return {"node": self.name, "role": "primary" if self.is_primary else "replica",
+                "primary": self.role.primary, "epoch": self.role.epoch,
+                "writable": self.is_primary and self.refusal is None,
+                "applied_seq": self.latest_seq(), "column_families": self.column_families}
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+Serve = Callable[[FakeNode], Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    started: list[tuple[TestClient[Any, Any], FakeNode]] = []
+
+    async def start(node: FakeNode) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = TestClient(TestServer(build_app(node)))  # type: ignore[arg-type]
+        await client.start_server()
+        started.append((client, node))
+        return client
+
+    yield start
+    for client, node in started:
+        await client.close()
+        node.close()
+
+
+@pytest.fixture
+def primary(tmp_path: Path) -> FakeNode:
+    return FakeNode(tmp_path / "primary", primary="n1")
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> FakeNode:
+    return FakeNode(tmp_path / "replica", primary="n2")
+
+
+def seq_of(node: FakeNode) -> int:
+    assert node.store is not None
+    return node.store.latest_seq()
+
+
+# -- authentication --------------------------------------------------------------------------
+
+async def test_no_token_is_401_with_a_bearer_challenge(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    for method, path in (("PUT", "/v1/kv/a"), ("GET", "/v1/kv/a"), ("DELETE", "/v1/kv/a"),
+                         ("GET", "/v1/kv"), ("POST", "/v1/batch"), ("POST", "/v1/admin/flush"),
+                         ("GET", "/cluster"), ("GET", "/metrics"), ("GET", "/history"),
+                         ("GET", "/v1/replication/stream"), ("GET", "/no/such/route")):
+        resp = await client.request(method, path, data=b"v")
+        assert resp.status == 401, (method, path)
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+        assert await resp.json() == {"error": "missing Authorization: Bearer <token>"}
+    assert seq_of(primary) == 0
+
+
+@pytest.mark.parametrize("header", [
+    f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", TOKEN, f"bearer {TOKEN}", f"Basic {TOKEN}",
+    "Bearer t\u00f6ken",
+])
+async def test_a_wrong_token_is_403(primary: FakeNode, serve: Serve, header: str) -> None:
+    client = await serve(primary)
+    resp = await client.put("/v1/kv/a", data=b"v", headers={"Authorization": header})
+    assert resp.status == 403
+    assert await resp.json() == {"error": "wrong token"}
+    assert seq_of(primary) == 0
+
+
+async def test_health_checks_status_and_leader_answer_without_a_token(
+        primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    for path in ("/health", "/liveness", "/readiness", "/leader", "/primary", "/replica",
+                 "/read-only", "/status"):
+        resp = await client.get(path)
+        # A writable primary: every check passes but "am I a replica".
+        assert resp.status == (503 if path == "/replica" else 200), path
+        assert (await resp.json())["node"] == "n1"
+    health = await (await client.get("/health")).json()
+    assert (health["status"], health["node"]) == ("ok", "n1")
+
+
+# -- key-value on a primary ------------------------------------------------------------------
+
+async def test_put_get_delete_on_the_primary(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    resp = await client.put("/v1/kv/greeting", data=b"hello", headers=AUTH)
+    assert resp.status == 200
+    assert await resp.json() == {"seq": 1, "first_seq": 1, "epoch": 3, "node": "n1"}
+    assert primary.acknowledged == [1]
+
+    resp = await client.put("/v1/kv/u%2F1?cf=users", data=b"\x00\xff", headers=AUTH)
+    assert (resp.status, (await resp.json())["seq"]) == (200, 2)
+    assert primary.store is not None
+    assert primary.store.get(b"u/1", "users") == b"\x00\xff"
+
+    resp = await client.get("/v1/kv/greeting", headers=AUTH)
+    assert (resp.status, await resp.read()) == (200, b"hello")
+    assert resp.headers["X-Hacluster-Lag"] == "0"
+    assert resp.content_type == "application/octet-stream"
+    # Rule 8: the read was confirmed at the seq it saw before it was answered.
+    assert primary.reads == [("begin", 2), ("finish", 2)]
+
+    resp = await client.delete("/v1/kv/greeting", headers=AUTH)
+    assert (resp.status, (await resp.json())["seq"]) == (200, 3)
+    resp = await client.get("/v1/kv/greeting", headers=AUTH)
+    assert resp.status == 404
+    assert await resp.json() == {"error": "not found", "key": "greeting"}
+    assert primary.acknowledged == [1, 2, 3]
+    assert seq_of(primary) == 3
+
+
+async def test_batch_and_scan_on_the_primary(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    ops = [{"op": "put", "key": "k1", "value": "a"}, {"op": "put", "key": "k2", "value": "b"},
+           {"op": "put", "key_b64": base64.b64encode(b"k3\xff").decode(), "value": "c"},
+           {"op": "put", "cf": "users", "key": "k9", "value": "u"}]
+    resp = await client.post("/v1/batch", json={"ops": ops}, headers=AUTH)
+    assert resp.status == 200
+    assert (await resp.json())["seq"] == 4 and (await resp.json())["first_seq"] == 1
+
+    resp = await client.get("/v1/kv?prefix=k&limit=2", headers=AUTH)
+    assert resp.status == 200
+    assert await resp.json() == {"items": [{"key": "k1", "value": "a"},
+                                           {"key": "k2", "value": "b"}],
+                                 "more": True, "seq": 4}
+    resp = await client.get("/v1/kv?prefix=k&start_after=k2", headers=AUTH)
+    assert (await resp.json())["items"] == [
+        {"key_b64": base64.b64encode(b"k3\xff").decode(), "value": "c"}]
+    resp = await client.get("/v1/kv?cf=users", headers={**AUTH, "Accept": CBOR_TYPE})
+    assert resp.content_type == CBOR_TYPE
+    assert cbor2.loads(await resp.read()) == {"items": [[b"k9", b"u"]], "more": False,
+                                              "seq": 4}
+
+
+@pytest.mark.parametrize(("method", "path", "body", "message"), [
+    ("PUT", "/v1/kv/k?cf=nope", b"v", "cf: unknown column family 'nope'"),
+    ("PUT", "/v1/kv/" + "k" * 33, b"v", "key: key of 33 bytes exceeds max_key_bytes (32)"),
+    ("PUT", "/v1/kv/k", b"v" * 1001, "value: value of 1001 bytes exceeds max_value_bytes "
+     "(1000)"),
+    ("DELETE", "/v1/kv/k?cf=nope", b"", "cf: unknown column family 'nope'"),
+    ("POST", "/v1/batch", b"{", None),
+    ("POST", "/v1/batch", json.dumps([{"op": "put", "key": "k", "value": "v"}] * 5).encode(),
+     "5 ops exceed max_batch_ops (4)"),
+    ("GET", "/v1/kv?limit=0", b"", "limit: must be an integer from 1 to 10000"),
+    ("GET", "/v1/kv?prefix_b64=%%%", b"", "prefix_b64: not valid base64"),
+    ("GET", "/v1/kv/k?min_seq=-1", b"", "min_seq: must be a non-negative integer sequence "
+     "number"),
+])
+async def test_bad_requests_are_400_and_write_nothing(
+        primary: FakeNode, serve: Serve, method: str, path: str, body: bytes,
+        message: str | None) -> None:
+    client = await serve(primary)
+    resp = await client.request(method, path, data=body, headers=AUTH)
+    assert resp.status == 400
+    got = (await resp.json())["error"]
+    if message is not None:
+        assert got == message
+    assert seq_of(primary) == 0 and primary.acknowledged == []
+
+
+async def test_a_body_over_the_limit_is_413_and_writes_nothing(
+        primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    resp = await client.post("/v1/batch", data=b"[" + b" " * 9000 + b"]", headers=AUTH)
+    assert resp.status == 413
+    assert seq_of(primary) == 0
+
+
+async def test_a_write_too_big_for_one_replication_frame_is_413(
+        primary: FakeNode, serve: Serve) -> None:
+    primary.cfg.replication = ReplicationConfig(max_frame_bytes=FRAME_OVERHEAD + 600)
+    client = await serve(primary)
+    ops = [{"op": "put", "key": f"k{i}", "value": "v" * 200} for i in range(3)]
+    resp = await client.post("/v1/batch", json=ops, headers=AUTH)
+    assert resp.status == 413
+    assert "exceeds what one replication frame carries (600 bytes" in \
+        (await resp.json())["error"]
+    assert seq_of(primary) == 0
+
+
+# -- the write gate --------------------------------------------------------------------------
+
+async def test_a_shut_gate_refuses_writes_and_reads_with_503(
+        primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    await client.put("/v1/kv/a", data=b"1", headers=AUTH)
+    primary.refusal = "lease expired 0.210 s ago (no committed renewal)"
+    resp = await client.put("/v1/kv/a", data=b"2", headers=AUTH)
+    assert resp.status == 503
+    assert await resp.json() == {"error": "not accepting writes: lease expired 0.210 s ago "
+                                          "(no committed renewal)", "leader": None}
+    resp = await client.get("/v1/kv/a", headers=AUTH)
+    assert resp.status == 503
+    assert await resp.json() == {"error": "not serving reads: lease expired 0.210 s ago (no "
+                                          "committed renewal)", "leader": None}
+    resp = await client.get("/v1/kv", headers=AUTH)
+    assert resp.status == 503
+    # A stale read is this node's own copy, gate or not.
+    resp = await client.get("/v1/kv/a?stale=1", headers=AUTH)
+    assert (resp.status, await resp.read()) == (200, b"1")
+    assert primary.store is not None and primary.store.get(b"a") == b"1"
+
+
+async def test_disk_full_is_507_and_nothing_is_written(primary: FakeNode, serve: Serve) -> None:
+    primary.write_error = DiskFull("only 12 MB free, 64 MB required")
+    client = await serve(primary)
+    for resp in (await client.put("/v1/kv/a", data=b"1", headers=AUTH),
+                 await client.delete("/v1/kv/a", headers=AUTH),
+                 await client.post("/v1/batch", json=[{"op": "delete", "key": "a"}],
+                                   headers=AUTH)):
+        assert resp.status == 507
+        assert await resp.json() == {
+            "error": "disk full, write refused: only 12 MB free, 64 MB required"}
+    assert seq_of(primary) == 0 and primary.acknowledged == []
+
+
+async def test_an_unconfirmed_write_is_503_outcome_unknown_and_counted(
+        primary: FakeNode, serve: Serve) -> None:
+    primary.ack_error = OutcomeUnknown("written locally at seq 1 but not confirmed by the "
+                                       "synchronous set ['n2'] within 5.0 s")
+    client = await serve(primary)
+    resp = await client.put("/v1/kv/a", data=b"1", headers=AUTH)
+    assert resp.status == 503
+    assert await resp.json() == {"error": "written locally at seq 1 but not confirmed by the "
+                                          "synchronous set ['n2'] within 5.0 s",
+                                 "outcome": "unknown"}
+    assert primary.unknown_outcomes == 1
+    assert seq_of(primary) == 1          # it is in the local store, only not acknowledged
+
+
+@pytest.mark.parametrize(("exc", "status", "message"), [
+    (StoreError("unknown column family 'x'"), 400, "unknown column family 'x'"),
+    (Exception("IO error: /data/db/000012.log: Input/output error"), 500,
+     "write failed: IO error: /data/db/000012.log: Input/output error"),
+])
+async def test_store_and_io_errors_of_a_write(primary: FakeNode, serve: Serve,
+                                              exc: Exception, status: int,
+                                              message: str) -> None:
+    primary.write_error = exc
+    client = await serve(primary)
+    resp = await client.put("/v1/kv/a", data=b"1", headers=AUTH)
+    assert (resp.status, await resp.json()) == (status, {"error": message})
+
+
+async def test_a_read_the_primary_cannot_confirm_is_503(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    await client.put("/v1/kv/a", data=b"1", headers=AUTH)
+    primary.read_error = NotWritable("lease expired 0.010 s ago (no committed renewal)")
+    resp = await client.get("/v1/kv/a", headers=AUTH)
+    assert resp.status == 503
+    assert await resp.json() == {"error": "read at seq 1 not confirmed: lease expired 0.010 s "
+                                          "ago (no committed renewal)", "leader": None}
+    resp = await client.get("/v1/kv/missing", headers=AUTH)     # a 404 is held back too
+    assert resp.status == 503
+
+
+# -- a replica -------------------------------------------------------------------------------
+
+async def test_a_replica_redirects_writes_and_reads_to_the_primary_with_307(
+        replica: FakeNode, serve: Serve) -> None:
+    client = await serve(replica)
+    for method, path in (("PUT", "/v1/kv/a?cf=users"), ("DELETE", "/v1/kv/a"),
+                         ("GET", "/v1/kv/a"), ("GET", "/v1/kv?prefix=p&limit=5"),
+                         ("POST", "/v1/batch")):
+        resp = await client.request(method, path, data=b"x", headers=AUTH,
+                                    allow_redirects=False)
+        assert resp.status == 307, (method, path)
+        assert resp.headers["Location"] == f"{N2_URL}{path}"
+    assert seq_of(replica) == 0
+
+
+async def test_a_replica_with_no_primary_known_answers_503(
+        tmp_path: Path, serve: Serve) -> None:
+    node = FakeNode(tmp_path, primary=None)
+    client = await serve(node)
+    resp = await client.put("/v1/kv/a", data=b"x", headers=AUTH, allow_redirects=False)
+    assert (resp.status, await resp.json()) == (503, {"error": "no primary is known",
+                                                      "leader": None})
+
+
+async def test_a_replica_serves_stale_and_min_seq_reads_from_its_own_store(
+        replica: FakeNode, serve: Serve) -> None:
+    assert replica.store is not None
+    replica.store.write([(1, "default", b"a", b"1"), (1, "default", b"b", b"2")])
+    replica.primary_seq = 10
+    client = await serve(replica)
+    resp = await client.get("/v1/kv/a?stale=1", headers=AUTH)
+    assert (resp.status, await resp.read()) == (200, b"1")
+    assert (resp.headers["X-Hacluster-Lag"], resp.headers["X-Hacluster-Seq"]) == ("8", "2")
+    resp = await client.get("/v1/kv?stale=true", headers=AUTH)
+    assert (await resp.json())["items"] == [{"key": "a", "value": "1"},
+                                            {"key": "b", "value": "2"}]
+    resp = await client.get("/v1/kv/b?min_seq=2", headers=AUTH)
+    assert (resp.status, await resp.read()) == (200, b"2")
+    resp = await client.get("/v1/kv/b?min_seq=3", headers=AUTH)
+    assert resp.status == 503
+    assert await resp.json() == {"error": "n1 has not reached seq 3 within 0.2 s (it is at "
+                                          "seq 2)", "seq": 2, "min_seq": 3}
+    replica.primary_seq = None
+    resp = await client.get("/v1/kv/a?stale=1", headers=AUTH)
+    assert resp.headers["X-Hacluster-Lag"] == "unknown"
+
+
+async def test_replication_routes_are_refused_on_a_replica(
+        replica: FakeNode, serve: Serve) -> None:
+    client = await serve(replica)
+    for method, path in (("GET", "/v1/replication/stream?node=n3&since=0"),
+                         ("POST", "/v1/replication/ack"),
+                         ("POST", "/v1/replication/checkpoints"),
+                         ("GET", "/v1/replication/checkpoints/x/files/CURRENT"),
+                         ("DELETE", "/v1/replication/checkpoints/x")):
+        resp = await client.request(method, path, headers=AUTH)
+        assert resp.status == 503, path
+        assert await resp.json() == {"error": "n1 is not the primary", "primary": "n2"}
+
+
+# -- info routes -----------------------------------------------------------------------------
+
+async def test_leader_names_the_primary_or_answers_503(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    resp = await client.get("/leader")
+    assert (resp.status, await resp.json()) == (200, {"leader": "n1", "url": N1_URL,
+                                                      "epoch": 3, "node": "n1"})
+    primary.refusal = "lease expired"
+    resp = await client.get("/leader")
+    assert (resp.status, await resp.json()) == (503, {"error": "no valid primary is known",
+                                                      "node": "n1", "leader": None,
+                                                      "epoch": 3})
+
+
+async def test_leader_on_a_replica_points_at_the_primary(
+        replica: FakeNode, serve: Serve) -> None:
+    client = await serve(replica)
+    resp = await client.get("/leader")
+    assert (resp.status, await resp.json()) == (200, {"leader": "n2", "url": N2_URL,
+                                                      "epoch": 3, "node": "n1"})
+
+
+async def test_status_serves_the_node_status_as_json(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    await client.put("/v1/kv/a", data=b"1", headers=AUTH)
+    resp = await client.get("/status")
+    assert resp.status == 200 and resp.content_type == "application/json"
+    assert await resp.json() == {"node": "n1", "role": "primary", "primary": "n1", "epoch": 3,
+                                 "writable": True, "applied_seq": 1,
+                                 "column_families": ["default", "users"]}
+
+
+async def test_probes_follow_the_node_view(primary: FakeNode, replica: FakeNode,
+                                           serve: Serve) -> None:
+    p = await serve(primary)
+    assert (await p.get("/primary")).status == 200
+    assert (await p.get("/replica")).status == 503
+    assert (await p.get("/readiness")).status == 200
+    primary.refusal = "disk full"
+    resp = await p.get("/primary")
+    assert resp.status == 503 and (await resp.json())["reason"] == "disk full"
+
+    r = await serve(replica)
+    replica.primary_seq = 50
+    assert (await r.get("/primary")).status == 503
+    resp = await r.get("/replica?lag=60")
+    assert resp.status == 200 and (await resp.json())["lag"] == 50
+    resp = await r.get("/replica?lag=10")
+    assert resp.status == 503 and (await resp.json())["reason"] == \
+        "50 behind, over the allowed 10"
+    resp = await r.get("/read-only?lag=x")
+    assert resp.status == 400
+    assert await resp.json() == {"error": "lag must be a non-negative integer"}
+
+
+async def test_cluster_and_history_in_static_mode(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    cluster = await (await client.get("/cluster", headers=AUTH)).json()
+    assert (cluster["leader"], cluster["epoch"], cluster["paused"]) == ("n1", 3, False)
+    assert [(m["name"], m["url"], m["role"], m["state"], m["applied_seq"], m["tags"])
+            for m in cluster["members"]] == [
+        ("n1", N1_URL, "primary", "running", 0, []),
+        ("n2", N2_URL, "replica", "unknown", None, ["dc2"])]
+    history = await (await client.get("/history", headers=AUTH)).json()
+    assert history == [{"epoch": 3, "primary": "n1", "first_seq": None, "start_time": None,
+                        "reason": "configured"}]
+
+
+async def test_metrics_show_role_seq_and_request_latency(primary: FakeNode,
+                                                         serve: Serve) -> None:
+    client = await serve(primary)
+    await client.put("/v1/kv/a", data=b"1", headers=AUTH)
+    resp = await client.get("/metrics", headers=AUTH)
+    assert resp.status == 200
+    text = await resp.text()
+    assert 'hacluster_role{role="primary"} 1.0' in text
+    assert "hacluster_applied_seq 1.0" in text
+    assert "hacluster_epoch 3.0" in text
+    assert ('hacluster_http_request_seconds_count{method="PUT",route="/v1/kv/{key}",'
+            'status="200"} 1.0') in text
+
+
+# -- admin -----------------------------------------------------------------------------------
+
+async def test_flush_compact_and_hash(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    await client.put("/v1/kv/a", data=b"1", headers=AUTH)
+    for path, key in (("/v1/admin/flush", "flushed"), ("/v1/admin/compact", "compacted")):
+        resp = await client.post(path, headers=AUTH)
+        assert (resp.status, await resp.json()) == (200, {key: CFS, "seq": 1})
+    resp = await client.get("/v1/admin/hash", headers=AUTH)
+    assert primary.store is not None
+    assert (resp.status, await resp.json()) == (200, primary.store.content_hash())
+    assert (await resp.json())["column_families"]["default"]["keys"] == 1
+
+
+async def test_store_actions_without_a_database_are_503(primary: FakeNode,
+                                                        serve: Serve) -> None:
+    client = await serve(primary)
+    assert primary.store is not None
+    primary.store.close()
+    primary.store = None
+    for method, path in (("POST", "/v1/admin/flush"), ("POST", "/v1/admin/compact"),
+                         ("GET", "/v1/admin/hash"), ("GET", "/v1/kv/a?stale=1")):
+        resp = await client.request(method, path, headers=AUTH)
+        assert (resp.status, await resp.json()) == (503, {"error": "no database open"}), path
+
+
+async def test_consensus_actions_in_static_mode_are_409(primary: FakeNode,
+                                                        serve: Serve) -> None:
+    client = await serve(primary)
+    static = "no consensus in this cluster (static primary)"
+    for path, what in (("/v1/admin/pause", "nothing to pause"),
+                       ("/v1/admin/resume", "nothing to pause"),
+                       ("/v1/admin/raft/compact", "no Raft log"),
+                       ("/v1/admin/switchover", "no switchover"),
+                       ("/v1/admin/failover", "no failover"),
+                       ("/v1/admin/members", "no Raft membership")):
+        resp = await client.post(path, json={"to": "n2"}, headers=AUTH)
+        assert (resp.status, await resp.json()) == (409, {"error": f"{static}: {what}"}), path
+
+
+async def test_pause_and_resume(primary: FakeNode, serve: Serve) -> None:
+    primary.control = control = FakeControl()
+    client = await serve(primary)
+    resp = await client.post("/v1/admin/pause", headers=AUTH)
+    assert (resp.status, await resp.json()) == (200, {"paused": True})
+    resp = await client.post("/v1/admin/resume", headers=AUTH)
+    assert (resp.status, await resp.json()) == (200, {"paused": False})
+    control.paused_result = None
+    resp = await client.post("/v1/admin/pause", headers=AUTH)
+    assert (resp.status, await resp.json()) == (
+        503, {"error": "not committed: no Raft quorum reachable"})
+    assert control.calls == [("set_paused", True), ("set_paused", False), ("set_paused", True)]
+
+
+async def test_switchover(primary: FakeNode, serve: Serve) -> None:
+    primary.control = control = FakeControl()
+    client = await serve(primary)
+    resp = await client.post("/v1/admin/switchover", json={"to": "n2"}, headers=AUTH)
+    assert (resp.status, await resp.json()) == (200, {"switched_over_to": "n2", "from": "n1"})
+    resp = await client.post("/v1/admin/switchover", headers=AUTH)       # no body: any
+    assert resp.status == 200
+    assert control.calls == [("switchover", "n2"), ("switchover", None)]
+
+    control.fail = SwitchoverError("n2 is 1200 behind (maximum_lag_on_failover 1000)")
+    resp = await client.post("/v1/admin/switchover", json={"to": "n2"}, headers=AUTH)
+    assert (resp.status, await resp.json()) == (
+        409, {"error": "n2 is 1200 behind (maximum_lag_on_failover 1000)"})
+
+    for body, message in ((b"{not json", 'body must be JSON {"to": NAME} or empty'),
+                          (b'{"to": 5}', "'to' must be a node name")):
+        resp = await client.post("/v1/admin/switchover", data=body, headers=AUTH)
+        assert (resp.status, await resp.json()) == (400, {"error": message})
+    assert len(control.calls) == 3
+
+
+async def test_switchover_on_a_replica_is_sent_to_the_primary(replica: FakeNode,
+                                                               serve: Serve) -> None:
+    replica.control = control = FakeControl()
+    client = await serve(replica)
+    resp = await client.post("/v1/admin/switchover", json={"to": "n1"}, headers=AUTH,
+                             allow_redirects=False)
+    assert (resp.status, resp.headers["Location"]) == (307, f"{N2_URL}/v1/admin/switchover")
+    assert control.calls == []
+
+
+async def test_failover(replica: FakeNode, serve: Serve) -> None:
+    replica.control = control = FakeControl()
+    client = await serve(replica)
+    resp = await client.post("/v1/admin/failover", json={"to": "n1", "force": True},
+                             headers=AUTH)
+    assert (resp.status, await resp.json()) == (202, {"failover_to": "n1", "after_epoch": 7,
+                                                      "force": True})
+    for body in ({}, {"to": "n1", "force": "yes"}, {"to": 1}):
+        resp = await client.post("/v1/admin/failover", json=body, headers=AUTH)
+        assert resp.status == 400, body
+    control.fail = SwitchoverError("n2 still holds a valid lease; use force")
+    resp = await client.post("/v1/admin/failover", json={"to": "n1"}, headers=AUTH)
+    assert (resp.status, await resp.json()) == (
+        409, {"error": "n2 still holds a valid lease; use force"})
+    assert control.calls == [("failover", "n1", True), ("failover", "n1", False)]
+
+
+async def test_members(primary: FakeNode, serve: Serve) -> None:
+    primary.control = control = FakeControl()
+    client = await serve(primary)
+    resp = await client.post("/v1/admin/members", json={"name": "n3", "raft": "10.0.0.3:9003"},
+                             headers=AUTH)
+    assert (resp.status, await resp.json()) == (200, {
+        "added": "n3", "raft": "10.0.0.3:9003",
+        "raft_members": ["10.0.0.1:9001", "10.0.0.2:9002", "10.0.0.3:9003"]})
+    # Removing a configured node: its Raft address comes from the config.
+    resp = await client.delete("/v1/admin/members/n2", headers=AUTH)
+    assert (resp.status, (await resp.json())["removed"]) == (200, "n2")
+    assert control.calls == [("add", "n3", "10.0.0.3:9003"), ("remove", "n2", "10.0.0.2:9002")]
+
+    resp = await client.post("/v1/admin/members", json={"name": "n4", "raft": "nope"},
+                             headers=AUTH)
+    assert resp.status == 400 and "expected host:port" in (await resp.json())["error"]
+    resp = await client.post("/v1/admin/members", json={"name": "n4"}, headers=AUTH)
+    assert (resp.status, await resp.json()) == (
+        400, {"error": "'name' and 'raft' (host:port) are required"})
+
+    control.fail = NotCommitted("membership change not committed within 10.0 s")
+    resp = await client.post("/v1/admin/members", json={"name": "n4", "raft": "10.0.0.4:1"},
+                             headers=AUTH)
+    assert (resp.status, await resp.json()) == (
+        503, {"error": "membership change not committed within 10.0 s", "outcome": "unknown"})
+    control.fail = SwitchoverError("n1 is the primary: switch over first")
+    resp = await client.delete("/v1/admin/members/n1", headers=AUTH)
+    assert (resp.status, await resp.json()) == (
+        409, {"error": "n1 is the primary: switch over first"})
+
+
+async def test_raft_compact(primary: FakeNode, serve: Serve) -> None:
+    primary.control = control = FakeControl()
+    client = await serve(primary)
+    resp = await client.post("/v1/admin/raft/compact", headers=AUTH)
+    assert (resp.status, await resp.json()) == (202, {"compacting": True,
+                                                      "raft": {"log_len": 7,
+                                                               "compactions": 1}})
+    assert control.raft.compactions == 1
+
+
+async def test_reinit(replica: FakeNode, serve: Serve) -> None:
+    client = await serve(replica)
+    resp = await client.post("/v1/admin/reinit", headers=AUTH)
+    assert (resp.status, await resp.json()) == (202, {"reinit": "n1", "from": "n2"})
+    replica.reinit_error = NotWritable("n1 is the primary; switch over first")
+    resp = await client.post("/v1/admin/reinit", headers=AUTH)
+    assert (resp.status, await resp.json()) == (
+        409, {"error": "reinit refused: n1 is the primary; switch over first"})
