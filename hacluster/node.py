@@ -377,6 +377,10 @@ class Node:
             assert self.lineage is not None
             self.lineage.record(epoch, store.latest_seq() + 1)
             self.role = Role(self.name, epoch)
+            # What this node acknowledged in an earlier epoch was recorded then, or was a
+            # tail it has since dropped (async mode): it is no floor for this epoch, and a
+            # floor above every node's data would let no one be promoted (rule 2).
+            self.acked_seq = 0
             self._start_primary(store)
             self.gate.open(epoch, proposed_at)
             self.hooks.fire("promote", role="primary", epoch=epoch, primary=self.name)

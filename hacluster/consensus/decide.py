@@ -171,6 +171,8 @@ def _manual(state: ClusterState, obs: Observation, policy: Policy, why: str,
     mine = state.member(me)
     refusal = elig.failover_refusal(state, me, request.force, policy, obs.member_seen_at,
                                     obs.now, obs.my_applied_seq, obs.my_last_epoch)
+    if obs.disk_full or obs.unfit:
+        refusal = f"my store refuses writes: {obs.disk_full}" if obs.disk_full else obs.unfit
     if refusal is not None or mine is None:
         return Decision(Action.WAIT, f"{me}: {why}; manual failover to me refused: "
                         f"{refusal or 'no report of mine yet'}", epoch=lock.epoch)
@@ -180,7 +182,12 @@ def _manual(state: ClusterState, obs: Observation, policy: Policy, why: str,
 def _refusal(state: ClusterState, obs: Observation, policy: Policy, m: Member, seq: int,
              last_epoch: int, guarded: bool) -> str | None:
     """Why ``m`` (at ``seq``, lineage ``last_epoch``) may not take over automatically, as the
-    one eligibility rule says; ``guarded`` adds the synchronous set's rule."""
+    one eligibility rule says; ``guarded`` adds the synchronous set's rule. A node judges its
+    own store by what it sees now, not by its last report."""
+    if m.name == obs.me and obs.disk_full:
+        return f"my store refuses writes: {obs.disk_full}"
+    if m.name == obs.me and obs.unfit:
+        return obs.unfit
     return elig.refusal(state, m, Purpose.ELECTION, policy, seen_at=obs.member_seen_at,
                         now=obs.now, me=obs.me, seq=seq, last_epoch=last_epoch,
                         guarded=guarded,

@@ -176,6 +176,7 @@ class ControlLoop:
             disk_full=self.node.disk_full or None,
             space_low=self.node.space.low or None,
             switching=self.switching,
+            unfit=self._unfit(),
             fencing_failed=(self._fencing_failed[1] if self._fencing_failed is not None
                             and self._fencing_failed[0] == state.lock.epoch else None),
             handover_epoch=self._disk_handover,
@@ -184,6 +185,21 @@ class ControlLoop:
             sync_proposed_at=self._sync_proposed_at,
             replicas=tuple(ReplicaView(r.name, r.connected, r.applied_seq, r.advanced_at)
                            for r in self.node.positions.replicas.values()))
+
+    def _unfit(self) -> str | None:
+        """Why this node may not become primary, beside its disk: replication stopped for good
+        (diverged), or a required watchdog that cannot be armed."""
+        node = self.node
+        if node.follower is not None and node.follower.status.state == "diverged":
+            return "replication diverged"
+        usable = node.watchdog.usable()
+        if usable != self._watchdog_usable:
+            self._watchdog_usable = usable
+            if not usable:
+                log.warning("%s: watchdog required but %s is not writable: not a candidate "
+                            "for primary", node.name, node.cfg.watchdog.device)
+        return None if usable else f"watchdog required but {node.cfg.watchdog.device} is " \
+            "not writable"
 
     def _acquired_epoch(self, seq: int) -> int | None:
         """The epoch this process may serve as its own (rule 3).
@@ -231,15 +247,7 @@ class ControlLoop:
             has_db = store is not None or has_database(node.db_dir)
             # Unhealthy: replication stopped for good (diverged), or a required watchdog
             # cannot be armed; either way it must not be promoted.
-            healthy = node.follower is None or node.follower.status.state != "diverged"
-            usable = node.watchdog.usable()
-            if usable != self._watchdog_usable:
-                self._watchdog_usable = usable
-                if not usable:
-                    log.warning("%s: watchdog required but %s is not writable: not a "
-                                "candidate for primary", node.name, node.cfg.watchdog.device)
-            healthy = healthy and usable
-            healthy = healthy and not node.disk_full and node.space.low is None
+            healthy = self._unfit() is None and not node.disk_full and node.space.low is None
             seq = store.latest_seq() if store else 0
             self.raft.propose(Report(
                 node.name, node.me.api.url, seq,

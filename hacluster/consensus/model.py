@@ -76,6 +76,9 @@ class Observation:
     is_primary: bool = False                    # this node's role is primary (it may write)
     disk_full: str | None = None                # why the store refuses writes, if it does
     space_low: str | None = None                # why free space is below the floor, if it is
+    # Why this node may not become primary now, whatever its last report says (it judges
+    # itself by what it sees: a required watchdog it cannot arm, replication diverged).
+    unfit: str | None = None
     # Why this primary cannot be fenced in the current epoch (a required watchdog that could
     # not be armed): it must not serve the lock.
     fencing_failed: str | None = None

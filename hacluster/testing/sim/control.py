@@ -12,6 +12,8 @@ decide anything itself: which effect happens, and when, is ``decide``'s answer.
 
 from __future__ import annotations
 
+import re
+
 from hacluster.consensus.decide import decide
 from hacluster.consensus.eligibility import successors
 from hacluster.consensus.model import (
@@ -30,6 +32,10 @@ from hacluster.consensus.model import (
 )
 from hacluster.consensus.state import Acquire, ClusterState, Release, Renew, Report, SetSyncSet
 from hacluster.testing.sim.core import Callback, Core, SimNode
+
+
+def _shape(sentence: str) -> str:
+    return re.sub(r"[0-9.]+", "#", sentence)
 
 
 class Control(Core):
@@ -58,6 +64,7 @@ class Control(Core):
             my_last_epoch=n.label(n.seq), acquired_epoch=self._acquired_epoch(n),
             uptime_s=now - n.started_at, member_reported_at=n.reports.fresh,
             is_primary=n.primary_epoch is not None, disk_full=n.disk_full,
+            unfit=self.unfit(n),
             fencing_failed=(n.fencing_failed[1] if n.fencing_failed is not None
                             and n.fencing_failed[0] == state.lock.epoch else None),
             switching=n.switching, handover_epoch=n.handover_epoch,
@@ -66,6 +73,13 @@ class Control(Core):
             replicas=tuple(ReplicaView(name, name in connected, seq, moved)
                            for name, (seq, moved) in sorted(n.positions.items())))
 
+    def unfit(self, n: SimNode) -> str | None:
+        if n.diverged:
+            return "replication diverged"
+        if self.now < n.watchdog_until:
+            return "watchdog required but /dev/watchdog is not writable"
+        return None
+
     def control_pass(self, n: SimNode) -> None:
         self.schedule_pass(n)
         now = self.local(n)
@@ -73,14 +87,15 @@ class Control(Core):
             n.last_report = now
             self.propose(n, Report(n.name, f"http://{n.name}", n.seq,
                                    "primary" if n.primary_epoch is not None else "replica",
-                                   not n.diverged and n.disk_full is None, frozenset(),
+                                   self.unfit(n) is None and n.disk_full is None, frozenset(),
                                    n.label(n.seq), clock=now))
         state = self.state(n)
         d = decide(state, self.observe(n, state, now), self.policy)
         prev = n.last
         n.last = d
-        if prev is None or (prev.action, prev.target, prev.epoch, prev.effects[:1]) != (
-                d.action, d.target, d.epoch, d.effects[:1]):
+        # Traced when the decision changes, ignoring the figures in it (seconds left, ago).
+        if prev is None or (prev.action, prev.target, prev.epoch) != (
+                d.action, d.target, d.epoch) or _shape(prev.sentence) != _shape(d.sentence):
             self.say(d.sentence)
         for effect in d.effects:
             if not self.carry_out(n, effect, state):
@@ -122,6 +137,7 @@ class Control(Core):
             return
         if n.primary_epoch != epoch:
             n.primary_epoch, n.following, n.positions = epoch, None, {}
+            n.acked_seq = 0             # Node.become_primary: no floor from older epochs
             if self.now < n.watchdog_until:
                 # ControlLoop._tend_watchdog: arming a required watchdog failed.
                 n.fencing_failed = (epoch, "watchdog required but cannot open /dev/watchdog")

@@ -47,6 +47,7 @@ class Config:
     sync_timeout_s: float = 5.0
     client_timeout_s: float = 1.0
     fault_every_s: tuple[float, float] = (1.0, 7.0)
+    faults: bool = True          # False: only what a scenario scripts
     settle_s: float = 15.0       # faults healed, writers stopped: time to converge
 
     @classmethod

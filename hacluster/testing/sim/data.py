@@ -29,6 +29,7 @@ BATCH = 200                     # entries one stream message carries at most
 class Client:
     hint: int = 0
     busy: bool = False
+    scripted: bool = False       # a scenario's: sends only when told, its answers traced
 
 
 class Data(Control):
@@ -57,8 +58,8 @@ class Data(Control):
         if p.client < 0:
             return                      # its client gave up long ago: nobody hears this
         ok = status == 200
-        self.ops.append(Op(p.key, n.name, p.start, self.now, status,
-                           p.epoch if ok else None, p.seq if ok else None, note))
+        self.record(p.client, Op(p.key, n.name, p.start, self.now, status,
+                                 p.epoch if ok else None, p.seq if ok else None, note))
         self._next_request(p.client)
 
     def connected(self, p: SimNode) -> list[SimNode]:
@@ -93,7 +94,7 @@ class Data(Control):
                 self.finish(p, n, 503, "outcome unknown: sync timeout")
             elif p.client >= 0 and self.now - p.start >= self.cfg.client_timeout_s:
                 # The client gives up; the server keeps the write and may still apply it.
-                self.ops.append(Op(p.key, n.name, p.start, self.now, 0, note="timeout"))
+                self.record(p.client, Op(p.key, n.name, p.start, self.now, 0, note="timeout"))
                 self._next_request(p.client)
                 p.client = -1
                 still.append(p)
@@ -103,30 +104,39 @@ class Data(Control):
 
     # -- clients --------------------------------------------------------------------------
 
+    def record(self, client: int, op: Op) -> None:
+        self.ops.append(op)
+        if self.clients[client].scripted:
+            answer = (f"epoch {op.epoch}, seq {op.seq}" if op.status == 200 else op.note)
+            self.say(f"client: {op.key} to {op.node}: {op.status} ({answer})")
+
     def _next_request(self, i: int, delay: float | None = None) -> None:
         c = self.clients[i]
         c.busy = False
-        if self.writing:
+        if self.writing and not c.scripted:
             self.after(self.cfg.think_s if delay is None else delay, lambda: self._request(i))
 
     def _request(self, i: int) -> None:
-        if not self.writing:
-            return
+        if self.writing:
+            self.send(i)
+
+    def send(self, i: int) -> None:
+        """Client ``i`` sends one write to the node it believes is primary."""
         c = self.clients[i]
         n = self.nodes[c.hint]
         self.keyno += 1
         key = f"k{self.keyno}"
         start = self.now
         if not n.up:
-            self.ops.append(Op(key, n.name, start, start + 0.001, 0,
-                               note="ConnectionRefusedError"))
+            self.record(i, Op(key, n.name, start, start + 0.001, 0,
+                              note="ConnectionRefusedError"))
             c.hint = (c.hint + 1) % len(self.nodes)
             self._next_request(i, self.rng.uniform(0.1, 0.4))
             return
         why = self.gate_refusal(n)
         if why is not None:
             status = 507 if why == n.disk_full else 503
-            self.ops.append(Op(key, n.name, start, start + 0.001, status, note=why))
+            self.record(i, Op(key, n.name, start, start + 0.001, status, note=why))
             holder = self.state(n).lock.holder
             c.hint = ([m.name for m in self.nodes].index(holder)
                       if holder is not None and holder != n.name and self.rng.random() < 0.8

@@ -23,7 +23,9 @@ KINDS = ("crash", "power", "partition", "partition", "mute", "disk", "disk", "sw
 
 class Faults(Data):
     def init_faults(self) -> None:
-        self.after(self.cfg.fault_every_s, self._fault)
+        self.faulting = self.cfg.faults
+        if self.faulting:
+            self.after(self.cfg.fault_every_s, self._fault)
 
     def primary(self) -> SimNode | None:
         live = [n for n in self.nodes if n.up and n.primary_epoch is not None]
