@@ -2,9 +2,9 @@
 
 For each mode (durable, then nosync: ``HACLUSTER_RAFT_NOSYNC=1``, benchmark only) three
 RaftNode processes run on loopback, their journals in a fresh temporary directory on the
-local disk, with the production timing (``RaftTiming()``: 50 ms heartbeat) unless
-``--heartbeat-ms`` says otherwise. The leader's process proposes small commands (a member
-Report, as the control loop does) for a fixed time:
+local disk, with the production timing (``RaftTiming()``: the config's defaults, 40 ms
+heartbeat) unless ``--heartbeat-ms`` says otherwise. The leader's process proposes small
+commands (a member Report, as the control loop does) for a fixed time:
 
 * throughput: 64 proposals in flight (``--window``), commits/s and p50/p99 commit latency;
 * latency: one proposal at a time, p50/p99 commit latency.
@@ -101,11 +101,11 @@ def _node(index: int, addrs: list[str], data_dir: str, sync: bool, heartbeat_s: 
     while True:
         cmd = conn.recv()
         if cmd[0] == "leader":
-            conn.send(bool(node._isLeader()))
+            conn.send(node.is_leader())
         elif cmd[0] == "load":
             conn.send(_load(node, cmd[1], cmd[2]))
         elif cmd[0] == "stats":
-            conn.send(journal_stats(node))
+            conn.send(journal_stats(node.replica))
         else:
             node.stop()
             conn.send("stopped")
@@ -212,8 +212,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="length of the throughput phase")
     parser.add_argument("--window", type=int, default=WINDOW,
                         help=f"proposals in flight in the throughput phase (default {WINDOW})")
-    parser.add_argument("--heartbeat-ms", type=float, default=50.0,
-                        help="Raft heartbeat (append entries period); production: 50")
+    # Not RaftTiming: importing hacluster.consensus.raft here would read the nosync switch
+    # before a child sets it.
+    from hacluster.config import ConsensusConfig
+    parser.add_argument("--heartbeat-ms", type=float,
+                        default=ConsensusConfig().raft_heartbeat_s * 1000,
+                        help="Raft heartbeat (append entries period); default: the config's")
     args = parser.parse_args()
     seconds = args.seconds or (5.0 if args.quick else 20.0)
     heartbeat_s = args.heartbeat_ms / 1000

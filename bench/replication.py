@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hacluster.config import StorageConfig
 from hacluster.node import GC_GEN0_THRESHOLD
 from hacluster.replication import frames
-from hacluster.replication.applier import Verdict, decide
+from hacluster.replication.applier import Verdict, check_frame
 from hacluster.replication.bootstrap import Bootstrapper, install
 from hacluster.store import Store
 from hacluster.testing.harness import CFS, TOKEN, Cluster, wait_for
@@ -293,7 +293,7 @@ def pipeline_apply(src: Path, dst: Path, names: list[str], last_seq: int) -> tup
             for frame in decoder.feed(chunk):
                 assert isinstance(frame, frames.BatchFrame)
                 applied = store.latest_seq()
-                if decide(applied, 1, frame).verdict is not Verdict.APPLY:
+                if check_frame(applied, 1, frame).verdict is not Verdict.APPLY:
                     raise AssertionError(f"unexpected frame at {frame.seq}, applied {applied}")
                 batch = store.prepare(frame.wb, handle_map)
                 store.commit(batch, frame.seq, frame.count, sync=False)

@@ -1,3 +1,3 @@
-from hacluster.cli import main
+from hacluster.tools.cli import main
 
 raise SystemExit(main())

@@ -11,42 +11,43 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.metadata
 import logging
 import os
 import shutil
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from hacluster.api import build_app
+from hacluster.api import build_app, probes
+from hacluster.api.probes import NodeView
 from hacluster.config import ClusterConfig, NodeConfig
 from hacluster.consensus import settings
 from hacluster.consensus.decide import Action
 from hacluster.consensus.epochs import same_history
-from hacluster.consensus.lineage import Lineage, find_divergence
+from hacluster.consensus.model import ReplicaView
+from hacluster.consensus.ports import LocalState
 from hacluster.consensus.state import EpochRecord
-from hacluster.divergence import (
+from hacluster.fencing import WriteGate
+from hacluster.groupsync import GroupSync
+from hacluster.hooks import Hooks
+from hacluster.lineage.labels import Lineage, find_divergence
+from hacluster.lineage.tails import (
     list_divergent_tails,
     prune_divergence,
     save_divergent_tail,
     set_aside,
 )
-from hacluster.fencing import WriteGate
-from hacluster.groupsync import GroupSync
-from hacluster.hooks import Hooks
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
-from hacluster.probes import NodeView
 from hacluster.replication import bootstrap
 from hacluster.replication.checkpoints import CheckpointService
 from hacluster.replication.feed import WalFeed
 from hacluster.replication.follower import Follower
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.replication.source import ReplicationSource
+from hacluster.role import VERSION, Role
 from hacluster.space import SpaceGuard
 from hacluster.store import AppliedRange, NamedOp, Store, has_database, no_space
 from hacluster.watchdog import Watchdog, WatchdogError
@@ -55,16 +56,6 @@ if TYPE_CHECKING:
     from hacluster.consensus.loop import ControlLoop
 
 log = logging.getLogger(__name__)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("hacluster")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-VERSION = _version()
 
 
 def notify_systemd(state: str) -> None:
@@ -82,14 +73,6 @@ def notify_systemd(state: str) -> None:
         log.warning("cannot notify systemd (%s): %s", state, exc)
 
 GC_GEN0_THRESHOLD = 20_000
-
-
-@dataclass(frozen=True, slots=True)
-class Role:
-    """Who is primary, in which epoch: from the config (static) or the consensus loop."""
-
-    primary: str | None
-    epoch: int
 
 
 class Node:
@@ -113,6 +96,8 @@ class Node:
         self.control: ControlLoop | None = None
         self.hooks = Hooks(cfg.hooks, name)
         self.watchdog = Watchdog(cfg.watchdog, name)
+        self._watchdog_tried = False       # armed once per writable spell (automatic mode)
+        self._watchdog_usable = True
         self._tasks: list[asyncio.Task[None]] = []
         self._janitor_task: asyncio.Task[None] | None = None   # while primary only
         self._runner: web.AppRunner | None = None
@@ -147,7 +132,7 @@ class Node:
         for n in self.cfg.nodes:
             if n.name == name:
                 return n.api.url
-        member = self.control.raft.snapshot().member(name) if self.control else None
+        member = self.control.state().member(name) if self.control else None
         return member.api_url if member else None
 
     def current_store(self) -> Store | None:
@@ -171,7 +156,7 @@ class Node:
         primary from there (rule 1: the stream request names its epoch); None when it can."""
         if self.control is None or seq <= 0:
             return None
-        history = self.control.raft.snapshot().history
+        history = self.control.state().history
         mine = self.lineage_label(seq)
         if same_history(label, mine, seq, history):
             return None
@@ -205,7 +190,7 @@ class Node:
             if has_database(self.db_dir):
                 self.store = self.open_store()
             from hacluster.consensus.loop import ControlLoop
-            self.control = ControlLoop(self)
+            self.control = ControlLoop(self, self.cfg)
             self.control.start()
         elif self.is_primary:
             self._start_primary(self.open_store())
@@ -273,7 +258,7 @@ class Node:
     def is_member(self, name: str) -> bool:
         """A node of the config, or a member admitted to Raft since."""
         return name in {n.name for n in self.cfg.nodes} or (
-            self.control is not None and self.control.raft.snapshot().member(name) is not None)
+            self.control is not None and self.control.state().member(name) is not None)
 
     def _bootstrap_started(self, name: str) -> None:
         # Only members are replicas: a backup or another tool fetching a checkpoint must not
@@ -324,7 +309,7 @@ class Node:
         """
         if self.control is None:
             return None
-        lock = self.control.raft.snapshot().lock
+        lock = self.control.state().lock
         if not (lock.held and lock.holder == self.name):
             return f"the lock is no longer mine (holder {lock.holder}, epoch {lock.epoch})"
         if lock.epoch != epoch:
@@ -334,7 +319,7 @@ class Node:
         if not self.is_primary:
             # The epoch starts where its Acquire said: this node must hold exactly the data
             # before it (an Acquire that committed late, after more was applied, is not ours).
-            record = next((r for r in self.control.raft.snapshot().history
+            record = next((r for r in self.control.state().history
                            if r.epoch == epoch), None)
             have = self.latest_seq()
             if record is not None and record.start_seq != have + 1:
@@ -362,9 +347,8 @@ class Node:
             try:
                 self.watchdog.arm()     # before the gate opens, never after
             except WatchdogError as exc:
-                log.error("%s; releasing the lock of epoch %d", exc, epoch)
                 if self.control is not None:
-                    self.control.release(epoch)
+                    self.control.fencing_failed(epoch, str(exc))   # the loop releases
                 return
             if self.is_primary:
                 # Primary of an older epoch still (its parts serve that epoch): stop them.
@@ -412,7 +396,7 @@ class Node:
                             primary=primary)
             if primary is not None and primary != self.name:
                 if self.control is not None:
-                    await self._handle_divergence(self.control.raft.snapshot().history)
+                    await self._handle_divergence(self.control.state().history)
                 self._start_replica()
 
     async def reinit(self) -> str:
@@ -581,7 +565,7 @@ class Node:
         deadline = time.monotonic() + self.cfg.replication.sync_timeout_s
         need = self.cfg.replication.sync_replicas
         while True:
-            state = self.control.raft.snapshot()
+            state = self.control.state()
             lock = state.lock
             if not (lock.held and lock.holder == self.name and lock.epoch == self.role.epoch):
                 raise OutcomeUnknown(f"written locally at seq {seq} but the lock was lost "
@@ -642,6 +626,65 @@ class Node:
         """Why this node would refuse a write now (as primary), or None."""
         return self.gate.refusal() or self.disk_full or self.space.low
 
+    # -- the control loop's port (consensus.ports.NodePort) ----------------------------------
+
+    def local_state(self) -> LocalState:
+        self.space.tend(self.disk_full)     # a replica's reserve goes too when its disk fills
+        store = self.current_store()
+        return LocalState(
+            seq=store.latest_seq() if store else None,
+            has_database=store is not None or has_database(self.db_dir),
+            is_primary=self.is_primary,
+            writable=self.is_primary and self.gate.refusal() is None,
+            renewal_proposed_at=self.gate.renewal_proposed_at,
+            disk_full=self.disk_full or None, space_low=self.space.low or None,
+            unfit=self._unfit(), acked_seq=self.acked_seq,
+            replicas=tuple(ReplicaView(r.name, r.connected, r.applied_seq, r.advanced_at)
+                           for r in self.positions.replicas.values()))
+
+    def _unfit(self) -> str | None:
+        """Why this node may not become primary, beside its disk: replication stopped for good
+        (diverged), or a required watchdog that cannot be armed."""
+        if self.follower is not None and self.follower.status.state == "diverged":
+            return "replication diverged"
+        usable = self.watchdog.usable()
+        if usable != self._watchdog_usable:
+            self._watchdog_usable = usable
+            if not usable:
+                log.warning("%s: watchdog required but %s is not writable: not a candidate "
+                            "for primary", self.name, self.cfg.watchdog.device)
+        return None if usable else (f"watchdog required but {self.cfg.watchdog.device} is "
+                                    "not writable")
+
+    def close_gate(self, reason: str) -> None:
+        self.gate.close(reason)
+
+    def lease_left(self) -> float:
+        return self.gate.lease_left()
+
+    def tend_fencing(self, paused: bool) -> str | None:
+        """Fed on every pass while writable; disarmed in pause mode and when not writable."""
+        wd = self.watchdog
+        if not wd.enabled:
+            return None
+        if not (self.is_primary and self.gate.refusal() is None):
+            wd.disarm("the write gate is closed")
+            self._watchdog_tried = False
+            return None
+        if paused:
+            wd.disarm("maintenance mode")
+            self._watchdog_tried = False
+            return None
+        if not wd.armed and not self._watchdog_tried:
+            self._watchdog_tried = True     # automatic mode: one attempt per writable spell
+            try:
+                wd.arm()
+            except WatchdogError as exc:
+                self.gate.close(str(exc))   # shut now; the loop gives the lock up
+                return str(exc)
+        wd.feed()
+        return None
+
     def status_epoch(self) -> int:
         """The newest epoch this node knows: a replica learns it from its stream."""
         return self.follower.known_epoch if self.follower else self.role.epoch
@@ -662,7 +705,7 @@ class Node:
         if self.control is None or self.control.last_pass_at is None:
             return None
         ages = [now - self.control.last_pass_at]
-        tick = self.control.raft.last_tick_at
+        tick = self.control.raft_tick_at()
         if tick is not None:
             ages.append(now - tick)
         return max(ages)
@@ -690,12 +733,14 @@ class Node:
     def status(self) -> dict[str, Any]:
         store = self.current_store()
         seq = store.latest_seq() if store else None
+        # Writable and lag as the probes, metrics and KV answers see them: one view.
+        view = self.view(time.monotonic())
         out: dict[str, Any] = {
             "node": self.name,
             "role": "primary" if self.is_primary else "replica",
             "primary": self.role.primary,
             "epoch": self.status_epoch(),
-            "writable": self.is_primary and self.write_refusal() is None,
+            "writable": view.writable,
             "disk_full": self.disk_full or self.space.low,
             "applied_seq": seq,
             "column_families": self.column_families,
@@ -711,8 +756,7 @@ class Node:
             st = self.follower.status
             out["replication"] = {
                 "state": st.state, "error": st.error, "primary_seq": st.primary_seq,
-                "lag": None if st.primary_seq is None or seq is None
-                else max(0, st.primary_seq - seq),
+                "lag": probes.lag(view),
                 "connects": st.connects, "batches_applied": st.batches_applied,
                 "ops_applied": st.ops_applied, "bootstraps": st.bootstraps,
                 "bootstrap_bytes": st.bootstrap_bytes,

@@ -7,7 +7,7 @@ space runs low, so that the Raft journal, RocksDB's reopen and recovery have roo
 (pysyncobj writes its journal through mmap; a write fault on a full file system kills the
 process outright). The reserve comes back, and writes resume, only once there is room for the
 floor and the reserve again: no flapping between refusing and accepting at the edge.
-``decide`` is pure; ``SpaceGuard`` does the I/O. It must never delete anything but its own
+``space_action`` is pure; ``SpaceGuard`` does the I/O. It must never delete anything but its own
 reserve file.
 """
 
@@ -32,7 +32,7 @@ class SpaceAction(Enum):
     RESTORE = "restore"        # recreate the reserve: there is room again
 
 
-def decide(free: float, reserve_present: bool, low: bool, hard_error: bool, floor_mb: int,
+def space_action(free: float, reserve_present: bool, low: bool, hard_error: bool, floor_mb: int,
            reserve_mb: int) -> tuple[SpaceAction, bool]:
     """The action to take and whether the node is (still) low on space."""
     if not low:
@@ -62,7 +62,7 @@ class SpaceGuard:
         """Check the space now; act on the reserve; return why writes are refused, if they are."""
         free = free_mb(self.data_dir)
         was_low = self.low is not None
-        action, low = decide(free, self.reserve.exists(), was_low, hard_error is not None,
+        action, low = space_action(free, self.reserve.exists(), was_low, hard_error is not None,
                              self.floor_mb, self.reserve_mb)
         released = ""
         if action is SpaceAction.RELEASE:

@@ -10,7 +10,7 @@ What the handlers use of ``Node`` (hacluster/api/*.py and the metrics collector 
 
 - attributes: ``name``, ``role.primary``, ``role.epoch``, ``control`` (None: static mode;
   admin uses ``set_paused``, ``switchover``, ``request_failover``, ``add_member``,
-  ``remove_member``, ``raft.compact_log``, ``raft.raft_status``, ``raft.raft_members``),
+  ``remove_member``, ``compact_raft_log``, ``raft_status``, ``raft_members``),
   ``source`` and ``checkpoints`` (replication routes), ``unknown_outcomes`` (incremented by
   the write handler), and for /metrics ``writes``, ``gate.refusal()``, ``gate.closes``,
   ``positions.snapshot()``, ``follower``, ``data_dir``;
@@ -38,6 +38,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from hacluster.api import build_app
+from hacluster.api.probes import NodeView
 from hacluster.config import (
     FRAME_OVERHEAD,
     Address,
@@ -46,9 +47,8 @@ from hacluster.config import (
     ReplicationConfig,
     StorageConfig,
 )
-from hacluster.consensus.loop import NotCommitted, SwitchoverError
+from hacluster.consensus.errors import NotCommitted, RequestRefused
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
-from hacluster.probes import NodeView
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.store import NamedOp, Store, StoreError
 from hacluster.writes import CBOR_TYPE
@@ -131,6 +131,15 @@ class FakeControl:
         if self.fail:
             raise self.fail
         self.raft.members.remove(address)
+
+    def compact_raft_log(self) -> None:
+        self.raft.compact_log()
+
+    def raft_status(self) -> dict[str, Any]:
+        return self.raft.raft_status()
+
+    def raft_members(self) -> list[str]:
+        return self.raft.raft_members()
 
 
 class FakeNode:
@@ -712,7 +721,7 @@ async def test_switchover(primary: FakeNode, serve: Serve) -> None:
     assert resp.status == 200
     assert control.calls == [("switchover", "n2"), ("switchover", None)]
 
-    control.fail = SwitchoverError("n2 is 1200 behind (maximum_lag_on_failover 1000)")
+    control.fail = RequestRefused("n2 is 1200 behind (maximum_lag_on_failover 1000)")
     resp = await client.post("/v1/admin/switchover", json={"to": "n2"}, headers=AUTH)
     assert (resp.status, await resp.json()) == (
         409, {"error": "n2 is 1200 behind (maximum_lag_on_failover 1000)"})
@@ -744,7 +753,7 @@ async def test_failover(replica: FakeNode, serve: Serve) -> None:
     for body in ({}, {"to": "n1", "force": "yes"}, {"to": 1}):
         resp = await client.post("/v1/admin/failover", json=body, headers=AUTH)
         assert resp.status == 400, body
-    control.fail = SwitchoverError("n2 still holds a valid lease; use force")
+    control.fail = RequestRefused("n2 still holds a valid lease; use force")
     resp = await client.post("/v1/admin/failover", json={"to": "n1"}, headers=AUTH)
     assert (resp.status, await resp.json()) == (
         409, {"error": "n2 still holds a valid lease; use force"})
@@ -776,7 +785,7 @@ async def test_members(primary: FakeNode, serve: Serve) -> None:
                              headers=AUTH)
     assert (resp.status, await resp.json()) == (
         503, {"error": "membership change not committed within 10.0 s", "outcome": "unknown"})
-    control.fail = SwitchoverError("n1 is the primary: switch over first")
+    control.fail = RequestRefused("n1 is the primary: switch over first")
     resp = await client.delete("/v1/admin/members/n1", headers=AUTH)
     assert (resp.status, await resp.json()) == (
         409, {"error": "n1 is the primary: switch over first"})

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hacluster.replication.applier import Decision, Verdict, decide
+from hacluster.replication.applier import FrameCheck, Verdict, check_frame
 from hacluster.replication.frames import BatchFrame
 
 
 def frame(seq: int, count: int = 1, epoch: int = 5) -> BatchFrame:
-    # decide() never looks at the WriteBatch bytes.
+    # check_frame() never looks at the WriteBatch bytes.
     return BatchFrame(epoch=epoch, seq=seq, count=count, wb=b"")
 
 
@@ -50,7 +50,7 @@ TABLE: list[tuple[str, int, int, BatchFrame, Verdict, str]] = [
                          [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
 def test_decision_table(applied: int, epoch: int, batch: BatchFrame, verdict: Verdict,
                         reason: str) -> None:
-    assert decide(applied, epoch, batch) == Decision(verdict, reason)
+    assert check_frame(applied, epoch, batch) == FrameCheck(verdict, reason)
 
 
 def test_verdict_values() -> None:
@@ -64,7 +64,7 @@ _seq = st.integers(0, 2**63)
        count=st.integers(1, 1000), epoch=st.integers(0, 100))
 def test_apply_iff_next_seq_and_current_epoch(applied: int, known: int, seq: int, count: int,
                                               epoch: int) -> None:
-    d = decide(applied, known, frame(seq, count, epoch))
+    d = check_frame(applied, known, frame(seq, count, epoch))
     assert (d.verdict is Verdict.APPLY) == (seq == applied + 1 and epoch >= known)
 
 
@@ -73,7 +73,7 @@ def test_apply_iff_next_seq_and_current_epoch(applied: int, known: int, seq: int
 def test_every_verdict_matches_its_definition(applied: int, known: int, seq: int, count: int,
                                               epoch: int) -> None:
     last = seq + count - 1
-    d = decide(applied, known, frame(seq, count, epoch))
+    d = check_frame(applied, known, frame(seq, count, epoch))
     if epoch < known:
         expected = Verdict.STALE_EPOCH
     elif seq == applied + 1:
@@ -92,8 +92,8 @@ def test_every_verdict_matches_its_definition(applied: int, known: int, seq: int
 @given(applied=st.integers(0, 10**6), steps=st.lists(st.integers(1, 50), max_size=30))
 def test_applying_in_order_always_applies(applied: int, steps: list[int]) -> None:
     for count in steps:
-        d = decide(applied, 1, frame(applied + 1, count, epoch=1))
+        d = check_frame(applied, 1, frame(applied + 1, count, epoch=1))
         assert d.verdict is Verdict.APPLY
         applied += count
         # resending the batch just applied is skipped, never re-applied
-        assert decide(applied, 1, frame(applied - count + 1, count, 1)).verdict is Verdict.SKIP
+        assert check_frame(applied, 1, frame(applied - count + 1, count, 1)).verdict is Verdict.SKIP

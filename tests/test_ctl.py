@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hacluster.client import Client, NoLeader, OutcomeUnknown
 from hacluster.testing.harness import Cluster, read_db, wait_for
+from hacluster.tools.client import Client, NoLeader, OutcomeUnknown
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -17,9 +17,9 @@ import cbor2
 import pytest
 
 from hacluster.config import StorageConfig, load_config
-from hacluster.consensus.lineage import Divergence
 from hacluster.consensus.state import EpochRecord
-from hacluster.divergence import (
+from hacluster.lineage.labels import Divergence
+from hacluster.lineage.tails import (
     iter_tail_batches,
     list_divergent_tails,
     prune_diverged_dbs,
@@ -29,7 +29,8 @@ from hacluster.divergence import (
     save_divergent_tail,
     set_aside,
 )
-from hacluster.node import Node, Role
+from hacluster.node import Node
+from hacluster.role import Role
 from hacluster.store import Store
 from hacluster.testing.harness import Cluster
 from hacluster.testing.history import divergent_tail_keys
@@ -172,7 +173,7 @@ def test_tails_are_pruned_by_age_then_oldest_first_by_size_each_logged(
     old = tail_file(folder, "epoch2-seq1-1.cbor", 600_000, age_days=3)
     middle = tail_file(folder, "epoch3-seq1-1.cbor", 600_000, age_days=2)
     new = tail_file(folder, "epoch4-seq1-1.cbor", 600_000, age_days=0)
-    caplog.set_level(logging.WARNING, logger="hacluster.divergence")
+    caplog.set_level(logging.WARNING, logger="hacluster.lineage.tails")
     removed = prune_divergent_tails(tmp_path, keep_days=30, max_bytes=1300_000, keep=new)
     assert removed == [ancient, old]
     assert sorted(folder.iterdir()) == [middle, new]
@@ -199,7 +200,7 @@ def test_old_databases_get_unique_names_and_only_three_recent_ones_are_kept(
     assert all(p.is_dir() and (p / "CURRENT").exists() for p in made)
     legacy = tmp_path / f"db.diverged-{int(now - 40 * DAY)}"   # the old naming, 40 days old
     legacy.mkdir()
-    caplog.set_level(logging.ERROR, logger="hacluster.divergence")
+    caplog.set_level(logging.ERROR, logger="hacluster.lineage.tails")
     removed = prune_diverged_dbs(tmp_path, keep_days=30, now=now)
     kept = made[-3:]                    # the counter orders names set aside in one instant
     assert sorted(removed) == sorted([legacy, *made[:2]])

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from hacluster.config import ReplicationConfig, StorageConfig
-from hacluster.consensus.lineage import Lineage
+from hacluster.lineage.labels import Lineage
 from hacluster.replication import frames
 from hacluster.replication.follower import Follower
 from hacluster.store import Store

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from hacluster.config import load_config
-from hacluster.node import Node, Role
+from hacluster.node import Node
+from hacluster.role import Role
 from hacluster.testing.harness import Cluster
 
 

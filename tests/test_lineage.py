@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hacluster.consensus.lineage import Divergence, Lineage, find_divergence
 from hacluster.consensus.state import EpochRecord
+from hacluster.lineage.labels import Divergence, Lineage, find_divergence
 
 
 def history(*starts: tuple[int, str, int]) -> list[EpochRecord]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hacluster import probes
-from hacluster.probes import NodeView
+from hacluster.api import probes
+from hacluster.api.probes import NodeView
 
 PRIMARY = NodeView(name="n1", is_primary=True, writable=True, epoch=3, leader="n1",
                    leader_url="http://n1:1", stream_state=None, applied_seq=500,

@@ -81,7 +81,7 @@ class Solo:
     def start(self) -> RaftNode:
         self.node = RaftNode(self.addr, [], self.dir, PASSWORD, TIMING)
         self.node.start()
-        wait_for(lambda: self.node is not None and self.node._isLeader(), 10, "self-election")
+        wait_for(lambda: self.node is not None and self.node.is_leader(), 10, "self-election")
         return self.node
 
     def stop(self) -> None:
@@ -166,17 +166,17 @@ def test_rule_4_a_resend_never_cuts_entries_the_follower_has(tmp_path: Path) -> 
     node = RaftNode(addr, [leader_addr], tmp_path / "n1", PASSWORD, TIMING)
     journal = tmp_path / "n1" / "raft.journal"
     try:
-        leader = next(iter(node.otherNodes))
+        leader = next(iter(node.replica.otherNodes))
 
         def append(term: int, prev: tuple[int, int], entries: list[tuple[int, int]],
                    commit: int = 1) -> None:
-            node._SyncObj__onMessageReceived(leader, {
+            node.replica._SyncObj__onMessageReceived(leader, {
                 "type": "append_entries", "term": term, "commit_index": commit,
                 "prevLogIdx": prev[0], "prevLogTerm": prev[1],
                 "entries": [(b"\xff%d-%d" % (i, t), i, t) for i, t in entries]})
 
         def log() -> list[tuple[int, int]]:
-            raft_log = node._SyncObj__raftLog
+            raft_log = node.replica._SyncObj__raftLog
             return [(raft_log[k][1], raft_log[k][2]) for k in range(len(raft_log))]
 
         append(1, (1, 0), [(i, 1) for i in range(2, 12)])
@@ -188,12 +188,12 @@ def test_rule_4_a_resend_never_cuts_entries_the_follower_has(tmp_path: Path) -> 
         assert records(journal)[1] == end                    # not cut, not rewritten
         append(1, (1, 0), [(i, 1) for i in range(2, 14)])     # overlapping, then new
         assert log() == [(1, 0)] + [(i, 1) for i in range(2, 14)]
-        assert journal_stats(node)["resent_kept"] == 5 + 10
+        assert journal_stats(node.replica)["resent_kept"] == 5 + 10
         # A new leader whose entry 5 differs: cut there (Raft), not at its prevLogIdx.
         append(2, (1, 0), [(2, 1), (3, 1), (4, 1), (5, 2)])
         assert log() == [(1, 0), (2, 1), (3, 1), (4, 1), (5, 2)]
     finally:
-        node.destroy()
+        node.replica.destroy()
     again = FileJournal(str(journal))
     assert [(again[k][1], again[k][2]) for k in range(len(again))] == \
         [(1, 0), (2, 1), (3, 1), (4, 1), (5, 2)]
@@ -235,8 +235,8 @@ class Trio:
             n.start()
 
     def leader(self) -> RaftNode:
-        wait_for(lambda: any(n._isLeader() for n in self.nodes), 10, "a leader")
-        return next(n for n in self.nodes if n._isLeader())
+        wait_for(lambda: any(n.is_leader() for n in self.nodes), 10, "a leader")
+        return next(n for n in self.nodes if n.is_leader())
 
     def stop(self) -> None:
         for n in self.nodes:
@@ -258,7 +258,7 @@ def test_rule_4_committed_entries_term_vote_and_dump_are_on_disk(
         # acknowledged has nothing left to write.
         dirty = {f"{d.name}/{f}": dirty_kb(d / f) for d in trio.dirs
                  for f in ("raft.journal", "raft.journal.meta")}
-        stats = [journal_stats(n) for n in trio.nodes]
+        stats = [journal_stats(n.replica) for n in trio.nodes]
         commit_all(leader, range(100, 250))       # past 150 entries: each node dumps
         wait_for(lambda: all((d / "raft.dump").exists() for d in trio.dirs), 15, "the dumps")
         time.sleep(0.2)
@@ -310,7 +310,7 @@ def propose(seq):
     node.propose(Report("n0", "http://n0", seq, "replica", True), done)
 
 def feed():
-    while node._getLeader() is None:
+    while node.replica._getLeader() is None:
         time.sleep(0.05)
     for seq in range(count):
         window.acquire()
@@ -319,7 +319,7 @@ def feed():
 if index == 0:
     threading.Thread(target=feed, daemon=True).start()
 while True:
-    say(term=node.raftCurrentTerm, vote=node._SyncObj__votedForNodeId)
+    say(term=node.replica.raftCurrentTerm, vote=node.replica._SyncObj__votedForNodeId)
     time.sleep(0.05)
 """
 
@@ -459,12 +459,12 @@ def test_rule_4_committed_entries_and_the_vote_survive_a_power_loss(tmp_path: Pa
         try:
             for n in nodes:
                 n.start()
-            wait_for(lambda: any(n._isLeader() for n in nodes), 20, "a leader")
-            commit_all(next(n for n in nodes if n._isLeader()), range(count, count + 1))
+            wait_for(lambda: any(n.is_leader() for n in nodes), 20, "a leader")
+            commit_all(next(n for n in nodes if n.is_leader()), range(count, count + 1))
             wait_for(lambda: all((m := n.snapshot().member("n0")) is not None
                                  and m.applied_seq == count for n in nodes), 20,
                      "every node to apply the new entry")
-            assert all(n.raftCurrentTerm >= t for n, (t, _) in zip(nodes, acted_on,
+            assert all(n.replica.raftCurrentTerm >= t for n, (t, _) in zip(nodes, acted_on,
                                                                     strict=True))
         finally:
             for n in nodes:

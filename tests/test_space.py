@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hacluster.space import SpaceAction, SpaceGuard, decide
+from hacluster.space import SpaceAction, SpaceGuard, space_action
 
 FLOOR, RESERVE = 64, 32
 
@@ -23,15 +23,15 @@ FLOOR, RESERVE = 64, 32
     (97, False, True, False, (SpaceAction.RESTORE, False)),        # room for both: resume
     (500, False, True, True, (SpaceAction.NONE, True)),            # hard error until reopened
 ])
-def test_decide(free: float, present: bool, low: bool, hard: bool,
+def test_space_action(free: float, present: bool, low: bool, hard: bool,
                 expected: tuple[SpaceAction, bool]) -> None:
-    assert decide(free, present, low, hard, FLOOR, RESERVE) == expected
+    assert space_action(free, present, low, hard, FLOOR, RESERVE) == expected
 
 
 def test_no_reserve_configured_means_only_the_floor() -> None:
-    assert decide(10, False, False, False, 0, 0) == (SpaceAction.NONE, False)
-    assert decide(0.5, False, False, False, 0, 0) == (SpaceAction.NONE, True)
-    assert decide(2, False, True, False, 0, 0) == (SpaceAction.NONE, False)
+    assert space_action(10, False, False, False, 0, 0) == (SpaceAction.NONE, False)
+    assert space_action(0.5, False, False, False, 0, 0) == (SpaceAction.NONE, True)
+    assert space_action(2, False, True, False, 0, 0) == (SpaceAction.NONE, False)
 
 
 def test_guard_makes_and_releases_its_reserve(tmp_path: Path) -> None:

@@ -20,10 +20,10 @@ from aiohttp.typedefs import Handler, Middleware
 
 from hacluster.api import admin, info, kv
 from hacluster.api.common import error
-from hacluster.metrics import Metrics
+from hacluster.api.metrics import Metrics
 
 if TYPE_CHECKING:
-    from hacluster.node import Node
+    from hacluster.api.port import ServedNode
 
 __all__ = ["OPEN_PATHS", "build_app", "error"]
 
@@ -52,7 +52,7 @@ def make_auth(token: str) -> Middleware:
     return auth
 
 
-def build_app(node: Node) -> web.Application:
+def build_app(node: ServedNode) -> web.Application:
     metrics = Metrics(node)
     app = web.Application(middlewares=[metrics.middleware(), make_auth(node.cfg.token)],
                           client_max_size=node.cfg.limits.max_body_bytes)
@@ -63,10 +63,10 @@ def build_app(node: Node) -> web.Application:
     return app
 
 
-def add_replication_routes(app: web.Application, node: Node) -> None:
+def add_replication_routes(app: web.Application, node: ServedNode) -> None:
     """The data plane between nodes: served by the primary only."""
 
-    def on_primary(pick: Callable[[Node], Handler]) -> Handler:
+    def on_primary(pick: Callable[[ServedNode], Handler]) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             if not node.is_primary or node.source is None or node.checkpoints is None:
                 return error(503, f"{node.name} is not the primary", primary=node.role.primary)

@@ -14,17 +14,18 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from hacluster.api.common import BodyError, error, read_json, to_primary
+from hacluster.consensus.errors import NotCommitted, RequestRefused
 from hacluster.node_errors import NotWritable
 
 if TYPE_CHECKING:
-    from hacluster.node import Node
+    from hacluster.api.port import ServedNode
 
 log = logging.getLogger(__name__)
 
 NO_CONSENSUS = "no consensus in this cluster (static primary)"
 
 
-def add_routes(app: web.Application, node: Node) -> None:
+def add_routes(app: web.Application, node: ServedNode) -> None:
     async def flush(request: web.Request) -> web.Response:
         store = node.current_store()
         if store is None:
@@ -65,12 +66,11 @@ def add_routes(app: web.Application, node: Node) -> None:
     async def raft_compact(request: web.Request) -> web.Response:
         if node.control is None:
             return error(409, f"{NO_CONSENSUS}: no Raft log")
-        node.control.raft.compact_log()
+        node.control.compact_raft_log()
         return web.json_response({"compacting": True,
-                                  "raft": node.control.raft.raft_status()}, status=202)
+                                  "raft": node.control.raft_status()}, status=202)
 
     async def switchover(request: web.Request) -> web.Response:
-        from hacluster.consensus.loop import SwitchoverError
         if node.control is None:
             return error(409, f"{NO_CONSENSUS}: no switchover")
         if not node.is_primary:
@@ -84,7 +84,7 @@ def add_routes(app: web.Application, node: Node) -> None:
             return error(400, "'to' must be a node name")
         try:
             successor = await node.control.switchover(target)
-        except SwitchoverError as exc:
+        except RequestRefused as exc:
             return error(409, str(exc))
         return web.json_response({"switched_over_to": successor, "from": node.name})
 
@@ -96,7 +96,6 @@ def add_routes(app: web.Application, node: Node) -> None:
         return web.json_response({"reinit": node.name, "from": primary}, status=202)
 
     async def failover(request: web.Request) -> web.Response:
-        from hacluster.consensus.loop import SwitchoverError
         if node.control is None:
             return error(409, f"{NO_CONSENSUS}: no failover")
         try:
@@ -109,14 +108,13 @@ def add_routes(app: web.Application, node: Node) -> None:
             return error(400, "'to' must be a node name and 'force' a boolean")
         try:
             epoch = await node.control.request_failover(target, force)
-        except SwitchoverError as exc:
+        except RequestRefused as exc:
             return error(409, str(exc))
         return web.json_response({"failover_to": target, "after_epoch": epoch,
                                   "force": force}, status=202)
 
     async def members(request: web.Request) -> web.Response:
         from hacluster.config import ConfigError, parse_address
-        from hacluster.consensus.loop import NotCommitted, SwitchoverError
         if node.control is None:
             return error(409, f"{NO_CONSENSUS}: no Raft membership")
         adding = request.method == "POST"
@@ -142,10 +140,10 @@ def add_routes(app: web.Application, node: Node) -> None:
                 await node.control.remove_member(name, address)
         except NotCommitted as exc:
             return error(503, str(exc), outcome="unknown")
-        except SwitchoverError as exc:
+        except RequestRefused as exc:
             return error(409, str(exc))
         return web.json_response({"added" if adding else "removed": name, "raft": address,
-                                  "raft_members": node.control.raft.raft_members()})
+                                  "raft_members": node.control.raft_members()})
 
     app.router.add_post("/v1/admin/members", members)
     app.router.add_delete("/v1/admin/members/{name}", members)

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 if TYPE_CHECKING:
-    from hacluster.node import Node
+    from hacluster.api.port import ServedNode
 
 
 def error(status: int, message: str, **extra: object) -> web.Response:
@@ -44,7 +44,7 @@ async def read_json(request: web.Request, default: Any = None) -> Any:
         raise BodyError("body is not valid JSON (or nests too deeply)") from None
 
 
-def to_primary(node: Node, request: web.Request) -> web.Response:
+def to_primary(node: ServedNode, request: web.Request) -> web.Response:
     """307 to the same path on the primary (``curl -L`` follows), or 503 with no leader."""
     leader = node.leader()
     url = node.api_url_of(leader) if leader is not None and leader != node.name else None

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from hacluster import probes
+from hacluster.api import probes
 from hacluster.api.common import error
+from hacluster.role import VERSION
 
 if TYPE_CHECKING:
-    from hacluster.metrics import Metrics
-    from hacluster.node import Node
+    from hacluster.api.metrics import Metrics
+    from hacluster.api.port import ServedNode
 
 
 def _answer(probe: probes.Probe) -> web.Response:
@@ -36,7 +37,7 @@ def _lag_arg(request: web.Request) -> int | None:
     return int(raw)
 
 
-def cluster_view(node: Node) -> dict[str, Any]:
+def cluster_view(node: ServedNode) -> dict[str, Any]:
     """Every member as the Raft state records it (static mode: the config, and this node)."""
     leader = node.leader()
     control = node.control
@@ -53,13 +54,13 @@ def cluster_view(node: Node) -> dict[str, Any]:
                             "lag": None, "tags": sorted(n.tags)})
         return {"leader": leader, "epoch": node.role.epoch, "paused": False,
                 "mode": node.cfg.replication.mode, "members": members}
-    state = control.raft.snapshot()
+    state = control.state()
     now = time.monotonic()
     seen = control.member_seen_at()
     top = max([m.applied_seq for m in state.members], default=0)
     by_name = {m.name: m for m in state.members}
     members = []
-    raft_members = set(control.raft.raft_members())
+    raft_members = set(control.raft_members())
     configured = {n.name: n for n in node.cfg.nodes}
     # The Raft membership decides who is in the cluster: a configured node removed since is
     # left out, a node added since (not in this node's config) is shown from its reports.
@@ -88,21 +89,20 @@ def cluster_view(node: Node) -> dict[str, Any]:
             "members": members}
 
 
-def history(node: Node) -> list[dict[str, Any]]:
+def history(node: ServedNode) -> list[dict[str, Any]]:
     if node.control is None:
         return [{"epoch": node.role.epoch, "primary": node.role.primary, "first_seq": None,
                  "start_time": None, "reason": "configured"}]
     return [{"epoch": r.epoch, "primary": r.primary, "first_seq": r.start_seq,
              "start_time": r.wall_time, "reason": r.reason}
-            for r in node.control.raft.snapshot().history]
+            for r in node.control.state().history]
 
 
-def add_routes(app: web.Application, node: Node, metrics: Metrics) -> None:
+def add_routes(app: web.Application, node: ServedNode, metrics: Metrics) -> None:
     def view() -> probes.NodeView:
         return node.view(time.monotonic())
 
     async def health(request: web.Request) -> web.Response:
-        from hacluster.node import VERSION
         return web.json_response({"status": "ok", "node": node.name, "version": VERSION})
 
     async def status(request: web.Request) -> web.Response:

@@ -14,12 +14,14 @@ import base64
 import binascii
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import cbor2
 from aiohttp import web
 
+from hacluster.api import probes
 from hacluster.api.common import BodyError, error, read_body, to_primary
 from hacluster.config import FRAME_OVERHEAD
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
@@ -28,7 +30,7 @@ from hacluster.wal.batch import DELETE, PUT
 from hacluster.writes import CBOR_TYPE, BadRequest, check_cf, check_key, check_value, parse_batch
 
 if TYPE_CHECKING:
-    from hacluster.node import Node
+    from hacluster.api.port import ServedNode
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def _wants_cbor(request: web.Request) -> bool:
     return CBOR_TYPE in request.headers.get("Accept", "")
 
 
-def add_routes(app: web.Application, node: Node) -> None:
+def add_routes(app: web.Application, node: ServedNode) -> None:
     limits = node.cfg.limits
 
     def key_and_cf(request: web.Request) -> tuple[bytes, str]:
@@ -112,9 +114,8 @@ def add_routes(app: web.Application, node: Node) -> None:
     def lag_header() -> dict[str, str]:
         if node.is_primary:
             return {"X-Hacluster-Lag": "0"}
-        view = node.view(0.0)
-        lag = None if view.primary_seq is None or view.applied_seq is None else max(
-            0, view.primary_seq - view.applied_seq)
+        view = node.view(time.monotonic())
+        lag = probes.lag(view)
         return {"X-Hacluster-Lag": "unknown" if lag is None else str(lag),
                 "X-Hacluster-Seq": str(view.applied_seq)}
 
@@ -202,7 +203,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/v1/batch", batch)
 
 
-async def write(node: Node, ops: list[tuple[int, str, bytes, bytes]]) -> web.Response:
+async def write(node: ServedNode, ops: list[tuple[int, str, bytes, bytes]]) -> web.Response:
     # A WriteBatch costs each op its key and value plus at most 16 bytes of tags and varints;
     # a batch that could not travel in one replication frame is refused before it is written.
     size = 12 + sum(len(k) + len(v) + 16 for _, _, k, v in ops)

@@ -6,20 +6,24 @@ shortens it by the drift bound; every other node measures from the moment it *ap
 renewal (necessarily later) and lengthens it by the drift bound plus a margin. As long as no two
 clocks run apart by more than ``drift`` (a rate, e.g. 0.05 = 5 %), the holder's lease ends
 before anyone else's view of it does. Clocks are monotonic and never compared across machines.
-Pure functions of numbers; no clock is read here.
+Pure functions of numbers; no clock is read here. Default timings are the config's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hacluster.config import ConsensusConfig
+
+_DEFAULTS = ConsensusConfig()     # every default timing is the config's (consensus.*)
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseTiming:
-    lease_s: float = 1.0          # how long one committed renewal lets the holder write
-    renew_interval_s: float = 0.25
-    drift: float = 0.05           # bound on clock rate difference between any two nodes
-    margin_s: float = 0.05        # extra wait for the others (scheduling, apply delays)
+    lease_s: float = _DEFAULTS.lease_s     # how long one committed renewal lets the holder write
+    renew_interval_s: float = _DEFAULTS.renew_interval_s
+    drift: float = _DEFAULTS.drift         # bound on clock rate difference between any two nodes
+    margin_s: float = _DEFAULTS.drift_margin_s   # extra wait for the others (scheduling, apply)
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval_s < self.lease_s * (1 - self.drift):

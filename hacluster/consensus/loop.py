@@ -1,13 +1,14 @@
 """The control loop: every renew interval, snapshot, decide, act — and say why in one sentence.
 
-Owns the node's RaftNode, its periodic Report of its own replication position, the local
-observations ``decide`` needs (when each member's report last changed here), the peers' clock
-rates measured from their reports (``clock``: reported only, never decided on), and carrying out
-the decision: renew the lease, propose an Acquire, follow a primary, or demote. Acting means
-calling the node's role transitions; results of Raft proposals arrive on the Raft thread and are
-handed to the event loop. It must never open the write gate on anything but a committed Acquire
-or Renew that took effect, and never let a failing step stop the loop (a node that stops
-deciding must at least stop writing: the lease does that by itself).
+Owns the node's RaftNode (the consensus port), its periodic Report of its own replication
+position, the local observations ``decide`` needs (when each member's report last changed here,
+the node's ``LocalState`` through the ``NodePort``), the peers' clock rates measured from their
+reports (``clock``: reported only, never decided on), and carrying out the ordered effects of
+each decision — a small interpreter (``_do``); operators' requests are ``operator``'s. Acting
+means calling the node's role transitions through the port; results of Raft proposals arrive on
+the Raft thread and are handed to the event loop. It must never open the write gate on anything
+but a committed Acquire or Renew that took effect, and never let a failing step stop the loop (a
+node that stops deciding must at least stop writing: the lease does that by itself).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hacluster.config import ClusterConfig
 from hacluster.consensus import settings
 from hacluster.consensus.clock import BEYOND, OK, ClockPolicy, ClockWatch, describe
 from hacluster.consensus.decide import decide
-from hacluster.consensus.eligibility import failover_refusal, successors
+from hacluster.consensus.errors import NotCommitted, RequestRefused
 from hacluster.consensus.model import (
     CloseGate,
     Decision,
@@ -33,51 +35,38 @@ from hacluster.consensus.model import (
     ProposeRenew,
     ProposeSyncSet,
     RecoverDisk,
-    ReplicaView,
     StepDown,
 )
+from hacluster.consensus.operator import OperatorRequests
+from hacluster.consensus.ports import LocalState, NodePort
 from hacluster.consensus.raft import RaftNode
 from hacluster.consensus.reports import ReportTracker
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,
-    Command,
-    Forget,
     Release,
     Renew,
     Report,
-    SetFailover,
-    SetPaused,
     SetSyncSet,
 )
-from hacluster.store import has_database
-from hacluster.watchdog import WatchdogError
 
-if TYPE_CHECKING:
-    from hacluster.node import Node
+__all__ = ["ControlLoop", "NotCommitted", "RequestRefused"]
 
 log = logging.getLogger(__name__)
 
 
-class SwitchoverError(Exception):
-    """A switchover could not be done safely; the primary stays primary."""
-
-
-class NotCommitted(SwitchoverError):
-    """Raft did not commit the change in time: it may still take effect; retry to find out."""
-
-
-class ControlLoop:
-    def __init__(self, node: Node) -> None:
+class ControlLoop(OperatorRequests):
+    def __init__(self, node: NodePort, cfg: ClusterConfig) -> None:
         self.node = node
-        cfg = node.cfg
+        self.cfg = cfg
         c = cfg.consensus
-        assert node.me.raft is not None
+        self.me = next(n for n in cfg.nodes if n.name == node.name)
+        assert self.me.raft is not None
         self.policy = settings.policy(cfg)
         self.timing = self.policy.timing
         self.quorum_window = max(3 * c.report_interval_s, 3 * c.renew_interval_s)
         partners = [str(n.raft) for n in cfg.nodes if n.name != node.name]
-        self.raft = RaftNode(str(node.me.raft), partners, node.data_dir / "raft",
+        self.raft = RaftNode(str(self.me.raft), partners, self.me.data_dir / "raft",
                              cfg.raft_password, settings.raft_timing(cfg))
         self.last: Decision | None = None
         self.passes = 0
@@ -100,8 +89,6 @@ class ControlLoop:
         self._sync_pending: frozenset[str] = frozenset()
         self._sync_unknown = False
         self._sync_proposed_at = 0.0
-        self._watchdog_tried = False
-        self._watchdog_usable = True
         self._disk_handover: int | None = None
         self._fencing_failed: tuple[int, str] | None = None   # (epoch, why)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -126,7 +113,7 @@ class ControlLoop:
         await asyncio.to_thread(self.raft.stop)
 
     async def _run(self) -> None:
-        interval = self.node.cfg.consensus.renew_interval_s
+        interval = self.cfg.consensus.renew_interval_s
         # Decide nothing (and report nothing) on a half-replayed log: a stale snapshot could
         # hide our own earlier report or the lock.
         while not self.raft.ready.is_set():
@@ -143,7 +130,7 @@ class ControlLoop:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(fn(*args)))
 
-    def _observe(self, state: ClusterState, now: float) -> Observation:
+    def _observe(self, state: ClusterState, now: float, me: LocalState) -> Observation:
         # Read after the snapshot was taken, so a clock sample is never timed before the
         # report it pairs with was applied (the estimator assumes delays are never negative).
         # Only a fallback: the Raft thread's own apply time is used when it has it.
@@ -158,48 +145,31 @@ class ControlLoop:
                 self._clock_sample(m.name, seen if applied is None else applied, clock)
         for gone in set(self.clocks.estimates) - {m.name for m in state.members}:
             self.clocks.forget(gone)
-        store = self.node.current_store()
         holder = state.lock.held and state.lock.holder == self.node.name
-        seq = store.latest_seq() if store else self._seq_on_disk()
+        seq = me.seq if me.seq is not None else self._seq_on_disk()
         return Observation(
             me=self.node.name, now=now,
             has_quorum=self.raft.has_quorum(now, self.quorum_window),
             lock_seen_at=self.raft.lock_seen_at(),
-            renewal_proposed_at=self.node.gate.renewal_proposed_at if holder else None,
+            renewal_proposed_at=me.renewal_proposed_at if holder else None,
             my_applied_seq=seq,
             member_seen_at=dict(self.reports.seen),
             member_reported_at=dict(self.reports.fresh),
             my_last_epoch=self.node.lineage_label(seq),
             acquired_epoch=self._acquired_epoch(seq),
             uptime_s=now - self._started_at,
-            is_primary=self.node.is_primary,
-            disk_full=self.node.disk_full or None,
-            space_low=self.node.space.low or None,
+            is_primary=me.is_primary,
+            disk_full=me.disk_full,
+            space_low=me.space_low,
             switching=self.switching,
-            unfit=self._unfit(),
+            unfit=me.unfit,
             fencing_failed=(self._fencing_failed[1] if self._fencing_failed is not None
                             and self._fencing_failed[0] == state.lock.epoch else None),
             handover_epoch=self._disk_handover,
             acquiring_since=self._acquiring,
             sync_pending=self._sync_pending, sync_unknown=self._sync_unknown,
             sync_proposed_at=self._sync_proposed_at,
-            replicas=tuple(ReplicaView(r.name, r.connected, r.applied_seq, r.advanced_at)
-                           for r in self.node.positions.replicas.values()))
-
-    def _unfit(self) -> str | None:
-        """Why this node may not become primary, beside its disk: replication stopped for good
-        (diverged), or a required watchdog that cannot be armed."""
-        node = self.node
-        if node.follower is not None and node.follower.status.state == "diverged":
-            return "replication diverged"
-        usable = node.watchdog.usable()
-        if usable != self._watchdog_usable:
-            self._watchdog_usable = usable
-            if not usable:
-                log.warning("%s: watchdog required but %s is not writable: not a candidate "
-                            "for primary", node.name, node.cfg.watchdog.device)
-        return None if usable else f"watchdog required but {node.cfg.watchdog.device} is " \
-            "not writable"
+            replicas=me.replicas)
 
     def _acquired_epoch(self, seq: int) -> int | None:
         """The epoch this process may serve as its own (rule 3).
@@ -241,25 +211,25 @@ class ControlLoop:
     async def run_once(self) -> Decision:
         now = time.monotonic()
         node = self.node
-        if now - self._last_report >= node.cfg.consensus.report_interval_s:
+        me = node.local_state()
+        if now - self._last_report >= self.cfg.consensus.report_interval_s:
             self._last_report = now
-            store = node.current_store()
-            has_db = store is not None or has_database(node.db_dir)
-            # Unhealthy: replication stopped for good (diverged), or a required watchdog
-            # cannot be armed; either way it must not be promoted.
-            healthy = self._unfit() is None and not node.disk_full and node.space.low is None
-            seq = store.latest_seq() if store else 0
+            # Unhealthy: its store refuses writes, replication stopped for good (diverged), or
+            # a required watchdog cannot be armed; whichever, it must not be promoted.
+            healthy = me.unfit is None and not me.disk_full and me.space_low is None
+            seq = me.seq or 0
             self.raft.propose(Report(
-                node.name, node.me.api.url, seq,
-                "primary" if node.is_primary else ("replica" if has_db else "starting"),
-                healthy, node.me.tags, node.lineage_label(seq), clock=time.monotonic()))
-        node.space.tend(node.disk_full)     # a replica's reserve goes too when its disk fills
+                node.name, self.me.api.url, seq,
+                "primary" if me.is_primary else ("replica" if me.has_database else "starting"),
+                healthy, self.me.tags, node.lineage_label(seq), clock=time.monotonic()))
         state = self.raft.snapshot()
-        obs = self._observe(state, now)
+        obs = self._observe(state, now, me)
         decision = decide(state, obs, self.policy)
         self._record(decision)
         await self._act(decision, state, obs)
-        self._tend_watchdog(state)
+        failed = node.tend_fencing(state.paused)
+        if failed is not None:
+            self.fencing_failed(state.lock.epoch, failed)
         self._count_epoch(state)
         self.last_pass_at = time.monotonic()
         return decision
@@ -271,30 +241,11 @@ class ControlLoop:
             self.epoch_changes[reason] = self.epoch_changes.get(reason, 0) + 1
         self._seen_epoch = epoch
 
-    def _tend_watchdog(self, state: ClusterState) -> None:
-        """Fed on every pass while writable; disarmed in pause mode and when not writable."""
-        wd, node = self.node.watchdog, self.node
-        if not wd.enabled:
-            return
-        if not (node.is_primary and node.gate.refusal() is None):
-            wd.disarm("the write gate is closed")
-            self._watchdog_tried = False
-            return
-        if state.paused:
-            wd.disarm("maintenance mode")
-            self._watchdog_tried = False
-            return
-        if not wd.armed and not self._watchdog_tried:
-            self._watchdog_tried = True     # automatic mode: one attempt per writable spell
-            try:
-                wd.arm()
-            except WatchdogError as exc:
-                # Shut now; the next pass gives the lock up (decide: fencing_failed).
-                node.gate.close(str(exc))
-                self._fencing_failed = (state.lock.epoch, str(exc))
-                log.error("%s (epoch %d)", exc, state.lock.epoch)
-                return
-        wd.feed()
+    def fencing_failed(self, epoch: int, why: str) -> None:
+        """The node could not arm its watchdog as primary of ``epoch`` (its gate is shut): the
+        next pass gives the lock up (decide: ``Observation.fencing_failed``)."""
+        self._fencing_failed = (epoch, why)
+        log.error("%s: %s (epoch %d)", self.node.name, why, epoch)
 
     def _loop_task(self, coro: Any) -> None:
         assert self._loop is not None
@@ -306,10 +257,28 @@ class ControlLoop:
         try:
             successor = await self.switchover(None)
             log.info("%s: handed over to %s for lack of disk space", self.node.name, successor)
-        except SwitchoverError as exc:
+        except RequestRefused as exc:
             log.error("%s: handover for lack of disk space failed: %s", self.node.name, exc)
         finally:
             self.switching = False
+
+    # -- what the node, the API and metrics may read (never ``raft`` itself) -----------------
+
+    def state(self) -> ClusterState:
+        """The replicated state as this node last applied it."""
+        return self.raft.snapshot()
+
+    def raft_members(self) -> list[str]:
+        return self.raft.raft_members()
+
+    def raft_status(self) -> dict[str, Any]:
+        return self.raft.raft_status()
+
+    def compact_raft_log(self) -> None:
+        self.raft.compact_log()
+
+    def raft_tick_at(self) -> float | None:
+        return self.raft.last_tick_at
 
     def member_seen_at(self) -> dict[str, float]:
         """When each member's report last changed, on this node's monotonic clock."""
@@ -321,7 +290,8 @@ class ControlLoop:
         The gate is shut by now, so what this node acknowledged is final: the release records
         it as the floor no successor may be below (rule 2).
         """
-        self.raft.propose(Release(self.node.name, epoch, None, self.node.acked_seq))
+        self.raft.propose(Release(self.node.name, epoch, None,
+                                  self.node.local_state().acked_seq))
 
     def _record(self, d: Decision) -> None:
         self.passes += 1
@@ -343,7 +313,7 @@ class ControlLoop:
         node = self.node
         match effect:
             case CloseGate(reason):
-                node.gate.close(reason)
+                node.close_gate(reason)
             case StepDown(target, epoch):
                 await node.become_replica(target, epoch)
             case RecoverDisk():
@@ -378,9 +348,8 @@ class ControlLoop:
             if ok and not self.switching:
                 self._on_raft(node.become_primary, epoch, proposed_at)
 
-        store = node.store
-        self.raft.propose(Renew(node.name, epoch, store.latest_seq() if store else 0,
-                                node.acked_seq), renewed)
+        me = node.local_state()
+        self.raft.propose(Renew(node.name, epoch, me.seq or 0, me.acked_seq), renewed)
 
     async def _acquire(self, effect: ProposeAcquire, state: ClusterState) -> None:
         node, lock, epoch = self.node, state.lock, effect.epoch
@@ -410,63 +379,6 @@ class ControlLoop:
                 self._claimed_epoch = None
 
         self.raft.propose(cmd, acquired)
-
-    async def switchover(self, target: str | None, timeout: float = 5.0) -> str:
-        """Hand the primary role over with no acknowledged write lost; returns the successor.
-
-        Stops acknowledging writes, waits until the successor has applied everything this
-        primary wrote, then releases the lock naming it. Raises SwitchoverError (and reopens
-        the gate) if no successor qualifies or it does not catch up within ``timeout``.
-        """
-        node = self.node
-        state = self.raft.snapshot()
-        lock = state.lock
-        if not (node.is_primary and lock.held and lock.holder == node.name):
-            raise SwitchoverError(f"{node.name} is not the primary")
-        if target is not None and state.member(target) is None:
-            raise SwitchoverError(f"{target!r} is not a member of this cluster")
-        deadline = time.monotonic() + timeout
-        while not (choices := self._successors(target)):
-            # Just after an election, reports may not have been seen yet: give them a moment.
-            if time.monotonic() > deadline:
-                raise SwitchoverError(f"no healthy replica "
-                                      f"{'named ' + target + ' ' if target else ''}"
-                                      "qualifies as successor")
-            await asyncio.sleep(0.05)
-        successor = choices[0]
-        self.switching = True
-        node.gate.close(f"switchover to {successor}")
-        store = node.store
-        assert store is not None
-        last = store.latest_seq()
-        deadline = time.monotonic() + timeout
-        while True:
-            # Wait for the successor's own report in Raft: that is what every node's election
-            # reads, so it must already show the successor holding every acknowledged write.
-            report = self.raft.snapshot().member(successor)
-            if report is not None and report.role == "replica" and report.applied_seq >= last:
-                break
-            if time.monotonic() > deadline:
-                self.switching = False     # the next effective renewal reopens the gate
-                raise SwitchoverError(f"{successor} did not reach seq {last} within "
-                                      f"{timeout} s; still primary")
-            await asyncio.sleep(0.01)
-        # What this primary acknowledged is final now (the gate is shut): the floor (rule 2).
-        ok = await self._propose_and_wait(
-            Release(node.name, lock.epoch, successor, node.acked_seq), timeout)
-        if not ok:
-            self.switching = False
-            raise SwitchoverError("the release could not be committed; still primary")
-        log.info("%s: switchover: handed over to %s at seq %d (epoch %d)", node.name,
-                 successor, last, lock.epoch)
-        # The Raft leadership follows, so restarting this node next (a rolling upgrade) costs
-        # no Raft election under the new primary's lease.
-        raft_address = next((n.raft for n in node.cfg.nodes if n.name == successor), None)
-        if raft_address is not None:
-            self.raft.transfer_leadership(str(raft_address))
-        await node.become_replica(None, lock.epoch)
-        self.switching = False
-        return successor
 
     def confirmers(self, state: ClusterState) -> frozenset[str]:
         """Whose confirmation a write needs: the committed synchronous set and, while a change
@@ -500,106 +412,6 @@ class ControlLoop:
 
         self.raft.propose(SetSyncSet(node.name, epoch, new), done)
 
-    def _successors(self, target: str | None) -> list[str]:
-        """Who may take over in a switchover, best first (``eligibility.successors``)."""
-        return successors(self.raft.snapshot(), self.node.name, self.policy,
-                          self.reports.seen, time.monotonic(), target)
-
-    async def _raft_result(self, start: Any, timeout: float) -> bool | None:
-        """Call ``start(settle)``; wait for the Raft thread to call ``settle(ok)``.
-
-        None when nothing came within ``timeout``.
-        """
-        assert self._loop is not None
-        loop = self._loop
-        result: asyncio.Future[bool | None] = loop.create_future()
-
-        def settle(ok: bool | None) -> None:
-            if not result.done():
-                result.set_result(ok)
-
-        start(lambda ok: loop.call_soon_threadsafe(settle, ok))
-        try:
-            return await asyncio.wait_for(result, timeout)
-        except TimeoutError:
-            return None
-
-    async def _propose_and_wait(self, cmd: Command, timeout: float) -> bool | None:
-        return await self._raft_result(
-            lambda settle: self.raft.propose(cmd, lambda ok, proposed_at: settle(ok)), timeout)
-
-    async def request_failover(self, candidate: str, force: bool,
-                               timeout: float = 5.0) -> int:
-        """Record an operator's failover to ``candidate``; returns the epoch it applies to.
-
-        Raises SwitchoverError when a primary is serving (use a switchover), when the
-        candidate would lose acknowledged writes and ``force`` is not given, or when Raft does
-        not commit the request.
-        """
-        state = self.raft.snapshot()
-        leader = self.node.leader()
-        if leader is not None:
-            raise SwitchoverError(f"{leader} is a healthy primary (epoch {state.lock.epoch}); "
-                                  "use a switchover")
-        if candidate not in {n.name for n in self.node.cfg.nodes} | {
-                m.name for m in state.members}:
-            raise SwitchoverError(f"{candidate!r} is not a node of this cluster")
-        refusal = failover_refusal(state, candidate, force, self.policy,
-                                   self.member_seen_at(), time.monotonic())
-        if refusal is not None:
-            forceable = not force and failover_refusal(
-                state, candidate, True, self.policy, self.member_seen_at(),
-                time.monotonic()) is None
-            raise SwitchoverError(refusal + ("; --force to promote it anyway" if forceable
-                                             else ""))
-        ok = await self._propose_and_wait(SetFailover(candidate, state.lock.epoch, force),
-                                          timeout)
-        if not ok:
-            raise SwitchoverError("the failover request was not committed (no quorum, or the "
-                                  "epoch changed meanwhile)")
-        log.warning("%s: manual failover to %s requested%s (epoch %d)", self.node.name,
-                    candidate, " with --force" if force else "", state.lock.epoch)
-        return state.lock.epoch
-
-    async def _membership(self, action: str, address: str, timeout: float) -> bool:
-        return bool(await self._raft_result(
-            lambda settle: self.raft.change_membership(action, address, settle), timeout))
-
-    async def add_member(self, name: str, raft_address: str, timeout: float = 10.0) -> None:
-        """Make ``raft_address`` a Raft member, before the new node ``name`` starts."""
-        state = self.raft.snapshot()
-        if state.member(name) is not None:
-            raise SwitchoverError(f"{name} is already a member")
-        if raft_address in self.raft.raft_members():
-            raise SwitchoverError(f"{raft_address} is already a Raft member")
-        if not await self._membership("add", raft_address, timeout):
-            raise NotCommitted(f"adding {name} ({raft_address}) was not committed in time")
-        log.warning("%s: member added: %s (raft %s); start it now", self.node.name, name,
-                    raft_address)
-
-    async def remove_member(self, name: str, raft_address: str,
-                            timeout: float = 10.0) -> None:
-        """Take ``name`` out of the Raft membership and forget its reports. Never the primary."""
-        state = self.raft.snapshot()
-        if state.lock.held and state.lock.holder == name:
-            raise SwitchoverError(f"{name} is the primary; switch over first")
-        if raft_address == str(self.raft.selfNode):
-            raise SwitchoverError(f"ask another node to remove {name}: a node cannot remove "
-                                  "itself")
-        if raft_address not in self.raft.raft_members():
-            raise SwitchoverError(f"{raft_address} is not a Raft member")
-        if not await self._membership("remove", raft_address, timeout):
-            raise NotCommitted(f"removing {name} ({raft_address}) was not committed in time")
-        if state.member(name) is not None and not await self._propose_and_wait(Forget(name),
-                                                                                timeout):
-            log.warning("%s: %s left Raft but its member record was not dropped",
-                        self.node.name, name)
-        log.warning("%s: member removed: %s (raft %s)", self.node.name, name, raft_address)
-
-    async def set_paused(self, paused: bool, timeout: float = 5.0) -> bool | None:
-        """Record the maintenance flag in Raft; None if it could not be committed in time."""
-        return await self._propose_and_wait(SetPaused(paused), timeout)
-
     def status(self) -> dict[str, Any]:
         state = self.raft.snapshot()
         lock = state.lock
@@ -607,8 +419,7 @@ class ControlLoop:
             "decision": self.last.sentence if self.last else None,
             "lock": {"holder": lock.holder, "epoch": lock.epoch, "released": lock.released,
                      "renewals": lock.renewals},
-            "lease_left_s": round(self.node.gate.lease_left(), 3) if self.node.is_primary
-            else None,
+            "lease_left_s": round(self.node.lease_left(), 3) if self.node.is_primary else None,
             "paused": state.paused,
             "failover_request": None if state.failover_request is None else {
                 "to": state.failover_request.candidate, "force": state.failover_request.force,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from hacluster.config import ConsensusConfig, ReplicationConfig
 from hacluster.consensus.lease import LeaseTiming
 
 
@@ -26,20 +27,26 @@ class Action(Enum):
     WAIT = "wait"            # nothing to do this pass
 
 
+_C, _R = ConsensusConfig(), ReplicationConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
+    """The rules' settings; ``consensus.settings.policy(cfg)`` builds it from the config, and
+    every default here is the config's."""
+
     timing: LeaseTiming = field(default_factory=LeaseTiming)
     sync_mode: bool = True
-    maximum_lag_on_failover: int = 1 << 20     # sequence numbers
-    member_stale_s: float = 3.0                # a member report older than this is not a candidate
+    maximum_lag_on_failover: int = _C.maximum_lag_on_failover   # sequence numbers
+    member_stale_s: float = _C.member_stale_s   # a report older than this: not a candidate
     # Throttles (consensus.acquire_retry_s, consensus.sync_set_retry_s): how long an unanswered
     # proposal is left to its answer before it is made again.
-    acquire_retry_s: float = 2.0
-    sync_set_retry_s: float = 2.0
-    sync_replicas: int = 1                     # replication.sync_replicas
+    acquire_retry_s: float = _C.acquire_retry_s
+    sync_set_retry_s: float = _C.sync_set_retry_s
+    sync_replicas: int = _R.sync_replicas
     # A connected member that has not applied anything new for this long, while behind, is
     # replaced in the synchronous set (min(1 s, replication.sync_timeout_s / 2)).
-    sync_stall_s: float = 1.0
+    sync_stall_s: float = min(1.0, _R.sync_timeout_s / 2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
+from hacluster.config import ConsensusConfig
 from hacluster.consensus.raft_journal import install_patches, journal_stats
 from hacluster.consensus.state import (
     Acquire,
@@ -50,14 +51,18 @@ class RaftConfigError(Exception):
     """The Raft layer cannot start as configured (no password, bad addresses)."""
 
 
+_DEFAULTS = ConsensusConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class RaftTiming:
-    election_min_s: float = 0.2
-    election_max_s: float = 0.5
-    heartbeat_s: float = 0.05
+    # The config's defaults (consensus.*): one place for every timing.
+    election_min_s: float = _DEFAULTS.election_min_s
+    election_max_s: float = _DEFAULTS.election_max_s
+    heartbeat_s: float = _DEFAULTS.raft_heartbeat_s
     connection_timeout_s: float = 1.5
-    compaction_min_entries: int = 5000
-    compaction_min_time_s: float = 60.0
+    compaction_min_entries: int = _DEFAULTS.log_compaction_min_entries
+    compaction_min_time_s: float = _DEFAULTS.log_compaction_min_time_s
 
 
 def encode_command(cmd: Command) -> tuple[Any, ...]:
@@ -121,8 +126,37 @@ def decode_command(raw: Any) -> Command:
     raise CommandError(f"unknown command {kind!r}")
 
 
-class RaftNode(SyncObj):  # type: ignore[misc]
-    """One node's replica of the cluster state. Ticks run on its own thread after start()."""
+class StateReplica(SyncObj):  # type: ignore[misc]
+    """pysyncobj's side of one node: the replicated state machine, and nothing else.
+
+    The only subclass of ``SyncObj``. Attributes set after ``SyncObj.__init__`` are its
+    serialized state (pysyncobj dumps them): ``_state`` alone, as in every dump written so far.
+    ``RaftNode`` owns one and is the rest of the code's only way to it.
+    """
+
+    def __init__(self, self_addr: str, partner_addrs: list[str], conf: SyncObjConf,
+                 on_apply: Callable[[Command, bool, ClusterState], None]) -> None:
+        # Set before SyncObj.__init__: not part of the serialized state.
+        self._on_apply = on_apply
+        super().__init__(self_addr, partner_addrs, conf)
+        self._state = ClusterState()
+
+    @replicated  # type: ignore[untyped-decorator]
+    def _apply(self, raw: Any) -> bool:
+        try:
+            cmd = decode_command(raw)
+        except CommandError as exc:
+            log.error("ignored a malformed Raft command: %s", exc)
+            return False
+        self._state, ok = apply_command(self._state, cmd)
+        self._on_apply(cmd, ok, self._state)
+        return ok
+
+
+class RaftNode:
+    """One node's replica of the cluster state behind the consensus port the loop uses:
+    propose, snapshot, membership, leadership transfer, status. Ticks run on its own thread
+    after start(). Holds pysyncobj (``replica``) by composition; nothing else touches it."""
 
     def __init__(self, self_addr: str, partner_addrs: list[str], data_dir: Path,
                  password: str | None, timing: RaftTiming,
@@ -132,7 +166,6 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                                   "HACLUSTER_RAFT_PASSWORD): pysyncobj unpickles what it "
                                   "receives, so an open port would run anyone's code")
         data_dir.mkdir(parents=True, exist_ok=True)
-        # Attributes set before SyncObj.__init__ are not part of the serialized state.
         self._on_change = on_change
         self._lock_key: tuple[int, int, bool] | None = None
         self._lock_seen_at: float | None = None
@@ -173,20 +206,11 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             dynamicMembershipChange=True,
             onReady=self.ready.set,
         )
-        super().__init__(self_addr, partner_addrs, conf)
-        self._state = ClusterState()
+        self.replica = StateReplica(self_addr, partner_addrs, conf, self._applied)
 
-    # -- the state machine ----------------------------------------------------------------
-
-    @replicated  # type: ignore[untyped-decorator]
-    def _apply(self, raw: Any) -> bool:
-        try:
-            cmd = decode_command(raw)
-        except CommandError as exc:
-            log.error("ignored a malformed Raft command: %s", exc)
-            return False
-        self._state, ok = apply_command(self._state, cmd)
-        lock = self._state.lock
+    def _applied(self, cmd: Command, ok: bool, state: ClusterState) -> None:
+        """On the tick thread, after each command is applied (in log order)."""
+        lock = state.lock
         key = (lock.epoch, lock.renewals, lock.released)
         with self._obs_lock:
             if key != self._lock_key:
@@ -195,8 +219,14 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             if ok and isinstance(cmd, Report):
                 self._report_seen[cmd.name] = (cmd.clock, time.monotonic())
         if self._on_change is not None:
-            self._on_change(self._state)
-        return ok
+            self._on_change(state)
+
+    @property
+    def self_address(self) -> str:
+        return str(self.replica.selfNode)
+
+    def is_leader(self) -> bool:
+        return bool(self.replica._isLeader())
 
     # -- the node's side ------------------------------------------------------------------
 
@@ -209,7 +239,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         last_failure = 0.0
         while not self._stop.is_set():
             try:
-                self.doTick(0.02)
+                self.replica.doTick(0.02)
             except Exception as exc:
                 # pysyncobj writes its journal and meta files from here; a full disk makes
                 # those raise. A dead tick thread would leave a node that serves HTTP but
@@ -260,9 +290,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             return
         self._last_shed = now
         try:
-            if self._isLeader():
+            if self.replica._isLeader():
                 log.warning("Raft ticks failing on the leader: handing Raft leadership over")
-                self.transferLeadership(None)
+                self.replica.transferLeadership(None)
         except Exception as exc:
             log.warning("could not hand Raft leadership over: %s", exc)
 
@@ -275,7 +305,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         if mtime != self._dump_mtime:
             self._compactions += 1
             log.info("Raft log compacted into raft.dump: %s entries left in the log",
-                     self.getStatus().get("log_len"))
+                     self.replica.getStatus().get("log_len"))
         self._dump_mtime = mtime
 
     def call_soon(self, fn: Callable[[], None]) -> None:
@@ -292,7 +322,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         deadline = time.monotonic() + within_s
 
         def attempt() -> None:
-            if not self._isLeader():
+            if not self.replica._isLeader():
                 return                                   # moved (or lost anyway): done
             if time.monotonic() > deadline:
                 log.warning("Raft leadership transfer to %s did not happen within %.1f s",
@@ -304,7 +334,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                     log.info("Raft leadership transfer to %s: sent", address)
                 self.call_later(0.1, attempt)           # check it moved, or try again
 
-            self.transferLeadership(address, callback=done)
+            self.replica.transferLeadership(address, callback=done)
 
         self.call_soon(attempt)
 
@@ -322,25 +352,25 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             done(error == FAIL_REASON.SUCCESS)
 
         if action == "add":
-            self.addNodeToCluster(address, callback=callback)
+            self.replica.addNodeToCluster(address, callback=callback)
         elif action == "remove":
-            self.removeNodeFromCluster(address, callback=callback)
+            self.replica.removeNodeFromCluster(address, callback=callback)
         else:
             raise ValueError(f"unknown membership action {action!r}")
 
     def raft_members(self) -> list[str]:
         """This node's view of the Raft members' addresses (itself included)."""
-        return sorted([str(self.selfNode), *(str(n) for n in self.otherNodes)])
+        return sorted([str(self.replica.selfNode), *(str(n) for n in self.replica.otherNodes)])
 
     def compact_log(self) -> None:
         """Compact the Raft log into the dump now rather than at the next threshold."""
-        self.call_soon(self.forceLogCompaction)
+        self.call_soon(self.replica.forceLogCompaction)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(5)
-        self.destroy()
+        self.replica.destroy()
 
     def propose(self, cmd: Command,
                 done: Callable[[bool | None, float], None] | None = None) -> float:
@@ -366,11 +396,11 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             if done is not None:
                 done(bool(result), proposed_at)
 
-        self._apply(encode_command(cmd), callback=callback)
+        self.replica._apply(encode_command(cmd), callback=callback)
         return proposed_at
 
     def snapshot(self) -> ClusterState:
-        return self._state
+        return self.replica._state
 
     def lock_seen_at(self) -> float | None:
         with self._obs_lock:
@@ -388,7 +418,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             return self._last_ack_at is not None and now - self._last_ack_at <= window_s
 
     def raft_status(self) -> dict[str, Any]:
-        status = self.getStatus()
+        status = self.replica.getStatus()
         leader = status.get("leader")
         files = {}
         for name in ("raft.journal", "raft.dump"):
@@ -405,7 +435,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                 "members": self.raft_members(),
                 "compactions": self._compactions,
                 # Torn final journal records cut at start (a power loss mid-append).
-                "torn_records_truncated": journal_stats(self)["torn_records_truncated"],
+                "torn_records_truncated": journal_stats(self.replica)["torn_records_truncated"],
                 "journal_bytes": files["raft.journal"].st_size if "raft.journal" in files
                 else None,
                 "dump_bytes": dump.st_size if dump else None,

@@ -23,23 +23,23 @@ class Verdict(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class FrameCheck:
     verdict: Verdict
     reason: str
 
 
-def decide(applied_seq: int, known_epoch: int, frame: BatchFrame) -> Decision:
+def check_frame(applied_seq: int, known_epoch: int, frame: BatchFrame) -> FrameCheck:
     if frame.epoch < known_epoch:
-        return Decision(Verdict.STALE_EPOCH, f"batch at seq {frame.seq} is from epoch "
+        return FrameCheck(Verdict.STALE_EPOCH, f"batch at seq {frame.seq} is from epoch "
                         f"{frame.epoch}, older than epoch {known_epoch} this node knows")
     if frame.seq == applied_seq + 1:
-        return Decision(Verdict.APPLY, f"batch [{frame.seq}, {frame.last_seq}] follows "
+        return FrameCheck(Verdict.APPLY, f"batch [{frame.seq}, {frame.last_seq}] follows "
                         f"seq {applied_seq}")
     if frame.last_seq <= applied_seq:
-        return Decision(Verdict.SKIP, f"batch [{frame.seq}, {frame.last_seq}] already applied "
+        return FrameCheck(Verdict.SKIP, f"batch [{frame.seq}, {frame.last_seq}] already applied "
                         f"(at seq {applied_seq})")
     if frame.seq > applied_seq + 1:
-        return Decision(Verdict.GAP, f"batch starts at seq {frame.seq} but this node is at "
+        return FrameCheck(Verdict.GAP, f"batch starts at seq {frame.seq} but this node is at "
                         f"seq {applied_seq}: seqs {applied_seq + 1}..{frame.seq - 1} missing")
-    return Decision(Verdict.OVERLAP, f"batch [{frame.seq}, {frame.last_seq}] straddles this "
+    return FrameCheck(Verdict.OVERLAP, f"batch [{frame.seq}, {frame.last_seq}] straddles this "
                     f"node's position {applied_seq}: histories differ")

@@ -3,7 +3,7 @@
 Owns the follow loop: connect to the primary's stream after the local seq, verify and apply
 batches strictly in order, acknowledge the applied seq, reconnect with capped exponential
 backoff, and bootstrap from a checkpoint when the primary answers 410 or this node has no DB.
-It must never apply a frame that failed verification or the ``applier.decide`` check, never keep
+It must never apply a frame that failed verification or ``applier.check_frame``, never keep
 applying after a divergence, and never open the DB while a checkpoint is being installed.
 """
 
@@ -23,10 +23,10 @@ import aiohttp
 import rocksdict
 
 from hacluster.config import ReplicationConfig
-from hacluster.consensus.lineage import Lineage
 from hacluster.groupsync import GroupSync
+from hacluster.lineage.labels import Lineage
 from hacluster.replication import frames
-from hacluster.replication.applier import Verdict, decide
+from hacluster.replication.applier import Verdict, check_frame
 from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
 from hacluster.store import DivergenceError, Store, StoreError, has_database, no_space
 from hacluster.wal.errors import WalError
@@ -302,7 +302,7 @@ class Follower:
                 # The node's disk reserve is for Raft and recovery, not for more data.
                 raise LowSpace(low)
             applied = store.latest_seq()
-            decision = decide(applied, self.known_epoch, frame)
+            decision = check_frame(applied, self.known_epoch, frame)
             if decision.verdict is Verdict.SKIP:
                 return
             if decision.verdict is Verdict.OVERLAP:

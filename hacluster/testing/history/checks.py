@@ -169,7 +169,7 @@ def divergent_tail_keys(data_dirs: Iterable[str | os.PathLike[str]],
                         cf: str | None = "default") -> set[bytes]:
     """Keys put by the writes in ``<data_dir>/divergent/*.cbor`` (of column family ``cf``)."""
     # Streamed a batch at a time (either file format): a tail may be as large as its cap.
-    from hacluster.divergence import iter_tail_batches
+    from hacluster.lineage.tails import iter_tail_batches
     keys: set[bytes] = set()
     for data_dir in data_dirs:
         for path in sorted((Path(data_dir) / "divergent").glob("*.cbor")):

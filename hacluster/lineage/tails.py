@@ -34,8 +34,8 @@ from typing import IO, Any
 
 import cbor2
 
-from hacluster.consensus.lineage import Divergence
 from hacluster.fsutil import fsync_path
+from hacluster.lineage.labels import Divergence
 from hacluster.store import Store
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE
 from hacluster.wal.errors import WalError, WalGone

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hacluster.config import ClusterConfig, ConfigError, load_config
-from hacluster.node import Node, Role
+from hacluster.node import Node
+from hacluster.role import Role
 from hacluster.store import StoreError
 
 log = logging.getLogger("hacluster")
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from hacluster.demo import run_demo
+        from hacluster.tools.demo import run_demo
         return run_demo(args.keep, args.mode, args.dir)
     try:
         cfg = load_config(args.config)
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(cfg.nodes)} nodes)")
         return 0
     if args.command == "up":
-        from hacluster.local import run_local_cluster
+        from hacluster.tools.local import run_local_cluster
         return run_local_cluster(cfg, args.config, args.log_level)
     if args.command in CTL_COMMANDS:
         return _ctl(args, cfg)
@@ -181,8 +182,8 @@ CTL_COMMANDS = frozenset({"status", "switchover", "failover", "pause", "resume",
 
 
 def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
-    from hacluster import ctl
-    from hacluster.client import Client
+    from hacluster.tools import ctl
+    from hacluster.tools.client import Client
     client = Client([n.api.url for n in cfg.nodes], cfg.token, failover_timeout=5.0)
     if args.command == "status":
         return ctl.status(client, cfg, args.json)

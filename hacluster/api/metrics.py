@@ -19,18 +19,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from hacluster.divergence import list_divergent_tails
+from hacluster.api import probes
+from hacluster.lineage.tails import list_divergent_tails
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
 
-    from hacluster.node import Node
+    from hacluster.api.port import ServedNode
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class NodeCollector(Collector):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ServedNode) -> None:
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
@@ -42,9 +43,10 @@ class NodeCollector(Collector):
         for name in ("primary", "replica"):
             role.add_metric([name], 1.0 if (name == "primary") == node.is_primary else 0.0)
         yield role
+        # The node's view: the same "writable" as /status, the probes and the KV answers
+        # (a primary whose disk is full is not writable, whatever its lease).
         yield GaugeMetricFamily("hacluster_writable", "1 while this node acknowledges writes",
-                                value=1.0 if node.is_primary and node.gate.refusal() is None
-                                else 0.0)
+                                value=1.0 if node.view(time.monotonic()).writable else 0.0)
         yield GaugeMetricFamily("hacluster_epoch", "the epoch this node is in",
                                 value=node.status_epoch())
         yield GaugeMetricFamily("hacluster_applied_seq", "latest sequence number in this "
@@ -73,8 +75,9 @@ class NodeCollector(Collector):
                                    "this node downloaded")
         if follower is not None:
             st = follower.status
-            if st.primary_seq is not None:
-                own_lag.add_metric([], float(max(0, st.primary_seq - seq)))
+            behind = probes.lag(node.view(time.monotonic()))
+            if behind is not None:
+                own_lag.add_metric([], float(behind))
             boot.add_metric([], float(st.bootstrap_bytes))
         else:
             boot.add_metric([], 0.0)
@@ -95,7 +98,7 @@ class NodeCollector(Collector):
                 "hacluster_failovers", "failovers (automatic or manual) this node saw",
                 value=float(sum(n for r, n in control.epoch_changes.items()
                                 if r in ("failover", "manual failover"))))
-            raft = control.raft.raft_status()
+            raft = control.raft_status()
             for key, help_text in (("log_len", "entries in the Raft log"),
                                    ("term", "the Raft term"),
                                    ("commit_idx", "the Raft commit index")):
@@ -109,7 +112,7 @@ class NodeCollector(Collector):
                 "torn final Raft journal records cut at start (a power loss mid-append)",
                 value=float(raft.get("torn_records_truncated") or 0))
             yield GaugeMetricFamily("hacluster_paused", "1 in maintenance mode",
-                                    value=1.0 if control.raft.snapshot().paused else 0.0)
+                                    value=1.0 if control.state().paused else 0.0)
             drift = GaugeMetricFamily("hacluster_clock_drift", "how much faster (negative: "
                                       "slower) each peer's monotonic clock runs than this "
                                       "node's, as a fraction (0.05 = 5 %)", labels=["peer"])
@@ -123,7 +126,7 @@ class NodeCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ServedNode) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(NodeCollector(node))
         self.requests = Histogram(

@@ -1,0 +1,182 @@
+"""The config's schema as data: the frozen dataclasses, their defaults, and the shared constants.
+
+Owns ``ClusterConfig`` and one frozen dataclass per section (``StorageConfig``,
+``ReplicationConfig``, ``ConsensusConfig``, ...), each field's default, ``ConfigError``, and the
+names other modules share (``TOKEN_ENV``, ``RAFT_PASSWORD_ENV``, ``FRAME_OVERHEAD``,
+``NODE_TAGS``, ``DURABILITY``). It must never read a file, the environment or a YAML value, nor
+check a bound: the defaults live here, the validation in ``sections`` and ``load``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN_ENV = "HACLUSTER_TOKEN"
+RAFT_PASSWORD_ENV = "HACLUSTER_RAFT_PASSWORD"
+
+NODE_TAGS = frozenset({"nofailover", "noloadbalance"})
+# Room in a frame beyond the WriteBatch itself (CBOR map, header fields, checksum).
+FRAME_OVERHEAD = 4096
+DURABILITY = ("fsync", "os_buffer")
+
+
+class ConfigError(Exception):
+    """A config file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    api: Address
+    data_dir: Path
+    raft: Address | None = None
+    tags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    wal_ttl_seconds: int = 3600
+    wal_size_limit_mb: int = 4096
+    write_buffer_size_mb: int = 64
+    max_total_wal_size_mb: int = 0
+    fsync_writes: bool = False
+    # "fsync": nothing is acknowledged (by the primary to a client, or by a replica to the
+    # primary) before it is on disk, one WAL sync per round of writes (group commit), so a
+    # power loss of every node at once loses no acknowledged write. "os_buffer": in the page
+    # cache only, which survives a process crash but not a power loss.
+    durability: str = "fsync"
+    # The primary refuses writes (507) while its data dir's file system has less free space
+    # than this, before RocksDB itself runs out (0: only below 1 MB, or on RocksDB's error).
+    min_free_mb: int = 64
+    # An emergency reserve file (real blocks) deleted when space runs low, so the Raft journal
+    # and a RocksDB reopen still have room; 0: none.
+    reserve_mb: int = 32
+    # Retention of divergent-tail files and of databases set aside for incomplete tails.
+    divergent_keep_days: int = 30
+    divergent_max_mb: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    heartbeat_interval: float = 0.5
+    reconnect_backoff_min: float = 0.1
+    reconnect_backoff_max: float = 5.0
+    fsync_on_apply: bool = False
+    max_frame_bytes: int = 80 << 20
+    ack_interval: float = 0.0
+    checkpoint_ttl_seconds: int = 3600
+    bootstrap_chunk_bytes: int = 1 << 20
+    bootstrap_max_rate_mb_s: float = 0.0
+    # Checkpoints that may exist at once on the primary (each pins the SST files it links).
+    max_checkpoints: int = 4
+    # "sync" (the default with consensus): a write is acknowledged once the synchronous set
+    # has it; "async" (the only mode without consensus): once it is in the primary's DB.
+    mode: str = "sync"
+    sync_replicas: int = 1
+    sync_timeout_s: float = 5.0
+    # /replica, /read-only and /readiness: how far behind (in sequence numbers, one per op) a
+    # replica may be and still serve reads.
+    max_replica_lag: int = 100_000
+    # GET ?min_seq=N on a replica: how long to wait for it to reach N before answering 503.
+    min_seq_wait_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusConfig:
+    """Timings of the Raft layer and of the primary lease (used when nodes have ``raft``)."""
+
+    # Measured with bench/failover.py on this project's 2-core machines: p50 ~0.9 s, max ~1.6 s.
+    lease_s: float = 0.6
+    renew_interval_s: float = 0.1
+    drift: float = 0.05
+    drift_margin_s: float = 0.05
+    # Raft elections must finish well inside the lease, or losing the Raft leader alone
+    # lapses the primary's lease (writes pause) or even causes a needless failover.
+    election_min_s: float = 0.15
+    election_max_s: float = 0.35
+    raft_heartbeat_s: float = 0.04
+    report_interval_s: float = 0.5
+    member_stale_s: float = 3.0
+    maximum_lag_on_failover: int = 1 << 20
+    # An unanswered Acquire / synchronous set proposal is made again after this long.
+    acquire_retry_s: float = 2.0
+    sync_set_retry_s: float = 2.0
+    # The Raft log is compacted into a dump once it holds this many entries or is this old:
+    # about 15 entries a second with default timings, so a few minutes of log at most.
+    log_compaction_min_entries: int = 5000
+    log_compaction_min_time_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogConfig:
+    """A Linux watchdog device armed while this node is a writable primary (like Patroni's)."""
+
+    mode: str = "off"                  # off | automatic | required
+    device: Path = Path("/dev/watchdog")
+    timeout_s: int = 5                 # the device resets the host if not fed for this long
+
+
+@dataclass(frozen=True, slots=True)
+class HooksConfig:
+    """Shell commands run on role changes (in the background, with a timeout)."""
+
+    on_promote: str | None = None
+    on_demote: str | None = None
+    on_role_change: str | None = None
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_key_bytes: int = 64 << 10
+    max_value_bytes: int = 16 << 20
+    max_body_bytes: int = 64 << 20
+    max_batch_ops: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """The whole validated config; ``source`` is the file it came from."""
+
+    name: str
+    token: str
+    raft_password: str | None   # for the consensus layer; optional until it lands
+    primary: str
+    epoch: int
+    column_families: tuple[str, ...]
+    nodes: tuple[NodeConfig, ...]
+    storage: StorageConfig
+    replication: ReplicationConfig
+    limits: LimitsConfig
+    source: Path
+    consensus: ConsensusConfig = ConsensusConfig()
+    hooks: HooksConfig = HooksConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+
+    @property
+    def uses_consensus(self) -> bool:
+        """Every node has a ``raft`` address: the primary is elected, not configured."""
+        return all(n.raft is not None for n in self.nodes)
+
+    def node(self, name: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise ConfigError(f"{self.source}: node {name!r} is not in 'nodes' (known: {known})")

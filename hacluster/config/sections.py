@@ -1,0 +1,206 @@
+"""One function per section of the config file: its keys, their types, bounds and rules.
+
+Owns ``_storage``, ``_replication``, ``_consensus``, ``_watchdog``, ``_limits``, ``_hooks`` and
+``_nodes``: each reads its section through a ``_Reader``, checks every bound and every rule that
+involves only that section's keys, refuses unknown keys, and returns the frozen dataclass. It
+must never look at another section or at the environment (rules across sections, secrets and
+defaults that depend on consensus are ``load``'s), and never start or open anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hacluster.config.model import (
+    DURABILITY,
+    NODE_TAGS,
+    ConsensusConfig,
+    HooksConfig,
+    LimitsConfig,
+    NodeConfig,
+    ReplicationConfig,
+    StorageConfig,
+    WatchdogConfig,
+)
+from hacluster.config.reader import _name, _Reader, _text, brief, parse_address
+
+
+def _storage(r: _Reader) -> StorageConfig:
+    d = StorageConfig()
+    result = StorageConfig(
+        wal_ttl_seconds=r.integer("wal_ttl_seconds", d.wal_ttl_seconds, minimum=1),
+        wal_size_limit_mb=r.integer("wal_size_limit_mb", d.wal_size_limit_mb, minimum=1),
+        write_buffer_size_mb=r.integer(
+            "write_buffer_size_mb", d.write_buffer_size_mb, minimum=1, maximum=4096
+        ),
+        # RocksDB takes it in bytes (uint64): at most 2**40 MB.
+        max_total_wal_size_mb=r.integer("max_total_wal_size_mb", d.max_total_wal_size_mb,
+                                        minimum=0, maximum=1 << 40),
+        fsync_writes=r.get("fsync_writes", bool, d.fsync_writes),
+        durability=r.get("durability", str, d.durability),
+        min_free_mb=r.integer("min_free_mb", d.min_free_mb, minimum=0),
+        reserve_mb=r.integer("reserve_mb", d.reserve_mb, minimum=0, maximum=1 << 20),
+        divergent_keep_days=r.integer("divergent_keep_days", d.divergent_keep_days, minimum=1,
+                                      maximum=36_500),
+        divergent_max_mb=r.integer("divergent_max_mb", d.divergent_max_mb, minimum=1,
+                                   maximum=1 << 30),
+    )
+    if result.durability not in DURABILITY:
+        raise r.fail(r.key("durability"), f"must be one of {', '.join(DURABILITY)}, got "
+                     f"{brief(result.durability)}")
+    r.finish()
+    return result
+
+
+def _replication(r: _Reader) -> ReplicationConfig:
+    d = ReplicationConfig()
+    result = ReplicationConfig(
+        mode=r.get("mode", str, ""),
+        sync_replicas=r.integer("sync_replicas", d.sync_replicas, minimum=1, maximum=16),
+        sync_timeout_s=r.number("sync_timeout_s", d.sync_timeout_s, minimum=0.1, maximum=600),
+        heartbeat_interval=r.number("heartbeat_interval", d.heartbeat_interval,
+                                    minimum=0.01, maximum=60),
+        reconnect_backoff_min=r.number("reconnect_backoff_min", d.reconnect_backoff_min,
+                                       minimum=0.001, maximum=60),
+        reconnect_backoff_max=r.number("reconnect_backoff_max", d.reconnect_backoff_max,
+                                       minimum=0.01, maximum=600),
+        fsync_on_apply=r.get("fsync_on_apply", bool, d.fsync_on_apply),
+        max_frame_bytes=r.integer("max_frame_bytes", d.max_frame_bytes, minimum=1 << 16,
+                                  maximum=1 << 30),
+        ack_interval=r.number("ack_interval", d.ack_interval, minimum=0, maximum=10),
+        checkpoint_ttl_seconds=r.integer("checkpoint_ttl_seconds", d.checkpoint_ttl_seconds,
+                                         minimum=10),
+        max_checkpoints=r.integer("max_checkpoints", d.max_checkpoints, minimum=1,
+                                  maximum=1024),
+        bootstrap_chunk_bytes=r.integer("bootstrap_chunk_bytes", d.bootstrap_chunk_bytes,
+                                        minimum=4096, maximum=64 << 20),
+        bootstrap_max_rate_mb_s=r.number("bootstrap_max_rate_mb_s", d.bootstrap_max_rate_mb_s,
+                                         minimum=0),
+        max_replica_lag=r.integer("max_replica_lag", d.max_replica_lag, minimum=0),
+        min_seq_wait_s=r.number("min_seq_wait_s", d.min_seq_wait_s, minimum=0, maximum=60),
+    )
+    if result.mode not in ("sync", "async", ""):
+        raise r.fail(r.key("mode"), f"must be sync or async, got {brief(result.mode)}")
+    if result.reconnect_backoff_max < result.reconnect_backoff_min:
+        raise r.fail(r.key("reconnect_backoff_max"), "must not be less than reconnect_backoff_min")
+    r.finish()
+    return result
+
+
+def _consensus(r: _Reader) -> ConsensusConfig:
+    d = ConsensusConfig()
+    result = ConsensusConfig(
+        lease_s=r.number("lease_s", d.lease_s, minimum=0.1, maximum=60),
+        renew_interval_s=r.number("renew_interval_s", d.renew_interval_s, minimum=0.01,
+                                  maximum=30),
+        drift=r.number("drift", d.drift, minimum=0, maximum=0.4),
+        drift_margin_s=r.number("drift_margin_s", d.drift_margin_s, minimum=0, maximum=10),
+        election_min_s=r.number("election_min_s", d.election_min_s, minimum=0.05, maximum=30),
+        election_max_s=r.number("election_max_s", d.election_max_s, minimum=0.05, maximum=60),
+        raft_heartbeat_s=r.number("raft_heartbeat_s", d.raft_heartbeat_s, minimum=0.01,
+                                  maximum=10),
+        report_interval_s=r.number("report_interval_s", d.report_interval_s, minimum=0.05,
+                                   maximum=60),
+        member_stale_s=r.number("member_stale_s", d.member_stale_s, minimum=0.1, maximum=600),
+        maximum_lag_on_failover=r.integer("maximum_lag_on_failover",
+                                          d.maximum_lag_on_failover, minimum=0),
+        acquire_retry_s=r.number("acquire_retry_s", d.acquire_retry_s, minimum=0.05,
+                                 maximum=600),
+        sync_set_retry_s=r.number("sync_set_retry_s", d.sync_set_retry_s, minimum=0.05,
+                                  maximum=600),
+        log_compaction_min_entries=r.integer("log_compaction_min_entries",
+                                             d.log_compaction_min_entries, minimum=10,
+                                             maximum=10_000_000),
+        log_compaction_min_time_s=r.number("log_compaction_min_time_s",
+                                           d.log_compaction_min_time_s, minimum=1,
+                                           maximum=86_400),
+    )
+    if result.renew_interval_s >= result.lease_s * (1 - result.drift):
+        raise r.fail(r.key("renew_interval_s"), "must be shorter than lease_s * (1 - drift)")
+    if result.election_max_s <= result.election_min_s:
+        raise r.fail(r.key("election_max_s"), "must be greater than election_min_s")
+    if result.raft_heartbeat_s >= result.election_min_s:
+        raise r.fail(r.key("raft_heartbeat_s"), "must be shorter than election_min_s")
+    r.finish()
+    return result
+
+
+def _watchdog(r: _Reader) -> WatchdogConfig:
+    d = WatchdogConfig()
+    # YAML reads a bare `off` as false: take it as the mode it names.
+    raw = r.get("mode", (str, bool), d.mode)
+    mode = "off" if raw is False else raw
+    if mode not in ("off", "automatic", "required"):  # `true` lands here too
+        raise r.fail(r.key("mode"), f"must be off, automatic or required, not {brief(mode)}")
+    result = WatchdogConfig(
+        mode=mode, device=Path(_text(r, "device", str(d.device))),
+        timeout_s=r.integer("timeout_s", d.timeout_s, minimum=1, maximum=600))
+    r.finish()
+    return result
+
+
+def _limits(r: _Reader) -> LimitsConfig:
+    d = LimitsConfig()
+    result = LimitsConfig(
+        max_key_bytes=r.integer("max_key_bytes", d.max_key_bytes, minimum=1, maximum=8 << 20),
+        max_value_bytes=r.integer("max_value_bytes", d.max_value_bytes, minimum=0,
+                                  maximum=1 << 30),
+        max_body_bytes=r.integer("max_body_bytes", d.max_body_bytes, minimum=1024,
+                                 maximum=1 << 31),
+        max_batch_ops=r.integer("max_batch_ops", d.max_batch_ops, minimum=1),
+    )
+    r.finish()
+    return result
+
+
+def _hooks(r: _Reader) -> HooksConfig:
+    result = HooksConfig(
+        on_promote=_text(r, "on_promote", None),
+        on_demote=_text(r, "on_demote", None),
+        on_role_change=_text(r, "on_role_change", None),
+        timeout_s=r.number("timeout_s", HooksConfig().timeout_s, minimum=0.1, maximum=3600))
+    r.finish()
+    return result
+
+
+def _nodes(top: _Reader, source: Path) -> tuple[NodeConfig, ...]:
+    raw = top.get("nodes", list)
+    if not raw:
+        raise top.fail("nodes", "must list at least one node")
+    nodes: list[NodeConfig] = []
+    seen_names: set[str] = set()
+    seen_addrs: dict[tuple[str, int], str] = {}
+    for i, item in enumerate(raw):
+        key = f"nodes[{i}]"
+        if not isinstance(item, dict):
+            raise top.fail(key, "expected a mapping with name, api, data_dir")
+        r = _Reader(source, item, key)
+        name = _name(r, r.key("name"), r.get("name", str))
+        if name in seen_names:
+            raise r.fail(r.key("name"), f"duplicate node name {name!r}")
+        seen_names.add(name)
+        api = parse_address(r.get("api", str), source, r.key("api"))
+        if (api.host, api.port) in seen_addrs:
+            raise r.fail(r.key("api"), f"{api} is already used by {seen_addrs[api.host, api.port]}")
+        seen_addrs[api.host, api.port] = name
+        data_dir = Path(os.path.expanduser(_text(r, "data_dir")))
+        if not data_dir.is_absolute():
+            # Relative to the config file, so the example works from any working directory.
+            data_dir = (source.parent / data_dir).resolve()
+        raft = None
+        if r.get("raft", str, None) is not None:
+            raft = parse_address(r.get("raft", str), source, r.key("raft"))
+            if (raft.host, raft.port) in seen_addrs:
+                raise r.fail(r.key("raft"),
+                             f"{raft} is already used by {seen_addrs[raft.host, raft.port]}")
+            seen_addrs[raft.host, raft.port] = name
+        tags = r.get("tags", list, [])
+        for i, tag in enumerate(tags):
+            if not isinstance(tag, str) or tag not in NODE_TAGS:
+                raise r.fail(f"{r.key('tags')}[{i}]",
+                             f"unknown tag {brief(tag)} (known: {', '.join(sorted(NODE_TAGS))})")
+        r.finish()
+        nodes.append(NodeConfig(name=name, api=api, data_dir=data_dir, raft=raft,
+                                tags=frozenset(tags)))
+    return tuple(nodes)
