@@ -7,7 +7,8 @@ seed with the tail of its decision trace, and one JSON object as the last line: 
 seeds_per_min, sim_seconds_per_seed, violations (seeds with any), failovers, lost_acked,
 split_brain_windows, failing_seeds, stuck_seeds (no primary at the end: liveness only).
 ``--revert-fix`` runs with the stale-tail fix taken out
-(``hacluster.testing.sim.revert``), which must find violations. ``--quick``: a few short seeds.
+(``hacluster.testing.sim.revert``), which must find violations. ``--quick``: 300 seeds of 60
+simulated seconds (about 15 s). ``--trace SEED`` replays one seed and prints its trace.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="seq-only ranking, no lineage check in elections")
     ap.add_argument("--fine", action="store_true",
                     help="the product's default timings (lease 0.6 s, renewals every 0.1 s) "
-                         "instead of the coarser lease 2 s / 0.4 s")
+                         "instead of the coarser lease 3 s / 0.75 s")
+    ap.add_argument("--trace", type=int, metavar="SEED", default=None,
+                    help="run one seed and print its whole decision trace and verdict")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="only the JSON line")
     a = ap.parse_args(argv)
@@ -56,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     seconds = a.seconds if a.seconds is not None else (60.0 if a.quick else 200.0)
     cfg = (Config.fine(nodes=a.nodes, seconds=seconds, mode=a.mode) if a.fine else
            Config(nodes=a.nodes, seconds=seconds, mode=a.mode))
+    if a.trace is not None:
+        result, _ = _one((a.trace, cfg, a.revert_fix))
+        print("\n".join(result.trace))
+        print(f"seed {a.trace}: {'ok' if result.ok else 'VIOLATIONS'} {result.violations}; "
+              f"{result.acked} acknowledged of {result.attempts}, {result.failovers} failovers"
+              + ("; no primary at the end" if result.stuck else ""))
+        return 0 if result.ok else 1
     jobs = [(s, cfg, a.revert_fix) for s in range(a.first_seed, a.first_seed + seeds)]
     started = time.perf_counter()
     if a.workers > 1:

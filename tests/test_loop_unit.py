@@ -446,6 +446,22 @@ async def test_a_fencing_failure_releases_the_lock_on_the_next_pass(cluster: Har
     assert len(released) == 1
 
 
+@pytest.mark.xfail(strict=False, reason="known gap: a renewal proposed in the pass whose "
+                   "tend_fencing failed still commits and the loop calls become_primary for "
+                   "it (the real node then reopens its gate, unfenced, until the next pass)")
+async def test_no_renewal_tells_the_node_to_serve_after_its_fencing_failed(
+        cluster: Harness) -> None:
+    loop, fake = await cluster.start()
+    await primary(loop, fake)
+    await passes(fake, 2)
+    fake.fencing_failure = NO_WATCHDOG
+    await until(lambda: loop.state().lock.released, "the lock to be released")
+    fake.fencing_failure = None
+    failed = fake.index(("tend_fencing", False, NO_WATCHDOG))
+    closed = fake.index(("close_gate", NO_WATCHDOG))
+    assert [c for c in fake.calls[failed:closed] if c[0] == "become_primary"] == []
+
+
 async def test_a_fencing_failure_reported_by_the_node_itself_releases_the_lock(
         cluster: Harness) -> None:
     # The real node reports it from become_primary when the watchdog will not arm.
@@ -545,7 +561,7 @@ async def test_a_primary_that_lost_the_lock_steps_down_before_reopening_its_stor
     # With a broken store it follows no one: it only stops writing, then tries the disk.
     assert later[:3] == [("become_replica", None, 1), ("recover_disk",),
                          ("tend_fencing", False, None)]
-    d = fake.passes[-1].decision if fake.passes[-1].calls[0] == later[0] else None
+    d = next(p.decision for p in fake.passes if ("recover_disk",) in p.calls)
     assert d is not None and d.effects[:2] == (StepDown(None, 1), RecoverDisk())
     assert not fake.primary
 

@@ -56,7 +56,7 @@ class Control(Core):
     def observe(self, n: SimNode, state: ClusterState, now: float) -> Observation:
         n.reports.note(state, now)
         holder = state.lock.held and state.lock.holder == n.name
-        connected = {m.name for m in self.connected(n)}
+        connected = {m.name for m in self.connected(n)} if n.positions else set()
         return Observation(
             me=n.name, now=now, has_quorum=self.majority(n), lock_seen_at=n.lock_seen_at,
             renewal_proposed_at=n.gate_proposed_at if holder else None,

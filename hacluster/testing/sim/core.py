@@ -31,7 +31,7 @@ Callback = Callable[[bool | None, float], None]
 class Config:
     nodes: int = 3
     seconds: float = 200.0
-    clients: int = 3
+    clients: int = 2
     drift: bool = True
     mode: str = "sync"           # replication.mode: "sync" (one standby) or "async"
     # Patroni-like coarse timings by default (each pass costs real time); ``fine()`` gives the
@@ -57,7 +57,7 @@ class Config:
                    fault_every_s=(0.5, 4.0), settle_s=8.0, **kw)  # type: ignore[arg-type]
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     client: int                  # -1: its client gave up; nobody hears the answer
     key: str
@@ -67,7 +67,7 @@ class Pending:
     deadline: float              # local clock: the sync timeout
 
 
-@dataclass
+@dataclass(slots=True)
 class SimNode:
     name: str
     rate: float
@@ -105,6 +105,8 @@ class SimNode:
     positions: dict[str, tuple[int, float]] = field(default_factory=dict)  # name: seq, moved
     waiting: list[Pending] = field(default_factory=list)
     pull_due: bool = False
+    checked: tuple[int, int, int, int] = (-1, -1, -1, -1)   # last divergence check's inputs
+    agreed: tuple[int, int, int, int, int] = (-1, -1, -1, -1, -1)  # last 409 check passed
     sync_due: bool = False
     last: Decision | None = None
 
@@ -157,23 +159,21 @@ class Core:
         self.by_name = {n.name: n for n in self.nodes}
         self.log: list[Command] = []
         self.states: list[ClusterState] = [ClusterState()]
-        self.cut: frozenset[str] = frozenset()             # one side of the partition
-        self.muted: frozenset[str] = frozenset()           # one-way loss: sends nothing
+        self._cut: frozenset[str] = frozenset()            # one side of the partition
+        self._muted: frozenset[str] = frozenset()          # one-way loss: sends nothing
+        # name -> (its proposals commit, it hears commits); None: recompute (links changed)
+        self._reach: dict[str, tuple[bool, bool]] | None = None
         self.ops: list[Op] = []
         self.trace: list[str] = []
         self.failovers = 0
         self.switchovers = 0
         self.stale_elected = 0     # epochs granted to data off the history (reverted fix)
         self.faulting = True
-        self._now = 0.0
+        self.now = 0.0
         self._queue: list[tuple[float, int, SimNode | None, int, Callable[[], None]]] = []
         self._order = 0
 
     # -- time and events ----------------------------------------------------------------
-
-    @property
-    def now(self) -> float:
-        return self._now
 
     def local(self, n: SimNode, t: float | None = None) -> float:
         return n.offset + (self.now if t is None else t) * (1 + n.rate)
@@ -185,41 +185,72 @@ class Core:
 
     def after(self, delay: float | tuple[float, float], fn: Callable[[], None],
               n: SimNode | None = None) -> None:
-        d = self.rng.uniform(*delay) if isinstance(delay, tuple) else delay
+        if isinstance(delay, tuple):
+            low, high = delay
+            d = low + (high - low) * self.rng.random()   # random.uniform, without its call
+        else:
+            d = delay
         self.at(self.now + d, fn, n)
 
     def run_until(self, end: float) -> None:
         q = self._queue
         while q and q[0][0] <= end:
             t, _, n, inc, fn = heapq.heappop(q)
-            self._now = t
+            self.now = t
             if n is not None and (n.incarnation != inc or not n.up):
                 continue
             fn()
-        self._now = end
+        self.now = end
 
     def say(self, text: str) -> None:
         self.trace.append(f"{self.now:8.2f} {text}")
 
     # -- links ----------------------------------------------------------------------------
 
+    @property
+    def cut(self) -> frozenset[str]:
+        return self._cut
+
+    @cut.setter
+    def cut(self, names: frozenset[str]) -> None:
+        self._cut, self._reach = names, None
+
+    @property
+    def muted(self) -> frozenset[str]:
+        return self._muted
+
+    @muted.setter
+    def muted(self, names: frozenset[str]) -> None:
+        self._muted, self._reach = names, None
+
+    def links_changed(self) -> None:
+        """A node went down or came up: who reaches a majority must be worked out again."""
+        self._reach = None
+
+    def _reachability(self) -> dict[str, tuple[bool, bool]]:
+        if self._reach is None:
+            total = len(self.nodes)
+            reach = {}
+            for n in self.nodes:
+                side = n.name in self._cut
+                peers = [m for m in self.nodes if m.up and (m.name in self._cut) == side]
+                sends = n.up and n.name not in self._muted and 2 * len(peers) > total
+                hears = n.up and 2 * sum(1 for m in peers if m.name not in self._muted) > total
+                reach[n.name] = (sends, hears)
+            self._reach = reach
+        return self._reach
+
     def linked(self, a: SimNode, b: SimNode) -> bool:
         """Can ``a`` send to ``b``?"""
-        return (a.up and b.up and a.name not in self.muted
-                and (a.name in self.cut) == (b.name in self.cut))
+        return (a.up and b.up and a.name not in self._muted
+                and (a.name in self._cut) == (b.name in self._cut))
 
     def majority(self, n: SimNode) -> bool:
         """Do ``n``'s proposals commit and their answers come back?"""
-        if not n.up or n.name in self.muted:
-            return False
-        side = n.name in self.cut
-        return 2 * sum(1 for m in self.nodes if m.up and (m.name in self.cut) == side) > len(
-            self.nodes)
+        return n.up and self._reachability()[n.name][0]
 
     def hears_commits(self, n: SimNode) -> bool:
-        side = n.name in self.cut
-        return n.up and 2 * sum(1 for m in self.nodes if m.up and m.name not in self.muted and (
-            m.name in self.cut) == side) > len(self.nodes)
+        return n.up and self._reachability()[n.name][1]
 
     # -- consensus ------------------------------------------------------------------------
 

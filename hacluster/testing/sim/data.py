@@ -25,7 +25,7 @@ from hacluster.testing.sim.core import Pending, SimNode
 BATCH = 200                     # entries one stream message carries at most
 
 
-@dataclass
+@dataclass(slots=True)
 class Client:
     hint: int = 0
     busy: bool = False
@@ -175,7 +175,13 @@ class Data(Control):
         if f.following is None or f.diverged or f.disk_full is not None:
             return
         history = self.state(f).history
-        off = conflict(f.label(f.seq), f.seq, history)
+        # conflict() is pure: ask again only when its inputs changed (a hot path here).
+        key = (f.label(f.seq), f.seq, len(history), history[-1].epoch if history else 0)
+        if key != f.checked:
+            f.checked = key
+            off = conflict(key[0], f.seq, history)
+        else:
+            off = None
         if off is not None and off.verifiable:
             # Node._handle_divergence, before following: the tail goes to a file and the
             # node starts over from the primary (modelled as keeping the common prefix).
@@ -191,11 +197,15 @@ class Data(Control):
         if p is f or p.primary_epoch is None or not (self.linked(f, p) and self.linked(p, f)):
             return
         seq = f.seq
-        if seq > 0 and not same_history(f.label(seq), p.label(seq), seq,
-                                        self.state(p).history):
+        theirs = self.state(p).history
+        agreed = (f.label(seq), p.label(seq), seq, len(theirs),
+                  theirs[-1].epoch if theirs else 0)
+        if seq > 0 and agreed != f.agreed and not same_history(agreed[0], agreed[1], seq,
+                                                               theirs):
             f.diverged = True           # the primary answers 409: replication stops
             self.say(f"{f.name}: {p.name} refuses the stream at seq {seq} (409): diverged")
             return
+        f.agreed = agreed               # same_history() is pure: not asked again for these
         if f.name not in p.positions or p.positions[f.name][0] > seq:
             p.positions[f.name] = (seq, self.local(p))     # the stream opens at its position
         if p.seq <= seq:

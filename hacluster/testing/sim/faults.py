@@ -108,6 +108,7 @@ class Faults(Data):
 
     def kill(self, n: SimNode, power: bool) -> None:
         n.up = False
+        self.links_changed()
         n.incarnation += 1
         for p in n.waiting:
             self.finish(p, n, 0, "RemoteDisconnected: connection lost")
@@ -131,6 +132,7 @@ class Faults(Data):
         fresh.lock_key = (lock.epoch, lock.renewals)
         self.nodes[self.nodes.index(n)] = fresh
         self.by_name[n.name] = fresh
+        self.links_changed()
         self.say(f"fault: {n.name} restarted at seq {fresh.seq}")
         self.deliver()
         self.schedule_pass(fresh, first=True)
