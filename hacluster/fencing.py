@@ -6,7 +6,8 @@ consensus the gate is open only while this node holds the primary lock *and* the
 last effective renewal lasts (``lease.holder_may_write``), so a primary cut off from the
 majority stops acknowledging within its lease, whatever pysyncobj thinks of its leadership. It
 must never open on a belief (Raft leadership, an old lock in a stale snapshot): only on a
-committed Acquire or Renew that took effect.
+committed Acquire or Renew that took effect (``Node.become_primary``). It is closed by the
+control loop's ``CloseGate`` and ``StepDown`` effects, a switchover, a disk or watchdog failure.
 """
 
 from __future__ import annotations

@@ -340,3 +340,17 @@ class Store:
         # rocksdict releases the LOCK file only when the last reference (CF handles included)
         # is gone; collect now so a reopen in the same process succeeds.
         gc.collect()
+
+
+class StoreSlot:
+    """The one reference to a node's open database, shared by the node and its follower.
+
+    Whoever opens, closes or replaces the handle (the node at a role change or a disk-space
+    recovery, the follower around a checkpoint install) does it here, so no part of the node
+    ever holds a handle another part closed.
+    """
+
+    __slots__ = ("store",)
+
+    def __init__(self) -> None:
+        self.store: Store | None = None

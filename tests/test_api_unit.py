@@ -16,7 +16,7 @@ What the handlers use of ``Node`` (hacluster/api/*.py and the metrics collector 
   ``positions.snapshot()``, ``follower``, ``data_dir``;
 - config: ``cfg.token``, ``cfg.limits`` (all of it), ``cfg.nodes`` (name, api.url, tags,
   raft), ``cfg.source``, ``cfg.replication.max_frame_bytes``, ``.min_seq_wait_s``, ``.mode``;
-- properties and methods: ``is_primary``, ``column_families``, ``current_store()``,
+- properties and methods: ``is_primary``, ``column_families``, ``store``,
   ``latest_seq()``, ``leader()``, ``api_url_of(name)``, ``view(now)`` (a
   ``probes.NodeView``), ``status()``, ``status_epoch()``, ``write(ops)``,
   ``await acknowledge(seq)``, ``begin_read()``, ``await finish_read(seq)``,
@@ -187,9 +187,6 @@ class FakeNode:
     @property
     def column_families(self) -> list[str]:
         return self.store.column_families if self.store else list(CFS)
-
-    def current_store(self) -> Store | None:
-        return self.store
 
     def latest_seq(self) -> int:
         return self.store.latest_seq() if self.store else 0

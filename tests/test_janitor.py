@@ -19,7 +19,7 @@ from hacluster.testing.harness import Cluster
 
 def janitors() -> int:
     return sum(1 for t in asyncio.all_tasks()
-               if not t.done() and getattr(t.get_coro(), "__qualname__", "") == "Node._janitor")
+               if not t.done() and getattr(t.get_coro(), "__qualname__", "") == "Upkeep._janitor")
 
 
 async def test_promotions_and_demotions_leave_at_most_one_janitor(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ class FakeNode:
         self.queries += 1
         return LocalState(
             seq=self.seq, has_database=self.has_database, is_primary=self.primary,
-            writable=self.primary and self.gate_open,
+            gate_open=self.primary and self.gate_open,
             renewal_proposed_at=self.renewal_proposed_at if self.primary else None,
             disk_full=self.disk_full, space_low=self.space_low, unfit=self.unfit,
             acked_seq=self.acked, replicas=())
@@ -223,7 +223,7 @@ class Harness:
 
     async def stop(self, loop: ControlLoop) -> None:
         self.loops.remove(loop)
-        await loop.stop()
+        await asyncio.wait_for(loop.stop(), 10)
 
 
 @pytest.fixture
@@ -747,7 +747,7 @@ async def test_stop_cancels_a_pass_stuck_in_a_node_transition(cluster: Harness) 
     loop, fake = await cluster.start(fake)
     await until(lambda: fake.named("recover_disk"), "the reopen to start")
     passes_then = loop.passes
-    await asyncio.wait_for(cluster.stop(loop), 10)
+    await cluster.stop(loop)
     assert loop.passes == passes_then
     assert fake.passes == []
 

@@ -109,7 +109,7 @@ def follower_of(node: Node, primary: str, epoch: int) -> Follower:
     follower = Follower(node=node.name, data_dir=node.data_dir, primary_url=url,
                         token=node.cfg.token, cfg=node.cfg.replication,
                         open_store=node._replica_store, known_epoch=epoch,
-                        lineage=node.lineage)
+                        lineage=node.lineage, slot=node._slot)
     node.follower = follower
     return follower
 
@@ -121,7 +121,7 @@ async def test_local_state_of_a_fresh_node_then_with_its_store_open(
     cfg = load(tmp_path, consensus=True)
     node = make_node(cfg)
     fresh = node.local_state()
-    assert (fresh.seq, fresh.has_database, fresh.is_primary, fresh.writable) == (
+    assert (fresh.seq, fresh.has_database, fresh.is_primary, fresh.gate_open) == (
         None, False, False, False)
     assert (fresh.acked_seq, fresh.unfit, fresh.disk_full, fresh.space_low,
             fresh.renewal_proposed_at, fresh.replicas) == (0, None, None, None, None, ())
@@ -133,7 +133,7 @@ async def test_local_state_of_a_fresh_node_then_with_its_store_open(
     assert await node.stop_following() == seq == 3
     assert node.store is not None and node.store.get(b"seed2") == b"s"
     opened = node.local_state()
-    assert (opened.seq, opened.has_database, opened.is_primary, opened.writable) == (
+    assert (opened.seq, opened.has_database, opened.is_primary, opened.gate_open) == (
         3, True, False, False)
 
 
@@ -193,7 +193,7 @@ async def test_become_primary_opens_the_gate_records_lineage_and_arms_the_watchd
     assert node.watchdog.armed and device.read_bytes() == b"\0"   # armed: one feed
     assert node.feed is not None and node.source is not None and node.checkpoints is not None
     state = node.local_state()
-    assert (state.seq, state.is_primary, state.writable, state.renewal_proposed_at) == (
+    assert (state.seq, state.is_primary, state.gate_open, state.renewal_proposed_at) == (
         seq, True, True, proposed_at)
     assert node.status()["watchdog"]["armed"] is True
 
@@ -224,7 +224,7 @@ async def test_the_gate_shuts_when_the_lease_from_proposed_at_ends(
         node.write([(PUT, "default", b"after", b"2")])
     assert node.store is not None and node.store.latest_seq() == 1
     assert node.store.get(b"after") is None
-    assert not node.local_state().writable and node.leader() is None
+    assert not node.local_state().gate_open and node.leader() is None
     assert node.status()["writable"] is False
 
 
@@ -238,9 +238,6 @@ async def test_a_stale_epoch_does_not_move_the_lineage_back(
     assert node.lineage_label(1) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="Node.become_primary has no epoch guard of its own: "
-                   "without a control loop (_may_serve) an older epoch re-opens the gate for "
-                   "that epoch and moves the role back")
 async def test_a_stale_epoch_is_ignored(tmp_path: Path, make_node: MakeNode) -> None:
     node = make_node(load(tmp_path, consensus=True))
     await node.become_primary(3, time.monotonic())
@@ -267,7 +264,7 @@ async def test_a_required_watchdog_that_cannot_be_armed_keeps_the_gate_shut(
     with pytest.raises(NotWritable, match="n1 is not the primary"):
         node.write([(PUT, "default", b"k", b"v")])
     state = node.local_state()
-    assert (state.is_primary, state.writable, state.seq, state.has_database) == (
+    assert (state.is_primary, state.gate_open, state.seq, state.has_database) == (
         False, False, None, True)
     assert state.unfit == f"watchdog required but {device} is not writable"
 
@@ -325,7 +322,7 @@ async def test_close_gate_refuses_writes_and_reads_with_its_reason(
     assert node.store is not None and node.store.latest_seq() == seq
     assert node.store.get(b"k") == b"v"
     state = node.local_state()
-    assert (state.is_primary, state.writable, state.renewal_proposed_at) == (True, False, None)
+    assert (state.is_primary, state.gate_open, state.renewal_proposed_at) == (True, False, None)
     assert node.leader() is None
     assert node.view(time.monotonic()).write_refusal == "switchover to n2"
 
@@ -385,7 +382,7 @@ async def test_tend_fencing_shuts_the_gate_when_a_required_device_cannot_be_arme
     assert str(refused.value) == why
     assert node.store is not None and node.store.latest_seq() == seq
     state = node.local_state()
-    assert not state.writable
+    assert not state.gate_open
     assert state.unfit == f"watchdog required but {device} is not writable"
     assert node.tend_fencing(False) is None                         # shut: nothing to arm
     assert not device.exists()
@@ -420,7 +417,7 @@ async def test_a_static_primary_writes_acknowledges_and_reads(
     assert status["disk_full"] is None and "consensus" not in status
     assert "watchdog" not in status
     state = node.local_state()
-    assert (state.seq, state.is_primary, state.writable, state.acked_seq) == (3, True, True, 3)
+    assert (state.seq, state.is_primary, state.gate_open, state.acked_seq) == (3, True, True, 3)
 
 
 async def test_a_replica_refuses_writes_and_primary_reads(
@@ -493,7 +490,7 @@ async def test_writable_agrees_in_status_view_and_metrics(
         assert node.store is not None and node.store.latest_seq() == 0
         state = node.local_state()
         # The loop's LocalState keeps the gate's answer in ``writable`` and says why apart.
-        assert (state.writable, state.disk_full) == (True, node.disk_full)
+        assert (state.gate_open, state.disk_full) == (True, node.disk_full)
 
         # Space again: the same store accepts writes (static mode: nothing reopens it).
         node.disk_full = None

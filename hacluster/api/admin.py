@@ -27,14 +27,14 @@ NO_CONSENSUS = "no consensus in this cluster (static primary)"
 
 def add_routes(app: web.Application, node: ServedNode) -> None:
     async def flush(request: web.Request) -> web.Response:
-        store = node.current_store()
+        store = node.store
         if store is None:
             return error(503, "no database open")
         store.flush()
         return web.json_response({"flushed": store.column_families, "seq": store.latest_seq()})
 
     async def compact(request: web.Request) -> web.Response:
-        store = node.current_store()
+        store = node.store
         if store is None:
             return error(503, "no database open")
         store.compact()
@@ -42,7 +42,7 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
                                   "seq": store.latest_seq()})
 
     async def content_hash(request: web.Request) -> web.Response:
-        store = node.current_store()
+        store = node.store
         if store is None:
             return error(503, "no database open")
         # Computed on the loop thread: no apply or write interleaves, so seq and hash agree.

@@ -45,7 +45,7 @@ def cluster_view(node: ServedNode) -> dict[str, Any]:
     if control is None:
         for n in node.cfg.nodes:
             me = n.name == node.name
-            store = node.current_store() if me else None
+            store = node.store if me else None
             members.append({"name": n.name, "url": n.api.url,
                             "role": "primary" if n.name == node.role.primary else "replica",
                             "state": "running" if me else "unknown",

@@ -83,14 +83,14 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
             if not node.is_primary:
                 wait = node.cfg.replication.min_seq_wait_s
                 have = await node.wait_applied(int(min_seq), wait)
-                store = node.current_store()
+                store = node.store
                 if have is None or store is None:
                     return error(503, f"{node.name} has not reached seq {min_seq} within "
                                  f"{wait} s (it is at seq {node.latest_seq()})",
                                  seq=node.latest_seq(), min_seq=int(min_seq))
                 return store, None
         elif q.get("stale") in ("1", "true"):
-            store = node.current_store()
+            store = node.store
             return error(503, "no database open") if store is None else (store, None)
         if not node.is_primary:
             return to_primary(node, request)
@@ -98,7 +98,7 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
             seq = node.begin_read()
         except NotWritable as exc:
             return error(503, f"not serving reads: {exc}", leader=None)
-        store = node.current_store()
+        store = node.store
         return error(503, "no database open") if store is None else (store, seq)
 
     async def answer_read(seq: int | None, response: web.Response) -> web.Response:

@@ -36,7 +36,7 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
-        store = node.current_store()
+        store = node.store
         seq = store.latest_seq() if store else 0
         role = GaugeMetricFamily("hacluster_role", "1 for this node's current role",
                                  labels=["role"])

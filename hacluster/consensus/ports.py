@@ -23,7 +23,7 @@ class LocalState:
     seq: int | None                   # the open store's latest seq; None: no store open
     has_database: bool
     is_primary: bool
-    writable: bool                    # primary with its write gate open
+    gate_open: bool                   # primary with its write gate open (its disk may be full)
     renewal_proposed_at: float | None  # the gate's: when its last effective renewal was proposed
     disk_full: str | None             # why the store refuses writes
     space_low: str | None             # why free space is below the floor

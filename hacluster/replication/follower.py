@@ -28,7 +28,7 @@ from hacluster.lineage.labels import Lineage
 from hacluster.replication import frames
 from hacluster.replication.applier import Verdict, check_frame
 from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
-from hacluster.store import DivergenceError, Store, StoreError, has_database, no_space
+from hacluster.store import DivergenceError, Store, StoreError, StoreSlot, has_database, no_space
 from hacluster.wal.errors import WalError
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Follower:
                  open_store: Callable[[], Store], known_epoch: int,
                  lineage: Lineage | None = None,
                  space_low: Callable[[], str | None] = lambda: None,
-                 durable: bool = False) -> None:
+                 durable: bool = False, slot: StoreSlot | None = None) -> None:
         self.node = node
         self.data_dir = data_dir
         self.primary_url = primary_url.rstrip("/")
@@ -144,7 +144,8 @@ class Follower:
         self.lineage = lineage
         self.space_low = space_low      # why applying must wait for disk space, if it must
         self.status = FollowerStatus()
-        self.store: Store | None = None
+        # The node's slot while it follows (one handle, never a closed one in two places).
+        self._slot = slot if slot is not None else StoreSlot()
         self.durable = durable      # storage.durability: fsync
         self.wal_sync = GroupSync(lambda: self.store.latest_seq() if self.store else 0,
                                   lambda: self.store.sync_wal() if self.store else None)
@@ -159,9 +160,18 @@ class Follower:
     def stop(self) -> None:
         self._stopping = True
 
+    @property
+    def store(self) -> Store | None:
+        return self._slot.store
+
+    @store.setter
+    def store(self, store: Store | None) -> None:
+        self._slot.store = store
+
     def detach_store(self) -> Store | None:
-        """Hand the store back once stopped, keeping no column family handle on it."""
-        store, self.store, self._handles = self.store, None, {}
+        """Once stopped: keep no column family handle on the store, and no hold on the node's
+        slot (the store stays in it); returns the store."""
+        store, self._handles, self._slot = self.store, {}, StoreSlot()
         return store
 
     async def run(self) -> None:

@@ -1,7 +1,9 @@
 """Replication positions as the primary sees them: each replica's applied seq, lag and link state.
 
-Owns the per-replica records that the status endpoint shows and that the consensus layer will
-hold. Pure state with an injected clock: no sockets. Which names may have a record is the
+Owns the per-replica records the primary's parts read: the write path (a sync write waits for
+the synchronous set's positions), the control loop (``LocalState.replicas``: who is connected
+and applying, for the next synchronous set) and ``/status``. Pure state with an injected clock:
+no sockets. Which names may have a record is the
 caller's decision (the replication source admits cluster members only); this map only bounds
 itself: at most ``max_replicas`` records, the least recently heard one without an open stream
 giving way to a new name, and ``PositionsFull`` when every one has a stream open. It must never
