@@ -446,9 +446,6 @@ async def test_a_fencing_failure_releases_the_lock_on_the_next_pass(cluster: Har
     assert len(released) == 1
 
 
-@pytest.mark.xfail(strict=False, reason="known gap: a renewal proposed in the pass whose "
-                   "tend_fencing failed still commits and the loop calls become_primary for "
-                   "it (the real node then reopens its gate, unfenced, until the next pass)")
 async def test_no_renewal_tells_the_node_to_serve_after_its_fencing_failed(
         cluster: Harness) -> None:
     loop, fake = await cluster.start()

@@ -241,6 +241,12 @@ class ControlLoop(OperatorRequests):
             self.epoch_changes[reason] = self.epoch_changes.get(reason, 0) + 1
         self._seen_epoch = epoch
 
+    def fencing_refusal(self, epoch: int) -> str | None:
+        """Why the gate must stay shut in ``epoch``: its watchdog would not arm (rule 7: a late
+        renewal never reopens a gate shut on purpose)."""
+        failed = self._fencing_failed
+        return failed[1] if failed is not None and failed[0] == epoch else None
+
     def fencing_failed(self, epoch: int, why: str) -> None:
         """The node could not arm its watchdog as primary of ``epoch`` (its gate is shut): the
         next pass gives the lock up (decide: ``Observation.fencing_failed``)."""
@@ -344,8 +350,9 @@ class ControlLoop(OperatorRequests):
                 # Renewed as ours while we held exactly the data it starts after: ours from
                 # now on, whatever this node writes in it.
                 self._claim_confirmed = True
-            # During a switchover the lease is kept but the gate stays shut.
-            if ok and not self.switching:
+            # During a switchover, or once fencing failed in this epoch, the lease is kept but
+            # the gate stays shut (the node checks both again under its role lock).
+            if ok and not self.switching and self.fencing_refusal(epoch) is None:
                 self._on_raft(node.become_primary, epoch, proposed_at)
 
         me = node.local_state()

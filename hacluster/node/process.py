@@ -299,6 +299,9 @@ class Node(WritePath, NodeViews, Upkeep):
             return f"the lock moved on to epoch {lock.epoch}"
         if self.control.switching:
             return "a switchover holds the gate shut"
+        unfenced = self.control.fencing_refusal(epoch)
+        if unfenced is not None:
+            return f"fencing failed in this epoch ({unfenced})"
         if not self.is_primary:
             # The epoch starts where its Acquire said: this node must hold exactly the data
             # before it (an Acquire that committed late, after more was applied, is not ours).
