@@ -27,7 +27,13 @@ from hacluster.consensus.lease import (
     holder_may_write,
     observer_lease_end,
 )
-from hacluster.consensus.model import Follow, ProposeAcquire, ProposeRenew
+from hacluster.consensus.model import (
+    CloseGate,
+    Follow,
+    ProposeAcquire,
+    ProposeRelease,
+    ProposeRenew,
+)
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,
@@ -309,6 +315,23 @@ def test_rule_2_the_newest_epoch_s_prefix_is_a_floor() -> None:
     cmd = Acquire("n2", 4, 5, 1, 1.0, "failover", 0.0, 0)
     assert apply_command(state, cmd) == (state, False)
     assert apply_command(state, replace(cmd, force=True))[1]
+
+
+def test_rule_2_a_restarted_holder_releases_with_all_it_holds_as_the_floor() -> None:
+    # Found by the simulator (200 s, seed 11): the primary's synchronous standby confirmed two
+    # writes, the primary crashed before a renewal recorded them, came back, and gave the lock
+    # up (its disk filled) knowing nothing of what it had acknowledged; a node that lacked the
+    # writes was then elected. A restarted holder cannot know what it acknowledged, but
+    # acknowledged writes are durable before the answer: it records everything it holds.
+    state = cluster(n2={"healthy": False}, n3={"healthy": False})
+    o = replace(obs("n1", acquired=None, seq=81240), disk_full="disk full")
+    d = decide(state, o, SYNC)
+    assert d.action is Action.RELEASE
+    assert d.effects == (CloseGate("disk full"), ProposeRelease(7, 81240))
+    # The process that acquired the epoch knows exactly what it acknowledged.
+    mine = replace(obs("n1", acquired=7, proposed=NOW - 0.2, seq=81240), disk_full="disk full",
+                   acked_seq=81236)
+    assert decide(state, mine, SYNC).effects[-1] == ProposeRelease(7, 81236)
 
 
 def test_a_node_without_a_database_is_only_a_candidate_before_anything_was_written() -> None:

@@ -387,8 +387,8 @@ async def test_disk_full_without_a_successor_closes_the_gate_and_releases_at_the
     d = releasing.decision
     assert d is not None and d.action is Action.RELEASE
     assert d.sentence == f"n1: {DISK_FULL}; releasing the lock of epoch 1"
-    assert d.effects[-1] == ProposeRelease(1)
-    assert d.effects == (CloseGate("disk full"), ProposeRelease(1))
+    assert d.effects[-1] == ProposeRelease(1, 42)
+    assert d.effects == (CloseGate("disk full"), ProposeRelease(1, 42))
     assert ("close_gate", "disk full") in releasing.calls
     assert "stop_following" not in releasing.names()
     assert loop.status()["lock"]["released"] is True

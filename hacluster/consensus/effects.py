@@ -95,13 +95,25 @@ def _with(d: Decision, effects: tuple[Effect, ...], action: Action | None = None
                     d.epoch, d.start_seq, effects)
 
 
+def release_floor(state: ClusterState, obs: Observation) -> int:
+    """What a Release records as acknowledged (rule 2). The process that acquired the epoch
+    knows exactly what it acknowledged. A holder back from a restart does not, and may have
+    acknowledged any write it holds (acknowledged writes are durable before the answer): it
+    records all it holds, or a later, unguarded election could go below a write the
+    synchronous standby confirmed before the restart (found by the simulator)."""
+    if obs.acquired_epoch == state.lock.epoch:
+        return obs.acked_seq
+    return max(obs.acked_seq, obs.my_applied_seq)
+
+
 def plan(state: ClusterState, obs: Observation, policy: Policy, d: Decision) -> Decision:
     """``d`` with its effects, and with the sentence and action of a disk-space override."""
     me, lock = obs.me, state.lock
     fx: list[Effect] = []
     holding = lock.held and lock.holder == me
     if holding and obs.fencing_failed:
-        return _with(d, (CloseGate(obs.fencing_failed), ProposeRelease(lock.epoch)),
+        return _with(d, (CloseGate(obs.fencing_failed),
+                         ProposeRelease(lock.epoch, release_floor(state, obs))),
                      Action.RELEASE, f"{me}: {obs.fencing_failed}; releasing the lock of epoch "
                      f"{lock.epoch}")
     if holding and (obs.disk_full or obs.space_low):
@@ -117,7 +129,8 @@ def plan(state: ClusterState, obs: Observation, policy: Policy, d: Decision) -> 
         if obs.disk_full and not switching:
             # RocksDB refuses every write until it is reopened: give the lock up. (With no
             # successor while only low, it stays primary and answers 507.)
-            return _with(d, (*fx, CloseGate("disk full"), ProposeRelease(lock.epoch)),
+            return _with(d, (*fx, CloseGate("disk full"),
+                             ProposeRelease(lock.epoch, release_floor(state, obs))),
                          Action.RELEASE, f"{me}: {obs.disk_full}; releasing the lock of epoch "
                          f"{lock.epoch}")
     elif obs.disk_full:
@@ -127,7 +140,8 @@ def plan(state: ClusterState, obs: Observation, policy: Policy, d: Decision) -> 
         fx.append(RecoverDisk())
     if d.action is Action.RELEASE:
         # A lock in my name that I must not serve (rule 3).
-        return _with(d, (*fx, CloseGate("releasing the lock"), ProposeRelease(lock.epoch)))
+        return _with(d, (*fx, CloseGate("releasing the lock"),
+                         ProposeRelease(lock.epoch, release_floor(state, obs))))
     if holding and obs.acquired_epoch == lock.epoch:
         if d.action is Action.DEMOTE:
             fx.append(CloseGate("no quorum and the lease expired"))

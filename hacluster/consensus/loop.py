@@ -166,7 +166,7 @@ class ControlLoop(OperatorRequests):
             fencing_failed=(self._fencing_failed[1] if self._fencing_failed is not None
                             and self._fencing_failed[0] == state.lock.epoch else None),
             handover_epoch=self._disk_handover,
-            acquiring_since=self._acquiring,
+            acquiring_since=self._acquiring, acked_seq=me.acked_seq,
             sync_pending=self._sync_pending, sync_unknown=self._sync_unknown,
             sync_proposed_at=self._sync_proposed_at,
             replicas=me.replicas)
@@ -290,15 +290,6 @@ class ControlLoop(OperatorRequests):
         """When each member's report last changed, on this node's monotonic clock."""
         return dict(self.reports.seen)
 
-    def release(self, epoch: int) -> None:
-        """Give the lock up (no successor named): others elect without waiting out a lease.
-
-        The gate is shut by now, so what this node acknowledged is final: the release records
-        it as the floor no successor may be below (rule 2).
-        """
-        self.raft.propose(Release(self.node.name, epoch, None,
-                                  self.node.local_state().acked_seq))
-
     def _record(self, d: Decision) -> None:
         self.passes += 1
         prev = self.last
@@ -329,8 +320,8 @@ class ControlLoop(OperatorRequests):
                 self.switching = True     # now, not when the task starts: no Release meanwhile
                 log.error("%s: %s; handing the primary role over", node.name, reason)
                 self._loop_task(self._hand_over_for_disk())
-            case ProposeRelease(epoch):
-                self.release(epoch)
+            case ProposeRelease(epoch, floor):
+                self.raft.propose(Release(node.name, epoch, None, floor))
             case ProposeRenew(epoch):
                 self._renew(epoch)
             case ProposeSyncSet(epoch, members):

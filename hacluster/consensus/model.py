@@ -92,6 +92,7 @@ class Observation:
     switching: bool = False                     # a switchover of mine holds the gate shut
     handover_epoch: int | None = None           # the epoch a disk handover was started for
     acquiring_since: float | None = None        # my unanswered Acquire was proposed then
+    acked_seq: int = 0                          # the highest seq this process acknowledged
     # The synchronous set's change in flight (rule 6): names proposed, whether the outcome
     # is known to be lost in doubt, and when it was proposed.
     sync_pending: frozenset[str] = frozenset()
@@ -131,8 +132,11 @@ class HandOver:
 
 @dataclass(frozen=True, slots=True)
 class ProposeRelease:
-    """Give the lock up, recording what this node acknowledged as the floor (rule 2)."""
+    """Give the lock up, recording ``floor`` as acknowledged (rule 2): what this process
+    acknowledged, or — a holder back from a restart, which cannot know what it acknowledged —
+    everything it holds."""
     epoch: int
+    floor: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ class Control(Core):
             fencing_failed=(n.fencing_failed[1] if n.fencing_failed is not None
                             and n.fencing_failed[0] == state.lock.epoch else None),
             switching=n.switching, handover_epoch=n.handover_epoch,
-            acquiring_since=n.acquiring, sync_pending=n.sync_pending,
+            acquiring_since=n.acquiring, acked_seq=n.acked_seq, sync_pending=n.sync_pending,
             sync_unknown=n.sync_unknown, sync_proposed_at=n.sync_proposed_at,
             replicas=tuple(ReplicaView(name, name in connected, seq, moved)
                            for name, (seq, moved) in sorted(n.positions.items())))
@@ -120,8 +120,8 @@ class Control(Core):
             case HandOver(epoch, reason):
                 n.handover_epoch, n.switching = epoch, True
                 self.switchover(n, None)
-            case ProposeRelease(epoch):
-                self.propose(n, Release(n.name, epoch, None, n.acked_seq))
+            case ProposeRelease(epoch, floor):
+                self.propose(n, Release(n.name, epoch, None, floor))
             case ProposeRenew(epoch):
                 self._renew(n, epoch)
             case ProposeSyncSet(epoch, members):
