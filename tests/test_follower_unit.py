@@ -379,10 +379,6 @@ async def test_a_batch_that_verifies_but_cannot_be_applied_applies_nothing_of_it
     assert (r.seq(), r.contents(), r.contents("users")) == (1, values("a"), {})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FrameDecoder.feed decodes a whole chunk before returning any frame: a bad frame throws "
-    "away the verified frames before it in the same chunk (hello included), so the replica "
-    "applies none of them and stays behind the last good batch"))
 async def test_verified_frames_before_a_corrupt_one_in_the_same_chunk_are_applied(
         tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
     bad = bytearray(puts(3, "c"))

@@ -295,7 +295,13 @@ class Follower:
             self.status.state = "streaming"
             log.info("%s: streaming from %s after seq %d", self.node, self.primary_url, since)
             async for chunk in resp.content.iter_any():
-                for frame in decoder.feed(chunk):
+                try:
+                    received = decoder.feed(chunk)
+                except frames.FrameError as exc:
+                    for frame in exc.good:     # verified before the bad one: apply them
+                        self._handle(frame)
+                    raise
+                for frame in received:
                     self._handle(frame)
             if decoder.pending:
                 raise frames.FrameError(f"stream ended inside a frame ({decoder.where()}, "

@@ -45,7 +45,17 @@ _REFUSED_TAGS = {35: _refuse_tag, 36: _refuse_tag}
 
 
 class FrameError(Exception):
-    """A frame is malformed, corrupt or too large; ``where`` says which frame."""
+    """A frame is malformed, corrupt or too large; ``where`` says which frame.
+
+    Raised by ``FrameDecoder.feed`` with ``good``: the verified frames that came before it in
+    the same chunk, which the caller may still apply.
+    """
+
+    good: list[Frame]
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.good = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,13 +218,17 @@ class FrameDecoder:
         # Walk an offset through the chunk and keep only the tail: deleting each frame from the
         # front of a buffer would move the rest of a 1 MB chunk once per frame.
         while size - pos >= LENGTH.size:
-            (length,) = LENGTH.unpack_from(buf, pos)
-            self.check_length(length)
-            end = pos + LENGTH.size + length
-            if size < end:
-                need = end - pos
-                break
-            frames.append(decode_body(buf[pos + LENGTH.size:end], self.where()))
+            try:
+                (length,) = LENGTH.unpack_from(buf, pos)
+                self.check_length(length)
+                end = pos + LENGTH.size + length
+                if size < end:
+                    need = end - pos
+                    break
+                frames.append(decode_body(buf[pos + LENGTH.size:end], self.where()))
+            except FrameError as exc:
+                exc.good = frames          # the verified frames before it are not lost
+                raise
             self.frames_seen += 1
             self.bytes_seen += end - pos
             pos = end
