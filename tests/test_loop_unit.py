@@ -164,6 +164,9 @@ class FakeNode:
         self.primary = False
         self.epoch = epoch
 
+    async def make_durable(self, seq: int) -> None:
+        self._call("make_durable", seq)
+
     async def stop_following(self) -> int:
         self._call("stop_following")
         return self.seq or 0

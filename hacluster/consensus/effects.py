@@ -99,8 +99,9 @@ def release_floor(state: ClusterState, obs: Observation) -> int:
     """What a Release records as acknowledged (rule 2). The process that acquired the epoch
     knows exactly what it acknowledged. A holder back from a restart does not, and may have
     acknowledged any write it holds (acknowledged writes are durable before the answer): it
-    records all it holds, or a later, unguarded election could go below a write the
-    synchronous standby confirmed before the restart (found by the simulator)."""
+    records all it holds (the loop syncs it to disk first), or a later, unguarded election
+    could go below a write the synchronous standby confirmed before the restart (found by the
+    simulator)."""
     if obs.acquired_epoch == state.lock.epoch:
         return obs.acked_seq
     return max(obs.acked_seq, obs.my_applied_seq)

@@ -321,6 +321,13 @@ class ControlLoop(OperatorRequests):
                 log.error("%s: %s; handing the primary role over", node.name, reason)
                 self._loop_task(self._hand_over_for_disk())
             case ProposeRelease(epoch, floor):
+                # A floor beyond what this process acknowledged (a restarted holder's: all it
+                # holds) must be on disk first, or a power loss could leave it above every node.
+                try:
+                    await node.make_durable(floor)
+                except Exception as exc:
+                    log.error("%s: could not sync through seq %d before releasing: %s",
+                              node.name, floor, exc)
                 self.raft.propose(Release(node.name, epoch, None, floor))
             case ProposeRenew(epoch):
                 self._renew(epoch)
@@ -355,6 +362,13 @@ class ControlLoop(OperatorRequests):
         # Stop applying first: the epoch must start after the last batch this node holds, or
         # nodes holding the same old-epoch batches would look divergent.
         start_seq = await node.stop_following() + 1
+        # The epoch's prefix becomes a floor (rule 2): it must be on disk before it is claimed
+        # (a restarted holder's recovered WAL may sit in the page cache only).
+        try:
+            await node.make_durable(start_seq - 1)
+        except Exception as exc:
+            log.error("%s: could not sync through seq %d before acquiring: %s", node.name,
+                      start_seq - 1, exc)
         cmd = Acquire(node.name, lock.epoch, lock.renewals, start_seq, self.timing.lease_s,
                       effect.reason, time.time(), node.lineage_label(start_seq - 1),
                       effect.lag_allowance, effect.force)

@@ -74,6 +74,10 @@ class NodePort(Protocol):
         """Follow ``primary`` (or no one); the gate closes first."""
         ...
 
+    async def make_durable(self, seq: int) -> None:
+        """Sync the store's WAL through ``seq`` (what it holds may sit in the page cache)."""
+        ...
+
     async def stop_following(self) -> int:
         """Stop applying; returns the seq it stopped at."""
         ...

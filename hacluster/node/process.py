@@ -355,6 +355,10 @@ class Node(WritePath, NodeViews, Upkeep):
             self.gate.open(epoch, proposed_at)
             self.hooks.fire("promote", role="primary", epoch=epoch, primary=self.name)
 
+    async def make_durable(self, seq: int) -> None:
+        if self.store is not None:
+            await self.wal_sync.through(min(seq, self.store.latest_seq()))
+
     async def stop_following(self) -> int:
         """Stop applying (before proposing to become primary); return the seq we stopped at."""
         async with self._role_lock:

@@ -121,6 +121,7 @@ class Control(Core):
                 n.handover_epoch, n.switching = epoch, True
                 self.switchover(n, None)
             case ProposeRelease(epoch, floor):
+                n.synced = max(n.synced, min(floor, n.seq))    # ControlLoop: make_durable
                 self.propose(n, Release(n.name, epoch, None, floor))
             case ProposeRenew(epoch):
                 self._renew(n, epoch)
@@ -196,6 +197,7 @@ class Control(Core):
         lock, epoch = state.lock, effect.epoch
         n.acquiring = self.local(n)
         n.following = None              # stop applying first: the epoch starts after it
+        n.synced = n.seq                # ControlLoop._acquire: make_durable(start - 1)
         start = n.seq + 1
         cmd = Acquire(n.name, lock.epoch, lock.renewals, start, self.policy.timing.lease_s,
                       effect.reason, 0.0, n.label(start - 1), effect.lag_allowance,

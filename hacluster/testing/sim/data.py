@@ -175,13 +175,13 @@ class Data(Control):
         if f.following is None or f.diverged or f.disk_full is not None:
             return
         history = self.state(f).history
-        # conflict() is pure: ask again only when its inputs changed (a hot path here).
+        # conflict() is pure: not asked again while its inputs are those of its last clean
+        # answer (a hot path here). A conflict is never remembered: the same inputs may come
+        # back (a deposed primary still streaming may hand the dropped tail over again).
         key = (f.label(f.seq), f.seq, len(history), history[-1].epoch if history else 0)
-        if key != f.checked:
+        off = None if key == f.checked else conflict(key[0], f.seq, history)
+        if off is None:
             f.checked = key
-            off = conflict(key[0], f.seq, history)
-        else:
-            off = None
         if off is not None and off.verifiable:
             # Node._handle_divergence, before following: the tail goes to a file and the
             # node starts over from the primary (modelled as keeping the common prefix).
