@@ -83,7 +83,7 @@ class Data(Control):
                 len(state.sync_set) >= 1
                 and all(n.positions.get(m, (0, 0.0))[0] >= p.seq for m in confirmers))
             if n.synced >= p.seq and confirmed:
-                late = self.gate_refusal(n) if n.gate_reason is None else None
+                late = self.gate_refusal(n)      # Node.acknowledge asks the gate again
                 if late is not None:
                     self.finish(p, n, 503, f"outcome unknown: {late}")
                 else:
