@@ -226,7 +226,7 @@ class ControlLoop(OperatorRequests):
         obs = self._observe(state, now, me)
         decision = decide(state, obs, self.policy)
         self._record(decision)
-        await self._act(decision, state, obs)
+        await self._act(decision, state)
         failed = node.tend_fencing(state.paused)
         if failed is not None:
             self.fencing_failed(state.lock.epoch, failed)
@@ -300,7 +300,7 @@ class ControlLoop(OperatorRequests):
         else:
             log.debug("%s", d.sentence)
 
-    async def _act(self, d: Decision, state: ClusterState, obs: Observation) -> None:
+    async def _act(self, d: Decision, state: ClusterState) -> None:
         """Carry out ``d.effects`` in order; a RecoverDisk that fails ends the pass."""
         for effect in d.effects:
             if not await self._do(effect, state):

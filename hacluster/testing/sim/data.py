@@ -28,7 +28,6 @@ BATCH = 200                     # entries one stream message carries at most
 @dataclass(slots=True)
 class Client:
     hint: int = 0
-    busy: bool = False
     scripted: bool = False       # a scenario's: sends only when told, its answers traced
 
 
@@ -112,7 +111,6 @@ class Data(Control):
 
     def _next_request(self, i: int, delay: float | None = None) -> None:
         c = self.clients[i]
-        c.busy = False
         if self.writing and not c.scripted:
             self.after(self.cfg.think_s if delay is None else delay, lambda: self._request(i))
 
@@ -145,7 +143,6 @@ class Data(Control):
             return
         assert n.primary_epoch is not None
         n.entries.append((n.primary_epoch, key))
-        c.busy = True
         p = Pending(i, key, start, n.seq, n.primary_epoch,
                     self.local(n) + self.cfg.sync_timeout_s)
         n.waiting.append(p)
