@@ -74,15 +74,15 @@ def sync_set_change(state: ClusterState, obs: Observation,
             r.advanced_at is None or obs.now - r.advanced_at > policy.sync_stall_s)
 
     keep = {m for m in state.sync_set & by_name.keys() if not stalled(m)}
+    need = policy.sync_replicas
+    if keep == state.sync_set and len(keep) >= need:
+        return state.sync_set if settle else None        # unchanged: most passes end here
     ready = sorted((n for n in by_name.keys() - keep if by_name[n].applied_seq >= latest),
                    key=lambda n: (-by_name[n].applied_seq, n))
-    need = policy.sync_replicas
     new = frozenset(keep | set(ready[:max(0, need - len(keep))]))
-    unchanged = keep == set(state.sync_set) and len(keep) >= need
     # Nobody can take over yet: writes wait (and time out) rather than go unguarded, and a
     # stalled member stays until a replacement is ready.
-    useless = len(new) < min(need, len(state.sync_set)) or not new or new == state.sync_set
-    if unchanged or useless:
+    if len(new) < min(need, len(state.sync_set)) or not new or new == state.sync_set:
         return state.sync_set if settle else None
     return new
 

@@ -34,10 +34,6 @@ from hacluster.testing.sim.core import Callback, Core, SimNode
 _FIGURES = str.maketrans("0123456789.", "###########")
 
 
-def _shape(sentence: str) -> str:
-    return sentence.translate(_FIGURES)
-
-
 class Control(Core):
     # -- the pass -------------------------------------------------------------------------
 
@@ -55,23 +51,26 @@ class Control(Core):
 
     def observe(self, n: SimNode, state: ClusterState, now: float) -> Observation:
         n.reports.note(state, now)
-        holder = state.lock.held and state.lock.holder == n.name
-        connected = {m.name for m in self.connected(n)} if n.positions else set()
+        lock = state.lock
+        holder = lock.held and lock.holder == n.name
+        seq = len(n.entries)
+        replicas: tuple[ReplicaView, ...] = ()
+        if n.positions and n.primary_epoch is not None:    # only a primary's are read
+            connected = {m.name for m in self.connected(n)}
+            replicas = tuple(ReplicaView(name, name in connected, at, moved)
+                             for name, (at, moved) in sorted(n.positions.items()))
+        failed = n.fencing_failed
         return Observation(
             me=n.name, now=now, has_quorum=self.majority(n), lock_seen_at=n.lock_seen_at,
-            renewal_proposed_at=n.gate_proposed_at if holder else None,
-            my_applied_seq=n.seq, member_seen_at=n.reports.seen,
-            my_last_epoch=n.label(n.seq), acquired_epoch=self._acquired_epoch(n),
-            uptime_s=now - n.started_at, member_reported_at=n.reports.fresh,
-            is_primary=n.primary_epoch is not None, disk_full=n.disk_full,
-            unfit=self.unfit(n),
-            fencing_failed=(n.fencing_failed[1] if n.fencing_failed is not None
-                            and n.fencing_failed[0] == state.lock.epoch else None),
-            switching=n.switching, handover_epoch=n.handover_epoch,
-            acquiring_since=n.acquiring, acked_seq=n.acked_seq, sync_pending=n.sync_pending,
-            sync_unknown=n.sync_unknown, sync_proposed_at=n.sync_proposed_at,
-            replicas=tuple(ReplicaView(name, name in connected, seq, moved)
-                           for name, (seq, moved) in sorted(n.positions.items())))
+            renewal_proposed_at=n.gate_proposed_at if holder else None, my_applied_seq=seq,
+            member_seen_at=n.reports.seen, my_last_epoch=n.entries[-1][0] if seq else 0,
+            acquired_epoch=self._acquired_epoch(n), uptime_s=now - n.started_at,
+            member_reported_at=n.reports.fresh, is_primary=n.primary_epoch is not None,
+            disk_full=n.disk_full, unfit=self.unfit(n),
+            fencing_failed=failed[1] if failed is not None and failed[0] == lock.epoch else None,
+            switching=n.switching, handover_epoch=n.handover_epoch, acquiring_since=n.acquiring,
+            acked_seq=n.acked_seq, sync_pending=n.sync_pending, sync_unknown=n.sync_unknown,
+            sync_proposed_at=n.sync_proposed_at, replicas=replicas)
 
     def unfit(self, n: SimNode) -> str | None:
         if n.diverged:
@@ -82,21 +81,28 @@ class Control(Core):
 
     def control_pass(self, n: SimNode) -> None:
         self.schedule_pass(n)
-        now = self.local(n)
+        now = n.offset + self.now * (1 + n.rate)       # local(n)
         if now - n.last_report >= self.cfg.report_s:
             n.last_report = now
-            self.propose(n, Report(n.name, f"http://{n.name}", n.seq,
+            seq = len(n.entries)
+            self.propose(n, Report(n.name, f"http://{n.name}", seq,
                                    "primary" if n.primary_epoch is not None else "replica",
                                    self.unfit(n) is None and n.disk_full is None, frozenset(),
-                                   n.label(n.seq), clock=now))
-        state = self.state(n)
+                                   n.entries[-1][0] if seq else 0, clock=now))
+        state = self.states[n.log_index]
         d = decide(state, self.observe(n, state, now), self.policy)
         prev = n.last
         n.last = d
         # Traced when the decision changes, ignoring the figures in it (seconds left, ago).
         if prev is None or (prev.action, prev.target, prev.epoch) != (
-                d.action, d.target, d.epoch) or _shape(prev.sentence) != _shape(d.sentence):
+                d.action, d.target, d.epoch):
             self.say(d.sentence)
+            n.last_shape = d.sentence.translate(_FIGURES)
+        elif prev.sentence != d.sentence:
+            shape = d.sentence.translate(_FIGURES)
+            if shape != n.last_shape:
+                self.say(d.sentence)
+            n.last_shape = shape
         for effect in d.effects:
             if not self.carry_out(n, effect, state):
                 break

@@ -105,10 +105,9 @@ class SimNode:
     positions: dict[str, tuple[int, float]] = field(default_factory=dict)  # name: seq, moved
     waiting: list[Pending] = field(default_factory=list)
     pull_due: bool = False
-    checked: tuple[int, int, int, int] = (-1, -1, -1, -1)   # last divergence check's inputs
-    agreed: tuple[int, int, int, int, int] = (-1, -1, -1, -1, -1)  # last 409 check passed
     sync_due: bool = False
     last: Decision | None = None
+    last_shape: str = ""        # last.sentence without its figures
 
     def label(self, seq: int) -> int:
         return self.entries[seq - 1][0] if 0 < seq <= len(self.entries) else 0
@@ -149,6 +148,7 @@ class Core:
         self.cfg = cfg = cfg or Config()
         self.seed = seed
         self.rng = random.Random(seed)
+        self._random = self.rng.random
         t = cfg.timing
         self.policy = Policy(timing=t, sync_mode=cfg.mode == "sync",
                              member_stale_s=cfg.member_stale_s,
@@ -185,21 +185,21 @@ class Core:
 
     def after(self, delay: float | tuple[float, float], fn: Callable[[], None],
               n: SimNode | None = None) -> None:
+        # at(), inlined: this and the loop below are the simulator's hottest lines.
         if isinstance(delay, tuple):
             low, high = delay
-            d = low + (high - low) * self.rng.random()   # random.uniform, without its call
-        else:
-            d = delay
-        self.at(self.now + d, fn, n)
+            delay = low + (high - low) * self._random()  # random.uniform, without its call
+        self._order += 1
+        heapq.heappush(self._queue, (self.now + delay, self._order, n,
+                                     n.incarnation if n else 0, fn))
 
     def run_until(self, end: float) -> None:
-        q = self._queue
+        q, pop = self._queue, heapq.heappop
         while q and q[0][0] <= end:
-            t, _, n, inc, fn = heapq.heappop(q)
+            t, _, n, inc, fn = pop(q)
             self.now = t
-            if n is not None and (n.incarnation != inc or not n.up):
-                continue
-            fn()
+            if n is None or (n.incarnation == inc and n.up):
+                fn()
         self.now = end
 
     def say(self, text: str) -> None:
@@ -247,10 +247,10 @@ class Core:
 
     def majority(self, n: SimNode) -> bool:
         """Do ``n``'s proposals commit and their answers come back?"""
-        return n.up and self._reachability()[n.name][0]
+        return n.up and (self._reach or self._reachability())[n.name][0]
 
     def hears_commits(self, n: SimNode) -> bool:
-        return n.up and self._reachability()[n.name][1]
+        return n.up and (self._reach or self._reachability())[n.name][1]
 
     # -- consensus ------------------------------------------------------------------------
 
@@ -292,13 +292,15 @@ class Core:
 
     def deliver(self) -> None:
         """Every node that hears the majority applies the log up to its end."""
+        end = len(self.log)
+        reach = self._reach or self._reachability()
         for n in self.nodes:
-            if n.log_index < len(self.log) and self.hears_commits(n):
-                n.log_index = len(self.log)
-                lock = self.states[n.log_index].lock
+            if n.log_index < end and n.up and reach[n.name][1]:
+                n.log_index = end
+                lock = self.states[end].lock
                 if (lock.epoch, lock.renewals) != n.lock_key:
                     n.lock_key = (lock.epoch, lock.renewals)
-                    n.lock_seen_at = self.local(n)
+                    n.lock_seen_at = n.offset + self.now * (1 + n.rate)     # local(n)
 
     def on_acquired(self, name: str) -> None:
         """Hook for the fault model: a new primary was granted an epoch."""

@@ -16,19 +16,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hacluster.consensus.epochs import conflict, same_history
+from hacluster.consensus.epochs import conflict
 from hacluster.consensus.lease import holder_lease_end
+from hacluster.consensus.state import EpochRecord
 from hacluster.testing.history import Op
 from hacluster.testing.sim.control import Control
 from hacluster.testing.sim.core import Pending, SimNode
 
 BATCH = 200                     # entries one stream message carries at most
+_FAR = 1 << 62                  # beyond any seq
 
 
 @dataclass(slots=True)
 class Client:
     hint: int = 0
     scripted: bool = False       # a scenario's: sends only when told, its answers traced
+    refusals: int = 0            # in a row: the client backs off, as the product's does
 
 
 class Data(Control):
@@ -38,6 +41,7 @@ class Data(Control):
         self.tails_dropped = 0
         self.tail_keys: set[bytes] = set()     # every divergent tail saved to a file
         self.writing = True
+        self._offs: dict[tuple[int, int | None, int, int], int] = {}
 
     # -- the write gate and the answer ---------------------------------------------------
 
@@ -71,17 +75,24 @@ class Data(Control):
             return
         state = self.state(n)
         lock = state.lock
-        confirmers = state.sync_set | n.sync_pending
+        ours = lock.held and lock.holder == n.name and n.primary_epoch == lock.epoch
+        # Every write up to ``confirmed`` is confirmed by each name in the committed set and
+        # any change in flight (rule 6); none without a committed set.
+        confirmed = n.seq
+        if self.policy.sync_mode:
+            if not state.sync_set:
+                confirmed = 0
+            positions = n.positions
+            for m in state.sync_set | n.sync_pending:
+                at = positions[m][0] if m in positions else 0
+                if at < confirmed:
+                    confirmed = at
         still = []
         for p in n.waiting:
-            if not (lock.held and lock.holder == n.name and lock.epoch == p.epoch
-                    and n.primary_epoch == p.epoch):
+            if not ours or lock.epoch != p.epoch:
                 self.finish(p, n, 503, "outcome unknown: the lock was lost")
                 continue
-            confirmed = not self.policy.sync_mode or (
-                len(state.sync_set) >= 1
-                and all(n.positions.get(m, (0, 0.0))[0] >= p.seq for m in confirmers))
-            if n.synced >= p.seq and confirmed:
+            if n.synced >= p.seq and confirmed >= p.seq:
                 late = self.gate_refusal(n)      # Node.acknowledge asks the gate again
                 if late is not None:
                     self.finish(p, n, 503, f"outcome unknown: {late}")
@@ -114,6 +125,14 @@ class Data(Control):
         if self.writing and not c.scripted:
             self.after(self.cfg.think_s if delay is None else delay, lambda: self._request(i))
 
+    def _back_off(self, i: int) -> None:
+        """Retry a refused write after a capped exponential backoff with jitter (0.1-0.2 s,
+        then twice as long each time in a row, up to 0.5-1 s)."""
+        c = self.clients[i]
+        base = min(0.5, 0.1 * 2 ** c.refusals)
+        c.refusals += 1
+        self._next_request(i, base * (1 + self._random()))
+
     def _request(self, i: int) -> None:
         if self.writing:
             self.send(i)
@@ -129,7 +148,7 @@ class Data(Control):
             self.record(i, Op(key, n.name, start, start + 0.001, 0,
                               note="ConnectionRefusedError"))
             c.hint = (c.hint + 1) % len(self.nodes)
-            self._next_request(i, self.rng.uniform(0.1, 0.4))
+            self._back_off(i)
             return
         why = self.gate_refusal(n)
         if why is not None:
@@ -139,9 +158,10 @@ class Data(Control):
             c.hint = ([m.name for m in self.nodes].index(holder)
                       if holder is not None and holder != n.name and self.rng.random() < 0.8
                       else (c.hint + 1) % len(self.nodes))
-            self._next_request(i, self.rng.uniform(0.1, 0.4))
+            self._back_off(i)
             return
         assert n.primary_epoch is not None
+        c.refusals = 0
         n.entries.append((n.primary_epoch, key))
         p = Pending(i, key, start, n.seq, n.primary_epoch,
                     self.local(n) + self.cfg.sync_timeout_s)
@@ -167,55 +187,68 @@ class Data(Control):
         f.pull_due = True
         self.after(self.cfg.link_s, lambda: self._stream(f), f)
 
+    def _first_off(self, low: int, high: int | None, history: tuple[EpochRecord, ...]) -> int:
+        """The first seq at which data labelled ``low`` leaves the (``high``-)history; 0: never.
+
+        ``conflict`` is monotone in the seq (no conflict below one seq, a conflict from there
+        on), so one probe at the far end answers it for every seq; memoised per (labels,
+        history) — a history is named by its length and newest epoch, since every node's is a
+        prefix of the one the log builds. The streams ask this for every message."""
+        key = (low, high, len(history), history[-1].epoch if history else 0)
+        first = self._offs.get(key)
+        if first is None:
+            probe = conflict(low, _FAR, history, upto=high)
+            first = self._offs[key] = 0 if probe is None else probe.first_seq
+        return first
+
     def _stream(self, f: SimNode) -> None:
         f.pull_due = False
         if f.following is None or f.diverged or f.disk_full is not None:
             return
         history = self.state(f).history
-        # conflict() is pure: not asked again while its inputs are those of its last clean
-        # answer (a hot path here). A conflict is never remembered: the same inputs may come
-        # back (a deposed primary still streaming may hand the dropped tail over again).
-        key = (f.label(f.seq), f.seq, len(history), history[-1].epoch if history else 0)
-        off = None if key == f.checked else conflict(key[0], f.seq, history)
-        if off is None:
-            f.checked = key
-        if off is not None and off.verifiable:
-            # Node._handle_divergence, before following: the tail goes to a file and the
-            # node starts over from the primary (modelled as keeping the common prefix).
-            dropped = f.seq - off.first_seq + 1
-            self.tail_keys.update(k.encode() for _, k in f.entries[off.first_seq - 1:])
-            del f.entries[off.first_seq - 1:]
-            f.synced = min(f.synced, f.seq)
-            self.tails_dropped += dropped
-            self.say(f"{f.name}: divergent tail seqs {off.first_seq}..{off.first_seq + dropped - 1}"
-                     f" saved and dropped ({off})")
+        entries = f.entries
+        seq = len(entries)
+        label = entries[-1][0] if entries else 0
+        first = self._first_off(label, None, history) if seq else 0
+        if first and first <= seq:
+            off = conflict(label, seq, history)
+            assert off is not None
+            if off.verifiable:
+                # Node._handle_divergence, before following: the tail goes to a file and the
+                # node starts over from the primary (modelled as keeping the common prefix).
+                dropped = seq - off.first_seq + 1
+                self.tail_keys.update(k.encode() for _, k in entries[off.first_seq - 1:])
+                del entries[off.first_seq - 1:]
+                seq = len(entries)
+                f.synced = min(f.synced, seq)
+                self.tails_dropped += dropped
+                self.say(f"{f.name}: divergent tail seqs {off.first_seq}.."
+                         f"{off.first_seq + dropped - 1} saved and dropped ({off})")
         p = self.by_name[f.following]
         # The stream is served by a node in the primary role only (api.add_replication_routes).
         if p is f or p.primary_epoch is None or not (self.linked(f, p) and self.linked(p, f)):
             return
-        seq = f.seq
-        theirs = self.state(p).history
-        agreed = (f.label(seq), p.label(seq), seq, len(theirs),
-                  theirs[-1].epoch if theirs else 0)
-        if seq > 0 and agreed != f.agreed and not same_history(agreed[0], agreed[1], seq,
-                                                               theirs):
-            f.diverged = True           # the primary answers 409: replication stops
-            self.say(f"{f.name}: {p.name} refuses the stream at seq {seq} (409): diverged")
-            return
-        f.agreed = agreed               # same_history() is pure: not asked again for these
+        if seq > 0:
+            mine, theirs = f.label(seq), p.label(seq)
+            low, high = (mine, theirs) if mine <= theirs else (theirs, mine)
+            first = self._first_off(low, high, self.state(p).history)
+            if first and first <= seq:      # not same_history(): the primary answers 409
+                f.diverged = True           # replication stops
+                self.say(f"{f.name}: {p.name} refuses the stream at seq {seq} (409): diverged")
+                return
         if f.name not in p.positions or p.positions[f.name][0] > seq:
             p.positions[f.name] = (seq, self.local(p))     # the stream opens at its position
-        if p.seq <= seq:
+        theirs_n = len(p.entries)
+        if theirs_n <= seq:
             return
         # Labels never go back (Lineage.record ignores an older epoch).
         label = max(p.primary_epoch, f.label(seq))
         # Everything the primary wrote, synced there or not: a replica may hold writes its
         # primary loses at a power loss (rule 3 makes those a divergent tail).
-        f.entries.extend((label, k) for _, k in p.entries[seq:seq + BATCH])
-        f.synced = f.seq                # the replica's fsync before it acks
-        upto = f.seq
+        entries.extend([(label, k) for _, k in p.entries[seq:seq + BATCH]])
+        upto = f.synced = len(entries)  # the replica's fsync before it acks
         self.after(self.cfg.link_s, lambda: self._ack(p, f, upto), p)
-        if p.seq > f.seq:
+        if theirs_n > upto:
             self.pull(f)
 
     def _ack(self, p: SimNode, f: SimNode, upto: int) -> None:
