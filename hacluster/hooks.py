@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 
-from hacluster.config import RAFT_PASSWORD_ENV, TOKEN_ENV, HooksConfig
+from hacluster.config import SECRET_ENVS, HooksConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class Hooks:
         """Start the hooks for ``event`` ("promote", "demote" or "follow") in the background."""
         commands = [getattr(self.cfg, f"on_{event}", None), self.cfg.on_role_change]
         # Secrets stay out of hook environments.
-        env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, RAFT_PASSWORD_ENV)}
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENVS}
         env |= {"HACLUSTER_NODE": self.node, "HACLUSTER_ROLE": role,
                "HACLUSTER_EPOCH": str(epoch), "HACLUSTER_PRIMARY": primary or "",
                "HACLUSTER_EVENT": event}

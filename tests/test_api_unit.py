@@ -42,10 +42,12 @@ from hacluster.api.probes import NodeView
 from hacluster.config import (
     FRAME_OVERHEAD,
     Address,
+    AuthConfig,
     LimitsConfig,
     NodeConfig,
     ReplicationConfig,
     StorageConfig,
+    TlsConfig,
 )
 from hacluster.consensus.errors import NotCommitted, RequestRefused
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
@@ -154,7 +156,8 @@ class FakeNode:
         self.name = "n1"
         self.role = FakeRole(primary, epoch)
         self.cfg = SimpleNamespace(
-            token=TOKEN, limits=LIMITS, source=tmp_path / "cluster.yaml",
+            token=TOKEN, limits=LIMITS, source=tmp_path / "cluster.yaml", auth=AuthConfig(),
+            tls=TlsConfig(),
             replication=ReplicationConfig(min_seq_wait_s=0.2, max_frame_bytes=16384),
             nodes=(NodeConfig("n1", Address("10.0.0.1", 8001), tmp_path / "n1",
                               raft=Address("10.0.0.1", 9001)),
@@ -187,6 +190,9 @@ class FakeNode:
     @property
     def column_families(self) -> list[str]:
         return self.store.column_families if self.store else list(CFS)
+
+    def is_member(self, name: str) -> bool:
+        return name in {n.name for n in self.cfg.nodes}
 
     def latest_seq(self) -> int:
         return self.store.latest_seq() if self.store else 0
@@ -314,15 +320,30 @@ async def test_no_token_is_401_with_a_bearer_challenge(primary: FakeNode, serve:
 
 
 @pytest.mark.parametrize("header", [
-    f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", TOKEN, f"bearer {TOKEN}", f"Basic {TOKEN}",
-    "Bearer t\u00f6ken",
+    f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer t\u00f6ken",
 ])
 async def test_a_wrong_token_is_403(primary: FakeNode, serve: Serve, header: str) -> None:
     client = await serve(primary)
     resp = await client.put("/v1/kv/a", data=b"v", headers={"Authorization": header})
     assert resp.status == 403
-    assert await resp.json() == {"error": "wrong token"}
+    assert await resp.json() == {"error": "unknown token"}
     assert seq_of(primary) == 0
+
+
+@pytest.mark.parametrize("header", [TOKEN, f"Basic {TOKEN}", "Bearer ", "Bearer"])
+async def test_a_malformed_authorization_is_401(primary: FakeNode, serve: Serve,
+                                                header: str) -> None:
+    client = await serve(primary)
+    resp = await client.put("/v1/kv/a", data=b"v", headers={"Authorization": header})
+    assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+    assert "Authorization" in (await resp.json())["error"]
+    assert seq_of(primary) == 0
+
+
+async def test_the_scheme_is_case_insensitive(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)      # RFC 7235: "bearer" is "Bearer"
+    resp = await client.put("/v1/kv/a", data=b"v", headers={"Authorization": f"bearer {TOKEN}"})
+    assert resp.status == 200 and seq_of(primary) == 1
 
 
 async def test_health_checks_status_and_leader_answer_without_a_token(

@@ -34,6 +34,7 @@ ENV_TOKEN = "env-token-abcdefghijkl"
 
 BASE: dict[str, Any] = {
     "cluster": {"name": "demo", "token": TOKEN, "primary": "n1"},
+    "tls": "off",
     "nodes": [
         {"name": "n1", "api": "127.0.0.1:8701", "data_dir": "data/n1"},
         {"name": "n2", "api": "127.0.0.1:8702", "data_dir": "data/n2"},
@@ -216,7 +217,8 @@ def test_no_token_anywhere(tmp_path: Path) -> None:
     del data["cluster"]["token"]
     path = write(tmp_path, data)
     assert error_of(path) == (
-        f"{path}: cluster.token: required (in the file or in ${TOKEN_ENV})")
+        f"{path}: auth.tokens: no credential configured: add role tokens (`hacluster token "
+        "new --role ROLE`) or set cluster.token")
 
 
 def test_token_of_exactly_16_characters_is_enough(tmp_path: Path) -> None:

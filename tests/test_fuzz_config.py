@@ -40,6 +40,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 BASE: dict[str, Any] = {
     "cluster": {"name": "demo", "token": TOKEN, "primary": "n1"},
+    "tls": "off",
     "replication": {"mode": "async"},
     "nodes": [
         {"name": "n1", "api": "127.0.0.1:8701", "data_dir": "data/n1"},
@@ -48,6 +49,7 @@ BASE: dict[str, Any] = {
 }
 RAFT = {
     "cluster": {"name": "demo", "token": TOKEN, "raft_password": "raft-password-0123456789"},
+    "tls": "off",
     "nodes": [
         {"name": "n1", "api": "127.0.0.1:8701", "raft": "127.0.0.1:8801", "data_dir": "d/n1"},
         {"name": "n2", "api": "127.0.0.1:8702", "raft": "127.0.0.1:8802", "data_dir": "d/n2"},
@@ -356,7 +358,7 @@ REGRESSIONS: list[tuple[str, str, str]] = [
     # "\uD800" in a double-quoted string: a str no path or header can encode; a relative
     # data_dir made Path.resolve() raise UnicodeEncodeError (found by the long run).
     ("surrogate data_dir", dump(BASE).replace("data_dir: data/n1", 'data_dir: "\\uD800"'),
-     "not valid YAML (line 10, column 13): a string with an unpaired surrogate escape"),
+     "not valid YAML (line 11, column 13): a string with an unpaired surrogate escape"),
     ("surrogate token", dump(BASE).replace(TOKEN, '"\\udce9' + TOKEN + '"'),
      "a string with an unpaired surrogate escape"),
     # Accepted, then RocksDB's options (uint64 bytes) raised OverflowError when the node

@@ -194,6 +194,7 @@ def write_config(root: Path, consensus: dict[str, Any] | None = None) -> Cluster
     api, raft = free_ports(2)
     doc = {
         "cluster": {"name": "unit", "token": TOKEN, "raft_password": PASSWORD},
+        "tls": "off",
         # One node: no replica to be synchronous, so async mode (sync needs 2 nodes).
         "replication": {"mode": "async"},
         "consensus": {"lease_s": 0.6, "renew_interval_s": 0.1, "election_min_s": 0.15,

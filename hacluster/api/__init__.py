@@ -1,8 +1,10 @@
 """The node's HTTP surface: routing, authentication, and the JSON error shape.
 
-Owns the aiohttp application of one node: bearer-token authentication (401 without a token, 403
-with a wrong one, compared in constant time; health checks and the leader query answer without
-one so load balancers and probes work), the latency middleware, and which module serves which
+Owns the aiohttp application of one node: authentication by role (``security.access``: 401
+without credentials, 403 naming the role that is lacking; health checks and the leader query
+answer without one so load balancers and probes work), the audit line of every admin action
+(logger ``hacluster.audit``: who by token id or certificate, what, from where, the status), the
+latency middleware, and which module serves which
 route (``info``: health checks, status, cluster, history, metrics; ``kv``: reads and writes;
 ``admin``: operator actions). Requests only reach the node through here; this package decides
 nothing about roles (the node and ``probes`` do) and must never write to the store except
@@ -11,7 +13,7 @@ through ``Node.write``.
 
 from __future__ import annotations
 
-import hmac
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,40 +23,69 @@ from aiohttp.typedefs import Handler, Middleware
 from hacluster.api import admin, info, kv
 from hacluster.api.common import error
 from hacluster.api.metrics import Metrics
+from hacluster.security.access import OPEN_PATHS, PRINCIPAL, Refusal, authorize, need
+from hacluster.security.tls import peer_name
+from hacluster.security.tokens import Role, TokenBook
 
 if TYPE_CHECKING:
     from hacluster.api.port import ServedNode
 
 __all__ = ["OPEN_PATHS", "build_app", "error"]
 
-# Load balancers and orchestrators probe these without credentials; they reveal a node's role
-# and position, nothing stored.
-OPEN_PATHS = frozenset({"/health", "/liveness", "/readiness", "/leader", "/primary",
-                        "/replica", "/read-only", "/status"})
+audit = logging.getLogger("hacluster.audit")
+AUDITED = frozenset({Role.ADMIN})
 
 
-def make_auth(token: str) -> Middleware:
-    expected = f"Bearer {token}".encode()
+def make_auth(node: ServedNode) -> Middleware:
+    cfg = node.cfg
+    book = TokenBook(cfg.auth.tokens, cfg.token)
+    mutual = cfg.tls.peer_client_auth
+
+    class Members:
+        def __contains__(self, name: object) -> bool:
+            return isinstance(name, str) and node.is_member(name)
+
+    members = Members()
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
-        given = request.headers.get("Authorization")
-        if not given:
-            return web.json_response({"error": "missing Authorization: Bearer <token>"},
-                                     status=401, headers={"WWW-Authenticate": "Bearer"})
-        # aiohttp decodes header bytes with surrogateescape: encode them back the same way.
-        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
-            return error(403, "wrong token")
-        return await handler(request)
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        # aiohttp decodes header bytes with surrogateescape: the token book encodes them back.
+        verdict = authorize(request.method, request.path, request.headers.get("Authorization"),
+                            peer_cert=peer_name(peercert), book=book, members=members,
+                            mutual_tls=mutual)
+        wanted = need(request.method, request.path).roles
+        if isinstance(verdict, Refusal):
+            audit.info("refused %s %s from %s: %s", request.method, request.path,
+                       request.remote, verdict.message)
+            if verdict.status == 401:
+                return web.json_response({"error": verdict.message}, status=401,
+                                         headers={"WWW-Authenticate": "Bearer"})
+            return error(verdict.status, verdict.message)
+        request[PRINCIPAL] = verdict
+        if not wanted & AUDITED or Role.REPLICATION in verdict.roles:
+            return await handler(request)
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            # Who, what, when (the log line's time), from where, and how it ended.
+            audit.info("%s: %s %s from %s: %d", verdict.who, request.method, request.rel_url,
+                       request.remote, status)
 
     return auth
 
 
 def build_app(node: ServedNode) -> web.Application:
     metrics = Metrics(node)
-    app = web.Application(middlewares=[metrics.middleware(), make_auth(node.cfg.token)],
+    app = web.Application(middlewares=[metrics.middleware(), make_auth(node)],
                           client_max_size=node.cfg.limits.max_body_bytes)
     info.add_routes(app, node, metrics)
     kv.add_routes(app, node)

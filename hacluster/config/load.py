@@ -1,8 +1,8 @@
 """Loading a config file: read it, parse it, build every section, then check the whole.
 
 Owns ``load_config`` (bounded read, UTF-8 and YAML errors with their position), the ``cluster``
-section and ``column_families``, the secrets that the environment overrides
-(``HACLUSTER_TOKEN``, ``HACLUSTER_RAFT_PASSWORD``), and the rules across sections: static or
+section and ``column_families``, the secrets (``secret_sources``: the environment, files, systemd
+credentials), and the rules across sections: static or
 consensus mode, the replication mode's default, a request body fitting in a frame, the primary
 being one of the nodes, the watchdog needing consensus. It must never start anything, open a
 database or touch the network: a bad config fails before any of that happens.
@@ -20,21 +20,28 @@ import yaml
 from hacluster.config.model import (
     FRAME_OVERHEAD,
     RAFT_PASSWORD_ENV,
+    REPLICATION_TOKEN_ENV,
     TOKEN_ENV,
+    AuthConfig,
     ClusterConfig,
     ConfigError,
 )
-from hacluster.config.reader import _SURROGATE, _name, _Reader, brief
+from hacluster.config.reader import _name, _Reader, brief
+from hacluster.config.secret_sources import read_secret
 from hacluster.config.sections import (
+    _auth_tokens,
+    _check_auth,
     _consensus,
     _hooks,
     _limits,
     _nodes,
     _replication,
     _storage,
+    _tls,
     _watchdog,
 )
 from hacluster.config.yaml_loader import _Loader
+from hacluster.security.tokens import TOKEN_RE
 
 _MAX_CONFIG_BYTES = 1 << 20
 
@@ -72,25 +79,17 @@ def load_config(path: str | os.PathLike[str],
 def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     cluster = top.child("cluster", required=True)
     name = _name(cluster, "cluster.name", cluster.get("name", str))
-    token = cluster.get("token", str, "")
-    token = env.get(TOKEN_ENV) or token  # the environment overrides the file
-    if not token:
-        raise cluster.fail("cluster.token", f"required (in the file or in ${TOKEN_ENV})")
-    if len(token) < 16:
-        where = f"${TOKEN_ENV}" if env.get(TOKEN_ENV) else "cluster.token"
-        raise cluster.fail(where, "must be at least 16 characters")
-    if any(c < " " or c == "\x7f" for c in token):
-        where = f"${TOKEN_ENV}" if env.get(TOKEN_ENV) else "cluster.token"
-        raise cluster.fail(where, "must not contain control characters (it is sent in an "
-                                  "HTTP header)")
-    if _SURROGATE.search(token):  # undecodable bytes in the environment
-        raise cluster.fail(f"${TOKEN_ENV}", "is not valid UTF-8")
-    raft_password = cluster.get("raft_password", str, "")
-    raft_password = env.get(RAFT_PASSWORD_ENV) or raft_password or None
-    if raft_password is not None and _SURROGATE.search(raft_password):
-        raise cluster.fail(f"${RAFT_PASSWORD_ENV}", "is not valid UTF-8")
-    if raft_password is not None and len(raft_password) < 16:
-        raise cluster.fail("cluster.raft_password", "must be at least 16 characters")
+    if TOKEN_RE.match(env.get(TOKEN_ENV, "")):
+        # A role token in $HACLUSTER_TOKEN is a tool's credential (hacluster ctl, the client),
+        # never a node's shared token: it would grant its holder every role.
+        env = {k: v for k, v in env.items() if k != TOKEN_ENV}
+    # The legacy shared token (every role): still accepted, warned about at start.
+    token = read_secret(cluster, "token", env=env, env_name=TOKEN_ENV, credential="token")
+    if token is not None and TOKEN_RE.match(token):
+        raise cluster.fail("cluster.token", "is a role token (hct_...): role tokens go in "
+                           "auth.tokens, as the entries `hacluster token new` prints")
+    raft_password = read_secret(cluster, "raft_password", env=env, env_name=RAFT_PASSWORD_ENV,
+                                credential="raft_password")
     primary = cluster.get("primary", str, "")
     epoch = cluster.integer("epoch", 1, minimum=1)
     cluster.finish()
@@ -111,7 +110,16 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     consensus = _consensus(top.child("consensus"))
     hooks = _hooks(top.child("hooks"))
     watchdog = _watchdog(top.child("watchdog"))
+    tls = _tls(top)
+    auth_reader, entries = _auth_tokens(top)
+    own = read_secret(auth_reader, "replication_token", env=env,
+                      env_name=REPLICATION_TOKEN_ENV, credential="replication_token")
+    auth_reader.finish()
+    _check_auth(source, entries, token, own, tls)
     nodes = _nodes(top, source)
+    if tls.enabled:
+        nodes = tuple(dataclasses.replace(n, api=dataclasses.replace(n.api, scheme="https"))
+                      for n in nodes)
     top.finish()
     with_raft = [n.name for n in nodes if n.raft is not None]
     if with_raft and len(with_raft) != len(nodes):
@@ -147,5 +155,6 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         name=name, token=token, raft_password=raft_password, primary=primary, epoch=epoch,
         column_families=tuple(cfs),
         nodes=nodes, storage=storage, replication=replication, limits=limits, source=source,
-        consensus=consensus, hooks=hooks, watchdog=watchdog,
+        consensus=consensus, hooks=hooks, watchdog=watchdog, tls=tls,
+        auth=AuthConfig(tokens=entries, replication_token=own),
     )

@@ -12,8 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hacluster.security.tokens import TokenEntry
+
 TOKEN_ENV = "HACLUSTER_TOKEN"
 RAFT_PASSWORD_ENV = "HACLUSTER_RAFT_PASSWORD"
+REPLICATION_TOKEN_ENV = "HACLUSTER_REPLICATION_TOKEN"
+# systemd's LoadCredential=/SetCredentialEncrypted= put secrets in files under this directory.
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+# Never passed on to a child process (hooks): each holds a secret, or says where secrets are.
+SECRET_ENVS = frozenset({TOKEN_ENV, RAFT_PASSWORD_ENV, REPLICATION_TOKEN_ENV, CREDENTIALS_ENV})
 
 NODE_TAGS = frozenset({"nofailover", "noloadbalance"})
 # Room in a frame beyond the WriteBatch itself (CBOR map, header fields, checksum).
@@ -29,6 +36,7 @@ class ConfigError(Exception):
 class Address:
     host: str
     port: int
+    scheme: str = "http"          # an API address is https when the cluster has TLS
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -37,7 +45,7 @@ class Address:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +159,44 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS on every HTTP listener and between nodes; ``enabled`` False only for ``tls: off``."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    # The WAL stream, checkpoints and acks accept only a client certificate signed by the
+    # cluster CA, naming the replica the request claims to be.
+    peer_client_auth: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.enabled else "http"
+
+    def for_node(self, name: str) -> TlsConfig:
+        """With ``{node}`` in the certificate and key paths replaced by ``name``: one config
+        file can serve nodes that keep their certificates side by side."""
+        def sub(path: Path | None) -> Path | None:
+            return Path(str(path).replace("{node}", name)) if path is not None else None
+        return TlsConfig(self.enabled, sub(self.cert_file), sub(self.key_file), self.ca_file,
+                         self.peer_client_auth)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Role tokens (stored as hashes) and this node's own credential towards the primary."""
+
+    tokens: tuple[TokenEntry, ...] = ()
+    replication_token: str | None = None    # secret: from a file, a credential or the env
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """The whole validated config; ``source`` is the file it came from."""
 
     name: str
-    token: str
+    token: str | None           # the legacy shared token: every role (deprecated)
     raft_password: str | None   # for the consensus layer; optional until it lands
     primary: str
     epoch: int
@@ -168,6 +209,14 @@ class ClusterConfig:
     consensus: ConsensusConfig = ConsensusConfig()
     hooks: HooksConfig = HooksConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    tls: TlsConfig = TlsConfig()
+    auth: AuthConfig = AuthConfig()
+
+    @property
+    def peer_token(self) -> str | None:
+        """What this node sends to the primary's replication routes (None: its certificate
+        is its credential)."""
+        return self.auth.replication_token or self.token
 
     @property
     def uses_consensus(self) -> bool:

@@ -15,15 +15,18 @@ from pathlib import Path
 from hacluster.config.model import (
     DURABILITY,
     NODE_TAGS,
+    ConfigError,
     ConsensusConfig,
     HooksConfig,
     LimitsConfig,
     NodeConfig,
     ReplicationConfig,
     StorageConfig,
+    TlsConfig,
     WatchdogConfig,
 )
 from hacluster.config.reader import _name, _Reader, _text, brief, parse_address
+from hacluster.security.tokens import DIGEST_RE, ID_RE, Role, TokenEntry, digest
 
 
 def _storage(r: _Reader) -> StorageConfig:
@@ -204,3 +207,85 @@ def _nodes(top: _Reader, source: Path) -> tuple[NodeConfig, ...]:
         nodes.append(NodeConfig(name=name, api=api, data_dir=data_dir, raft=raft,
                                 tags=frozenset(tags)))
     return tuple(nodes)
+
+
+def _path(r: _Reader, name: str) -> Path:
+    path = Path(os.path.expanduser(_text(r, name)))
+    return path if path.is_absolute() else (r.source.parent / path).resolve()
+
+
+def _tls(top: _Reader) -> TlsConfig:
+    """``tls: off`` (plain HTTP, said out loud) or the certificate, key and cluster CA."""
+    top.seen.add("tls")
+    raw = top.data.get("tls", ...)
+    if raw is ... or raw is None:
+        raise top.fail("tls", "required: cert_file, key_file and ca_file, or `tls: off` for "
+                              "plain HTTP (loopback demos only: tokens and data would cross "
+                              "the network in the clear)")
+    if raw is False or raw == "off":        # YAML 1.1 reads a bare `off` as false
+        return TlsConfig(enabled=False)
+    if not isinstance(raw, dict):
+        raise top.fail("tls", f"expected a mapping or `off`, got {brief(raw)}")
+    r = top.child("tls")
+    result = TlsConfig(enabled=True, cert_file=_path(r, "cert_file"),
+                       key_file=_path(r, "key_file"), ca_file=_path(r, "ca_file"),
+                       peer_client_auth=r.get("peer_client_auth", bool, False))
+    r.finish()
+    return result
+
+
+def _token_entries(r: _Reader) -> tuple[TokenEntry, ...]:
+    raw = r.get("tokens", list, [])
+    entries: list[TokenEntry] = []
+    seen: set[str] = set()
+    roles = ", ".join(role.value for role in Role)
+    for i, item in enumerate(raw):
+        key = f"{r.key('tokens')}[{i}]"
+        if not isinstance(item, dict):
+            raise r.fail(key, "expected a mapping with id, role, sha256 (made by `hacluster "
+                              "token new --role ROLE`)")
+        e = _Reader(r.source, item, key)
+        token_id, role, digest = e.get("id", str), e.get("role", str), e.get("sha256", str)
+        if not ID_RE.match(token_id):
+            raise e.fail(e.key("id"), f"expected 8 hex digits, got {brief(token_id)}")
+        if token_id in seen:
+            raise e.fail(e.key("id"), f"duplicate token id {token_id}")
+        seen.add(token_id)
+        if role not in {x.value for x in Role}:
+            raise e.fail(e.key("role"), f"must be one of {roles}, got {brief(role)}")
+        if not DIGEST_RE.match(digest):
+            raise e.fail(e.key("sha256"), "expected the token's SHA-256 as 64 lowercase hex "
+                                          "digits (the token itself never goes in the config)")
+        name = e.get("name", str, "")
+        if name:
+            _name(e, e.key("name"), name)
+        e.finish()
+        entries.append(TokenEntry(token_id, Role(role), digest, name))
+    return tuple(entries)
+
+
+def _auth_tokens(top: _Reader) -> tuple[_Reader, tuple[TokenEntry, ...]]:
+    """The ``auth`` section's reader (its secret is read by ``load``) and its token entries."""
+    r = top.child("auth")
+    return r, _token_entries(r)
+
+
+def _check_auth(source: Path, entries: tuple[TokenEntry, ...], legacy: str | None,
+                own: str | None, tls: TlsConfig) -> None:
+    """Rules across ``cluster``, ``auth`` and ``tls``: someone can log in, and the nodes can
+    reach each other's replication routes."""
+    if not entries and legacy is None:
+        raise ConfigError(f"{source}: auth.tokens: no credential configured: add role tokens "
+                          "(`hacluster token new --role ROLE`) or set cluster.token")
+    replication = [e for e in entries if e.role is Role.REPLICATION]
+    if own is not None:
+        if entries and digest(own) not in {e.sha256 for e in replication}:
+            raise ConfigError(f"{source}: auth.replication_token: matches no token of role "
+                              "replication in auth.tokens")
+    elif entries and legacy is None and not tls.peer_client_auth:
+        raise ConfigError(f"{source}: auth.replication_token: required (a file in "
+                          "auth.replication_token_file, $HACLUSTER_REPLICATION_TOKEN or the "
+                          "credential replication_token): nodes need it to reach the "
+                          "primary's replication routes, unless tls.peer_client_auth is on")
+    if tls.peer_client_auth and not tls.enabled:
+        raise ConfigError(f"{source}: tls.peer_client_auth needs TLS")

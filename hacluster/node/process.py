@@ -17,6 +17,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -43,6 +44,7 @@ from hacluster.replication.follower import Follower
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.replication.source import ReplicationSource
 from hacluster.role import Role
+from hacluster.security.tls import Contexts
 from hacluster.space import SpaceGuard
 from hacluster.store import Store, StoreSlot, has_database
 from hacluster.watchdog import Watchdog, WatchdogError
@@ -110,6 +112,9 @@ class Node(WritePath, NodeViews, Upkeep):
         self._stopping = False                # stop() began: no write waits for replicas
         st = cfg.storage
         self.space = SpaceGuard(self.data_dir, st.min_free_mb, st.reserve_mb, name)
+        # Built before anything starts: a certificate that cannot be used stops the node here
+        # (TlsError names the file), never a fallback to plain HTTP.
+        self.tls = Contexts.build(cfg.tls.for_node(name)) if cfg.tls.enabled else None
 
     @property
     def is_primary(self) -> bool:
@@ -188,8 +193,12 @@ class Node(WritePath, NodeViews, Upkeep):
             self._tasks.append(asyncio.get_running_loop().create_task(self._watch_space()))
         self._runner = web.AppRunner(build_app(self), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.me.api.host, self.me.api.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.me.api.host, self.me.api.port, reuse_address=True,
+                           ssl_context=self.tls.server if self.tls else None)
         await site.start()
+        self._warn_insecure()
+        if self.tls is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_tls)
         # Objects alive after start-up live for the whole process: keep them out of the
         # cyclic collector, and collect young objects less often, so collection pauses stay
         # short and rare on the write and apply paths.
@@ -231,11 +240,30 @@ class Node(WritePath, NodeViews, Upkeep):
         assert primary_url is not None
         self.follower = Follower(
             node=self.name, data_dir=self.data_dir, primary_url=primary_url,
-            token=self.cfg.token,
+            # With mutual TLS the certificate is the credential: no token crosses the wire.
+            token=None if self.cfg.tls.peer_client_auth else self.cfg.peer_token,
+            ssl=self.tls.client if self.tls else None,
             cfg=self.cfg.replication, open_store=self._replica_store,
             known_epoch=self.role.epoch, lineage=self.lineage,
             space_low=lambda: self.space.low, durable=self.durable_acks, slot=self._slot)
         self._follower_task = asyncio.get_running_loop().create_task(self.follower.run())
+
+    def _warn_insecure(self) -> None:
+        if not self.cfg.tls.enabled:
+            log.warning("%s: TLS is off (tls: off): tokens and data cross the network in the "
+                        "clear; use it on loopback or a trusted network only", self.name)
+        if self.cfg.token:
+            log.warning("%s: cluster.token is one credential for every role, replication "
+                        "included: move to role tokens (auth.tokens, docs/security.md)",
+                        self.name)
+
+    def _reload_tls(self) -> None:
+        assert self.tls is not None
+        try:
+            self.tls.reload()
+        except Exception as exc:     # the old certificates stay in use
+            log.error("%s: TLS reload failed, keeping the current certificates: %s",
+                      self.name, exc)
 
     def is_member(self, name: str) -> bool:
         """A node of the config, or a member admitted to Raft since."""

@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
@@ -128,7 +129,9 @@ class Bootstrapper:
     """Fetches one checkpoint from ``primary_url`` into ``data_dir/bootstrap``."""
 
     def __init__(self, data_dir: Path, primary_url: str, headers: dict[str, str], node: str,
-                 chunk_bytes: int, max_rate_mb_s: float = 0.0) -> None:
+                 chunk_bytes: int, max_rate_mb_s: float = 0.0,
+                 ssl: SSLContext | None = None) -> None:
+        self.ssl = ssl
         self.lay = Layout(data_dir)
         self.primary_url = primary_url.rstrip("/")
         self.headers = headers
@@ -143,7 +146,9 @@ class Bootstrapper:
         # A session of its own: large read buffers for file transfer, and a read timeout long
         # enough for the primary to checksum a large checkpoint before it answers.
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
-        async with aiohttp.ClientSession(timeout=timeout, read_bufsize=READ_BUFFER) as session:
+        connector = aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None
+        async with aiohttp.ClientSession(timeout=timeout, read_bufsize=READ_BUFFER,
+                                         connector=connector) as session:
             return await self._fetch(session)
 
     async def _fetch(self, session: aiohttp.ClientSession) -> dict[str, Any]:

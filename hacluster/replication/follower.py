@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import TextIO
 
 import aiohttp
@@ -128,8 +129,8 @@ class LowSpace(Exception):
 
 
 class Follower:
-    def __init__(self, *, node: str, data_dir: Path, primary_url: str, token: str,
-                 cfg: ReplicationConfig,
+    def __init__(self, *, node: str, data_dir: Path, primary_url: str, token: str | None,
+                 cfg: ReplicationConfig, ssl: SSLContext | None = None,
                  open_store: Callable[[], Store], known_epoch: int,
                  lineage: Lineage | None = None,
                  space_low: Callable[[], str | None] = lambda: None,
@@ -137,7 +138,9 @@ class Follower:
         self.node = node
         self.data_dir = data_dir
         self.primary_url = primary_url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {token}"}
+        # With mutual TLS the node's certificate is its credential; otherwise its token.
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.ssl = ssl
         self.cfg = cfg
         self.open_store = open_store
         self.known_epoch = known_epoch
@@ -177,7 +180,8 @@ class Follower:
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, connect=5,
                                         sock_read=max(2.0, 4 * self.cfg.heartbeat_interval))
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             acks = asyncio.create_task(self._acks.run(session), name="acks")
             try:
                 await self._loop(session)
@@ -249,7 +253,8 @@ class Follower:
         self.status.state = "bootstrapping"
         self.status.bootstraps += 1
         boot = Bootstrapper(self.data_dir, self.primary_url, self.headers, self.node,
-                            self.cfg.bootstrap_chunk_bytes, self.cfg.bootstrap_max_rate_mb_s)
+                            self.cfg.bootstrap_chunk_bytes, self.cfg.bootstrap_max_rate_mb_s,
+                            ssl=self.ssl)
         try:
             manifest = await boot.fetch()
         finally:

@@ -22,6 +22,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from hacluster.replication import frames
 from hacluster.replication.feed import WalFeed
 from hacluster.replication.positions import PositionsFull, ReplicaPositions
+from hacluster.security.access import PRINCIPAL
 from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader
 
@@ -64,12 +65,21 @@ class ReplicationSource:
                                      content_type="application/json")
         return replica, since
 
-    def _refuse_stranger(self, replica: str) -> web.Response | None:
+    def _refuse_stranger(self, replica: str, request: web.Request) -> web.Response | None:
         """403 for a name that is not a cluster member: positions are kept per name, and a
-        client must not grow that map (or show up as a lagging replica) with made-up names."""
+        client must not grow that map (or show up as a lagging replica) with made-up names.
+        With mutual TLS, 403 as well for a member whose certificate names another node."""
+        shown = replica if len(replica) <= 64 else replica[:64] + "..."
+        principal = request.get(PRINCIPAL)
+        proven = principal.node if principal is not None else None
+        if proven is not None and proven != replica:
+            log.warning("replication request for %r refused: the certificate is %s's",
+                        shown, proven)
+            return web.json_response(
+                {"error": f"the client certificate is {proven}'s, but the request claims to "
+                 f"be replica {shown!r}"}, status=403)
         if self.is_member is None or self.is_member(replica):
             return None
-        shown = replica if len(replica) <= 64 else replica[:64] + "..."
         log.warning("replication request from %r refused: not a cluster member", shown)
         return web.json_response(
             {"error": "not a member", "reason": f"node {shown!r} is not a member of this "
@@ -77,7 +87,7 @@ class ReplicationSource:
 
     async def handle_stream(self, request: web.Request) -> web.StreamResponse:
         replica, since = self._params(request)
-        refusal = self._refuse_stranger(replica)
+        refusal = self._refuse_stranger(replica, request)
         if refusal is not None:
             return refusal
         latest = self.latest_seq()
@@ -208,7 +218,7 @@ class ReplicationSource:
         except (ValueError, KeyError, TypeError, RecursionError, OverflowError,
                 RequestPayloadError):
             return web.json_response({"error": "body must be JSON {node, seq}"}, status=400)
-        refusal = self._refuse_stranger(replica)
+        refusal = self._refuse_stranger(replica, request)
         if refusal is not None:
             return refusal
         try:

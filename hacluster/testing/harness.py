@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -66,10 +67,17 @@ class Response:
         return json.loads(self.body)
 
 
+# Ports served over TLS, and the client context that reaches them: every helper (the history
+# writer, the nodes' get/put) then speaks https to a TLS cluster without being told.
+TLS_PORTS: dict[int, ssl.SSLContext] = {}
+
+
 def request(port: int, method: str, path: str, body: bytes | None = None,
             token: str | None = TOKEN, headers: dict[str, str] | None = None,
             timeout: float = 10.0, host: str = "127.0.0.1") -> Response:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    ctx = TLS_PORTS.get(port)
+    conn = (http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+            if ctx is not None else http.client.HTTPConnection(host, port, timeout=timeout))
     try:
         hdrs = dict(headers or {})
         if token is not None:
@@ -92,6 +100,7 @@ class NodeProc:
     proc: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
     prefix: list[str] = field(default_factory=list)   # e.g. ["ip", "netns", "exec", NS]
+    token: str = TOKEN              # what get/post/put send unless told otherwise
 
     def start(self, *extra: str) -> None:
         env = {**os.environ, **self.env}
@@ -133,13 +142,16 @@ class NodeProc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def get(self, path: str, **kw: Any) -> Response:
+        kw.setdefault("token", self.token)
         return request(self.port, "GET", path, host=self.host, **kw)
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Response:
         data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+        kw.setdefault("token", self.token)
         return request(self.port, "POST", path, body=data, host=self.host, **kw)
 
     def put(self, key: str, value: bytes, cf: str = "default", **kw: Any) -> Response:
+        kw.setdefault("token", self.token)
         return request(self.port, "PUT", f"/v1/kv/{key}?cf={cf}", body=value, host=self.host,
                        **kw)
 
@@ -167,8 +179,12 @@ class Cluster:
                  consensus_timing: dict[str, Any] | None = None,
                  hosts: dict[str, str] | None = None,
                  prefixes: dict[str, list[str]] | None = None,
-                 limits: dict[str, Any] | None = None) -> None:
+                 limits: dict[str, Any] | None = None,
+                 tls: dict[str, Any] | None = None,
+                 auth: dict[str, Any] | None = None, token: str = TOKEN) -> None:
         self.root = root
+        self.tls = tls              # the config's tls section (None: tls off)
+        self.auth = auth            # the config's auth section (None: the shared TOKEN)
         root.mkdir(parents=True, exist_ok=True)
         names = list(names)
         ports = free_ports(len(names) * 2)
@@ -184,19 +200,25 @@ class Cluster:
         self.addresses = dict(zip(names, ports[:len(names)], strict=True))
         self.hosts = {n: (hosts or {}).get(n, "127.0.0.1") for n in names}
         self.nodes: dict[str, NodeProc] = {}
+        if tls is not None:
+            client = ssl.create_default_context(cafile=tls["ca_file"])
+            for port in self.addresses.values():
+                TLS_PORTS[port] = client
         for name in names:
             cfg = self.write_config(name)
             self.nodes[name] = NodeProc(name, self.addresses[name], root / "data" / name, cfg,
                                         root / f"{name}.log", host=self.hosts[name],
-                                        prefix=(prefixes or {}).get(name, []))
+                                        prefix=(prefixes or {}).get(name, []), token=token)
 
     def config_doc(self, addresses: dict[str, int] | None = None,
                    replication: dict[str, Any] | None = None,
                    tags: dict[str, list[str]] | None = None) -> dict[str, Any]:
         addresses = addresses or self.addresses
         doc: dict[str, Any] = {
-            "cluster": {"name": "test", "token": TOKEN, "primary": self.primary_name,
-                        "epoch": 1},
+            "cluster": {"name": "test", "primary": self.primary_name, "epoch": 1,
+                        **({} if self.auth else {"token": TOKEN})},
+            "tls": self.tls or False,
+            **({"auth": self.auth} if self.auth else {}),
             "column_families": CFS,
             "storage": self.storage,
             "replication": {**self.replication, **(replication or {})},

@@ -20,7 +20,9 @@ from pathlib import Path
 from hacluster.config import ClusterConfig, ConfigError, load_config
 from hacluster.node import Node
 from hacluster.role import Role
+from hacluster.security.tls import TlsError
 from hacluster.store import StoreError
+from hacluster.tools import credentials
 
 log = logging.getLogger("hacluster")
 
@@ -129,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="replication mode (default sync: no acknowledged write is lost)")
     demo.add_argument("--dir", type=Path, help="use this directory (kept) instead of a "
                       "temporary one")
+    credentials.add_parsers(sub)
     return parser
 
 
@@ -137,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from hacluster.tools.demo import run_demo
         return run_demo(args.keep, args.mode, args.dir)
+    if args.command in credentials.COMMANDS:
+        return credentials.run(args)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -171,7 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     role = Role(primary=primary or None, epoch=cfg.epoch if args.epoch is None else args.epoch)
     try:
-        return asyncio.run(_run(Node(cfg, args.node, role)))
+        node = Node(cfg, args.node, role)
+    except TlsError as exc:
+        print(f"hacluster: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(node))
     except StoreError as exc:
         log.error("%s", exc)
         return 1
@@ -183,8 +193,9 @@ CTL_COMMANDS = frozenset({"status", "switchover", "failover", "pause", "resume",
 
 def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     from hacluster.tools import ctl
-    from hacluster.tools.client import Client
-    client = Client([n.api.url for n in cfg.nodes], cfg.token, failover_timeout=5.0)
+    from hacluster.tools.client import Client, client_token
+    client = Client([n.api.url for n in cfg.nodes], client_token(cfg), failover_timeout=5.0,
+                    ca_file=cfg.tls.ca_file)
     if args.command == "status":
         return ctl.status(client, cfg, args.json)
     if args.command == "history":

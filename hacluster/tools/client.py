@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import ssl
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+
+from hacluster.config.model import TOKEN_ENV, ClusterConfig
 
 
 class HaclusterError(Exception):
@@ -73,11 +77,27 @@ def _message(answer: Answer) -> str:
     return str(doc.get("error", doc)) if isinstance(doc, dict) else str(doc)
 
 
-class Client:
-    """A cluster client. ``urls`` are the nodes' API URLs (``http://host:port``)."""
+CA_FILE_ENV = "HACLUSTER_CA_FILE"
 
-    def __init__(self, urls: Sequence[str], token: str, *, timeout: float = 5.0,
-                 failover_timeout: float = 15.0, retry_unknown: bool = False) -> None:
+
+def client_token(cfg: ClusterConfig) -> str | None:
+    """The token a tool presents: ``$HACLUSTER_TOKEN`` (a role token), else the legacy
+    ``cluster.token`` of the config."""
+    return os.environ.get(TOKEN_ENV) or cfg.token
+
+
+class Client:
+    """A cluster client. ``urls`` are the nodes' API URLs (``http(s)://host:port``).
+
+    Over https the nodes are verified against ``ca_file`` (default ``$HACLUSTER_CA_FILE``,
+    else the system's trust store); ``cert_file``/``key_file`` present a client certificate
+    (needed for backups when the cluster requires peer certificates)."""
+
+    def __init__(self, urls: Sequence[str], token: str | None, *, timeout: float = 5.0,
+                 failover_timeout: float = 15.0, retry_unknown: bool = False,
+                 ca_file: str | os.PathLike[str] | None = None,
+                 cert_file: str | os.PathLike[str] | None = None,
+                 key_file: str | os.PathLike[str] | None = None) -> None:
         if not urls:
             raise ValueError("at least one node URL is needed")
         self.urls = [u.rstrip("/") for u in urls]
@@ -86,12 +106,17 @@ class Client:
         self.failover_timeout = failover_timeout
         self.retry_unknown = retry_unknown
         self.leader_url: str | None = None
+        ca_file = ca_file or os.environ.get(CA_FILE_ENV) or None
+        self.ssl = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if cert_file:
+            self.ssl.load_cert_chain(cert_file, key_file)
 
     @classmethod
     def from_config(cls, path: str | Path, **kw: Any) -> Client:
         from hacluster.config import load_config
         cfg = load_config(path)
-        return cls([n.api.url for n in cfg.nodes], cfg.token, **kw)
+        kw.setdefault("ca_file", cfg.tls.ca_file)
+        return cls([n.api.url for n in cfg.nodes], client_token(cfg), **kw)
 
     # -- one request ----------------------------------------------------------------------
 
@@ -99,10 +124,15 @@ class Client:
                 headers: dict[str, str] | None = None, timeout: float | None = None) -> Answer:
         """One HTTP request to one node; OSError when the node cannot be reached."""
         parts = urllib.parse.urlsplit(url)
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
-                                          timeout=timeout or self.timeout)
+        host, wait = parts.hostname or "127.0.0.1", timeout or self.timeout
+        conn = (http.client.HTTPSConnection(host, parts.port or 443, timeout=wait,
+                                            context=self.ssl)
+                if parts.scheme == "https" else
+                http.client.HTTPConnection(host, parts.port or 80, timeout=wait))
         try:
-            hdrs = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+            hdrs = dict(headers or {})
+            if self.token:
+                hdrs.setdefault("Authorization", f"Bearer {self.token}")
             conn.request(method, path, body=body, headers=hdrs)
             resp = conn.getresponse()
             return Answer(resp.status, resp.read(),

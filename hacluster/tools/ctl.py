@@ -188,8 +188,9 @@ def backup(client: Client, cfg: ClusterConfig, dest: Path) -> int:
     staging.mkdir(parents=True, exist_ok=True)
     print(f"backup: checkpoint of {leader['leader']} (epoch {leader['epoch']}) into {dest}")
     fetcher = bootstrap.Bootstrapper(
-        staging, leader["url"], {"Authorization": f"Bearer {client.token}"}, "backup",
-        cfg.replication.bootstrap_chunk_bytes)
+        staging, leader["url"], {"Authorization": f"Bearer {client.token}"} if client.token
+        else {}, "backup", cfg.replication.bootstrap_chunk_bytes,
+        ssl=client.ssl if str(leader["url"]).startswith("https:") else None)
     try:
         manifest = asyncio.run(fetcher.fetch())
     except (bootstrap.BootstrapError, OSError) as exc:

@@ -48,6 +48,7 @@ def write_config(root: Path, mode: str) -> tuple[Path, dict[str, Any]]:
     doc: dict[str, Any] = {
         "cluster": {"name": "demo", "token": secrets.token_hex(16),
                     "raft_password": secrets.token_hex(16)},
+        "tls": "off",                 # loopback only
         "column_families": ["default"],
         "replication": {"mode": mode, "heartbeat_interval": 0.2},
         "storage": {"write_buffer_size_mb": 8},

@@ -1,0 +1,173 @@
+"""TLS and role credentials with real node processes: a mutual-TLS cluster elects, streams and
+fails over on SIGKILL under a writer with nothing acknowledged lost, and every bad credential
+is refused with a clear answer and nothing applied (plain HTTP on a TLS port, a certificate
+from another CA, an expired one, a replica certificate naming another node, a client token on
+the replication routes, a read token on PUT, an unknown token). No secret appears in any log,
+status, metrics page or error body of the run.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import ssl
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from hacluster.security import certs
+from hacluster.security.tokens import Role, new_token
+from hacluster.testing.harness import RAFT_PASSWORD, Cluster, read_db, request, wait_for
+from hacluster.testing.history import Writer, check_all
+
+HOSTS = ["127.0.0.1", "localhost"]
+
+
+def expired_cert(pki: Path, name: str) -> tuple[Path, Path]:
+    """A certificate signed by the cluster CA that expired yesterday."""
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=30)).not_valid_after(now - timedelta(days=1))
+            .sign(ca_key, hashes.SHA256()))
+    crt, pem = pki / f"expired-{name}.crt", pki / f"expired-{name}.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return crt, pem
+
+
+def client_ctx(pki: Path, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    return ctx
+
+
+def call(port: int, ctx: ssl.SSLContext, method: str, path: str, token: str | None = None,
+         body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, (json.loads(raw) if raw.startswith(b"{") else {"raw": raw[:100]})
+    finally:
+        conn.close()
+
+
+def test_mutual_tls_cluster_with_role_tokens(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    certs.init_ca(pki, cluster="test")
+    for name in ("n1", "n2", "n3"):
+        certs.issue(pki, name, hosts=HOSTS)
+    certs.init_ca(tmp_path / "other", cluster="other")
+    foreign = certs.issue(tmp_path / "other", "n2", hosts=HOSTS)
+    expired = expired_cert(pki, "n2")
+    tokens = {role: new_token(role, f"test-{role.value}") for role in Role}
+    secret = {role: t for role, (t, _) in tokens.items()}
+    auth = {"tokens": [{"id": e.id, "role": e.role.value, "sha256": e.sha256, "name": e.name}
+                       for _, e in tokens.values()]}
+    tls = {"cert_file": str(pki / "{node}.crt"), "key_file": str(pki / "{node}.key"),
+           "ca_file": str(pki / "ca.crt"), "peer_client_auth": True}
+    cluster = Cluster(tmp_path / "c", consensus=True, replication={"mode": "sync"}, tls=tls,
+                      auth=auth, token=secret[Role.ADMIN])
+    writer = Writer(list(cluster.nodes.values()), prefix="w", token=secret[Role.WRITE])
+    bodies: list[str] = []
+    try:
+        cluster.start()
+        primary = cluster.wait_primary()
+        wait_for(lambda: primary.status()["consensus"]["sync_set"], 15, "a synchronous standby")
+        writer.start()
+        writer.wait_acked(50, 20)
+
+        port, ctx = primary.port, client_ctx(pki)
+        seq = primary.status()["applied_seq"]
+        # Plain HTTP on the TLS port: no answer a client could mistake for one.
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("PUT", "/v1/kv/plain", body=b"x",
+                          headers={"Authorization": f"Bearer {secret[Role.WRITE]}"})
+            plain.getresponse()
+        # A certificate from another CA, and an expired one: the handshake fails.
+        for bad in (foreign, expired):
+            with pytest.raises((ssl.SSLError, ConnectionError, socket.timeout)):
+                call(port, client_ctx(pki, bad), "GET", "/v1/replication/stream?node=n2&since=0")
+        # A member's certificate claiming to be another replica.
+        n3 = client_ctx(pki, (pki / "n3.crt", pki / "n3.key"))
+        status, body = call(port, n3, "POST", "/v1/replication/ack",
+                            body=json.dumps({"node": "n2", "seq": 1}).encode())
+        bodies.append(json.dumps(body))
+        assert status == 403 and "n3's" in body["error"], body
+        # Client tokens on the replication routes; a read token on PUT; an unknown token.
+        for role in (Role.WRITE, Role.ADMIN, Role.REPLICATION):
+            status, body = call(port, ctx, "GET", "/v1/replication/stream?node=n2&since=0",
+                                token=secret[role])
+            bodies.append(json.dumps(body))
+            assert status == 403 and "certificate of a cluster member" in body["error"], body
+        status, body = call(port, ctx, "PUT", "/v1/kv/r", token=secret[Role.READ], body=b"x")
+        bodies.append(json.dumps(body))
+        assert status == 403 and "needs the write role" in body["error"], body
+        status, body = call(port, ctx, "PUT", "/v1/kv/u", token="hct_0badc0de_" + "x" * 43,
+                            body=b"x")
+        assert status == 403 and body == {"error": "unknown token"}, body
+        status, body = call(port, ctx, "GET", "/metrics", token=secret[Role.WRITE])
+        assert status == 403 and "metrics" in body["error"], body
+        assert call(port, ctx, "GET", "/metrics", token=secret[Role.METRICS])[0] == 200
+        # Nothing of the refused requests was applied (the writer's own writes go on).
+        for key in ("plain", "r", "u"):
+            assert call(port, ctx, "GET", f"/v1/kv/{key}", token=secret[Role.READ])[0] == 404
+        assert primary.status()["applied_seq"] >= seq
+
+        # SIGKILL the primary: a new one is elected over mutual TLS and the writer goes on.
+        primary.signal(signal.SIGKILL)
+        primary.proc.wait(10)  # type: ignore[union-attr]
+        since = time.monotonic()
+        survivors = [n for n in cluster.nodes.values() if n is not primary]
+        new = cluster.wait_primary(30, among=survivors)
+        writer.wait_acked(30, 30, node=new.name, since=since)
+        primary.start()
+        history = writer.stop()
+        final = cluster.wait_primary()
+        status, body = call(final.port, ctx, "POST", "/v1/admin/pause", token=secret[Role.ADMIN])
+        assert status == 200, body
+        call(final.port, ctx, "POST", "/v1/admin/resume", token=secret[Role.ADMIN])
+        wait_for(lambda: all(n.status()["applied_seq"] == final.status()["applied_seq"]
+                             for n in cluster.nodes.values()), 30, "every node to converge")
+        pages = [json.dumps(n.status()) for n in cluster.nodes.values()]
+        pages += [request(n.port, "GET", "/metrics", token=secret[Role.METRICS]).body.decode()
+                  for n in cluster.nodes.values()]
+    finally:
+        writer.stop()
+        cluster.stop()
+    _, contents = read_db(final.data_dir / "db")
+    verdict = check_all(history, contents["default"])
+    assert verdict.ok, str(verdict)
+    assert len(verdict.epochs) >= 2, str(verdict)
+    logs = "\n".join(n.log() for n in cluster.nodes.values())
+    # Replicas streamed by certificate; the admin action left an audit line naming its token.
+    assert "streaming from https://127.0.0.1:" in logs
+    admin_id = tokens[Role.ADMIN][1].id
+    assert f"token {admin_id} (test-admin): POST /v1/admin/pause from 127.0.0.1: 200" in logs
+    # No secret anywhere: tokens, their hashes' source, the Raft password, private keys.
+    keys = [(pki / f"{n}.key").read_text().splitlines()[1] for n in ("n1", "n2", "n3")]
+    haystack = "\n".join([logs, *pages, *bodies])
+    for leaked in [*secret.values(), RAFT_PASSWORD, *keys]:
+        assert leaked not in haystack
