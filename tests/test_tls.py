@@ -171,3 +171,108 @@ def test_mutual_tls_cluster_with_role_tokens(tmp_path: Path) -> None:
     haystack = "\n".join([logs, *pages, *bodies])
     for leaked in [*secret.values(), RAFT_PASSWORD, *keys]:
         assert leaked not in haystack
+
+
+def served_serial(port: int, ctx: ssl.SSLContext) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_tokens_and_certificates_rotate_with_sighup_under_a_writer(tmp_path: Path) -> None:
+    """Without mutual TLS (nodes use a replication token): a new write token and a new
+    replication token are added, the writer and the replicas move to them, the old ones are
+    removed, and the certificates are replaced — each by an edit and a SIGHUP, no restart.
+    No request is refused for its credentials, nothing acknowledged is lost, and a removed
+    token is refused everywhere."""
+    pki = tmp_path / "pki"
+    certs.init_ca(pki, cluster="test")
+    for name in ("n1", "n2", "n3"):
+        certs.issue(pki, name, hosts=HOSTS)
+    old_write, e_old = new_token(Role.WRITE, "app-old")
+    new_write, e_new = new_token(Role.WRITE, "app-new")
+    admin, e_admin = new_token(Role.ADMIN, "ops")
+    repl_old, e_repl_old = new_token(Role.REPLICATION, "nodes-old")
+    repl_new, e_repl_new = new_token(Role.REPLICATION, "nodes-new")
+    repl_file = tmp_path / "replication.token"
+    repl_file.write_text(repl_old + "\n")
+
+    def auth(*entries: Any) -> dict[str, Any]:
+        return {"tokens": [{"id": e.id, "role": e.role.value, "sha256": e.sha256,
+                            "name": e.name} for e in entries],
+                "replication_token_file": str(repl_file)}
+
+    tls = {"cert_file": str(pki / "{node}.crt"), "key_file": str(pki / "{node}.key"),
+           "ca_file": str(pki / "ca.crt")}
+    cluster = Cluster(tmp_path / "c", consensus=True, replication={"mode": "sync"}, tls=tls,
+                      auth=auth(e_old, e_admin, e_repl_old), token=admin)
+
+    def reconfigure(*entries: Any) -> None:
+        cluster.auth = auth(*entries)
+        for node in cluster.nodes.values():
+            cluster.write_config(node.name)
+            node.signal(signal.SIGHUP)
+        wait_for(lambda: all(n.log().count("credentials reloaded") >= rounds[0]
+                             for n in cluster.nodes.values()), 10, "every node to reload")
+        rounds[0] += 1
+
+    rounds = [1]
+    first = Writer(list(cluster.nodes.values()), prefix="a", token=old_write)
+    second = Writer(list(cluster.nodes.values()), prefix="b", token=new_write)
+    ctx = client_ctx(pki)
+    try:
+        cluster.start()
+        primary = cluster.wait_primary()
+        wait_for(lambda: primary.status()["consensus"]["sync_set"], 15, "a synchronous standby")
+        first.start()
+        first.wait_acked(30, 20)
+        # 1. Both write tokens, both replication tokens; replicas move to the new one.
+        reconfigure(e_old, e_new, e_admin, e_repl_old, e_repl_new)
+        repl_file.write_text(repl_new + "\n")
+        reconfigure(e_old, e_new, e_admin, e_repl_old, e_repl_new)
+        second.start()
+        second.wait_acked(30, 20)
+        first_history = first.stop()
+        # 2. The old ones go. Sync writes still complete: replicas ack with the new token.
+        reconfigure(e_new, e_admin, e_repl_new)
+        since = time.monotonic()
+        second.wait_acked(30, 20, since=since)
+        for node in cluster.nodes.values():
+            status, body = call(node.port, ctx, "PUT", "/v1/kv/old", token=old_write,
+                                body=b"x")
+            assert (status, body) == (403, {"error": "unknown token"}), (node.name, body)
+            status, _ = call(node.port, ctx, "GET", "/v1/replication/stream?node=n2&since=0",
+                             token=repl_old)
+            assert status == 403, node.name
+        # 3. New certificates from the same CA: served to new connections after SIGHUP.
+        before = served_serial(primary.port, ctx)
+        staging = tmp_path / "pki-new"
+        staging.mkdir()
+        (staging / "ca.crt").write_bytes((pki / "ca.crt").read_bytes())
+        (staging / "ca.key").write_bytes((pki / "ca.key").read_bytes())
+        for name in ("n1", "n2", "n3"):
+            certs.issue(staging, name, hosts=HOSTS)
+            for ext in ("crt", "key"):
+                (staging / f"{name}.{ext}").replace(pki / f"{name}.{ext}")
+        reconfigure(e_new, e_admin, e_repl_new)
+        assert served_serial(primary.port, ctx) != before
+        since = time.monotonic()
+        second.wait_acked(30, 20, since=since)
+        second_history = second.stop()
+        final = cluster.wait_primary()
+        wait_for(lambda: all(n.status()["applied_seq"] == final.status()["applied_seq"]
+                             for n in cluster.nodes.values()), 30, "every node to converge")
+    finally:
+        first.stop()
+        second.stop()
+        cluster.stop()
+    _, contents = read_db(final.data_dir / "db")
+    for history in (first_history, second_history):
+        assert not [op for op in history if op.status in (401, 403)], "refused for credentials"
+        verdict = check_all(history, contents["default"])
+        assert verdict.ok, str(verdict)
+    logs = "\n".join(n.log() for n in cluster.nodes.values())
+    for leaked in (old_write, new_write, admin, repl_old, repl_new):
+        assert leaked not in logs

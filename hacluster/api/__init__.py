@@ -37,9 +37,14 @@ AUDITED = frozenset({Role.ADMIN})
 
 
 def make_auth(node: ServedNode) -> Middleware:
-    cfg = node.cfg
-    book = TokenBook(cfg.auth.tokens, cfg.token)
-    mutual = cfg.tls.peer_client_auth
+    # Rebuilt when the node's credentials change (SIGHUP: node.reload), told by identity.
+    current: list[tuple[object, str | None, TokenBook]] = []
+
+    def book() -> TokenBook:
+        cfg = node.cfg
+        if not current or current[0][0] is not cfg.auth or current[0][1] is not cfg.token:
+            current[:] = [(cfg.auth, cfg.token, TokenBook(cfg.auth.tokens, cfg.token))]
+        return current[0][2]
 
     class Members:
         def __contains__(self, name: object) -> bool:
@@ -54,8 +59,8 @@ def make_auth(node: ServedNode) -> Middleware:
         peercert = request.transport.get_extra_info("peercert") if request.transport else None
         # aiohttp decodes header bytes with surrogateescape: the token book encodes them back.
         verdict = authorize(request.method, request.path, request.headers.get("Authorization"),
-                            peer_cert=peer_name(peercert), book=book, members=members,
-                            mutual_tls=mutual)
+                            peer_cert=peer_name(peercert), book=book(), members=members,
+                            mutual_tls=node.cfg.tls.peer_client_auth)
         wanted = need(request.method, request.path).roles
         if isinstance(verdict, Refusal):
             audit.info("refused %s %s from %s: %s", request.method, request.path,

@@ -34,6 +34,7 @@ from hacluster.lineage.labels import Lineage
 from hacluster.lineage.tails import (
     prune_divergence,
 )
+from hacluster.node.reload import reload_credentials
 from hacluster.node.upkeep import Upkeep
 from hacluster.node.views import NodeViews
 from hacluster.node.write_path import WritePath
@@ -197,8 +198,8 @@ class Node(WritePath, NodeViews, Upkeep):
                            ssl_context=self.tls.server if self.tls else None)
         await site.start()
         self._warn_insecure()
-        if self.tls is not None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_tls)
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: reload_credentials(self))
         # Objects alive after start-up live for the whole process: keep them out of the
         # cyclic collector, and collect young objects less often, so collection pauses stay
         # short and rare on the write and apply paths.
@@ -256,14 +257,6 @@ class Node(WritePath, NodeViews, Upkeep):
             log.warning("%s: cluster.token is one credential for every role, replication "
                         "included: move to role tokens (auth.tokens, docs/security.md)",
                         self.name)
-
-    def _reload_tls(self) -> None:
-        assert self.tls is not None
-        try:
-            self.tls.reload()
-        except Exception as exc:     # the old certificates stay in use
-            log.error("%s: TLS reload failed, keeping the current certificates: %s",
-                      self.name, exc)
 
     def is_member(self, name: str) -> bool:
         """A node of the config, or a member admitted to Raft since."""

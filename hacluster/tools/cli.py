@@ -12,6 +12,7 @@ import asyncio
 import faulthandler
 import json
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -161,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hacluster: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, args.log_format, args.node)
+    # A core dump would hold the tokens' hashes, the Raft password and the TLS key.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # A fatal signal (SIGBUS from a write fault on a full disk, SIGSEGV) leaves a traceback in
     # the log instead of a silent death.
     faulthandler.enable()
