@@ -9,10 +9,12 @@ the idle RSS of a node process.
 
 A third cluster runs sync mode with ``storage.durability: os_buffer`` (acknowledged once in the
 page cache), to show what the default ``fsync`` (acknowledged once on disk, group commit) costs.
+A fourth runs sync mode with TLS on every channel (https for the clients' keep-alive
+connections, mutual TLS between the nodes), to show what TLS costs.
 
 Printed as figures and as ratios against the same run's baselines: sync/async throughput (goal
->= 0.5), sync p99 / async p99 (goal <= 2), fsync/os_buffer throughput (goal >= 0.5), idle RSS
-(goal <= 80 MB). ``--json`` prints one JSON
+>= 0.5), sync p99 / async p99 (goal <= 2), fsync/os_buffer throughput (goal >= 0.5), TLS/plain
+sync throughput (goal >= 0.8), idle RSS (goal <= 80 MB). ``--json`` prints one JSON
 object as the last line; ``--quick`` shortens every phase so the run ends within 60 s.
 """
 
@@ -35,21 +37,28 @@ import rocksdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hacluster.security import certs
 from hacluster.testing.harness import TOKEN, Cluster, wait_for
 
 CLIENTS = 32
 
 
-def _load(port: int, seconds: float, clients: int, batch: int, prefix: str, out: Any) -> None:
-    """Runs in its own process: ``clients`` loops of PUT (or batch) for ``seconds``."""
+def _load(port: int, seconds: float, clients: int, batch: int, prefix: str, out: Any,
+          ca_file: str | None = None) -> None:
+    """Runs in its own process: ``clients`` loops of PUT (or batch) for ``seconds`` (over
+    https, verifying the node against ``ca_file``, when one is given)."""
+    import ssl
+
     import aiohttp
 
     async def main() -> dict[str, Any]:
         latencies: list[float] = []
         errors = 0
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        url = f"http://127.0.0.1:{port}"
-        connector = aiohttp.TCPConnector(limit=clients)
+        url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}"
+        tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        # Keep-alive connections: the handshake is paid once per client, as by a real pool.
+        connector = aiohttp.TCPConnector(limit=clients, ssl=tls if tls else True)
         async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
             end = time.monotonic() + seconds
 
@@ -84,10 +93,11 @@ def _load(port: int, seconds: float, clients: int, batch: int, prefix: str, out:
     out.put(asyncio.run(main()))
 
 
-def run_load(port: int, seconds: float, batch: int, prefix: str) -> dict[str, float]:
+def run_load(port: int, seconds: float, batch: int, prefix: str,
+             ca_file: str | None = None) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_load, args=(port, seconds, CLIENTS, batch, prefix, q))
+    p = ctx.Process(target=_load, args=(port, seconds, CLIENTS, batch, prefix, q, ca_file))
     p.start()
     result = q.get(timeout=seconds + 120)
     p.join(30)
@@ -115,12 +125,24 @@ def raw_put_rate(root: Path, seconds: float) -> float:
     return rate
 
 
+def make_pki(root: Path) -> dict[str, Any]:
+    """A CA and one certificate per node; the cluster's ``tls`` section (mutual TLS)."""
+    pki = root / "pki"
+    certs.init_ca(pki, cluster="bench")
+    for name in ("n1", "n2", "n3"):
+        certs.issue(pki, name, hosts=["127.0.0.1"])
+    return {"cert_file": str(pki / "{node}.crt"), "key_file": str(pki / "{node}.key"),
+            "ca_file": str(pki / "ca.crt"), "peer_client_auth": True}
+
+
 def cluster_phase(root: Path, mode: str, seconds: float, with_batch: bool,
-                  log: Any, durability: str = "fsync") -> dict[str, Any]:
-    cluster = Cluster(root / f"{mode}-{durability}", consensus=True,
+                  log: Any, durability: str = "fsync",
+                  tls: dict[str, Any] | None = None) -> dict[str, Any]:
+    label = durability + ("-tls" if tls else "")
+    cluster = Cluster(root / f"{mode}-{label}", consensus=True, tls=tls,
                       replication={"mode": mode}, storage={"durability": durability})
-    log = (lambda text, log=log: log(f"{durability}: {text}")) if durability != "fsync" \
-        else log
+    log = (lambda text, log=log: log(f"{label}: {text}")) if label != "fsync" else log
+    ca_file = tls["ca_file"] if tls else None
     cluster.start()
     try:
         primary = cluster.wait_primary(30)
@@ -129,9 +151,9 @@ def cluster_phase(root: Path, mode: str, seconds: float, with_batch: bool,
         time.sleep(1.0)   # idle: every node has started, elected and settled
         rss = max(psutil.Process(n.proc.pid).memory_info().rss   # type: ignore[union-attr]
                   for n in cluster.nodes.values()) / 1e6
-        warm = run_load(primary.port, min(1.0, seconds / 3), 0, "warm")
+        warm = run_load(primary.port, min(1.0, seconds / 3), 0, "warm", ca_file)
         log(f"{mode}: warm-up {warm['rate']:.0f} puts/s")
-        puts = run_load(primary.port, seconds, 0, "put")
+        puts = run_load(primary.port, seconds, 0, "put", ca_file)
         log(f"{mode}: {puts['rate']:.0f} acknowledged PUTs/s with {CLIENTS} clients, "
             f"p50 {puts['p50_ms']:.2f} ms, p99 {puts['p99_ms']:.2f} ms, "
             f"{puts['errors']} errors")
@@ -164,7 +186,10 @@ def main() -> int:
         sync = cluster_phase(root, "sync", seconds, True, log)
         asyn = cluster_phase(root, "async", seconds, False, log)
         buffered = cluster_phase(root, "sync", seconds, False, log, "os_buffer")
-    s, a, b = sync["puts"], asyn["puts"], buffered["puts"]
+        # TLS on every channel (clients and nodes, mutual TLS between nodes), in the same run
+        # as the plain sync phase it is compared with.
+        secure = cluster_phase(root, "sync", seconds, False, log, tls=make_pki(root))
+    s, a, b, t = sync["puts"], asyn["puts"], buffered["puts"], secure["puts"]
     figures = {
         "put_rate_sync": round(s["rate"], 1), "put_rate_async": round(a["rate"], 1),
         "put_p50_ms_sync": round(s["p50_ms"], 3), "put_p50_ms_async": round(a["p50_ms"], 3),
@@ -176,13 +201,17 @@ def main() -> int:
         "put_p99_ms_sync_os_buffer": round(b["p99_ms"], 3),
         "fsync_os_buffer_rate_ratio": round(s["rate"] / b["rate"], 3),
         "fsync_os_buffer_p99_ratio": round(s["p99_ms"] / b["p99_ms"], 3),
+        "put_rate_sync_tls": round(t["rate"], 1),
+        "put_p99_ms_sync_tls": round(t["p99_ms"], 3),
+        "tls_plain_rate_ratio": round(t["rate"] / s["rate"], 3),
         "raw_put_rate": round(raw, 1),
         "put_raw_ratio_async": round(a["rate"] / raw, 4),
         "idle_rss_mb": round(max(sync["idle_rss_mb"], asyn["idle_rss_mb"]), 1),
     }
     log(f"sync/async throughput {figures['sync_async_rate_ratio']} (goal >= 0.5), "
         f"sync/async p99 {figures['sync_async_p99_ratio']} (goal <= 2), fsync/os_buffer "
-        f"throughput {figures['fsync_os_buffer_rate_ratio']} (goal >= 0.5), idle RSS "
+        f"throughput {figures['fsync_os_buffer_rate_ratio']} (goal >= 0.5), TLS/plain "
+        f"throughput {figures['tls_plain_rate_ratio']} (goal >= 0.8), idle RSS "
         f"{figures['idle_rss_mb']} MB (goal <= 80)")
     if args.json:
         print(json.dumps(figures))

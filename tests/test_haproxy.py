@@ -2,8 +2,9 @@
 
 A client that only knows HAProxy's address keeps writing across a SIGKILL of the primary: the
 health check moves the backend to the new primary, and in sync mode no write it acknowledged is
-lost. Skips, saying why, where the ``haproxy`` binary is missing (``.ci/run`` installs Debian's
-package).
+lost — with plain HTTP, and with TLS on every node (HAProxy checks ``/primary`` and forwards
+over TLS, verifying the nodes against the cluster CA). Skips, saying why, where the
+``haproxy`` binary is missing (``.ci/run`` installs Debian's package).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from hacluster.security import certs
 from hacluster.testing.harness import Cluster, free_ports, read_db, request, wait_for
 from hacluster.testing.history import Endpoint, History, check_all, put_once
 
@@ -27,8 +29,9 @@ pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installe
                                 "package haproxy; .ci/run installs it)")
 
 
-def haproxy_config(port: int, cluster: Cluster) -> str:
-    servers = "\n".join(f"    server {n} 127.0.0.1:{p} check" for n, p in
+def haproxy_config(port: int, cluster: Cluster, ca_file: str | None = None) -> str:
+    tls = f" check-ssl ssl verify required ca-file {ca_file}" if ca_file else ""
+    servers = "\n".join(f"    server {n} 127.0.0.1:{p} check{tls}" for n, p in
                         cluster.addresses.items())
     return f"""
 global
@@ -50,12 +53,21 @@ backend primary
 """
 
 
-@pytest.fixture
-def balanced(tmp_path: Path) -> Iterator[tuple[Cluster, Endpoint, subprocess.Popen[bytes]]]:
-    cluster = Cluster(tmp_path, consensus=True, replication={"mode": "sync"})
+@pytest.fixture(params=["plain", "tls"])
+def balanced(tmp_path: Path, request: pytest.FixtureRequest,
+             ) -> Iterator[tuple[Cluster, Endpoint, subprocess.Popen[bytes]]]:
+    tls = None
+    if request.param == "tls":
+        pki = tmp_path / "pki"
+        certs.init_ca(pki, cluster="test")
+        for name in ("n1", "n2", "n3"):
+            certs.issue(pki, name, hosts=["127.0.0.1"])
+        tls = {"cert_file": str(pki / "{node}.crt"), "key_file": str(pki / "{node}.key"),
+               "ca_file": str(pki / "ca.crt")}
+    cluster = Cluster(tmp_path, consensus=True, replication={"mode": "sync"}, tls=tls)
     port = free_ports(1)[0]
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(haproxy_config(port, cluster))
+    cfg.write_text(haproxy_config(port, cluster, tls["ca_file"] if tls else None))
     check = subprocess.run([str(HAPROXY), "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     cluster.start()
