@@ -79,6 +79,39 @@ def test_refuses_to_start_without_a_password(tmp_path: Path) -> None:
         RaftNode("127.0.0.1:1", [], tmp_path, None, TIMING)
 
 
+def pair_elects(root: Path, first: tuple[str, str | None], second: tuple[str, str | None],
+                wait: float) -> bool:
+    """Do two nodes with these (password sent, also accepted) elect a leader within wait?"""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    nodes = [RaftNode(addrs[i], [addrs[1 - i]], root / f"p{i}", sent, TIMING, also_accepted=also)
+             for i, (sent, also) in enumerate((first, second))]
+    for node in nodes:
+        node.start()
+    try:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if nodes[0].replica.getStatus().get("leader") is not None:
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_a_second_accepted_password_lets_a_rolling_password_change_keep_quorum(
+        tmp_path: Path) -> None:
+    old, new = PASSWORD, "the-next-raft-password-0123"
+    # Phase 1 nodes (send old, accept new) with phase 2 nodes (send new, accept old).
+    assert pair_elects(tmp_path / "a", (old, new), (new, old), 5.0)
+    # Phase 1 with a node not yet restarted; phase 2 with the new password alone.
+    assert pair_elects(tmp_path / "b", (old, new), (old, None), 5.0)
+    assert pair_elects(tmp_path / "c", (new, old), (new, None), 5.0)
+    # But a node sending the new password cannot talk to one that knows only the old one:
+    # phase 1 must be complete on every node before phase 2 starts.
+    assert not pair_elects(tmp_path / "d", (new, old), (old, None), 2.0)
+
+
 def test_commands_round_trip_as_plain_tuples() -> None:
     cmds = [Acquire("n1", 3, 4, 100, 1.0, "failover", 1.5), Renew("n1", 4, 77), Release("n1", 4),
             Release("n1", 4, "n2"),

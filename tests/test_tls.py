@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -276,3 +277,59 @@ def test_tokens_and_certificates_rotate_with_sighup_under_a_writer(tmp_path: Pat
     logs = "\n".join(n.log() for n in cluster.nodes.values())
     for leaked in (old_write, new_write, admin, repl_old, repl_new):
         assert leaked not in logs
+
+
+def test_the_raft_password_changes_by_rolling_restarts_without_a_failover(
+        tmp_path: Path) -> None:
+    """Three rolling restarts under a writer (sync mode): send the old password and accept
+    the new, then send the new and accept the old, then the new alone. A majority always
+    understands each other, so no automatic failover happens (the primary is restarted last
+    in each round, after a switchover) and nothing acknowledged is lost."""
+    old, new = RAFT_PASSWORD, "the-next-raft-password-0123456789"
+    cluster = Cluster(tmp_path, consensus=True, replication={"mode": "sync"})
+    writer = Writer(list(cluster.nodes.values()), prefix="r")
+
+    def restart(node: Any, password: str, also: str | None) -> None:
+        doc = cluster.config_doc()
+        doc["cluster"]["raft_password"] = password
+        if also:
+            doc["cluster"]["raft_password_also_accepted"] = also
+        node.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+        node.stop()
+        node.start()
+
+    try:
+        cluster.start()
+        primary = cluster.wait_primary()
+        wait_for(lambda: primary.status()["consensus"]["sync_set"], 15, "a synchronous standby")
+        writer.start()
+        writer.wait_acked(30, 20)
+        for password, also in ((old, new), (new, old), (new, None)):
+            primary = cluster.wait_primary()
+            for node in [n for n in cluster.nodes.values() if n is not primary]:
+                restart(node, password, also)
+                wait_for(lambda p=primary: p.status()["consensus"]["sync_set"], 20,
+                         "a synchronous standby again")
+                writer.wait_acked(10, 20, since=time.monotonic())
+            assert primary.post("/v1/admin/switchover", {}).status == 200
+            successor = cluster.wait_primary(among=[n for n in cluster.nodes.values()
+                                                    if n is not primary])
+            restart(primary, password, also)
+            wait_for(lambda s=successor: s.status()["consensus"]["sync_set"], 20,
+                     "a synchronous standby again")
+            writer.wait_acked(10, 20, node=successor.name, since=time.monotonic())
+        history = writer.stop()
+        final = cluster.wait_primary()
+        reasons = [h["reason"] for h in final.status()["consensus"]["history"]]
+        cluster.wait_converged()
+    finally:
+        writer.stop()
+        cluster.stop()
+    assert reasons == ["bootstrap"] + ["switchover"] * 3, reasons
+    _, contents = read_db(final.data_dir / "db")
+    verdict = check_all(history, contents["default"])
+    assert verdict.ok, str(verdict)
+    # At the end every node sends and accepts the new password only.
+    for node in cluster.nodes.values():
+        text = node.config.read_text()
+        assert new in text and old not in text and "also_accepted" not in text

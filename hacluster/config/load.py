@@ -19,6 +19,7 @@ import yaml
 
 from hacluster.config.model import (
     FRAME_OVERHEAD,
+    RAFT_PASSWORD_ALSO_ENV,
     RAFT_PASSWORD_ENV,
     REPLICATION_TOKEN_ENV,
     TOKEN_ENV,
@@ -90,6 +91,11 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
                            "auth.tokens, as the entries `hacluster token new` prints")
     raft_password = read_secret(cluster, "raft_password", env=env, env_name=RAFT_PASSWORD_ENV,
                                 credential="raft_password")
+    also = read_secret(cluster, "raft_password_also_accepted", env=env,
+                       env_name=RAFT_PASSWORD_ALSO_ENV, credential="raft_password_also_accepted")
+    if also is not None and raft_password is None:
+        raise cluster.fail("cluster.raft_password_also_accepted", "needs cluster.raft_password "
+                           "(the one the node sends)")
     primary = cluster.get("primary", str, "")
     epoch = cluster.integer("epoch", 1, minimum=1)
     cluster.finish()
@@ -157,4 +163,5 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         nodes=nodes, storage=storage, replication=replication, limits=limits, source=source,
         consensus=consensus, hooks=hooks, watchdog=watchdog, tls=tls,
         auth=AuthConfig(tokens=entries, replication_token=own),
+        raft_password_also_accepted=also if also != raft_password else None,
     )

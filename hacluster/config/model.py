@@ -17,10 +17,12 @@ from hacluster.security.tokens import TokenEntry
 TOKEN_ENV = "HACLUSTER_TOKEN"
 RAFT_PASSWORD_ENV = "HACLUSTER_RAFT_PASSWORD"
 REPLICATION_TOKEN_ENV = "HACLUSTER_REPLICATION_TOKEN"
+RAFT_PASSWORD_ALSO_ENV = "HACLUSTER_RAFT_PASSWORD_ALSO_ACCEPTED"
 # systemd's LoadCredential=/SetCredentialEncrypted= put secrets in files under this directory.
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 # Never passed on to a child process (hooks): each holds a secret, or says where secrets are.
-SECRET_ENVS = frozenset({TOKEN_ENV, RAFT_PASSWORD_ENV, REPLICATION_TOKEN_ENV, CREDENTIALS_ENV})
+SECRET_ENVS = frozenset({TOKEN_ENV, RAFT_PASSWORD_ENV, RAFT_PASSWORD_ALSO_ENV,
+                         REPLICATION_TOKEN_ENV, CREDENTIALS_ENV})
 
 NODE_TAGS = frozenset({"nofailover", "noloadbalance"})
 # Room in a frame beyond the WriteBatch itself (CBOR map, header fields, checksum).
@@ -211,6 +213,8 @@ class ClusterConfig:
     watchdog: WatchdogConfig = WatchdogConfig()
     tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
+    # A second Raft password, accepted but never sent: the middle steps of a rolling change.
+    raft_password_also_accepted: str | None = None
 
     @property
     def peer_token(self) -> str | None:

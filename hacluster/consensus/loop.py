@@ -67,7 +67,8 @@ class ControlLoop(OperatorRequests):
         self.quorum_window = max(3 * c.report_interval_s, 3 * c.renew_interval_s)
         partners = [str(n.raft) for n in cfg.nodes if n.name != node.name]
         self.raft = RaftNode(str(self.me.raft), partners, self.me.data_dir / "raft",
-                             cfg.raft_password, settings.raft_timing(cfg))
+                             cfg.raft_password, settings.raft_timing(cfg),
+                             also_accepted=cfg.raft_password_also_accepted)
         self.last: Decision | None = None
         self.passes = 0
         self.reports = ReportTracker()     # when each member's report last changed here

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.fernet import MultiFernet
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.encryptor import getEncryptor
 
 from hacluster.config import ConsensusConfig
 from hacluster.consensus.raft_journal import install_patches, journal_stats
@@ -135,10 +137,25 @@ class StateReplica(SyncObj):  # type: ignore[misc]
     """
 
     def __init__(self, self_addr: str, partner_addrs: list[str], conf: SyncObjConf,
-                 on_apply: Callable[[Command, bool, ClusterState], None]) -> None:
+                 on_apply: Callable[[Command, bool, ClusterState], None],
+                 also_accepted: str | None = None) -> None:
         # Set before SyncObj.__init__: not part of the serialized state.
         self._on_apply = on_apply
         super().__init__(self_addr, partner_addrs, conf)
+        if also_accepted:
+            # A rolling change of the Raft password: send with ``conf.password``, accept that
+            # or ``also_accepted``. pysyncobj keeps one Fernet per node and asks it only for
+            # encrypt_at_time, extract_timestamp and decrypt, which MultiFernet answers (the
+            # first key encrypts, any key decrypts). Private: pysyncobj is pinned below 0.4.
+            # Replacing an attribute SyncObj.__init__ set keeps it out of the dumps.
+            encryptor = MultiFernet([getEncryptor(conf.password), getEncryptor(also_accepted)])
+            self._SyncObj__encryptor = encryptor
+            # The transport made the outgoing connections in SyncObj.__init__, each holding
+            # the single-key Fernet of that moment.
+            transport = self._SyncObj__transport
+            for conn in [*transport._connections.values(), *transport._unknownConnections]:
+                if conn.encryptor is not None:
+                    conn.encryptor = encryptor
         self._state = ClusterState()
 
     @replicated  # type: ignore[untyped-decorator]
@@ -160,7 +177,8 @@ class RaftNode:
 
     def __init__(self, self_addr: str, partner_addrs: list[str], data_dir: Path,
                  password: str | None, timing: RaftTiming,
-                 on_change: Callable[[ClusterState], None] | None = None) -> None:
+                 on_change: Callable[[ClusterState], None] | None = None,
+                 also_accepted: str | None = None) -> None:
         if not password:
             raise RaftConfigError("the Raft port needs a password (cluster.raft_password or "
                                   "HACLUSTER_RAFT_PASSWORD): pysyncobj unpickles what it "
@@ -206,7 +224,8 @@ class RaftNode:
             dynamicMembershipChange=True,
             onReady=self.ready.set,
         )
-        self.replica = StateReplica(self_addr, partner_addrs, conf, self._applied)
+        self.replica = StateReplica(self_addr, partner_addrs, conf, self._applied,
+                                    also_accepted)
 
     def _applied(self, cmd: Command, ok: bool, state: ClusterState) -> None:
         """On the tick thread, after each command is applied (in log order)."""
