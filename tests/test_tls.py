@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,8 +156,10 @@ def test_mutual_tls_cluster_with_role_tokens(tmp_path: Path) -> None:
         wait_for(lambda: all(n.status()["applied_seq"] == final.status()["applied_seq"]
                              for n in cluster.nodes.values()), 30, "every node to converge")
         pages = [json.dumps(n.status()) for n in cluster.nodes.values()]
-        pages += [request(n.port, "GET", "/metrics", token=secret[Role.METRICS]).body.decode()
-                  for n in cluster.nodes.values()]
+        pages += [request(n.port, "GET", path, token=secret[role]).body.decode()
+                  for n in cluster.nodes.values()
+                  for path, role in (("/metrics", Role.METRICS), ("/cluster", Role.READ),
+                                     ("/history", Role.READ))]
     finally:
         writer.stop()
         cluster.stop()
@@ -333,3 +338,69 @@ def test_the_raft_password_changes_by_rolling_restarts_without_a_failover(
     for node in cluster.nodes.values():
         text = node.config.read_text()
         assert new in text and old not in text and "also_accepted" not in text
+
+
+def hacluster(*args: str, token: str | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HACLUSTER_TOKEN"}
+    if token:
+        env["HACLUSTER_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "hacluster", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_operator_tools_and_hacluster_up_over_tls_with_role_tokens(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    certs.init_ca(pki, cluster="test")
+    for name in ("n1", "n2", "n3"):
+        certs.issue(pki, name, hosts=HOSTS)
+    tokens = {role: new_token(role) for role in (Role.READ, Role.ADMIN, Role.REPLICATION)}
+    (tmp_path / "replication.token").write_text(tokens[Role.REPLICATION][0])
+    auth = {"tokens": [{"id": e.id, "role": e.role.value, "sha256": e.sha256}
+                       for _, e in tokens.values()],
+            "replication_token_file": str(tmp_path / "replication.token")}
+    tls = {"cert_file": str(pki / "{node}.crt"), "key_file": str(pki / "{node}.key"),
+           "ca_file": str(pki / "ca.crt")}
+    read, admin = tokens[Role.READ][0], tokens[Role.ADMIN][0]
+    cluster = Cluster(tmp_path / "c", consensus=True, tls=tls, auth=auth, token=admin)
+    config = str(cluster.nodes["n1"].config)
+    try:
+        cluster.start()
+        old = cluster.wait_primary()
+        done = hacluster("status", "--config", config, "--json", token=read)
+        assert done.returncode == 0, done.stderr
+        view = json.loads(done.stdout)
+        assert view["leader"] == old.name
+        assert all(m["url"].startswith("https://127.0.0.1:") for m in view["members"])
+        target = next(n for n in cluster.nodes.values() if n is not old)
+        refused = hacluster("switchover", "--config", config, "--to", target.name, token=read)
+        assert refused.returncode == 1 and "needs the admin role" in refused.stderr
+        assert read not in refused.stderr + refused.stdout
+        done = hacluster("switchover", "--config", config, "--to", target.name, token=admin)
+        assert done.returncode == 0, done.stderr
+        assert cluster.wait_primary() is target
+        backup = tmp_path / "backup"
+        done = hacluster("backup", "--config", config, str(backup), token=admin)
+        assert done.returncode == 0, done.stderr
+        assert (backup / "CURRENT").exists() or any(backup.iterdir())
+    finally:
+        cluster.stop()
+    # `hacluster up` on the same config: it checks the nodes over https and prints
+    # examples that verify them against the CA.
+    up = subprocess.Popen([sys.executable, "-m", "hacluster", "up", "--config", config],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert up.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "Ctrl-C stops all nodes." not in lines[-1:]:
+            line = up.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+        text = "\n".join(lines)
+        assert "nodes running" in text, text[-3000:]
+        assert f"curl -s --cacert {pki / 'ca.crt'} https://127.0.0.1:" in text
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(60)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -22,9 +23,15 @@ from hacluster.config import ClusterConfig
 HEALTH_TIMEOUT = 30.0
 
 
-def _healthy(url: str) -> bool:
+def _context(cfg: ClusterConfig) -> ssl.SSLContext | None:
+    """With TLS, the nodes are verified against the cluster CA, as every client does."""
+    return (ssl.create_default_context(cafile=str(cfg.tls.ca_file)) if cfg.tls.enabled
+            else None)
+
+
+def _healthy(url: str, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+        with urllib.request.urlopen(f"{url}/health", timeout=1, context=tls) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -36,7 +43,8 @@ def _wait_for_primary(cfg: ClusterConfig, stopping: Callable[[], bool]) -> str |
     while time.monotonic() < deadline and not stopping():
         for node in cfg.nodes:
             try:
-                with urllib.request.urlopen(f"{node.api.url}/status", timeout=1) as resp:
+                with urllib.request.urlopen(f"{node.api.url}/status", timeout=1,
+                                            context=_context(cfg)) as resp:
                     status = json.loads(resp.read())
             except (urllib.error.URLError, OSError, ValueError):
                 continue
@@ -64,7 +72,7 @@ def run_local_cluster(cfg: ClusterConfig, config_path: str, log_level: str) -> i
                 [sys.executable, "-m", "hacluster", "run", "--config", config_path,
                  "--node", node.name, "--log-level", log_level])
             deadline = time.monotonic() + HEALTH_TIMEOUT
-            while not _healthy(node.api.url):
+            while not _healthy(node.api.url, _context(cfg)):
                 if stopping:
                     return 0
                 if procs[node.name].poll() is not None or time.monotonic() > deadline:
@@ -78,16 +86,17 @@ def run_local_cluster(cfg: ClusterConfig, config_path: str, log_level: str) -> i
                   file=sys.stderr)
             return 1
         primary = cfg.node(leader).api.url
+        curl = f"curl -s --cacert {cfg.tls.ca_file}" if cfg.tls.enabled else "curl -s"
         print("\n".join([
             "",
             f"hacluster up: {len(procs)} nodes running (primary {leader}"
             f"{', elected' if cfg.uses_consensus else ''}):",
             *[f"  {n.name:<6} {n.api.url}   data {n.data_dir}" for n in order],
-            "Try (the token is cluster.token of your config, or $HACLUSTER_TOKEN):",
-            f"  curl -s {primary}/status",
-            f"  curl -s -X PUT -H \"Authorization: Bearer $HACLUSTER_TOKEN\" "
+            "Try (HACLUSTER_TOKEN: a write token, or cluster.token of your config):",
+            f"  {curl} {primary}/status",
+            f"  {curl} -X PUT -H \"Authorization: Bearer $HACLUSTER_TOKEN\" "
             f"--data-binary hello '{primary}/v1/kv/greeting?cf=default'",
-            f"  curl -s {order[-1].api.url}/status     # a replica: same applied_seq",
+            f"  {curl} {order[-1].api.url}/status     # a replica: same applied_seq",
             "Ctrl-C stops all nodes.",
             "",
         ]), flush=True)
