@@ -72,7 +72,7 @@ def call(port: int, ctx: ssl.SSLContext, method: str, path: str, token: str | No
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         raw = resp.read()
-        return resp.status, (json.loads(raw) if raw.startswith(b"{") else {"raw": raw[:100]})
+        return resp.status, (json.loads(raw) if raw.startswith(b"{") else {"raw": raw})
     finally:
         conn.close()
 
@@ -134,7 +134,11 @@ def test_mutual_tls_cluster_with_role_tokens(tmp_path: Path) -> None:
         assert status == 403 and body == {"error": "unknown token"}, body
         status, body = call(port, ctx, "GET", "/metrics", token=secret[Role.WRITE])
         assert status == 403 and "metrics" in body["error"], body
-        assert call(port, ctx, "GET", "/metrics", token=secret[Role.METRICS])[0] == 200
+        status, body = call(port, ctx, "GET", "/metrics", token=secret[Role.METRICS])
+        assert status == 200
+        expiry = [line for line in body["raw"].decode().splitlines()
+                  if line.startswith("hacluster_tls_cert_expiry_seconds ")]
+        assert expiry and 800 * 86400 < float(expiry[0].split()[1]) < 826 * 86400, expiry
         # Nothing of the refused requests was applied (the writer's own writes go on).
         for key in ("plain", "r", "u"):
             assert call(port, ctx, "GET", f"/v1/kv/{key}", token=secret[Role.READ])[0] == 404

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from hacluster.api import probes
 from hacluster.lineage.tails import list_divergent_tails
+from hacluster.security import certs
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
@@ -49,6 +50,16 @@ class NodeCollector(Collector):
                                 value=1.0 if node.view(time.monotonic()).writable else 0.0)
         yield GaugeMetricFamily("hacluster_epoch", "the epoch this node is in",
                                 value=node.status_epoch())
+        if node.cfg.tls.enabled:
+            cert = node.cfg.tls.for_node(node.name).cert_file
+            if cert is not None:
+                try:
+                    left = certs.expires_in_days(cert) * 86400.0
+                except (OSError, certs.CertError):
+                    left = float("nan")      # unreadable now: alert-worthy too
+                yield GaugeMetricFamily("hacluster_tls_cert_expiry_seconds", "seconds until "
+                                        "this node's TLS certificate expires (its file now)",
+                                        value=left)
         yield GaugeMetricFamily("hacluster_applied_seq", "latest sequence number in this "
                                 "node's database", value=seq)
         yield CounterMetricFamily("hacluster_writes", "write requests applied locally as "

@@ -45,6 +45,7 @@ from hacluster.replication.follower import Follower
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.replication.source import ReplicationSource
 from hacluster.role import Role
+from hacluster.security import certs
 from hacluster.security.tls import Contexts
 from hacluster.space import SpaceGuard
 from hacluster.store import Store, StoreSlot, has_database
@@ -71,6 +72,7 @@ def notify_systemd(state: str) -> None:
         log.warning("cannot notify systemd (%s): %s", state, exc)
 
 GC_GEN0_THRESHOLD = 20_000
+CERT_WARN_DAYS = 30         # a certificate closer to its end is warned about at start
 
 
 class Node(WritePath, NodeViews, Upkeep):
@@ -250,6 +252,10 @@ class Node(WritePath, NodeViews, Upkeep):
         self._follower_task = asyncio.get_running_loop().create_task(self.follower.run())
 
     def _warn_insecure(self) -> None:
+        cert = self.tls.tls.cert_file if self.tls is not None else None
+        if cert is not None and (days := certs.expires_in_days(cert)) < CERT_WARN_DAYS:
+            log.warning("%s: its TLS certificate %s expires in %.1f days: renew it and send "
+                        "SIGHUP (docs/security.md)", self.name, cert, days)
         if not self.cfg.tls.enabled:
             log.warning("%s: TLS is off (tls: off): tokens and data cross the network in the "
                         "clear; use it on loopback or a trusted network only", self.name)
