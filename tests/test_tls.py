@@ -91,8 +91,11 @@ def test_mutual_tls_cluster_with_role_tokens(tmp_path: Path) -> None:
                        for _, e in tokens.values()]}
     tls = {"cert_file": str(pki / "{node}.crt"), "key_file": str(pki / "{node}.key"),
            "ca_file": str(pki / "ca.crt"), "peer_client_auth": True}
+    hook_env = tmp_path / "hook-env"
+    hook_env.mkdir()
     cluster = Cluster(tmp_path / "c", consensus=True, replication={"mode": "sync"}, tls=tls,
-                      auth=auth, token=secret[Role.ADMIN])
+                      auth=auth, token=secret[Role.ADMIN], extra={"hooks": {
+                          "on_role_change": f"env > {hook_env}/$HACLUSTER_NODE-$$.env"}})
     writer = Writer(list(cluster.nodes.values()), prefix="w", token=secret[Role.WRITE])
     bodies: list[str] = []
     try:
@@ -178,7 +181,9 @@ def test_mutual_tls_cluster_with_role_tokens(tmp_path: Path) -> None:
     assert f"token {admin_id} (test-admin): POST /v1/admin/pause from 127.0.0.1: 200" in logs
     # No secret anywhere: tokens, their hashes' source, the Raft password, private keys.
     keys = [(pki / f"{n}.key").read_text().splitlines()[1] for n in ("n1", "n2", "n3")]
-    haystack = "\n".join([logs, *pages, *bodies])
+    hooks = [p.read_text() for p in hook_env.glob("*.env")]
+    assert any("HACLUSTER_ROLE=primary" in h for h in hooks), hooks   # the hooks did run
+    haystack = "\n".join([logs, *pages, *bodies, *hooks])
     for leaked in [*secret.values(), RAFT_PASSWORD, *keys]:
         assert leaked not in haystack
 

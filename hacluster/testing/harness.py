@@ -181,8 +181,10 @@ class Cluster:
                  prefixes: dict[str, list[str]] | None = None,
                  limits: dict[str, Any] | None = None,
                  tls: dict[str, Any] | None = None,
-                 auth: dict[str, Any] | None = None, token: str = TOKEN) -> None:
+                 auth: dict[str, Any] | None = None, token: str = TOKEN,
+                 extra: dict[str, Any] | None = None) -> None:
         self.root = root
+        self.extra = extra or {}    # more top-level config sections (hooks, watchdog, ...)
         self.tls = tls              # the config's tls section (None: tls off)
         self.auth = auth            # the config's auth section (None: the shared TOKEN)
         root.mkdir(parents=True, exist_ok=True)
@@ -219,6 +221,7 @@ class Cluster:
                         **({} if self.auth else {"token": TOKEN})},
             "tls": self.tls or False,
             **({"auth": self.auth} if self.auth else {}),
+            **self.extra,
             "column_families": CFS,
             "storage": self.storage,
             "replication": {**self.replication, **(replication or {})},
