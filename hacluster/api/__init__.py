@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from hacluster.api import admin, info, kv
-from hacluster.api.common import error
+from hacluster.api.common import error, handle_then
 from hacluster.api.metrics import Metrics
 from hacluster.security.access import OPEN_PATHS, PRINCIPAL, Refusal, authorize, need
 from hacluster.security.tls import peer_name
@@ -72,18 +72,10 @@ def make_auth(node: ServedNode) -> Middleware:
         request[PRINCIPAL] = verdict
         if not wanted & AUDITED or Role.REPLICATION in verdict.roles:
             return await handler(request)
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            # Who, what, when (the log line's time), from where, and how it ended.
-            audit.info("%s: %s %s from %s: %d", verdict.who, request.method, request.rel_url,
-                       request.remote, status)
+        # Who, what, when (the log line's time), from where, and how it ended.
+        return await handle_then(request, handler, lambda status: audit.info(
+            "%s: %s %s from %s: %d", verdict.who, request.method, request.rel_url,
+            request.remote, status))
 
     return auth
 

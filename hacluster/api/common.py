@@ -8,9 +8,11 @@ the primary is: it asks the node.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
 if TYPE_CHECKING:
@@ -53,3 +55,19 @@ def to_primary(node: ServedNode, request: web.Request) -> web.Response:
     # 307 keeps method and body; `curl --location-trusted` replays the request (with its
     # Authorization header) on the primary.
     raise web.HTTPTemporaryRedirect(location=f"{url}{request.rel_url}")
+
+
+async def handle_then(request: web.Request, handler: Handler,
+                      done: Callable[[int], None]) -> web.StreamResponse:
+    """``handler(request)``, then ``done(status)`` however it ended (an HTTPException's own
+    status, 500 for anything else) — for middlewares that record what came of a request."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        done(status)

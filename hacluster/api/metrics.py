@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from hacluster.api import probes
+from hacluster.api.common import handle_then
 from hacluster.lineage.tails import list_divergent_tails
 from hacluster.security import certs
 
@@ -148,21 +149,16 @@ class Metrics:
         @web.middleware
         async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
             start = time.perf_counter()
-            status = 500
-            try:
-                response = await handler(request)
-                status = response.status
-                return response
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
-            finally:
+
+            def done(status: int) -> None:
                 info = request.match_info
                 route = info.route.resource.canonical if info.route.resource else "unmatched"
                 # The replication stream lives for hours; its duration is not a latency.
                 if route != "/v1/replication/stream":
                     self.requests.labels(request.method, route, str(status)).observe(
                         time.perf_counter() - start)
+
+            return await handle_then(request, handler, done)
         return timed
 
     def render(self) -> web.Response:
