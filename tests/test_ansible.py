@@ -6,14 +6,21 @@ systemd unit the role renders must pass ``systemd-analyze verify``. Then ``site.
 a real three-node cluster on this machine: three inventory hosts with ``ansible_connection:
 local``, each with its own ports, directories and virtual environment, in the role's
 ``process`` service mode (systemd is not PID 1 here), installing a wheel built from this
-checkout. The nodes must elect a primary that ``GET /leader`` names on every node; a second run
+checkout, with TLS as the role sets it up by default (a cluster CA and node certificates it
+makes on the controller; every client here speaks https and verifies them against that CA) but
+without mutual TLS, so that the nodes' replication token is deployed and rotated too, and role
+tokens (admin, write, replication).
+The nodes must elect a primary that ``GET /leader`` names on every node; a second run
 must report no change; and ``rolling-upgrade.yml``, run while a client writes through the
 nodes' API, must restart every node on a new wheel (replicas first, then a switchover, then
 the former primary). With the client still writing, ``add-node.yml`` then adds a fourth host
 without restarting the others, and ``remove-node.yml`` removes the primary (a switchover
-first) without restarting the others, leaving three Raft members. No acknowledged write may
-be lost and no automatic failover may happen (the epoch history holds only the bootstrap and
-switchovers), and every node must end with the primary's data.
+first) without restarting the others, leaving three Raft members. Then ``rotate-secrets.yml``,
+still under the writer, rotates the admin and replication tokens (the old ones retired), every
+node certificate and the Raft password; ``site.yml`` with the new password moved into place
+changes nothing. No request of the writer may be refused for its credentials, no acknowledged
+write may be lost and no automatic failover may happen (the epoch history holds only the
+bootstrap and switchovers), and every node must end with the primary's data.
 
 Skips, saying why, where ansible-playbook (or ansible-lint) is not installed (``pip install -e
 '.[test]'`` installs both), and the cluster test where it cannot run as root.
@@ -25,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -34,15 +42,24 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
-from hacluster.testing.harness import free_ports, read_db, request, wait_for
+from hacluster.security.tokens import Role, TokenEntry, new_token
+from hacluster.testing.harness import TLS_PORTS, free_ports, read_db, request, wait_for
 from hacluster.testing.history import Endpoint, Writer, check_all
 
 REPO = Path(__file__).resolve().parents[1]
 ANSIBLE_DIR = REPO / "deploy" / "ansible"
 PLAYBOOKS = sorted(p.name for p in ANSIBLE_DIR.glob("*.yml"))
-TOKEN = "ansible-test-token-0123456789abcdef"
 RAFT_PASSWORD = "ansible-test-raft-password-0123456789"
+NEXT_RAFT_PASSWORD = "ansible-test-raft-password-next-0123456789"
+# Role tokens: the inventory holds their entries (hashes) and the admin and replication tokens;
+# the writer uses the write token. rotate-secrets.yml replaces the admin and replication ones.
+ADMIN_TOKEN, ADMIN_ENTRY = new_token(Role.ADMIN, "ops")
+WRITE_TOKEN, WRITE_ENTRY = new_token(Role.WRITE, "writer")
+REPLICATION_TOKEN, REPLICATION_ENTRY = new_token(Role.REPLICATION, "nodes")
+NEW_ADMIN_TOKEN, NEW_ADMIN_ENTRY = new_token(Role.ADMIN, "ops2")
+NEW_REPLICATION_TOKEN, NEW_REPLICATION_ENTRY = new_token(Role.REPLICATION, "nodes2")
 NAMES = ("n1", "n2", "n3")
 
 
@@ -83,6 +100,11 @@ def run_playbook(tmp: Path, playbook: str, inventory: Path, log_name: str,
     assert proc.returncode == rc, (f"ansible-playbook {playbook} exited {proc.returncode} "
                                   f"(full output: {log}):\n{text[-6000:]}")
     return text
+
+
+def entry(e: TokenEntry) -> dict[str, str]:
+    """An hacluster_tokens item, as `hacluster token new` prints it."""
+    return {"id": e.id, "role": e.role.value, "sha256": e.sha256, "name": e.name}
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
@@ -132,7 +154,11 @@ def test_every_role_variable_is_documented() -> None:
     readme = (ANSIBLE_DIR / "README.md").read_text()
     names = set(defaults) | set(specs)
     assert set(defaults) <= set(specs), f"no argument spec: {sorted(set(defaults) - set(specs))}"
-    assert names - set(defaults) == {"hacluster_token", "hacluster_raft_password"}
+    # The secrets have no defaults (from the vault).
+    assert names - set(defaults) == {
+        "hacluster_token", "hacluster_raft_password", "hacluster_admin_token",
+        "hacluster_replication_token", "hacluster_raft_password_also_accepted",
+        "hacluster_raft_password_next"}
     missing = sorted(n for n in names if f"`{n}`" not in readme)
     assert not missing, f"deploy/ansible/README.md does not describe {missing}"
 
@@ -247,11 +273,19 @@ class Deployment:
         self.raft = dict(zip(NAMES, ports[3:], strict=True))
         self.user = "hacluster" if dedicated_user else "root"
         self.inventory = root / "inventory.yml"
+        self.admin_token = ADMIN_TOKEN
+        # The CA the role makes on the controller (hacluster_tls_pki_dir's default).
+        self.ca_file = root / "pki" / "ansible-test" / "ca.crt"
         self.group_vars: dict[str, Any] = {
             "hacluster_service_manager": "process",
             "hacluster_python": python,
             "hacluster_system_packages": [],
-            "hacluster_token": TOKEN,
+            "hacluster_tokens": [entry(ADMIN_ENTRY), entry(WRITE_ENTRY),
+                                 entry(REPLICATION_ENTRY)],
+            "hacluster_admin_token": ADMIN_TOKEN,
+            "hacluster_replication_token": REPLICATION_TOKEN,
+            # TLS is on by default; without mutual TLS the nodes use their replication token.
+            "hacluster_tls_peer_client_auth": False,
             "hacluster_raft_password": RAFT_PASSWORD,
             "hacluster_cluster_name": "ansible-test",
             "hacluster_column_families": ["default", "users"],
@@ -268,8 +302,22 @@ class Deployment:
     def host_dir(self, name: str) -> Path:
         return self.root / "hosts" / name
 
-    def write_inventory(self, **group_vars: Any) -> None:
+    def trust_ca(self) -> None:
+        """Speak https to every node's API, verified against the role's CA."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        for port in self.api.values():
+            TLS_PORTS[port] = context
+
+    def served_serials(self) -> dict[str, int]:
+        """The serial number of the certificate each node serves."""
+        return {n: x509.load_pem_x509_certificate(ssl.get_server_certificate(
+                    ("127.0.0.1", self.api[n]), timeout=5).encode()).serial_number
+                for n in self.names}
+
+    def write_inventory(self, *, drop: tuple[str, ...] = (), **group_vars: Any) -> None:
         self.group_vars |= group_vars
+        for name in drop:
+            self.group_vars.pop(name, None)
         hosts = {}
         for name in self.names:
             d = self.host_dir(name)
@@ -293,6 +341,8 @@ class Deployment:
         self.names.append(name)
         self.deployed.append(name)
         self.write_inventory()
+        if name in self.api and self.ca_file.exists():
+            self.trust_ca()
 
     def remove_host(self, name: str) -> None:
         self.names.remove(name)
@@ -306,7 +356,7 @@ class Deployment:
         return Endpoint(name, "127.0.0.1", self.api[name])
 
     def get(self, name: str, path: str) -> Any:
-        answer = request(self.api[name], "GET", path, token=TOKEN, timeout=5)
+        answer = request(self.api[name], "GET", path, token=self.admin_token, timeout=5)
         assert answer.status == 200, (name, path, answer.status, answer.body)
         return answer.json()
 
@@ -377,6 +427,8 @@ def deployment(tmp_path: Path) -> Iterator[tuple[Deployment, Path, str]]:
             yield deploy, upgrade_wheel, new_version
         finally:
             deploy.stop()
+            for port in deploy.api.values():
+                TLS_PORTS.pop(port, None)
     finally:
         for d, mode in opened.items():
             d.chmod(mode)
@@ -389,13 +441,21 @@ def test_site_then_rolling_upgrade_then_add_and_remove_a_node_lose_no_write(
 
     # 1. site.yml: three nodes that elect a primary every node names.
     run_playbook(tmp_path, "site.yml", deploy.inventory, "site-1.log")
+    deploy.trust_ca()        # from now on every request here is https, verified by the CA
     primary = deploy.primary()
     assert primary in NAMES
     assert request(deploy.api[primary], "GET", "/primary", token=None).status == 200
     pids = deploy.pids()
     first = deploy.host_dir("n1")
-    assert TOKEN not in (first / "etc" / "cluster.yaml").read_text()
+    config = (first / "etc" / "cluster.yaml").read_text()
+    for secret in (ADMIN_TOKEN, WRITE_TOKEN, REPLICATION_TOKEN, RAFT_PASSWORD):
+        assert secret not in config
+    assert ADMIN_ENTRY.sha256 in config and "peer_client_auth: false" in config
     assert ((first / "etc" / "hacluster.env").stat().st_mode & 0o777) == 0o600
+    assert ((first / "etc" / "replication-token").stat().st_mode & 0o777) == 0o640
+    assert ((first / "etc" / "tls" / "n1.key").stat().st_mode & 0o777) == 0o640
+    assert deploy.get(primary, "/status")      # an admin token, over https
+    assert request(deploy.api[primary], "GET", "/v1/kv/x", token=None).status == 401
     data = first / "data"
     assert (data.owner(), data.stat().st_mode & 0o777) == (deploy.user, 0o750)
 
@@ -413,7 +473,7 @@ def test_site_then_rolling_upgrade_then_add_and_remove_a_node_lose_no_write(
     assert recap(refused)["n1"]["failed"] == 1, recap(refused)
     assert deploy.pids() == pids
 
-    writer = Writer([deploy.endpoint(n) for n in NAMES], token=TOKEN, prefix="ansible",
+    writer = Writer([deploy.endpoint(n) for n in NAMES], token=WRITE_TOKEN, prefix="ansible",
                     timeout=3.0)
     writer.start()
     try:
@@ -473,21 +533,77 @@ def test_site_then_rolling_upgrade_then_add_and_remove_a_node_lose_no_write(
         for name in remaining:
             config = (deploy.host_dir(name) / "etc" / "cluster.yaml").read_text()
             assert f"name: {leaving}" not in config, config
+        assert deploy.primary() != leaving
+        writer.wait_acked(100, 30, since=time.monotonic())
+
+        # 8. rotate-secrets.yml under the writer: new admin and replication tokens (the old
+        # ones retired), new certificates from the same CA, a new Raft password in three
+        # rolling phases (one switchover each). No restart but those of the Raft phases.
+        serials = deploy.served_serials()
+        deploy.write_inventory(
+            hacluster_tokens=[entry(e) for e in (ADMIN_ENTRY, WRITE_ENTRY, REPLICATION_ENTRY,
+                                                  NEW_ADMIN_ENTRY, NEW_REPLICATION_ENTRY)],
+            hacluster_retired_token_ids=[ADMIN_ENTRY.id, REPLICATION_ENTRY.id],
+            hacluster_admin_token=NEW_ADMIN_TOKEN,
+            hacluster_replication_token=NEW_REPLICATION_TOKEN,
+            hacluster_raft_password_next=NEXT_RAFT_PASSWORD)
+        started = time.monotonic()
+        rotated = run_playbook(tmp_path, "rotate-secrets.yml", deploy.inventory, "rotate.log")
+        rotation_s = time.monotonic() - started
+        assert "move hacluster_raft_password_next into hacluster_raft_password" in rotated, \
+            rotated[-3000:]
+        deploy.admin_token = NEW_ADMIN_TOKEN
+        writer.wait_acked(100, 30, since=time.monotonic())
         final = deploy.primary()
-        assert final != leaving
+        old = request(deploy.api[final], "GET", "/v1/admin/hash", token=ADMIN_TOKEN)
+        assert old.status == 403, (old.status, old.body)
+        assert request(deploy.api[final], "GET", "/v1/admin/hash",
+                       token=NEW_ADMIN_TOKEN).status == 200
+        assert request(deploy.api[final], "POST", "/v1/replication/ack", body=b"{}",
+                       token=REPLICATION_TOKEN).status == 403
+        new_serials = deploy.served_serials()
+        assert all(new_serials[n] != serials[n] for n in deploy.names), (serials, new_serials)
+        for name in deploy.names:
+            etc = deploy.host_dir(name) / "etc"
+            env = (etc / "hacluster.env").read_text()
+            assert f"HACLUSTER_RAFT_PASSWORD={NEXT_RAFT_PASSWORD}\n" in env
+            assert "ALSO_ACCEPTED" not in env and RAFT_PASSWORD + "\n" not in env
+            assert f"HACLUSTER_TOKEN={NEW_ADMIN_TOKEN}\n" in env
+            assert (etc / "replication-token").read_text() == NEW_REPLICATION_TOKEN + "\n"
+            config = (etc / "cluster.yaml").read_text()
+            assert ADMIN_ENTRY.id not in config and NEW_ADMIN_ENTRY.id in config
+            assert NEW_ADMIN_TOKEN not in config and NEXT_RAFT_PASSWORD not in config
+
+        # 9. The operator moves the new password into place and deletes the retired entries:
+        # site.yml then changes nothing and restarts nothing.
+        rotated_pids = deploy.pids()
+        deploy.write_inventory(
+            drop=("hacluster_raft_password_next",),
+            hacluster_raft_password=NEXT_RAFT_PASSWORD,
+            hacluster_tokens=[entry(e) for e in (WRITE_ENTRY, NEW_ADMIN_ENTRY,
+                                                  NEW_REPLICATION_ENTRY)],
+            hacluster_retired_token_ids=[])
+        again = recap(run_playbook(tmp_path, "site.yml", deploy.inventory, "site-5.log"))
+        assert all(row["changed"] == 0 and row["failed"] == 0 for row in again.values()), again
+        assert deploy.pids() == rotated_pids
         writer.wait_acked(100, 30, since=time.monotonic())
     finally:
         history = writer.stop()
+    print(f"rotate-secrets.yml took {rotation_s:.0f} s")
 
-    # 8. Every node has the primary's data; only switchovers, no failover.
+    # 10. Every node has the primary's data; only switchovers, no failover; no request of the
+    # writer refused for its credentials.
     wait_for(lambda: len({str(deploy.get(n, "/v1/admin/hash")) for n in deploy.names}) == 1,
              30, "every node to have the primary's data")
     epochs = deploy.get(final, "/history")
-    assert [e["reason"] for e in epochs] == ["bootstrap", "switchover", "switchover"], epochs
+    # rolling upgrade, remove-node, and one switchover per Raft password phase
+    assert [e["reason"] for e in epochs] == ["bootstrap"] + ["switchover"] * 5, epochs
+    refused = [op for op in history if op.status in (401, 403)]
+    assert not refused, refused[:5]
     acked = history.acked()
-    assert {op.epoch for op in acked} == {1, 2, 3}, "writes were not acknowledged throughout"
+    assert {op.epoch for op in acked} == set(range(1, 7)), "writes were not acknowledged throughout"
 
-    # 9. Nothing acknowledged is missing from the final primary.
+    # 11. Nothing acknowledged is missing from the final primary.
     deploy.stop()
     _, contents = read_db(deploy.host_dir(final) / "data" / "db")
     verdict = check_all(history, set(contents["default"]))
