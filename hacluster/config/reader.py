@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -180,6 +181,13 @@ def _text(reader: _Reader, name: str, default: Any = ...) -> Any:
     if isinstance(value, str) and "\0" in value:
         raise reader.fail(reader.key(name), "must not contain a NUL character")
     return value
+
+
+def _path(reader: _Reader, name: str, value: str | None = None) -> Path:
+    """A path key (or ``value`` read for it): ``~`` expanded, a relative path resolved against
+    the config file's directory, so a config works from any working directory."""
+    path = Path(os.path.expanduser(_text(reader, name) if value is None else value))
+    return path if path.is_absolute() else (reader.source.parent / path).resolve()
 
 
 def _name(reader: _Reader, key: str, value: Any) -> str:

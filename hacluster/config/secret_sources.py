@@ -9,12 +9,11 @@ never log a secret or put one in an error message.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from hacluster.config.model import CREDENTIALS_ENV
-from hacluster.config.reader import _SURROGATE, _Reader, _text
+from hacluster.config.reader import _SURROGATE, _path, _Reader, _text
 
 MAX_SECRET_BYTES = 4096
 
@@ -55,9 +54,7 @@ def read_secret(r: _Reader, name: str, *, env: Mapping[str, str], env_name: str,
     if env.get(env_name):
         where, value = f"${env_name}", _check(env[env_name], f"${env_name}", r)
     elif file_value is not None:
-        path = Path(os.path.expanduser(file_value))
-        if not path.is_absolute():
-            path = (r.source.parent / path).resolve()
+        path = _path(r, file_key, file_value)
         where, value = r.key(file_key), _from_file(path, r.key(file_key), r)
     elif env.get(CREDENTIALS_ENV) and (Path(env[CREDENTIALS_ENV]) / credential).exists():
         path = Path(env[CREDENTIALS_ENV]) / credential

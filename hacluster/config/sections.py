@@ -9,7 +9,6 @@ defaults that depend on consensus are ``load``'s), and never start or open anyth
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from hacluster.config.model import (
@@ -25,7 +24,7 @@ from hacluster.config.model import (
     TlsConfig,
     WatchdogConfig,
 )
-from hacluster.config.reader import _name, _Reader, _text, brief, parse_address
+from hacluster.config.reader import _name, _path, _Reader, _text, brief, parse_address
 from hacluster.security.tokens import DIGEST_RE, ID_RE, Role, TokenEntry, digest
 
 
@@ -187,10 +186,7 @@ def _nodes(top: _Reader, source: Path) -> tuple[NodeConfig, ...]:
         if (api.host, api.port) in seen_addrs:
             raise r.fail(r.key("api"), f"{api} is already used by {seen_addrs[api.host, api.port]}")
         seen_addrs[api.host, api.port] = name
-        data_dir = Path(os.path.expanduser(_text(r, "data_dir")))
-        if not data_dir.is_absolute():
-            # Relative to the config file, so the example works from any working directory.
-            data_dir = (source.parent / data_dir).resolve()
+        data_dir = _path(r, "data_dir")
         raft = None
         if r.get("raft", str, None) is not None:
             raft = parse_address(r.get("raft", str), source, r.key("raft"))
@@ -207,11 +203,6 @@ def _nodes(top: _Reader, source: Path) -> tuple[NodeConfig, ...]:
         nodes.append(NodeConfig(name=name, api=api, data_dir=data_dir, raft=raft,
                                 tags=frozenset(tags)))
     return tuple(nodes)
-
-
-def _path(r: _Reader, name: str) -> Path:
-    path = Path(os.path.expanduser(_text(r, name)))
-    return path if path.is_absolute() else (r.source.parent / path).resolve()
 
 
 def _tls(top: _Reader) -> TlsConfig:
@@ -245,7 +236,7 @@ def _token_entries(r: _Reader) -> tuple[TokenEntry, ...]:
             raise r.fail(key, "expected a mapping with id, role, sha256 (made by `hacluster "
                               "token new --role ROLE`)")
         e = _Reader(r.source, item, key)
-        token_id, role, digest = e.get("id", str), e.get("role", str), e.get("sha256", str)
+        token_id, role, sha = e.get("id", str), e.get("role", str), e.get("sha256", str)
         if not ID_RE.match(token_id):
             raise e.fail(e.key("id"), f"expected 8 hex digits, got {brief(token_id)}")
         if token_id in seen:
@@ -253,14 +244,14 @@ def _token_entries(r: _Reader) -> tuple[TokenEntry, ...]:
         seen.add(token_id)
         if role not in {x.value for x in Role}:
             raise e.fail(e.key("role"), f"must be one of {roles}, got {brief(role)}")
-        if not DIGEST_RE.match(digest):
+        if not DIGEST_RE.match(sha):
             raise e.fail(e.key("sha256"), "expected the token's SHA-256 as 64 lowercase hex "
                                           "digits (the token itself never goes in the config)")
         name = e.get("name", str, "")
         if name:
             _name(e, e.key("name"), name)
         e.finish()
-        entries.append(TokenEntry(token_id, Role(role), digest, name))
+        entries.append(TokenEntry(token_id, Role(role), sha, name))
     return tuple(entries)
 
 
