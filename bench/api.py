@@ -3,19 +3,27 @@
 For each replication mode (sync, then async) a fresh three-node consensus cluster runs on
 loopback. A load process (its own interpreter, asyncio + aiohttp, keep-alive connections) runs
 32 concurrent clients, each sending single-key PUTs to the primary one after another; it records
-every latency. Then the same clients send ``POST /v1/batch`` with 100 ops per request (sync
-mode). The ceiling is measured in the same run: raw local rocksdict puts in this process, and
-the idle RSS of a node process.
+every latency, failed requests' included. Then the same clients send ``POST /v1/batch`` with
+100 ops per request (sync mode). The baselines are measured in the same run: the HTTP ceiling
+(the same load process against a bare aiohttp handler that reads the PUT's body and answers a
+small JSON body, in its own process, for half a phase right before and half right after the
+sync phase), raw local rocksdict puts in this process, and the idle RSS of a node process.
 
 A third cluster runs sync mode with ``storage.durability: os_buffer`` (acknowledged once in the
 page cache), to show what the default ``fsync`` (acknowledged once on disk, group commit) costs.
 A fourth runs sync mode with TLS on every channel (https for the clients' keep-alive
 connections, mutual TLS between the nodes), to show what TLS costs.
 
-Printed as figures and as ratios against the same run's baselines: sync/async throughput (goal
->= 0.5), sync p99 / async p99 (goal <= 2), fsync/os_buffer throughput (goal >= 0.5), TLS/plain
-sync throughput (goal >= 0.8), idle RSS (goal <= 80 MB). ``--json`` prints one JSON
-object as the last line; ``--quick`` shortens every phase so the run ends within 60 s.
+Printed as figures and as ratios against the same run's baselines, each with its goal (GOALS):
+sync/async throughput (>= 0.5), sync p99 / async p99 (<= 2), fsync/os_buffer throughput
+(>= 0.5), TLS/plain sync throughput (>= 0.8), sync PUTs / the HTTP ceiling (>= 0.5), idle RSS
+(<= 80 MB), and no failed request. ``--json`` prints one JSON object as the last line (with
+``quick``, ``errors`` across the run and one record per load phase under ``phases``, each with
+its ``mode``); the exit status is 1, after the JSON, when a goal is missed (each one named on
+stderr). ``--quick`` shortens every phase so the run ends within 60 s.
+
+Adding a measurement: write a phase function (``Run`` in, figures out; ``Run.load`` records the
+phase and counts its errors) and add it to PHASES; a goal on one of its figures goes in GOALS.
 """
 
 from __future__ import annotations
@@ -24,10 +32,13 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import operator
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +49,7 @@ import rocksdict
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hacluster.security import certs
-from hacluster.testing.harness import TOKEN, Cluster, wait_for
+from hacluster.testing.harness import TOKEN, Cluster, free_ports, wait_for
 
 CLIENTS = 32
 
@@ -52,18 +63,21 @@ def _load(port: int, seconds: float, clients: int, batch: int, prefix: str, out:
     import aiohttp
 
     async def main() -> dict[str, Any]:
-        latencies: list[float] = []
-        errors = 0
+        latencies: list[float] = []       # successful requests
+        failed: list[float] = []          # non-200 answers and requests that raised
+        statuses: dict[str, int] = {}
+        samples: dict[str, str] = {}      # the first answer of each failed status
         headers = {"Authorization": f"Bearer {TOKEN}"}
         url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}"
         tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
         # Keep-alive connections: the handshake is paid once per client, as by a real pool.
         connector = aiohttp.TCPConnector(limit=clients, ssl=tls if tls else True)
-        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=connector, headers=headers,
+                                         timeout=timeout) as session:
             end = time.monotonic() + seconds
 
             async def one(c: int) -> None:
-                nonlocal errors
                 i = 0
                 while time.monotonic() < end:
                     key = f"{prefix}{c:02d}-{i:08d}"
@@ -77,38 +91,55 @@ def _load(port: int, seconds: float, clients: int, batch: int, prefix: str, out:
                                            headers={"Content-Type": "application/cbor"})
                     else:
                         req = session.put(f"{url}/v1/kv/{key}", data=b"v" * 100)
-                    async with req as resp:
-                        await resp.read()
-                        ok = resp.status == 200
-                    if ok:
-                        latencies.append(time.perf_counter() - start)
+                    try:
+                        async with req as resp:
+                            answer = await resp.read()
+                            status = str(resp.status)
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        status, answer = type(exc).__name__, str(exc).encode()
+                    took = time.perf_counter() - start
+                    if status == "200":
+                        latencies.append(took)
                     else:
-                        errors += 1
+                        failed.append(took)
+                        statuses[status] = statuses.get(status, 0) + 1
+                        samples.setdefault(status, answer[:300].decode("utf-8", "replace"))
 
             started = time.monotonic()
             await asyncio.gather(*(one(c) for c in range(clients)))
             took = time.monotonic() - started
-        return {"latencies": latencies, "errors": errors, "seconds": took}
+        return {"latencies": latencies, "failed": failed, "statuses": statuses,
+                "samples": samples, "seconds": took}
 
     out.put(asyncio.run(main()))
 
 
 def run_load(port: int, seconds: float, batch: int, prefix: str,
-             ca_file: str | None = None) -> dict[str, float]:
+             ca_file: str | None = None) -> dict[str, Any]:
+    """The figures of one load phase. ``rate`` counts acknowledged requests (times ``batch``
+    ops); p50 and p99 are over every request, failed ones included (``failed_p99_ms`` shows
+    the failed ones apart)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_load, args=(port, seconds, CLIENTS, batch, prefix, q, ca_file))
     p.start()
     result = q.get(timeout=seconds + 120)
     p.join(30)
-    lat = sorted(result["latencies"])
-    if not lat:
-        raise RuntimeError(f"no request succeeded ({result['errors']} errors)")
-    per_request = len(lat) / result["seconds"]
+    ok, failed = result["latencies"], sorted(result["failed"])
+    every = sorted(ok + failed)
+    if not ok:
+        raise RuntimeError(f"no request succeeded ({len(failed)} failed: "
+                           f"{result['statuses']})")
+    per_request = len(ok) / result["seconds"]
     return {"rate": per_request * (batch or 1), "requests_s": per_request,
-            "p50_ms": 1000 * statistics.median(lat),
-            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-            "errors": result["errors"]}
+            "p50_ms": 1000 * statistics.median(every), "p99_ms": 1000 * _p99(every),
+            "errors": len(failed), "statuses": result["statuses"],
+            "error_samples": result["samples"],
+            "failed_p99_ms": round(1000 * _p99(failed), 3) if failed else None}
+
+
+def _p99(values: list[float]) -> float:
+    return values[min(len(values) - 1, int(0.99 * len(values)))]
 
 
 def raw_put_rate(root: Path, seconds: float) -> float:
@@ -125,6 +156,21 @@ def raw_put_rate(root: Path, seconds: float) -> float:
     return rate
 
 
+def _bare_server(port: int) -> None:
+    """Runs in its own process: the least an aiohttp server does to answer a PUT (read the
+    body, answer a small JSON body), no middleware. The ceiling the node's PUT is held to."""
+    from aiohttp import web
+
+    async def put(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text='{"seq": 1, "epoch": 1}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_put("/v1/kv/{key:.+}", put)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None,
+                handle_signals=True)
+
+
 def make_pki(root: Path) -> dict[str, Any]:
     """A CA and one certificate per node; the cluster's ``tls`` section (mutual TLS)."""
     pki = root / "pki"
@@ -135,14 +181,49 @@ def make_pki(root: Path) -> dict[str, Any]:
             "ca_file": str(pki / "ca.crt"), "peer_client_auth": True}
 
 
-def cluster_phase(root: Path, mode: str, seconds: float, with_batch: bool,
-                  log: Any, durability: str = "fsync",
+@dataclass
+class Run:
+    """What the phases share: the scratch directory, the phase length, and what they found."""
+
+    root: Path
+    quick: bool
+    seconds: float
+    figures: dict[str, Any] = field(default_factory=dict)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    idle_rss_mb: list[float] = field(default_factory=list)
+    ceilings: list[float] = field(default_factory=list)
+
+    def log(self, text: str) -> None:
+        print(text, flush=True)
+
+    def load(self, name: str, mode: str | None, port: int, seconds: float, batch: int = 0,
+             ca_file: str | None = None, **about: Any) -> dict[str, Any]:
+        """One load phase, recorded (with its ``mode``, None when no replication is involved)
+        under ``phases`` in the JSON; its failed requests count toward ``errors``."""
+        result = run_load(port, seconds, batch, name.replace(" ", "-"), ca_file)
+        self.phases.append({"name": name, "mode": mode, **about, "batch": batch,
+                            **{k: round(v, 3) if isinstance(v, float) else v
+                               for k, v in result.items()}})
+        return result
+
+    @property
+    def errors(self) -> int:
+        return sum(int(p["errors"]) for p in self.phases)
+
+
+def cluster_phase(run: Run, mode: str, with_batch: bool, durability: str = "fsync",
                   tls: dict[str, Any] | None = None) -> dict[str, Any]:
     label = durability + ("-tls" if tls else "")
-    cluster = Cluster(root / f"{mode}-{label}", consensus=True, tls=tls,
+    cluster = Cluster(run.root / f"{mode}-{label}", consensus=True, tls=tls,
                       replication={"mode": mode}, storage={"durability": durability})
-    log = (lambda text, log=log: log(f"{label}: {text}")) if label != "fsync" else log
+    prefix = f"{label}: " if label != "fsync" else ""
+
+    def log(text: str) -> None:
+        run.log(prefix + text)
+
     ca_file = tls["ca_file"] if tls else None
+    about = {"durability": durability, "tls": tls is not None}
+    seconds = run.seconds
     cluster.start()
     try:
         primary = cluster.wait_primary(30)
@@ -151,21 +232,139 @@ def cluster_phase(root: Path, mode: str, seconds: float, with_batch: bool,
         time.sleep(1.0)   # idle: every node has started, elected and settled
         rss = max(psutil.Process(n.proc.pid).memory_info().rss   # type: ignore[union-attr]
                   for n in cluster.nodes.values()) / 1e6
-        warm = run_load(primary.port, min(1.0, seconds / 3), 0, "warm", ca_file)
+        run.idle_rss_mb.append(rss)
+        warm = run.load(f"warm {mode} {label}", mode, primary.port, min(1.0, seconds / 3),
+                        ca_file=ca_file, **about)
         log(f"{mode}: warm-up {warm['rate']:.0f} puts/s")
-        puts = run_load(primary.port, seconds, 0, "put", ca_file)
+        puts = run.load(f"put {mode} {label}", mode, primary.port, seconds, ca_file=ca_file,
+                        **about)
         log(f"{mode}: {puts['rate']:.0f} acknowledged PUTs/s with {CLIENTS} clients, "
             f"p50 {puts['p50_ms']:.2f} ms, p99 {puts['p99_ms']:.2f} ms, "
             f"{puts['errors']} errors")
         result: dict[str, Any] = {"puts": puts, "idle_rss_mb": rss}
         if with_batch:
-            batch = run_load(primary.port, seconds, 100, "batch")
+            batch = run.load(f"batch {mode} {label}", mode, primary.port, seconds, 100,
+                             ca_file=ca_file, **about)
             log(f"{mode}: {batch['rate']:.0f} ops/s through POST /v1/batch (100 ops each, "
                 f"{batch['requests_s']:.0f} requests/s), p99 {batch['p99_ms']:.2f} ms")
             result["batch"] = batch
         return result
     finally:
         cluster.stop()
+
+
+# -- the phases, in the order they run --------------------------------------------------------
+
+def phase_raw(run: Run) -> None:
+    raw = raw_put_rate(run.root, 1.0 if run.quick else 3.0)
+    run.log(f"raw local rocksdict: {raw:.0f} puts/s (the storage ceiling)")
+    run.figures["raw_put_rate"] = round(raw, 1)
+
+
+def phase_http_ceiling(run: Run) -> None:
+    """The same load process against a bare aiohttp PUT handler, for half a phase: run right
+    before and right after the sync phase, so that a machine whose load drifts during the run
+    weighs on both sides of ``put_ceiling_ratio_sync`` alike (the mean is the ceiling)."""
+    port = free_ports(1)[0]
+    server = mp.get_context("spawn").Process(target=_bare_server, args=(port,), daemon=True)
+    server.start()
+    try:
+        import http.client
+
+        def up() -> bool:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            try:
+                conn.request("PUT", "/v1/kv/up", body=b"v")
+                return conn.getresponse().status == 200
+            finally:
+                conn.close()
+
+        wait_for(up, 20, "the bare aiohttp server")
+        bare = run.load("http ceiling", None, port, run.seconds / 2)
+    finally:
+        server.terminate()
+        server.join(10)
+    run.log(f"HTTP ceiling: {bare['rate']:.0f} PUTs/s from a bare aiohttp handler, "
+            f"p99 {bare['p99_ms']:.2f} ms")
+    run.ceilings.append(bare["rate"])
+    run.figures["http_ceiling_rate"] = round(statistics.mean(run.ceilings), 1)
+    run.figures["http_ceiling_rates"] = [round(r, 1) for r in run.ceilings]
+    run.figures["http_ceiling_p99_ms"] = round(bare["p99_ms"], 3)
+
+
+def phase_sync(run: Run) -> None:
+    sync = cluster_phase(run, "sync", True)
+    s = sync["puts"]
+    run.figures.update({
+        "put_rate_sync": round(s["rate"], 1), "put_p50_ms_sync": round(s["p50_ms"], 3),
+        "put_p99_ms_sync": round(s["p99_ms"], 3),
+        "batch_ops_rate_sync": round(sync["batch"]["rate"], 1)})
+
+
+def phase_async(run: Run) -> None:
+    a = cluster_phase(run, "async", False)["puts"]
+    run.figures.update({
+        "put_rate_async": round(a["rate"], 1), "put_p50_ms_async": round(a["p50_ms"], 3),
+        "put_p99_ms_async": round(a["p99_ms"], 3)})
+
+
+def phase_os_buffer(run: Run) -> None:
+    b = cluster_phase(run, "sync", False, "os_buffer")["puts"]
+    run.figures.update({"put_rate_sync_os_buffer": round(b["rate"], 1),
+                        "put_p99_ms_sync_os_buffer": round(b["p99_ms"], 3)})
+
+
+def phase_tls(run: Run) -> None:
+    # TLS on every channel (clients and nodes, mutual TLS between nodes), in the same run as
+    # the plain sync phase it is compared with.
+    t = cluster_phase(run, "sync", False, tls=make_pki(run.root))["puts"]
+    run.figures.update({"put_rate_sync_tls": round(t["rate"], 1),
+                        "put_p99_ms_sync_tls": round(t["p99_ms"], 3)})
+
+
+PHASES: list[Callable[[Run], None]] = [
+    phase_raw, phase_http_ceiling, phase_sync, phase_http_ceiling, phase_async,
+    phase_os_buffer, phase_tls]
+
+
+def ratios(f: dict[str, Any]) -> dict[str, Any]:
+    """Figures against the same run's baselines (only those whose inputs were measured)."""
+    out: dict[str, Any] = {}
+
+    def ratio(key: str, top: str, bottom: str, digits: int = 3) -> None:
+        if f.get(top) is not None and f.get(bottom):
+            out[key] = round(f[top] / f[bottom], digits)
+
+    ratio("sync_async_rate_ratio", "put_rate_sync", "put_rate_async")
+    ratio("sync_async_p99_ratio", "put_p99_ms_sync", "put_p99_ms_async")
+    ratio("fsync_os_buffer_rate_ratio", "put_rate_sync", "put_rate_sync_os_buffer")
+    ratio("fsync_os_buffer_p99_ratio", "put_p99_ms_sync", "put_p99_ms_sync_os_buffer")
+    ratio("tls_plain_rate_ratio", "put_rate_sync_tls", "put_rate_sync")
+    ratio("put_raw_ratio_async", "put_rate_async", "raw_put_rate", 4)
+    ratio("put_ceiling_ratio_sync", "put_rate_sync", "http_ceiling_rate")
+    return out
+
+
+@dataclass(frozen=True)
+class Goal:
+    key: str
+    op: str                  # ">=" or "<="
+    bound: float
+    what: str
+
+    def met(self, value: float) -> bool:
+        return (operator.ge if self.op == ">=" else operator.le)(value, self.bound)
+
+
+GOALS = [
+    Goal("sync_async_rate_ratio", ">=", 0.5, "sync/async throughput"),
+    Goal("sync_async_p99_ratio", "<=", 2.0, "sync/async p99"),
+    Goal("fsync_os_buffer_rate_ratio", ">=", 0.5, "fsync/os_buffer throughput"),
+    Goal("tls_plain_rate_ratio", ">=", 0.8, "TLS/plain throughput"),
+    Goal("put_ceiling_ratio_sync", ">=", 0.5, "sync PUTs / HTTP ceiling"),
+    Goal("idle_rss_mb", "<=", 80.0, "idle RSS (MB)"),
+    Goal("errors", "<=", 0, "failed requests"),
+]
 
 
 def main() -> int:
@@ -176,46 +375,26 @@ def main() -> int:
     args = parser.parse_args()
     seconds = args.seconds or (4.0 if args.quick else 15.0)
 
-    def log(text: str) -> None:
-        print(text, flush=True)
-
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        root = Path(tmp)
-        raw = raw_put_rate(root, 1.0 if args.quick else 3.0)
-        log(f"raw local rocksdict: {raw:.0f} puts/s (the ceiling)")
-        sync = cluster_phase(root, "sync", seconds, True, log)
-        asyn = cluster_phase(root, "async", seconds, False, log)
-        buffered = cluster_phase(root, "sync", seconds, False, log, "os_buffer")
-        # TLS on every channel (clients and nodes, mutual TLS between nodes), in the same run
-        # as the plain sync phase it is compared with.
-        secure = cluster_phase(root, "sync", seconds, False, log, tls=make_pki(root))
-    s, a, b, t = sync["puts"], asyn["puts"], buffered["puts"], secure["puts"]
-    figures = {
-        "put_rate_sync": round(s["rate"], 1), "put_rate_async": round(a["rate"], 1),
-        "put_p50_ms_sync": round(s["p50_ms"], 3), "put_p50_ms_async": round(a["p50_ms"], 3),
-        "put_p99_ms_sync": round(s["p99_ms"], 3), "put_p99_ms_async": round(a["p99_ms"], 3),
-        "sync_async_rate_ratio": round(s["rate"] / a["rate"], 3),
-        "sync_async_p99_ratio": round(s["p99_ms"] / a["p99_ms"], 3),
-        "batch_ops_rate_sync": round(sync["batch"]["rate"], 1),
-        "put_rate_sync_os_buffer": round(b["rate"], 1),
-        "put_p99_ms_sync_os_buffer": round(b["p99_ms"], 3),
-        "fsync_os_buffer_rate_ratio": round(s["rate"] / b["rate"], 3),
-        "fsync_os_buffer_p99_ratio": round(s["p99_ms"] / b["p99_ms"], 3),
-        "put_rate_sync_tls": round(t["rate"], 1),
-        "put_p99_ms_sync_tls": round(t["p99_ms"], 3),
-        "tls_plain_rate_ratio": round(t["rate"] / s["rate"], 3),
-        "raw_put_rate": round(raw, 1),
-        "put_raw_ratio_async": round(a["rate"] / raw, 4),
-        "idle_rss_mb": round(max(sync["idle_rss_mb"], asyn["idle_rss_mb"]), 1),
-    }
-    log(f"sync/async throughput {figures['sync_async_rate_ratio']} (goal >= 0.5), "
-        f"sync/async p99 {figures['sync_async_p99_ratio']} (goal <= 2), fsync/os_buffer "
-        f"throughput {figures['fsync_os_buffer_rate_ratio']} (goal >= 0.5), TLS/plain "
-        f"throughput {figures['tls_plain_rate_ratio']} (goal >= 0.8), idle RSS "
-        f"{figures['idle_rss_mb']} MB (goal <= 80)")
+        run = Run(Path(tmp), args.quick, seconds)
+        for phase in PHASES:
+            phase(run)
+    figures = dict(run.figures)
+    figures.update(ratios(figures))
+    if run.idle_rss_mb:
+        figures["idle_rss_mb"] = round(max(run.idle_rss_mb), 1)
+    figures["errors"] = run.errors
+    figures["quick"] = args.quick
+    figures["phases"] = run.phases
+    missed = [g for g in GOALS if g.key in figures and not g.met(figures[g.key])]
+    run.log(", ".join(f"{g.what} {figures[g.key]} (goal {g.op} {g.bound:g})"
+                      for g in GOALS if g.key in figures))
     if args.json:
         print(json.dumps(figures))
-    return 0
+    for g in missed:
+        print(f"goal missed: {g.what}: {g.key} = {figures[g.key]}, goal {g.op} {g.bound:g}",
+              file=sys.stderr)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,16 @@ split_brain_windows, failing_seeds, stuck_seeds (no primary at the end: liveness
 ``--revert-fix`` runs with the stale-tail fix taken out
 (``hacluster.testing.sim.revert``), which must find violations. ``--quick``: 300 seeds of 60
 simulated seconds (about 15 s). ``--trace SEED`` replays one seed and prints its trace.
+
+The JSON line also has ``mode`` (the simulated replication mode, ``--mode``, sync by
+default: the default deployment), ``quick``, ``errors`` (always 0: the simulator makes no
+real request; its simulated clients' writes that were not acknowledged are counted apart in
+``sim_unacked``, expected during simulated faults) and ``goals_missed``. It reports no
+latency.
+
+Goals (checked after the JSON line; exit status 1 when one is missed, each named on stderr):
+no seed with a violation and no stuck seed; with ``--revert-fix``, the reverse: some seed must
+find a violation (the check bites).
 """
 
 from __future__ import annotations
@@ -104,8 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         "stuck_seeds": [r.seed for r, _ in results if r.stuck][:20],
         "failing_seeds": [r.seed for r in failing][:20],
     }
+    out = {"mode": a.mode, "quick": a.quick, "errors": 0,
+           "sim_unacked": sum(r.attempts - r.acked for r, _ in results), **out}
+    if a.revert_fix:
+        goals = [("violations", "> 0 (the reverted fix must be found)", out["violations"] > 0)]
+    else:
+        goals = [("violations", "== 0", out["violations"] == 0),
+                 ("stuck_seeds", "== [] (liveness)", not out["stuck_seeds"])]
+    missed = [(name, goal) for name, goal, ok in goals if not ok]
+    out["goals_missed"] = [name for name, _ in missed]
     print(json.dumps(out))
-    return 0
+    for name, goal in missed:
+        print(f"goal missed: {name} {goal} (measured {out[name]})", file=sys.stderr)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ position — ``latest_sequence_number()`` — is the node's replication position
 the data, so there is nothing else to keep in step. It must never be opened on a directory that
 is being replaced (bootstrap installs before open), never write with the WAL disabled, and never
 drop a column family (column-family ids must stay equal to their index in ``list_cf``).
+
+Every write through ``write`` also records, in the hidden column family ``SEQ_CF``, the seq at
+which each key was last written (the last seq of its batch), in the same WriteBatch: replicas
+apply it with the data, so compare-and-set and transactions see the same seqs after a failover.
 """
 
 from __future__ import annotations
@@ -30,6 +34,18 @@ log = logging.getLogger(__name__)
 
 # An op as the store takes it: (kind, column family name, key, value or range end or b"").
 NamedOp = tuple[int, str, bytes, bytes]
+
+
+# The per-key last-written seq: key ``cf name + NUL + key``, value the seq as 8 bytes big-endian.
+# Column-family names cannot hold NUL, and a fixed prefix keeps a range of keys a range here.
+SEQ_CF = "_hacluster.key_seq"
+_SEQ = struct.Struct(">Q")
+# A key present without a recorded seq was written before seqs were recorded: it reports 1.
+UNRECORDED_SEQ = 1
+
+
+def seq_key(cf: str, key: bytes) -> bytes:
+    return cf.encode() + b"\0" + key
 
 
 class StoreError(Exception):
@@ -111,7 +127,7 @@ class Store:
             str(db_dir), self._options(),
             column_families={n: self._cf_options() for n in existing if n != "default"},
         )
-        for name in column_families:
+        for name in [*column_families, SEQ_CF]:
             if name not in existing:
                 # Created one at a time, in config order, so ids follow list_cf order.
                 self._db.create_column_family(name, self._cf_options())
@@ -176,6 +192,20 @@ class Store:
         value = self.view(cf).get(key)
         return None if value is None else bytes(value)
 
+    def key_seq(self, key: bytes, cf: str = "default") -> int:
+        """The seq of the write that last wrote ``key`` (0: the key does not exist)."""
+        return self.get_with_seq(key, cf)[1]
+
+    def get_with_seq(self, key: bytes, cf: str = "default") -> tuple[bytes | None, int]:
+        """The value (None when absent) and the seq of the write that last wrote it (0 when
+        absent)."""
+        value = self.view(cf).get(key)
+        if value is None:
+            return None, 0
+        stamp = self.view(SEQ_CF).get(seq_key(cf, key))
+        return bytes(value), (UNRECORDED_SEQ if stamp is None
+                              else int(_SEQ.unpack(bytes(stamp))[0]))
+
     def items(self, cf: str = "default") -> Iterable[tuple[bytes, bytes]]:
         for key, value in self.view(cf).items():
             yield bytes(key), bytes(value)  # type: ignore[arg-type]
@@ -232,11 +262,31 @@ class Store:
     # -- writing ---------------------------------------------------------------------------
 
     def write(self, ops: Sequence[NamedOp]) -> AppliedRange:
-        """Apply ``ops`` atomically as one WriteBatch; return the sequence numbers they took."""
-        batch = self._build(ops)
+        """Apply ``ops`` atomically as one WriteBatch, with each key's last-written seq;
+        return the sequence numbers they took (the last one is every key's new seq).
+
+        The caller is the only writer (the primary's event loop), so the batch's seqs are
+        known before it is written: each op and each seq record takes one.
+        """
         before = self.latest_seq()
+        last = before + 2 * len(ops)
+        batch = self._build(ops)
+        stamp = _SEQ.pack(last)
+        seqs = self._handles[SEQ_CF]
+        for kind, cf, key, value in ops:
+            if kind == PUT:
+                batch.put(seq_key(cf, key), stamp, seqs)
+            elif kind == DELETE_RANGE:
+                batch.delete_range(seq_key(cf, key), seq_key(cf, value), seqs)
+            else:
+                batch.delete(seq_key(cf, key), seqs)
         self._db.write(batch, self._write_opts)
         after = self.latest_seq()
+        if after != last:
+            # Only a second writer could cause this; the recorded seqs would then be wrong.
+            log.critical("%s: a write of %d ops landed on seqs %d..%d, not ending at %d: "
+                         "another writer is using this database", self.db_dir, len(ops),
+                         before + 1, after, last)
         return AppliedRange(before + 1, after)
 
     def handles_for(self, names: Sequence[str]) -> dict[int, rocksdict.ColumnFamily]:

@@ -26,6 +26,8 @@ What the handlers use of ``Node`` (hacluster/api/*.py and the metrics collector 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from hacluster.api import build_app
+from hacluster.api.counters import WatchStats
 from hacluster.api.probes import NodeView
 from hacluster.config import (
     FRAME_OVERHEAD,
@@ -52,7 +55,7 @@ from hacluster.config import (
 from hacluster.consensus.errors import NotCommitted, RequestRefused
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.replication.positions import ReplicaPositions
-from hacluster.store import NamedOp, Store, StoreError
+from hacluster.store import SEQ_CF, NamedOp, Store, StoreError
 from hacluster.writes import CBOR_TYPE
 
 TOKEN = "unit-token"
@@ -173,6 +176,8 @@ class FakeNode:
         self.gate = FakeGate()
         self.writes = 0
         self.unknown_outcomes = 0
+        self.watches = WatchStats()
+        self.unconfirmed_from: int | None = None
         self.refusal: str | None = None
         self.write_error: Exception | None = None
         self.ack_error: Exception | None = None
@@ -189,7 +194,8 @@ class FakeNode:
 
     @property
     def column_families(self) -> list[str]:
-        return self.store.column_families if self.store else list(CFS)
+        names = self.store.column_families if self.store else list(CFS)
+        return [n for n in names if n != SEQ_CF]
 
     def is_member(self, name: str) -> bool:
         return name in {n.name for n in self.cfg.nodes}
@@ -222,6 +228,18 @@ class FakeNode:
         if self.ack_error:
             raise self.ack_error
         self.acknowledged.append(seq)
+
+    def acknowledged_through(self) -> int:
+        """Everything written counts as acknowledged, unless ``unconfirmed_from`` says from
+        which seq on the synchronous set has not confirmed yet."""
+        top = self.latest_seq()
+        return top if self.unconfirmed_from is None else min(top, self.unconfirmed_from - 1)
+
+    async def make_durable(self, seq: int) -> None:
+        pass
+
+    def history_refusal(self, label: int, seq: int) -> str | None:
+        return None if label == self.role.epoch else f"epoch {label} is not in this history"
 
     def begin_read(self) -> int:
         if not self.is_primary or self.refusal:
@@ -343,7 +361,7 @@ async def test_a_malformed_authorization_is_401(primary: FakeNode, serve: Serve,
 async def test_the_scheme_is_case_insensitive(primary: FakeNode, serve: Serve) -> None:
     client = await serve(primary)      # RFC 7235: "bearer" is "Bearer"
     resp = await client.put("/v1/kv/a", data=b"v", headers={"Authorization": f"bearer {TOKEN}"})
-    assert resp.status == 200 and seq_of(primary) == 1
+    assert resp.status == 200 and seq_of(primary) == 2     # the put and its key's seq record
 
 
 async def test_health_checks_status_and_leader_answer_without_a_token(
@@ -365,11 +383,11 @@ async def test_put_get_delete_on_the_primary(primary: FakeNode, serve: Serve) ->
     client = await serve(primary)
     resp = await client.put("/v1/kv/greeting", data=b"hello", headers=AUTH)
     assert resp.status == 200
-    assert await resp.json() == {"seq": 1, "first_seq": 1, "epoch": 3, "node": "n1"}
-    assert primary.acknowledged == [1]
+    assert await resp.json() == {"seq": 2, "first_seq": 1, "epoch": 3, "node": "n1"}
+    assert primary.acknowledged == [2]
 
     resp = await client.put("/v1/kv/u%2F1?cf=users", data=b"\x00\xff", headers=AUTH)
-    assert (resp.status, (await resp.json())["seq"]) == (200, 2)
+    assert (resp.status, (await resp.json())["seq"]) == (200, 4)
     assert primary.store is not None
     assert primary.store.get(b"u/1", "users") == b"\x00\xff"
 
@@ -378,15 +396,16 @@ async def test_put_get_delete_on_the_primary(primary: FakeNode, serve: Serve) ->
     assert resp.headers["X-Hacluster-Lag"] == "0"
     assert resp.content_type == "application/octet-stream"
     # Rule 8: the read was confirmed at the seq it saw before it was answered.
-    assert primary.reads == [("begin", 2), ("finish", 2)]
+    assert primary.reads == [("begin", 4), ("finish", 4)]
+    assert resp.headers["X-Hacluster-Key-Seq"] == "2"
 
     resp = await client.delete("/v1/kv/greeting", headers=AUTH)
-    assert (resp.status, (await resp.json())["seq"]) == (200, 3)
+    assert (resp.status, (await resp.json())["seq"]) == (200, 6)
     resp = await client.get("/v1/kv/greeting", headers=AUTH)
     assert resp.status == 404
     assert await resp.json() == {"error": "not found", "key": "greeting"}
-    assert primary.acknowledged == [1, 2, 3]
-    assert seq_of(primary) == 3
+    assert primary.acknowledged == [2, 4, 6]
+    assert seq_of(primary) == 6
 
 
 async def test_batch_and_scan_on_the_primary(primary: FakeNode, serve: Serve) -> None:
@@ -396,20 +415,23 @@ async def test_batch_and_scan_on_the_primary(primary: FakeNode, serve: Serve) ->
            {"op": "put", "cf": "users", "key": "k9", "value": "u"}]
     resp = await client.post("/v1/batch", json={"ops": ops}, headers=AUTH)
     assert resp.status == 200
-    assert (await resp.json())["seq"] == 4 and (await resp.json())["first_seq"] == 1
+    # Four ops and their keys' seq records: eight seqs.
+    assert (await resp.json())["seq"] == 8 and (await resp.json())["first_seq"] == 1
 
     resp = await client.get("/v1/kv?prefix=k&limit=2", headers=AUTH)
     assert resp.status == 200
     assert await resp.json() == {"items": [{"key": "k1", "value": "a"},
                                            {"key": "k2", "value": "b"}],
-                                 "more": True, "seq": 4}
+                                 "more": True, "seq": 8}
+    resp = await client.get("/v1/kv?prefix=k&limit=2&seqs=1", headers=AUTH)
+    assert [i["seq"] for i in (await resp.json())["items"]] == [8, 8]
     resp = await client.get("/v1/kv?prefix=k&start_after=k2", headers=AUTH)
     assert (await resp.json())["items"] == [
         {"key_b64": base64.b64encode(b"k3\xff").decode(), "value": "c"}]
     resp = await client.get("/v1/kv?cf=users", headers={**AUTH, "Accept": CBOR_TYPE})
     assert resp.content_type == CBOR_TYPE
     assert cbor2.loads(await resp.read()) == {"items": [[b"k9", b"u"]], "more": False,
-                                              "seq": 4}
+                                              "seq": 8}
 
 
 @pytest.mark.parametrize(("method", "path", "body", "message"), [
@@ -505,7 +527,7 @@ async def test_an_unconfirmed_write_is_503_outcome_unknown_and_counted(
                                           "synchronous set ['n2'] within 5.0 s",
                                  "outcome": "unknown"}
     assert primary.unknown_outcomes == 1
-    assert seq_of(primary) == 1          # it is in the local store, only not acknowledged
+    assert seq_of(primary) == 2          # it is in the local store, only not acknowledged
 
 
 @pytest.mark.parametrize(("exc", "status", "message"), [
@@ -528,7 +550,7 @@ async def test_a_read_the_primary_cannot_confirm_is_503(primary: FakeNode, serve
     primary.read_error = NotWritable("lease expired 0.010 s ago (no committed renewal)")
     resp = await client.get("/v1/kv/a", headers=AUTH)
     assert resp.status == 503
-    assert await resp.json() == {"error": "read at seq 1 not confirmed: lease expired 0.010 s "
+    assert await resp.json() == {"error": "read at seq 2 not confirmed: lease expired 0.010 s "
                                           "ago (no committed renewal)", "leader": None}
     resp = await client.get("/v1/kv/missing", headers=AUTH)     # a 404 is held back too
     assert resp.status == 503
@@ -566,16 +588,16 @@ async def test_a_replica_serves_stale_and_min_seq_reads_from_its_own_store(
     client = await serve(replica)
     resp = await client.get("/v1/kv/a?stale=1", headers=AUTH)
     assert (resp.status, await resp.read()) == (200, b"1")
-    assert (resp.headers["X-Hacluster-Lag"], resp.headers["X-Hacluster-Seq"]) == ("8", "2")
+    assert (resp.headers["X-Hacluster-Lag"], resp.headers["X-Hacluster-Seq"]) == ("6", "4")
     resp = await client.get("/v1/kv?stale=true", headers=AUTH)
     assert (await resp.json())["items"] == [{"key": "a", "value": "1"},
                                             {"key": "b", "value": "2"}]
-    resp = await client.get("/v1/kv/b?min_seq=2", headers=AUTH)
+    resp = await client.get("/v1/kv/b?min_seq=4", headers=AUTH)
     assert (resp.status, await resp.read()) == (200, b"2")
-    resp = await client.get("/v1/kv/b?min_seq=3", headers=AUTH)
+    resp = await client.get("/v1/kv/b?min_seq=5", headers=AUTH)
     assert resp.status == 503
-    assert await resp.json() == {"error": "n1 has not reached seq 3 within 0.2 s (it is at "
-                                          "seq 2)", "seq": 2, "min_seq": 3}
+    assert await resp.json() == {"error": "n1 has not reached seq 5 within 0.2 s (it is at "
+                                          "seq 4)", "seq": 4, "min_seq": 5}
     replica.primary_seq = None
     resp = await client.get("/v1/kv/a?stale=1", headers=AUTH)
     assert resp.headers["X-Hacluster-Lag"] == "unknown"
@@ -622,7 +644,7 @@ async def test_status_serves_the_node_status_as_json(primary: FakeNode, serve: S
     resp = await client.get("/status")
     assert resp.status == 200 and resp.content_type == "application/json"
     assert await resp.json() == {"node": "n1", "role": "primary", "primary": "n1", "epoch": 3,
-                                 "writable": True, "applied_seq": 1,
+                                 "writable": True, "applied_seq": 2,
                                  "column_families": ["default", "users"]}
 
 
@@ -670,7 +692,7 @@ async def test_metrics_show_role_seq_and_request_latency(primary: FakeNode,
     assert resp.status == 200
     text = await resp.text()
     assert 'hacluster_role{role="primary"} 1.0' in text
-    assert "hacluster_applied_seq 1.0" in text
+    assert "hacluster_applied_seq 2.0" in text
     assert "hacluster_epoch 3.0" in text
     assert ('hacluster_http_request_seconds_count{method="PUT",route="/v1/kv/{key}",'
             'status="200"} 1.0') in text
@@ -683,7 +705,7 @@ async def test_flush_compact_and_hash(primary: FakeNode, serve: Serve) -> None:
     await client.put("/v1/kv/a", data=b"1", headers=AUTH)
     for path, key in (("/v1/admin/flush", "flushed"), ("/v1/admin/compact", "compacted")):
         resp = await client.post(path, headers=AUTH)
-        assert (resp.status, await resp.json()) == (200, {key: CFS, "seq": 1})
+        assert (resp.status, await resp.json()) == (200, {key: [*CFS, SEQ_CF], "seq": 2})
     resp = await client.get("/v1/admin/hash", headers=AUTH)
     assert primary.store is not None
     assert (resp.status, await resp.json()) == (200, primary.store.content_hash())
@@ -827,3 +849,207 @@ async def test_reinit(replica: FakeNode, serve: Serve) -> None:
     resp = await client.post("/v1/admin/reinit", headers=AUTH)
     assert (resp.status, await resp.json()) == (
         409, {"error": "reinit refused: n1 is the primary; switch over first"})
+
+
+# -- compare-and-set, transactions and watches -------------------------------------------------
+
+async def test_a_conditional_put_writes_only_at_the_seq_it_names(primary: FakeNode,
+                                                                 serve: Serve) -> None:
+    client = await serve(primary)
+    resp = await client.put("/v1/kv/c?if_seq=0", data=b"1", headers=AUTH)
+    assert resp.status == 200
+    first = (await resp.json())["seq"]
+    resp = await client.put("/v1/kv/c?if_seq=0", data=b"x", headers=AUTH)
+    assert resp.status == 412
+    assert await resp.json() == {"error": f"precondition failed: the key was last written at "
+                                          f"seq {first}, not 0", "seq": first, "key": "c"}
+    # A refused condition is a read: answered once what it saw is confirmed (rule 8).
+    assert primary.reads[-2:] == [("begin", first), ("finish", first)]
+    resp = await client.put(f"/v1/kv/c?if_seq={first}", data=b"2", headers=AUTH)
+    assert resp.status == 200
+    assert primary.store is not None and primary.store.get(b"c") == b"2"
+    resp = await client.delete(f"/v1/kv/c?if_seq={first}", headers=AUTH)
+    assert resp.status == 412 and primary.store.get(b"c") == b"2"
+    for bad in ("abc", "-1", "1.5", "99999999999999999999", "²"):
+        resp = await client.put(f"/v1/kv/c?if_seq={bad}", data=b"3", headers=AUTH)
+        assert resp.status == 400, bad
+        assert "if_seq" in (await resp.json())["error"]
+    assert primary.store.get(b"c") == b"2"
+
+
+async def test_a_transaction_runs_then_or_else_atomically(primary: FakeNode,
+                                                          serve: Serve) -> None:
+    client = await serve(primary)
+    await client.put("/v1/kv/a", data=b"10", headers=AUTH)
+    body = {"compare": [{"key": "a", "value": "10"}],    # max_batch_ops is 4 here
+            "then": [{"op": "put", "key": "a", "value": "9"},
+                     {"op": "put", "key": "b", "value": "1"}],
+            "else": [{"op": "put", "key": "failed", "value": "1"}]}
+    resp = await client.post("/v1/txn", json=body, headers=AUTH)
+    doc = await resp.json()
+    assert resp.status == 200 and doc["succeeded"] is True
+    assert [c["seq"] for c in doc["compared"]] == [2]
+    assert doc["seq"] == 6 and doc["first_seq"] == 3
+    assert primary.store is not None
+    assert (primary.store.get(b"a"), primary.store.get(b"b")) == (b"9", b"1")
+    # The same again: the compares fail, so the else ops run.
+    resp = await client.post("/v1/txn", json=body, headers=AUTH)
+    doc = await resp.json()
+    assert doc["succeeded"] is False and [c["seq"] for c in doc["compared"]] == [6]
+    assert primary.store.get(b"failed") == b"1" and primary.store.get(b"a") == b"9"
+    # No ops in the chosen branch: a read, confirmed before it is answered.
+    resp = await client.post("/v1/txn", json={"compare": [{"key": "a", "seq": 6},
+                                                          {"key": "zz", "exists": False}]},
+                             headers=AUTH)
+    doc = await resp.json()
+    assert doc["succeeded"] is True and doc["first_seq"] is None
+    assert [c["seq"] for c in doc["compared"]] == [6, 0]
+    assert primary.reads[-1] == ("finish", doc["seq"])
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"compare": [{"key": "a", "seq": {"nested": [1]}}]}, "compare[0].seq"),
+    ({"compare": [{"key": "a", "seq": -1}]}, "compare[0].seq"),
+    ({"compare": [{"key": "a", "seq": True}]}, "compare[0].seq"),
+    ({"compare": [{"key": "a", "seq": 1, "value": "x"}]}, "exactly one"),
+    ({"compare": [{"key": "a"}]}, "exactly one"),
+    ({"compare": [{"key": "a", "exists": "yes"}]}, "compare[0].exists"),
+    ({"compare": [{"key": "a", "exists": True, "why": 1}]}, "unknown fields"),
+    ({"compare": "a"}, "compare: expected a list"),
+    ({"then": [[["put"]]]}, "then[0]: expected a map"),
+    ({"then": [{"op": "put", "key": "k"}], "else": {"op": "put"}}, "else: expected a list"),
+    ({"then": [{"op": "merge", "key": "k"}]}, "then[0].op"),
+    ({"compare": [], "then": [], "else": []}, "empty transaction"),
+    ({"ops": []}, "unknown transaction fields"),
+    ([1, 2], "must be a map"),
+    ({"compare": [{"key": "a", "exists": True}],
+      "then": [{"op": "put", "key": f"k{i}", "value": "v"} for i in range(2)],
+      "else": [{"op": "put", "key": f"k{i}", "value": "v"} for i in range(2)]},
+     "5 compares and ops exceed max_batch_ops (4)"),
+])
+async def test_a_malformed_transaction_is_refused_whole(primary: FakeNode, serve: Serve,
+                                                        body: Any, fragment: str) -> None:
+    client = await serve(primary)
+    resp = await client.post("/v1/txn", json=body, headers=AUTH)
+    assert resp.status == 400
+    assert fragment in (await resp.json())["error"]
+    assert seq_of(primary) == 0
+
+
+async def read_lines(resp: Any, count: int) -> list[dict[str, Any]]:
+    out = []
+    while len(out) < count:
+        line = await resp.content.readline()
+        assert line, f"the stream ended after {out}"
+        out.append(json.loads(line))
+    return out
+
+
+async def test_a_watch_delivers_changes_under_its_prefix_from_a_seq(primary: FakeNode,
+                                                                   serve: Serve) -> None:
+    assert primary.store is not None
+    primary.store.write([(1, "default", b"w/a", b"1"), (1, "default", b"x/b", b"2")])
+    primary.store.write([(2, "default", b"w/a", b""), (1, "users", b"w/u", b"3")])
+    primary.store.write([(4, "default", b"w/", b"w0")])        # delete_range
+    client = await serve(primary)
+    resp = await client.get("/v1/watch?prefix=w/&since_seq=1&progress_ms=100", headers=AUTH)
+    assert resp.status == 200 and resp.content_type == "application/x-ndjson"
+    lines = await read_lines(resp, 4)
+    assert lines[:3] == [
+        {"seq": 4, "epoch": 3, "events": [{"type": "put", "key": "w/a", "value": "1"}]},
+        {"seq": 8, "epoch": 3, "events": [{"type": "delete", "key": "w/a"}]},
+        {"seq": 10, "epoch": 3, "events": [{"type": "delete_range", "start": "w/",
+                                             "end": "w0"}]}]
+    assert lines[3] == {"progress": 10, "epoch": 3}
+    # A write not yet confirmed is held back until it is.
+    primary.unconfirmed_from = 11
+    primary.store.write([(1, "default", b"w/late", b"4")])
+    assert (await read_lines(resp, 1))[0] == {"progress": 10, "epoch": 3}
+    primary.unconfirmed_from = None
+    assert (await read_lines(resp, 1))[0]["seq"] == 12
+    resp.close()
+    # Resumed inside a batch: the batch is delivered whole, nothing before it.
+    resp = await client.get("/v1/watch?prefix=w/&since_seq=6", headers=AUTH)
+    assert (await read_lines(resp, 1))[0]["seq"] == 8
+    resp.close()
+    # CBOR with bytes as bytes; a prefix given in base64.
+    resp = await client.get("/v1/watch?prefix_b64=dy9s&since_seq=1",
+                            headers={**AUTH, "Accept": CBOR_TYPE})
+    assert resp.status == 200, await resp.text()
+    buf = b""
+    items: list[Any] = []
+    while len(items) < 2:
+        buf += await resp.content.readany()
+        stream = io.BytesIO(buf)
+        items = []
+        try:
+            while stream.tell() < len(buf):
+                items.append(cbor2.CBORDecoder(stream).decode())
+        except cbor2.CBORDecodeEOF:
+            pass
+    # The range delete [w/, w0) covers w/l... too.
+    assert items == [{"seq": 10, "epoch": 3, "events": [{"type": "delete_range",
+                                                         "start": b"w/", "end": b"w0"}]},
+                     {"seq": 12, "epoch": 3,
+                      "events": [{"type": "put", "key": b"w/late", "value": b"4"}]}]
+    resp.close()
+
+
+@pytest.mark.parametrize("query, status, fragment", [
+    ("since_seq=-1", 400, "since_seq"),
+    ("since_seq=abc", 400, "since_seq"),
+    ("since_seq=0", 400, "start at 1"),
+    ("since_seq=100", 400, "in the future"),
+    ("since_seq=1&cf=nope", 400, "unknown column family"),
+    ("since_seq=1&cf=_hacluster.key_seq", 400, "unknown column family"),
+    ("since_seq=1&progress_ms=5", 400, "progress_ms"),
+    ("prefix_b64=***", 400, "prefix_b64"),
+    ("since_seq=2&epoch=2", 409, "history differs"),
+])
+async def test_a_watch_with_bad_parameters_is_refused(primary: FakeNode, serve: Serve,
+                                                      query: str, status: int,
+                                                      fragment: str) -> None:
+    assert primary.store is not None
+    primary.store.write([(1, "default", b"a", b"1")])
+    client = await serve(primary)
+    resp = await client.get(f"/v1/watch?{query}", headers=AUTH)
+    assert resp.status == status
+    assert fragment in (await resp.json())["error"]
+
+
+async def test_a_watch_from_a_seq_the_wal_no_longer_holds_is_410(primary: FakeNode,
+                                                                serve: Serve) -> None:
+    store = primary.store
+    assert store is not None
+    store.write([(1, "default", b"a", b"1")])
+    store.flush()                           # a new WAL; the old one is archived
+    store.write([(1, "default", b"b", b"2")])
+    for log_file in [*store.db_dir.glob("*.log"), *(store.db_dir / "archive").glob("*.log")]:
+        if log_file.stat().st_size and log_file != max(store.db_dir.glob("*.log")):
+            log_file.unlink()               # what RocksDB's retention does later
+    client = await serve(primary)
+    resp = await client.get("/v1/watch?since_seq=1", headers=AUTH)
+    assert resp.status == 410
+    assert "no longer in the primary's WAL" in (await resp.json())["error"]
+    resp = await client.get("/v1/watch?since_seq=3", headers=AUTH)
+    assert resp.status == 200
+    assert (await read_lines(resp, 1))[0]["seq"] == 4
+    resp.close()
+
+
+async def test_a_watch_on_a_replica_is_sent_to_the_primary(replica: FakeNode,
+                                                           serve: Serve) -> None:
+    client = await serve(replica)
+    resp = await client.get("/v1/watch?since_seq=1", headers=AUTH, allow_redirects=False)
+    assert resp.status == 307
+
+
+async def test_watches_over_the_limit_are_503(primary: FakeNode, serve: Serve) -> None:
+    primary.cfg.limits = dataclasses.replace(LIMITS, max_watches=1)
+    client = await serve(primary)
+    first = await client.get("/v1/watch", headers=AUTH)
+    assert first.status == 200
+    resp = await client.get("/v1/watch", headers=AUTH)
+    assert resp.status == 503 and "limits.max_watches" in (await resp.json())["error"]
+    assert primary.watches.open == 1
+    first.close()

@@ -183,8 +183,9 @@ def test_install_works_on_a_real_checkpoint(tmp_path: Path) -> None:
     assert recover(lay.data_dir) is True
     store = Store(lay.db, ["default", "users"], storage)
     try:
-        assert store.latest_seq() == seq == 2
+        assert store.latest_seq() == seq == 2 * 2  # each op and its key's seq record
         assert store.get(b"u", "users") == b"1"
+        assert store.key_seq(b"u", "users") == seq  # the seq records came with the data
         assert store.get(b"stale") is None
     finally:
         store.close()

@@ -58,3 +58,22 @@ def test_with_matplotlib_the_picture_is_drawn_too(tmp_path: Path) -> None:
     said = bench().write_outputs(result(), report, png)
     assert report.exists() and png.read_bytes().startswith(b"\x89PNG")
     assert str(png) in said
+
+
+def test_every_red_checker_is_a_named_missed_goal() -> None:
+    chaos = bench()
+    green = result()
+    green.converged = True
+    summary = green.summary()
+    assert [key for key, _, ok in chaos.goals(summary) if not ok] == []
+    red = summary | {"lost_acked": 2, "converged": False, "epoch_reuse": 1}
+    assert [key for key, _, ok in chaos.goals(red) if not ok] == [
+        "converged", "lost_acked", "epoch_reuse"]
+    # The goals are ChaosResult.ok's checkers: each one alone turns ok red.
+    for key, _, _ in chaos.goals(summary):
+        broken = result()
+        if key == "converged":
+            broken.converged = False
+        else:
+            broken.verdicts = {**broken.verdicts, key: 1}
+        assert not broken.ok, key

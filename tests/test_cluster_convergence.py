@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hacluster.store import SEQ_CF
 from hacluster.testing.harness import CFS, Cluster, read_db
 
 Model = dict[str, dict[bytes, bytes]]
@@ -96,8 +97,11 @@ def test_random_workload_converges(cluster: Cluster, model: Model, steps: list[A
         else:
             p.batch(to_request(s))
             apply_model(model, s)
-    primary_hash = cluster.wait_converged()
-    assert primary_hash["column_families"] == model_hash(model)
+    primary_hash = cluster.wait_converged()     # every node's hash equal, SEQ_CF included
+    # The model knows the user column families only; the store's own per-key seq records
+    # (SEQ_CF) are compared across nodes by wait_converged.
+    assert set(primary_hash["column_families"]) == {*CFS, SEQ_CF}
+    assert {cf: primary_hash["column_families"][cf] for cf in CFS} == model_hash(model)
 
 
 def test_stopped_databases_identical(cluster: Cluster, model: Model) -> None:
@@ -115,7 +119,9 @@ def test_stopped_databases_identical(cluster: Cluster, model: Model) -> None:
     assert len(logs) >= 2, "the workload should have rolled the WAL"
     cluster.stop()
     seq, contents = read_db(cluster.primary.data_dir / "db")
-    assert contents == model
+    # the model has no SEQ_CF (the per-key seq records); replicas must match it too, below
+    assert set(contents) == {*CFS, SEQ_CF}
+    assert {cf: contents[cf] for cf in CFS} == model
     for node in cluster.replicas:
         r_seq, r_contents = read_db(node.data_dir / "db")
         assert r_seq == seq, f"{node.name} at seq {r_seq}, primary at {seq}"

@@ -233,7 +233,8 @@ def test_rule_2_a_release_after_disk_full_never_promotes_a_lagging_node(
         n3.stop()
         cluster.write_config("n3", addresses=via_proxy)       # n3 may now be promoted
         n3.start()
-        wait_for(lambda: "below seq 30 acknowledged" in (
+        # 30 acknowledged puts, each with its key's seq record: seq 60
+        wait_for(lambda: f"below seq {2 * 30} acknowledged" in (
             n3.status()["consensus"]["decision"] or ""), 30,
             "n3 to see it is below the acknowledged floor")
         time.sleep(2.0)

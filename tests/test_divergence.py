@@ -54,14 +54,16 @@ def make_store(tmp_path: Path, batches: int, value_bytes: int = 16,
 def test_a_tail_is_streamed_to_a_file_that_cbor2_still_reads_whole(tmp_path: Path) -> None:
     store = make_store(tmp_path, 10, ops_per_batch=3)
     try:
-        # 10 batches of 3 ops: seqs 1..30; the tail is batches 5..10.
-        saved = save_divergent_tail(tmp_path, "n1", store, Divergence(1, 13, 30))
+        # 10 batches of 3 ops, each op with its key's seq record: 6 seqs a batch, seqs 1..60;
+        # the tail is batches 5..10.
+        saved = save_divergent_tail(tmp_path, "n1", store, Divergence(1, 25, 60))
     finally:
         store.close()
-    assert (saved.complete, saved.ops, saved.saved_last_seq, saved.error) == (True, 18, 30, None)
-    assert saved.path == tmp_path / "divergent" / "epoch1-seq13-30.cbor"
+    # The writes of the tail; their keys' seq records (SEQ_CF) are left out.
+    assert (saved.complete, saved.ops, saved.saved_last_seq, saved.error) == (True, 18, 60, None)
+    assert saved.path == tmp_path / "divergent" / "epoch1-seq25-60.cbor"
     batches = list(iter_tail_batches(saved.path))
-    assert [b["seq"] for b in batches] == [13, 16, 19, 22, 25, 28]
+    assert [b["seq"] for b in batches] == [25, 31, 37, 43, 49, 55]
     assert batches[0]["ops"] == [["put", "default", b"k4-0", b"\x04" * 16],
                                  ["put", "default", b"k4-1", b"\x04" * 16],
                                  ["delete", "users", b"u4", b""]]
@@ -69,7 +71,7 @@ def test_a_tail_is_streamed_to_a_file_that_cbor2_still_reads_whole(tmp_path: Pat
         doc = cbor2.load(f)             # what operators' scripts and bench/failover.py do
     assert doc["batches"] == batches
     assert (doc["node"], doc["epoch"], doc["first_seq"], doc["last_seq"], doc["complete"],
-            doc["ops"], doc["error"], doc["format"]) == ("n1", 1, 13, 30, True, 18, None, 2)
+            doc["ops"], doc["error"], doc["format"]) == ("n1", 1, 25, 60, True, 18, None, 2)
     assert divergent_tail_keys([tmp_path]) == {f"k{i}-{j}".encode() for i in range(4, 10)
                                                for j in range(2)}
     assert not list((tmp_path / "divergent").glob("*.tmp"))
@@ -81,7 +83,8 @@ def test_listing_reads_only_the_header(tmp_path: Path) -> None:
         saved = save_divergent_tail(tmp_path, "n1", store, Divergence(3, 41, 100))
     finally:
         store.close()
-    entry = {"file": str(saved.path), "epoch": 3, "first_seq": 41, "last_seq": 100, "ops": 60,
+    # Seqs 41..100 are 30 ops and their 30 seq records; the tail keeps the ops.
+    entry = {"file": str(saved.path), "epoch": 3, "first_seq": 41, "last_seq": 100, "ops": 30,
              "complete": True, "saved_last_seq": 100, "bytes": saved.path.stat().st_size}
     assert list_divergent_tails(tmp_path) == [entry]
     # Cut the file right after the header: the batches are gone, the listing is the same,
@@ -96,11 +99,12 @@ def test_listing_reads_only_the_header(tmp_path: Path) -> None:
 
 def test_memory_while_saving_stays_bounded_by_one_read(tmp_path: Path) -> None:
     # About 24 MB of values in 400 batches: decoded whole, as before, this held all of it.
+    # Each batch's 2 ops and their keys' seq records take 4 seqs: seqs 1..1600.
     store = make_store(tmp_path, 400, value_bytes=60_000)
     try:
         tracemalloc.start()
         try:
-            saved = save_divergent_tail(tmp_path, "n1", store, Divergence(1, 1, 800))
+            saved = save_divergent_tail(tmp_path, "n1", store, Divergence(1, 1, 1600))
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -116,20 +120,22 @@ def test_a_tail_larger_than_the_cap_is_saved_up_to_it_and_marked_incomplete(
     store = make_store(tmp_path, 100, value_bytes=20_000)
     cap = 1 << 20
     try:
-        saved = save_divergent_tail(tmp_path, "n1", store, Divergence(1, 1, 200), max_bytes=cap)
+        # 100 batches of 2 ops, each with its key's seq record: seqs 1..400
+        saved = save_divergent_tail(tmp_path, "n1", store, Divergence(1, 1, 400), max_bytes=cap)
     finally:
         store.close()
     assert not saved.complete
     assert saved.path.stat().st_size <= cap
-    assert 0 < saved.ops < 200 and saved.saved_last_seq < 200
+    assert 0 < saved.ops < 200 and saved.saved_last_seq < 400
     assert saved.error is not None and "storage.divergent_max_mb" in saved.error
-    assert f"seqs {saved.saved_last_seq + 1}..200 are not in it" in saved.error
+    assert f"seqs {saved.saved_last_seq + 1}..400 are not in it" in saved.error
     header = read_tail_header(saved.path)
     assert (header["complete"], header["ops"], header["saved_last_seq"]) == (
         False, saved.ops, saved.saved_last_seq)
     batches = list(iter_tail_batches(saved.path))
     assert sum(len(b["ops"]) for b in batches) == saved.ops
-    assert batches[-1]["seq"] + len(batches[-1]["ops"]) - 1 == saved.saved_last_seq
+    # A batch of n ops takes 2n seqs (each op and its key's seq record).
+    assert batches[-1]["seq"] + 2 * len(batches[-1]["ops"]) - 1 == saved.saved_last_seq
     with open(saved.path, "rb") as f:
         assert cbor2.load(f)["error"] == saved.error
 
@@ -254,8 +260,10 @@ async def test_a_node_saves_its_tail_off_the_event_loop(tmp_path: Path) -> None:
         await task
     assert ticks - before > 5, "the event loop stood still while the tail was saved"
     [tail] = list_divergent_tails(data_dir)
+    # 300 one-op writes, each op and its key's seq record: seqs 1..600; epoch 2 began at 101
+    # (the 51st write), so the tail is 250 writes of 2 ops
     assert (tail["first_seq"], tail["last_seq"], tail["ops"], tail["complete"]) == (
-        101, 300, 200, True)
+        101, 600, 250, True)
     assert node.store is None and not node.db_dir.exists()
     assert not list(data_dir.glob("db.diverged-*"))     # complete: the old DB is not kept
     assert node.lineage.transitions == [(0, 1)]

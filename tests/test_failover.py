@@ -15,6 +15,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from hacluster.store import SEQ_CF
 from hacluster.testing.harness import Cluster, FaultyProxy, NodeProc, wait_for
 
 
@@ -66,7 +67,8 @@ def test_sigkill_of_the_primary_elects_a_new_one(cluster: Cluster) -> None:
     status = new.status()
     assert status["epoch"] == 2
     sentences = new.log()
-    assert f"{new.name}: promoting, epoch 2 from seq 51; {old.name}'s lease expired" in sentences
+    # 50 puts, each op and its key's seq record: seqs 1..100, so epoch 2 starts at 101
+    assert f"{new.name}: promoting, epoch 2 from seq 101; {old.name}'s lease expired" in sentences
     history = status["consensus"]["history"]
     assert [(h["epoch"], h["primary"], h["reason"]) for h in history] == [
         (1, old.name, "bootstrap"), (2, new.name, "failover")]
@@ -146,13 +148,16 @@ def test_async_writes_lost_on_failover_are_kept_in_a_divergent_tail_file(tmp_pat
         n1.start()
         wait_for(lambda: n1.status()["divergent_tails"], 20, "n1 to save its divergent tail")
         tail = n1.status()["divergent_tails"][0]
+        # Each put takes two seqs, the op and its key's seq record (the tail keeps the puts):
+        # the 20 shared puts are seqs 1..40, the 15 lost ones 41..70.
         assert (tail["epoch"], tail["ops"], tail["complete"]) == (1, 15, True)
-        assert tail["first_seq"] == 21
+        assert tail["first_seq"] == 41
         with open(tail["file"], "rb") as f:
             doc = cbor2.load(f)
         saved = [op[2].decode() for b in doc["batches"] for op in b["ops"]]
+        assert all(op[1] != SEQ_CF for b in doc["batches"] for op in b["ops"])
         assert saved == lost
-        assert "divergent tail: seqs 21..35 were written in epoch 1" in n1.log()
+        assert "divergent tail: seqs 41..70 were written in epoch 1" in n1.log()
         proxy.mode = "pass"
         cluster.wait_converged()
     finally:
@@ -227,8 +232,9 @@ def test_switchover_to_a_named_replica_loses_nothing(cluster: Cluster) -> None:
     assert cluster.wait_primary() is target
     status = target.status()
     history = status["consensus"]["history"]
+    # 200 puts before it, each op and its key's seq record: seqs 1..400
     assert (history[-1]["epoch"], history[-1]["primary"], history[-1]["reason"],
-            history[-1]["start_seq"]) == (2, target.name, "switchover", 201)
+            history[-1]["start_seq"]) == (2, target.name, "switchover", 2 * 200 + 1)
     assert f"{old.name} handed over to {target.name}" in target.log()
     # The Raft leadership leaves the old primary too, so restarting it costs no election.
     wait_for(lambda: target.status()["consensus"]["raft"]["leader"] != old_raft, 15,

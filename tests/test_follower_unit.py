@@ -428,8 +428,8 @@ async def test_a_frame_longer_than_the_limit_is_refused_before_it_is_read(
 
 
 @pytest.mark.parametrize("body", [
-    {"error": "diverged", "reason": "seq 3 of epoch 1 is not on this primary's history"},
-    {"error": "ahead", "reason": "replica position 3 is ahead of the primary's 1: its "
+    {"error": "diverged", "reason": "seq 6 of epoch 1 is not on this primary's history"},
+    {"error": "ahead", "reason": "replica position 6 is ahead of the primary's 1: its "
      "history has diverged", "primary_seq": 1},
 ])
 async def test_a_409_puts_the_follower_in_the_diverged_state_for_good(
@@ -437,7 +437,8 @@ async def test_a_409_puts_the_follower_in_the_diverged_state_for_good(
         body: dict[str, Any]) -> None:
     r = Replica(tmp_path, primary, lineage=True)
     replicas.append(r)
-    # The replica already holds seqs 1..3 (epoch 1, say the lineage).
+    # The replica already holds seqs 1..6 (epoch 1, say the lineage): three ops, each with
+    # its key's seq record.
     store = r.open_store()
     store.write([(PUT, "default", b"a", b"1"), (PUT, "default", b"b", b"2")])
     store.write([(PUT, "users", b"u", b"3")])
@@ -452,8 +453,8 @@ async def test_a_409_puts_the_follower_in_the_diverged_state_for_good(
     st = r.follower.status
     assert (st.state, st.error) == ("diverged", body["reason"])
     assert len(primary.streams) == 1
-    assert (primary.streams[0]["since"], primary.streams[0]["epoch"]) == ("3", "1")
-    assert (r.seq(), r.contents(), r.contents("users")) == (3, {b"a": b"1", b"b": b"2"},
+    assert (primary.streams[0]["since"], primary.streams[0]["epoch"]) == ("6", "1")
+    assert (r.seq(), r.contents(), r.contents("users")) == (6, {b"a": b"1", b"b": b"2"},
                                                             {b"u": b"3"})
 
 
@@ -561,14 +562,28 @@ async def test_an_error_frame_from_the_primary_stops_the_stream(
 
 async def test_a_refused_stream_request_is_reported_with_its_status(
         tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
-    primary.scripts = [primary.answer(503, {"error": "p1 is not the primary"})]
+    primary.scripts = [primary.answer(500, {"error": "p1 broke"})]
     r = Replica(tmp_path, primary, cfg=SLOW)
     replicas.append(r)
     r.start()
     await wait_until(lambda: r.follower.status.state == "backoff")
-    assert r.follower.status.error == (
-        'stream request failed: HTTP 503: {"error": "p1 is not the primary"}')
+    assert r.follower.status.error == 'stream request failed: HTTP 500: {"error": "p1 broke"}'
     assert r.seq() == 0
+
+
+async def test_a_node_not_primary_yet_is_asked_again_soon_not_after_the_backoff(
+        tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
+    # In a failover a replica learns of the new lock holder as the Acquire commits, a moment
+    # before that node serves the stream: its 503 is retried within tens of milliseconds,
+    # not after reconnect_backoff_min (60 s here).
+    primary.scripts = [primary.answer(503, {"error": "p1 is not the primary"}),
+                       primary.send(hello(seq=1), puts(1, "a"), then="hold")]
+    r = Replica(tmp_path, primary, cfg=SLOW)
+    replicas.append(r)
+    r.start()
+    await wait_until(lambda: r.seq() == 1, timeout=10.0)
+    assert r.follower.status.connects == 2
+    assert r.follower.status.state == "streaming"
 
 
 async def test_column_families_are_mapped_by_name_from_the_hello(

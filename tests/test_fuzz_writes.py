@@ -308,16 +308,24 @@ def test_parsed_batches_apply_whole_or_not_at_all(store: Store, doc: Any,
         assert store.latest_seq() == before_seq
         return
     applied = store.write(result)
-    assert (applied.first_seq, applied.last_seq) == (before_seq + 1, before_seq + len(result))
+    # each op and its key's seq record take a seq
+    assert (applied.first_seq, applied.last_seq) == (before_seq + 1,
+                                                     before_seq + 2 * len(result))
+    written: set[tuple[str, bytes]] = set()  # keys this batch leaves written
     for kind, cf, key, value in result:
         if kind == PUT:
             before[cf][key] = value
+            written.add((cf, key))
         elif kind == DELETE:
             before[cf].pop(key, None)
+            written.discard((cf, key))
         else:
             for k in [k for k in before[cf] if key <= k < value]:
                 del before[cf][k]
+            written -= {(c, k) for c, k in written if c == cf and key <= k < value}
     assert {cf: dict(store.items(cf)) for cf in CFS} == before
+    for cf, key in written:
+        assert store.key_seq(key, cf) == applied.last_seq
 
 
 def test_corpus_bodies() -> None:

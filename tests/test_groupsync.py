@@ -29,10 +29,11 @@ async def test_rule_5_concurrent_writers_share_syncs(tmp_path: Path) -> None:
             return seq
 
         seqs = await asyncio.gather(*(writer(i) for i in range(200)))
-        assert sorted(seqs) == list(range(1, 201))
+        # (a write's last seq: a write may take more than one seq, see Store.write)
+        assert len(set(seqs)) == 200 and max(seqs) == store.latest_seq()
         # Every writer waited for a sync that began after its write, yet they shared them.
         assert 1 <= group.syncs == len(syncs) < 20
-        assert group.synced_seq == 200
+        assert group.synced_seq == store.latest_seq()
     finally:
         store.close()
 
@@ -48,10 +49,11 @@ async def test_rule_5_a_sync_never_covers_writes_made_while_it_ran(tmp_path: Pat
         group = GroupSync(store.latest_seq, sync_while_writing)
         first = store.write([(PUT, "default", b"a", b"v")]).last_seq
         await group.through(first)
-        assert group.synced_seq == first == 1
-        assert store.latest_seq() == 2
-        await group.through(2)          # needs a sync of its own
-        assert group.syncs == 2 and group.synced_seq == 2
+        assert group.synced_seq == first
+        late = store.latest_seq()
+        assert late > first
+        await group.through(late)       # needs a sync of its own
+        assert group.syncs == 2 and group.synced_seq == late
     finally:
         store.close()
 

@@ -130,11 +130,11 @@ async def test_local_state_of_a_fresh_node_then_with_its_store_open(
     seq = seed(node.db_dir, cfg, 3)          # a database on disk, not open yet
     on_disk = node.local_state()
     assert (on_disk.seq, on_disk.has_database) == (None, True)
-    assert await node.stop_following() == seq == 3
+    assert await node.stop_following() == seq == 2 * 3   # each op and its key's seq record
     assert node.store is not None and node.store.get(b"seed2") == b"s"
     opened = node.local_state()
     assert (opened.seq, opened.has_database, opened.is_primary, opened.gate_open) == (
-        3, True, False, False)
+        seq, True, False, False)
 
 
 async def test_unfit_names_replication_diverged(tmp_path: Path, make_node: MakeNode) -> None:
@@ -203,8 +203,11 @@ async def test_become_primary_opens_the_gate_records_lineage_and_arms_the_watchd
     assert node.gate.renewal_proposed_at == later and node.gate.epoch == 7
     assert lineage_file(node) == [[7, seq + 1]] and device.read_bytes() == b"\0"
 
-    # The first write of the epoch lands where the lineage said it would.
-    assert await write_acked(node, b"k", b"v") == seq + 1
+    # The first write of the epoch lands where the lineage said it would: it starts at
+    # seq + 1 and ends at seq + 2 (the op and its key's seq record).
+    assert node.store is not None
+    assert await write_acked(node, b"k", b"v") == seq + 2
+    assert node.store.key_seq(b"k") == seq + 2
     assert node.store is not None and node.store.get(b"k") == b"v"
 
 
@@ -213,7 +216,7 @@ async def test_the_gate_shuts_when_the_lease_from_proposed_at_ends(
     node = make_node(load(tmp_path, consensus=True))
     await node.become_primary(2, time.monotonic() - HOLDER_LEASE + 0.5)
     assert node.gate.refusal() is None
-    assert await write_acked(node, b"before", b"1") == 1
+    assert await write_acked(node, b"before", b"1") == 2  # the op and its key's seq record
     deadline = time.monotonic() + 3.0
     while node.gate.refusal() is None and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
@@ -222,7 +225,7 @@ async def test_the_gate_shuts_when_the_lease_from_proposed_at_ends(
     assert node.lease_left() <= 0
     with pytest.raises(NotWritable, match="lease expired"):
         node.write([(PUT, "default", b"after", b"2")])
-    assert node.store is not None and node.store.latest_seq() == 1
+    assert node.store is not None and node.store.latest_seq() == 2
     assert node.store.get(b"after") is None
     assert not node.local_state().gate_open and node.leader() is None
     assert node.status()["writable"] is False
@@ -276,32 +279,34 @@ async def test_acked_seq_grows_with_acks_and_restarts_in_a_new_epoch(
     node = make_node(load(tmp_path, consensus=True))
     await node.become_primary(2, time.monotonic())
     assert node.acked_seq == 0
+    # Each one-op write takes two seqs: the op and its key's seq record.
     for i in range(1, 4):
-        assert await write_acked(node, f"k{i}".encode(), b"v") == i
-        assert node.acked_seq == i and node.local_state().acked_seq == i
+        assert await write_acked(node, f"k{i}".encode(), b"v") == 2 * i
+        assert node.acked_seq == 2 * i and node.local_state().acked_seq == 2 * i
     applied = node.write([(PUT, "default", b"unacked", b"v")])       # written, not yet acked
-    assert node.acked_seq == 3
+    assert applied.last_seq == 8
+    assert node.acked_seq == 6
     await node.acknowledge(applied.last_seq)
-    assert node.acked_seq == 4
+    assert node.acked_seq == 8
     await node.acknowledge(2)                 # an older ack never lowers it
-    assert node.acked_seq == 4
+    assert node.acked_seq == 8
 
     await node.become_primary(2, time.monotonic())        # a renewal: same epoch
-    assert node.acked_seq == 4
+    assert node.acked_seq == 8
 
     await node.become_primary(3, time.monotonic())        # still primary, a new epoch
     assert node.role == Role("n1", 3) and node.gate.epoch == 3
     assert node.acked_seq == 0 and node.local_state().acked_seq == 0
-    assert lineage_file(node) == [[2, 1], [3, 5]]
+    assert lineage_file(node) == [[2, 1], [3, 9]]
     assert node.store is not None and node.store.get(b"k1") == b"v"
-    assert await write_acked(node, b"k5", b"v") == 5
-    assert node.acked_seq == 5
+    assert await write_acked(node, b"k5", b"v") == 10
+    assert node.acked_seq == 10
 
     await node.become_replica(None, 4)                    # demoted, then promoted again
     assert not node.is_primary and node.gate.refusal() == "no primary"
     await node.become_primary(5, time.monotonic())
     assert node.acked_seq == 0
-    assert lineage_file(node) == [[2, 1], [3, 5], [5, 6]]
+    assert lineage_file(node) == [[2, 1], [3, 9], [5, 11]]
 
 
 # -- close_gate and tend_fencing --------------------------------------------------------------
@@ -396,28 +401,29 @@ async def test_a_static_primary_writes_acknowledges_and_reads(
     assert node.cfg.uses_consensus is False and node.lease_left() == 0.0
     applied = node.write([(PUT, "default", b"k1", b"v1"), (PUT, "users", b"u1", b"x"),
                           (DELETE, "default", b"gone", b"")])
-    assert (applied.first_seq, applied.last_seq) == (1, 3)
+    # three ops, each with its key's seq record
+    assert (applied.first_seq, applied.last_seq) == (1, 2 * 3)
     await node.acknowledge(applied.last_seq)
-    assert node.acked_seq == 3 and node.writes == 1
+    assert node.acked_seq == 6 and node.writes == 1
     store = node.store
-    assert store is not None and store.latest_seq() == 3 == node.latest_seq()
+    assert store is not None and store.latest_seq() == 6 == node.latest_seq()
     assert store.get(b"k1") == b"v1" and store.get(b"u1", "users") == b"x"
     assert store.get(b"gone") is None
 
     seq = node.begin_read()
-    assert seq == 3
+    assert seq == 6
     await node.finish_read(seq)
-    assert await node.wait_applied(3, 0.1) == 3
-    assert await node.wait_applied(4, 0.05) is None
+    assert await node.wait_applied(6, 0.1) == 6
+    assert await node.wait_applied(7, 0.05) is None
 
     status = node.status()
     assert (status["node"], status["role"], status["primary"], status["epoch"],
             status["writable"], status["applied_seq"], status["writes"]) == (
-        "n1", "primary", "n1", 1, True, 3, 1)
+        "n1", "primary", "n1", 1, True, 6, 1)
     assert status["disk_full"] is None and "consensus" not in status
     assert "watchdog" not in status
     state = node.local_state()
-    assert (state.seq, state.is_primary, state.gate_open, state.acked_seq) == (3, True, True, 3)
+    assert (state.seq, state.is_primary, state.gate_open, state.acked_seq) == (6, True, True, 6)
 
 
 async def test_a_replica_refuses_writes_and_primary_reads(
@@ -568,17 +574,17 @@ async def test_a_replicas_view_and_status_agree_on_its_lag(
         tmp_path: Path, make_node: MakeNode) -> None:
     cfg = load(tmp_path)
     node = make_node(cfg, "n1", Role("n2", 1))
-    seed(node.db_dir, cfg, 5)
+    seed(node.db_dir, cfg, 5)                 # seq 10: each op and its key's seq record
     follower = follower_of(node, "n2", 1)
     follower.store = node.open_store()
     follower.status.state = "streaming"
-    follower.status.primary_seq = 12
+    follower.status.primary_seq = 17
     follower.status.last_frame_at = time.monotonic()
     view = node.view(time.monotonic())
-    assert (view.applied_seq, view.primary_seq, view.stream_state) == (5, 12, "streaming")
+    assert (view.applied_seq, view.primary_seq, view.stream_state) == (10, 17, "streaming")
     assert probes.lag(view) == 7
     status = node.status()
-    assert status["applied_seq"] == 5 and status["replication"]["lag"] == 7
-    assert node.latest_seq() == 5 and node.local_state().seq == 5
+    assert status["applied_seq"] == 10 and status["replication"]["lag"] == 7
+    assert node.latest_seq() == 10 and node.local_state().seq == 10
     assert probes.replica(view).status == 200
     assert probes.replica(view, max_lag=6).status == 503

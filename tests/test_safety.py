@@ -33,7 +33,7 @@ def test_rule_3_a_restarted_lock_holder_takes_a_new_epoch(tmp_path: Path) -> Non
         history = status["consensus"]["history"]
         assert [(h["epoch"], h["primary"], h["reason"]) for h in history] == [
             (1, old.name, "bootstrap"), (2, old.name, "restart")]
-        assert history[1]["start_seq"] == 21
+        assert history[1]["start_seq"] == 2 * 20 + 1   # each put and its key's seq record
         assert "a new epoch, never its old one" in old.log()
         resp = old.put("after", b"v")
         assert resp.status == 200 and resp.json()["epoch"] == 2, resp.body

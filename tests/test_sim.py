@@ -10,6 +10,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import hacluster.consensus.eligibility as elig_mod
 import hacluster.consensus.state as state_mod
 from hacluster.testing.sim import Config, World, run_seed, stale_tail_fix_reverted
@@ -60,12 +62,28 @@ def quick(*args: str) -> dict[str, Any]:
 def test_the_quick_run_is_clean_and_finds_the_reverted_fix() -> None:
     clean = quick()
     assert clean["violations"] == 0 and clean["failing_seeds"] == [], clean
+    # Labelled: the simulated mode, a quick run, no real request made, no goal missed.
+    assert (clean["mode"], clean["quick"], clean["errors"]) == ("sync", True, 0), clean
+    assert clean["goals_missed"] == [] and clean["sim_unacked"] > 0, clean
     assert clean["stuck_seeds"] == [] and clean["split_brain_windows"] == 0, clean
     assert clean["failovers"] > 1000 and clean["acked"] > 10000, clean   # not vacuous
     saved = (elig_mod.rank, elig_mod.position_refusal, state_mod.acquire_refusal)
     broken = quick("--revert-fix")
     assert (elig_mod.rank, elig_mod.position_refusal, state_mod.acquire_refusal) == saved
     assert broken["violations"] > 0 and broken["stale_elected"] > 0, broken
+    assert broken["goals_missed"] == [], broken     # with --revert-fix the goal is reversed
+
+
+def test_a_missed_goal_fails_the_run_and_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    # One seed, with the fix reverted, but judged as a normal run would be: the seed that
+    # finds the bug must make the run exit 1 and name the goal.
+    with stale_tail_fix_reverted():
+        code = bench_sim.main(["--seeds", "1", "--first-seed", str(REVERT_SEED),
+                               "--seconds", "60", "--json"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.splitlines()[-1])
+    assert code == 1 and out["goals_missed"] == ["violations"], out
+    assert "goal missed: violations == 0" in captured.err
 
 
 def test_reverted_stale_tail_fix_leaves_replicas_differing() -> None:

@@ -12,6 +12,7 @@ import rocksdict
 
 from hacluster.config import StorageConfig
 from hacluster.store import (
+    SEQ_CF,
     AppliedRange,
     DivergenceError,
     Store,
@@ -58,7 +59,8 @@ def test_open_creates_column_families_in_config_order(tmp_path: Path, opened: li
     db = tmp_path / "node" / "db"
     store = open_store(opened, db, ["default", "zeta", "alpha", "mid"])
     assert has_database(db)
-    assert store.column_families == ["default", "zeta", "alpha", "mid"]
+    # the store's own per-key seq family is created after the configured ones
+    assert store.column_families == ["default", "zeta", "alpha", "mid", SEQ_CF]
     assert store.column_families == list_cf(db)
     assert store.latest_seq() == 0
 
@@ -68,7 +70,8 @@ def test_reopen_keeps_ids_and_appends_new_families(tmp_path: Path, opened: list[
     open_store(opened, db).close()
     # a different order in the config, a new family, and one no longer listed
     store = open_store(opened, db, ["events", "default", "meta"])
-    assert store.column_families == ["default", "users", "events", "meta"]
+    # SEQ_CF was created on the first open, so the new family comes after it
+    assert store.column_families == ["default", "users", "events", SEQ_CF, "meta"]
     assert store.column_families == list_cf(db)
 
 
@@ -81,22 +84,26 @@ def test_column_family_data_survives_reopen(tmp_path: Path, opened: list[Store])
     assert store.get(b"u1", "users") == b"alice"
     assert store.get(b"u1") is None
     assert store.get(b"k") == b"v"
-    assert store.latest_seq() == 2
+    assert store.latest_seq() == 2 * 2  # each op and its key's seq record
 
 
 def test_write_returns_the_seq_range(tmp_path: Path, opened: list[Store]) -> None:
     store = open_store(opened, tmp_path / "db")
-    assert store.write([(PUT, "default", b"a", b"1")]) == AppliedRange(1, 1)
+    # each op and its key's seq record take a seq: a single put takes two
+    assert store.write([(PUT, "default", b"a", b"1")]) == AppliedRange(1, 2)
+    assert store.key_seq(b"a") == 2
     r = store.write([
         (PUT, "users", b"b", b"2"),
         (DELETE, "default", b"a", b""),
         (SINGLE_DELETE, "users", b"zz", b""),
         (DELETE_RANGE, "events", b"a", b"z"),
     ])
-    assert r == AppliedRange(2, 5)
-    assert store.latest_seq() == 5
+    assert r == AppliedRange(3, 2 + 2 * 4)
+    assert store.latest_seq() == 10
     assert store.get(b"a") is None
     assert store.get(b"b", "users") == b"2"
+    assert store.key_seq(b"b", "users") == 10  # the last seq of its batch
+    assert store.key_seq(b"a") == 0
 
 
 def test_write_unknown_column_family_writes_nothing(tmp_path: Path, opened: list[Store]) -> None:
@@ -113,7 +120,7 @@ def test_write_unknown_column_family_writes_nothing(tmp_path: Path, opened: list
 def test_prepare_and_commit_replicated_batch(tmp_path: Path, opened: list[Store]) -> None:
     store = open_store(opened, tmp_path / "db")
     store.write([(PUT, "default", b"gone", b"x"), (PUT, "events", b"e5", b"x")])
-    assert store.latest_seq() == 2
+    assert store.latest_seq() == 2 * 2  # each op and its key's seq record
     # a primary with the same families in the same order: cf ids are list indexes
     ops = [
         (PUT, 0, b"k", b"v"),
@@ -123,12 +130,12 @@ def test_prepare_and_commit_replicated_batch(tmp_path: Path, opened: list[Store]
         (DELETE_RANGE, 2, b"e0", b"e9"),
         (PUT, 2, b"e9", b"kept"),
     ]
-    wb = encode_batch(3, ops)
+    wb = encode_batch(5, ops)
     handles = store.handles_for(store.column_families)
     batch = store.prepare(wb, handles, where="test")
-    assert store.latest_seq() == 2  # prepared, not written
-    store.commit(batch, 3, len(ops), sync=False)
-    assert store.latest_seq() == 8
+    assert store.latest_seq() == 4  # prepared, not written
+    store.commit(batch, 5, len(ops), sync=False)
+    assert store.latest_seq() == 4 + len(ops)  # a replicated batch takes its own count
     assert store.get(b"k") == b"v"
     assert store.get(b"user:1", "users") == b"alice"
     assert store.get(b"gone") is None
@@ -158,15 +165,16 @@ def test_handles_for_missing_family(tmp_path: Path, opened: list[Store]) -> None
 def test_commit_at_wrong_position_writes_nothing(tmp_path: Path, opened: list[Store]) -> None:
     store = open_store(opened, tmp_path / "db")
     store.write([(PUT, "default", b"a", b"1")] * 3)
+    seq = 2 * 3  # each op and its key's seq record
     handles = store.handles_for(store.column_families)
-    for first in (3, 5, 1):
+    for first in (seq, seq + 2, 1):
         batch = store.prepare(encode_batch(first, [(PUT, 0, b"new", b"x")]), handles)
         with pytest.raises(DivergenceError) as info:
             store.commit(batch, first, 1, sync=False)
         message = str(info.value)
         assert message == (f"{tmp_path / 'db'}: batch starts at seq {first} but this DB is "
-                           "at seq 3")
-        assert store.latest_seq() == 3
+                           f"at seq {seq}")
+        assert store.latest_seq() == seq
         assert store.get(b"new") is None
 
 
@@ -311,11 +319,20 @@ def test_content_hash_equal_for_equal_content(tmp_path: Path, opened: list[Store
     for op in CONTENT:  # same content, written as separate batches: same seqs
         two.write([op])
     h1, h2 = one.content_hash(), two.content_hash()
-    assert h1 == h2
-    assert h1["seq"] == 4
+    assert h1["seq"] == h2["seq"] == 2 * len(CONTENT)  # each op and its key's seq record
+    # The keys' recorded seqs legitimately differ (one batch stamps all with its last seq,
+    # separate batches each with their own), so compare the user column families only.
+    assert {cf: h1["column_families"][cf] for cf in CFS} == {
+        cf: h2["column_families"][cf] for cf in CFS}
+    assert h1["column_families"][SEQ_CF] != h2["column_families"][SEQ_CF]
+    assert h1["column_families"][SEQ_CF]["keys"] == h2["column_families"][SEQ_CF]["keys"] == 4
     assert h1["column_families"]["users"]["keys"] == 2
     assert h1["column_families"]["default"]["keys"] == 1
-    assert set(h1["column_families"]) == set(CFS)
+    assert set(h1["column_families"]) == {*CFS, SEQ_CF}
+    # the same writes at the same seqs give the same hash, seq records included
+    three = open_store(opened, tmp_path / "three")
+    three.write(CONTENT)
+    assert three.content_hash() == h1
 
 
 def test_content_hash_differs_for_one_value(tmp_path: Path, opened: list[Store]) -> None:
@@ -345,12 +362,12 @@ def test_checkpoint_reopens_at_its_seq(tmp_path: Path, opened: list[Store]) -> N
     target = tmp_path / "cp" / "1"
     (target / "stale").mkdir(parents=True)  # an old dir at the target is replaced
     seq = store.checkpoint(target)
-    assert seq == 5
+    assert seq == 2 * (len(CONTENT) + 1)  # each op and its key's seq record
     store.write([(PUT, "default", b"after", b"x")])  # not in the checkpoint
     expected = store.content_hash()
     copy = open_store(opened, target)
     assert copy.latest_seq() == seq
-    assert copy.column_families == CFS
+    assert copy.column_families == [*CFS, SEQ_CF]
     assert copy.get(b"after") is None
     assert copy.get(b"u1", "users") == b"alice"
     assert not (target / "stale").exists()
@@ -366,4 +383,4 @@ def test_close_is_idempotent_and_releases_the_lock(tmp_path: Path, opened: list[
     store.close()
     again = open_store(opened, db)
     assert again.get(b"k") == b"v"
-    assert again.latest_seq() == 1
+    assert again.latest_seq() == 2  # the op and its key's seq record

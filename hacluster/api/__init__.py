@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from hacluster.api import admin, info, kv
+from hacluster.api import admin, info, kv, watch
 from hacluster.api.common import error, handle_then
 from hacluster.api.metrics import Metrics
 from hacluster.security.access import OPEN_PATHS, PRINCIPAL, Refusal, authorize, need
@@ -86,6 +86,7 @@ def build_app(node: ServedNode) -> web.Application:
                           client_max_size=node.cfg.limits.max_body_bytes)
     info.add_routes(app, node, metrics)
     kv.add_routes(app, node)
+    watch.add_routes(app, node, node.watches)
     admin.add_routes(app, node)
     add_replication_routes(app, node)
     return app

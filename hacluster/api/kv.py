@@ -1,11 +1,14 @@
-"""Key-value routes: ``/v1/kv/{key}`` (PUT, GET, DELETE), the bounded scan ``/v1/kv`` and
-``/v1/batch``.
+"""Key-value routes: ``/v1/kv/{key}`` (PUT, GET, DELETE; ``?if_seq=N`` makes a write
+conditional), the bounded scan ``/v1/kv``, ``/v1/batch`` and the transaction ``/v1/txn``.
 
 Owns the request checks (key, value and body limits, column family), where a request is served
 (writes and, unless ``?stale=1``, reads on the primary; a replica redirects with 307) and the
 answer to a write once the node has acknowledged it per the replication mode. It must never
 acknowledge a write the node did not confirm, and never serve a non-stale read on a node whose
-write gate is shut (an old primary whose lease ran out could return stale data).
+write gate is shut (an old primary whose lease ran out could return stale data). A condition
+(``if_seq``, a transaction's compares) is checked and its write made on the same turn of the
+event loop, with no await between: nothing else can write in between. A refused condition is a
+read, answered like one only once what it saw is confirmed.
 """
 
 from __future__ import annotations
@@ -27,7 +30,17 @@ from hacluster.config import FRAME_OVERHEAD
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.store import Store, StoreError
 from hacluster.wal.batch import DELETE, PUT
-from hacluster.writes import CBOR_TYPE, BadRequest, check_cf, check_key, check_value, parse_batch
+from hacluster.writes import (
+    CBOR_TYPE,
+    BadRequest,
+    check_cf,
+    check_key,
+    check_value,
+    evaluate,
+    parse_batch,
+    parse_seq,
+    parse_txn,
+)
 
 if TYPE_CHECKING:
     from hacluster.api.port import ServedNode
@@ -119,25 +132,59 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
         return {"X-Hacluster-Lag": "unknown" if lag is None else str(lag),
                 "X-Hacluster-Seq": str(view.applied_seq)}
 
+    def if_seq_of(request: web.Request) -> int | None:
+        raw = request.query.get("if_seq")
+        return None if raw is None else parse_seq(raw, "if_seq")
+
+    def condition_view() -> tuple[int, Store] | web.Response:
+        """The store to check a condition on and the seq the check sees (for the answer of a
+        refused condition, which is a read); or why not now. The caller checks and writes
+        with no await in between: the check and the write are one step of the only writer."""
+        try:
+            seen = node.begin_read()
+        except NotWritable as exc:
+            return error(503, f"not accepting writes: {exc}", leader=node.leader())
+        store = node.store
+        return error(503, "no database open") if store is None else (seen, store)
+
+    async def conditional_write(key: bytes, cf: str, if_seq: int | None,
+                                ops: list[tuple[int, str, bytes, bytes]]) -> web.Response:
+        """``write``, when the key was last written at ``if_seq`` (0: absent); else 412."""
+        if if_seq is None:
+            return await write(node, ops)
+        view = condition_view()
+        if isinstance(view, web.Response):
+            return view
+        seen, store = view
+        current = store.key_seq(key, cf)
+        if current == if_seq:
+            return await write(node, ops)
+        return await answer_read(seen, error(
+            412, f"precondition failed: the key was last written at seq {current}"
+            f"{' (it does not exist)' if current == 0 else ''}, not {if_seq}",
+            seq=current, **_text_or_b64("key", key)))
+
     async def put_kv(request: web.Request) -> web.Response:
         if not node.is_primary:
             return to_primary(node, request)
         try:
             key, cf = key_and_cf(request)
+            if_seq = if_seq_of(request)
             value = await read_body(request)
             check_value(value, limits, "value")
         except (BadRequest, BodyError) as exc:
             return error(400, str(exc))
-        return await write(node, [(PUT, cf, key, value)])
+        return await conditional_write(key, cf, if_seq, [(PUT, cf, key, value)])
 
     async def delete_kv(request: web.Request) -> web.Response:
         if not node.is_primary:
             return to_primary(node, request)
         try:
             key, cf = key_and_cf(request)
+            if_seq = if_seq_of(request)
         except BadRequest as exc:
             return error(400, str(exc))
-        return await write(node, [(DELETE, cf, key, b"")])
+        return await conditional_write(key, cf, if_seq, [(DELETE, cf, key, b"")])
 
     async def get_kv(request: web.Request) -> web.Response:
         try:
@@ -148,11 +195,12 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
         if isinstance(readable, web.Response):
             return readable
         store, seq = readable
-        value = store.get(key, cf)
+        value, key_seq = store.get_with_seq(key, cf)
         headers = lag_header()
         if value is None:
             return await answer_read(seq, web.json_response(
                 {"error": "not found", "key": key.decode()}, status=404, headers=headers))
+        headers["X-Hacluster-Key-Seq"] = str(key_seq)
         return await answer_read(seq, web.Response(
             body=value, content_type="application/octet-stream", headers=headers))
 
@@ -175,14 +223,21 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
             return readable
         store, seq = readable
         items, more = store.scan(cf, prefix, limit, after)
+        seqs = ([store.key_seq(k, cf) for k, _ in items] if q.get("seqs") in ("1", "true")
+                else None)
         headers = lag_header()
         seen = store.latest_seq()
         if _wants_cbor(request):
-            doc: dict[str, Any] = {"items": [[k, v] for k, v in items], "more": more,
-                                   "seq": seen}
+            rows = ([[k, v] for k, v in items] if seqs is None
+                    else [[k, v, s] for (k, v), s in zip(items, seqs, strict=True)])
+            doc: dict[str, Any] = {"items": rows, "more": more, "seq": seen}
             return await answer_read(seq, web.Response(
                 body=cbor2.dumps(doc), content_type=CBOR_TYPE, headers=headers))
-        out = [{**_text_or_b64("key", k), **_text_or_b64("value", v)} for k, v in items]
+        out: list[dict[str, Any]] = [{**_text_or_b64("key", k), **_text_or_b64("value", v)}
+                                     for k, v in items]
+        if seqs is not None:
+            for row, s in zip(out, seqs, strict=True):
+                row["seq"] = s
         return await answer_read(seq, web.json_response(
             {"items": out, "more": more, "seq": seen}, headers=headers))
 
@@ -196,17 +251,43 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
             return error(400, str(exc))
         return await write(node, ops)
 
+    async def txn(request: web.Request) -> web.Response:
+        if not node.is_primary:
+            return to_primary(node, request)
+        try:
+            body = await read_body(request)
+            parsed = parse_txn(body, request.content_type, limits, node.column_families)
+        except (BadRequest, BodyError) as exc:
+            return error(400, str(exc))
+        view = condition_view()
+        if isinstance(view, web.Response):
+            return view
+        seen, store = view
+        ok, seqs = evaluate(parsed.compares, lambda k, c: store.get_with_seq(k, c))
+        outcome: dict[str, Any] = {"succeeded": ok, "compared": [
+            {"cf": cmp.cf, **_text_or_b64("key", cmp.key), "seq": seq}
+            for cmp, seq in zip(parsed.compares, seqs, strict=True)]}
+        ops = parsed.then if ok else parsed.otherwise
+        if ops:
+            return await write(node, ops, outcome)
+        return await answer_read(seen, web.json_response(
+            {**outcome, "seq": seen, "first_seq": None, "epoch": node.role.epoch,
+             "node": node.name}))
+
     app.router.add_get("/v1/kv", scan)
     app.router.add_put("/v1/kv/{key:.+}", put_kv)
     app.router.add_get("/v1/kv/{key:.+}", get_kv)
     app.router.add_delete("/v1/kv/{key:.+}", delete_kv)
     app.router.add_post("/v1/batch", batch)
+    app.router.add_post("/v1/txn", txn)
 
 
-async def write(node: ServedNode, ops: list[tuple[int, str, bytes, bytes]]) -> web.Response:
-    # A WriteBatch costs each op its key and value plus at most 16 bytes of tags and varints;
-    # a batch that could not travel in one replication frame is refused before it is written.
-    size = 12 + sum(len(k) + len(v) + 16 for _, _, k, v in ops)
+async def write(node: ServedNode, ops: list[tuple[int, str, bytes, bytes]],
+                extra: dict[str, Any] | None = None) -> web.Response:
+    # A WriteBatch costs each op its key and value plus at most 16 bytes of tags and varints,
+    # and the same again for the op's last-written seq record (cf, NUL, key, 8-byte seq); a
+    # batch that could not travel in one replication frame is refused before it is written.
+    size = 12 + sum(2 * len(k) + len(v) + len(cf) + 41 for _, cf, k, v in ops)
     limit = node.cfg.replication.max_frame_bytes - FRAME_OVERHEAD
     if size > limit:
         return error(413, f"write of ~{size} bytes exceeds what one replication frame carries "
@@ -227,6 +308,7 @@ async def write(node: ServedNode, ops: list[tuple[int, str, bytes, bytes]]) -> w
         log.exception("write failed")
         return error(500, f"write failed: {exc}")
     return web.Response(
-        text=json.dumps({"seq": applied.last_seq, "first_seq": applied.first_seq,
-                         "epoch": node.role.epoch, "node": node.name}),
+        text=json.dumps({**(extra or {}), "seq": applied.last_seq,
+                         "first_seq": applied.first_seq, "epoch": node.role.epoch,
+                         "node": node.name}),
         content_type="application/json")

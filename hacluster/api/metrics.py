@@ -20,7 +20,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from hacluster.api import probes
-from hacluster.api.common import handle_then
 from hacluster.lineage.tails import list_divergent_tails
 from hacluster.security import certs
 
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
 
     from hacluster.api.port import ServedNode
 
+MAX_CACHED_CHILDREN = 512
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -146,19 +146,35 @@ class Metrics:
             ["method", "route", "status"], buckets=BUCKETS, registry=self.registry)
 
     def middleware(self) -> Middleware:
+        requests = self.requests
+        # The histogram's child per (method, route, status): labels() validates and locks on
+        # every call; this is a dict lookup. Bounded like the labels themselves (and capped).
+        children: dict[tuple[str, str, int], Histogram] = {}
+
         @web.middleware
         async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+            # handle_then's logic, inline: no closure to build per request.
             start = time.perf_counter()
-
-            def done(status: int) -> None:
-                info = request.match_info
-                route = info.route.resource.canonical if info.route.resource else "unmatched"
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                resource = request.match_info.route.resource
+                route = resource.canonical if resource else "unmatched"
                 # The replication stream lives for hours; its duration is not a latency.
                 if route != "/v1/replication/stream":
-                    self.requests.labels(request.method, route, str(status)).observe(
-                        time.perf_counter() - start)
-
-            return await handle_then(request, handler, done)
+                    key = (request.method, route, status)
+                    child = children.get(key)
+                    if child is None:
+                        child = requests.labels(request.method, route, str(status))
+                        if len(children) < MAX_CACHED_CHILDREN:
+                            children[key] = child
+                    child.observe(time.perf_counter() - start)
         return timed
 
     def render(self) -> web.Response:

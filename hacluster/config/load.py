@@ -104,6 +104,9 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     cfs: list[str] = []
     for i, cf in enumerate(cfs_raw):
         cf_name = _name(top, f"column_families[{i}]", cf)
+        if cf_name.startswith("_hacluster"):
+            raise top.fail(f"column_families[{i}]", f"{cf_name!r}: names starting with "
+                           "'_hacluster' are kept for hacluster's own column families")
         if cf_name in cfs:
             raise top.fail(f"column_families[{i}]", f"duplicate column family {cf_name!r}")
         cfs.append(cf_name)

@@ -158,6 +158,10 @@ class LimitsConfig:
     max_value_bytes: int = 16 << 20
     max_body_bytes: int = 64 << 20
     max_batch_ops: int = 100_000
+    # Watches a node serves at once (each holds at most one bounded WAL read), and how long a
+    # watcher's socket may take nothing before the watch is cut (the client stopped reading).
+    max_watches: int = 256
+    watch_send_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

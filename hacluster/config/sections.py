@@ -151,6 +151,9 @@ def _limits(r: _Reader) -> LimitsConfig:
         max_body_bytes=r.integer("max_body_bytes", d.max_body_bytes, minimum=1024,
                                  maximum=1 << 31),
         max_batch_ops=r.integer("max_batch_ops", d.max_batch_ops, minimum=1),
+        max_watches=r.integer("max_watches", d.max_watches, minimum=0, maximum=100_000),
+        watch_send_timeout_s=r.number("watch_send_timeout_s", d.watch_send_timeout_s,
+                                      minimum=0.1, maximum=3600.0),
     )
     r.finish()
     return result

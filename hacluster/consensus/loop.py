@@ -23,6 +23,7 @@ from hacluster.consensus import settings
 from hacluster.consensus.clock import BEYOND, OK, ClockPolicy, ClockWatch, describe
 from hacluster.consensus.decide import decide
 from hacluster.consensus.errors import NotCommitted, RequestRefused
+from hacluster.consensus.lease import LeaseTiming, observer_lease_end
 from hacluster.consensus.model import (
     CloseGate,
     Decision,
@@ -35,6 +36,7 @@ from hacluster.consensus.model import (
     ProposeRenew,
     ProposeSyncSet,
     RecoverDisk,
+    ReplicaView,
     StepDown,
 )
 from hacluster.consensus.operator import OperatorRequests
@@ -44,6 +46,7 @@ from hacluster.consensus.reports import ReportTracker
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,
+    Lock,
     Release,
     Renew,
     Report,
@@ -53,6 +56,51 @@ from hacluster.consensus.state import (
 __all__ = ["ControlLoop", "NotCommitted", "RequestRefused"]
 
 log = logging.getLogger(__name__)
+
+
+def lock_hands(state: ClusterState) -> tuple[Any, ...]:
+    """Who holds the lock, in which epoch, released to whom, and any failover request: a
+    change of any of these makes the control loop's next pass run at once."""
+    lock = state.lock
+    return (lock.holder, lock.epoch, lock.released, lock.successor, state.failover_request)
+
+
+def next_pass_in(interval: float, lock: Lock, me: str, lock_seen_at: float | None,
+                 now: float, timing: LeaseTiming) -> float:
+    """How long the loop sleeps before its next pass: the renew interval, or less when the
+    lease of another holder ends sooner as this node sees it, so the pass that may promote
+    runs right then rather than up to an interval later. Only when passes run; what a pass
+    decides is ``decide``'s, which judges the same expiry (``observer_lease_end``)."""
+    if lock.held and lock.holder != me and lock_seen_at is not None:
+        left = observer_lease_end(lock_seen_at, timing, lock.lease_s) - now
+        if 0 <= left < interval:
+            return left + 0.002
+    return interval
+
+
+# How long after the lock changed hands a new primary watches for its first replicas (and how
+# often): in sync mode it acknowledges nothing until a synchronous set is recorded, and the
+# replicas connect a few tens of milliseconds after it took the lock.
+SYNC_WATCH_S = 0.5
+SYNC_WATCH_EVERY_S = 0.01
+
+
+def watch_for_standbys(state: ClusterState, me: str, sync_mode: bool, need: int,
+                       hands_changed_at: float | None, now: float) -> bool:
+    """Should the loop, between passes, watch for a replica connecting (and pass at once when
+    one does)? Only a holder in sync mode whose recorded synchronous set is short, shortly
+    after the lock changed hands: the watch proposes nothing, and ends by itself."""
+    lock = state.lock
+    return (sync_mode and lock.held and lock.holder == me and len(state.sync_set) < need
+            and hands_changed_at is not None and now - hands_changed_at < SYNC_WATCH_S)
+
+
+def standbys_waiting(state: ClusterState, replicas: tuple[ReplicaView, ...],
+                     latest_seq: int | None) -> frozenset[str]:
+    """The replicas that could join the synchronous set now: streaming from this primary,
+    holding all it has (``effects.sync_set_change`` adds no other), and not in the set."""
+    return frozenset(r.name for r in replicas if r.connected and r.name not in state.sync_set
+                     and latest_seq is not None and r.applied_seq >= latest_seq)
 
 
 class ControlLoop(OperatorRequests):
@@ -68,7 +116,13 @@ class ControlLoop(OperatorRequests):
         partners = [str(n.raft) for n in cfg.nodes if n.name != node.name]
         self.raft = RaftNode(str(self.me.raft), partners, self.me.data_dir / "raft",
                              cfg.raft_password, settings.raft_timing(cfg),
+                             on_change=self._raft_applied,
                              also_accepted=cfg.raft_password_also_accepted)
+        # Set (from the Raft thread) when the lock changes hands: the next pass runs at once,
+        # so a replica follows a new primary without waiting out the renew interval.
+        self._wake = asyncio.Event()
+        self._wake_key: tuple[Any, ...] | None = None
+        self._hands_changed_at: float | None = None
         self.last: Decision | None = None
         self.passes = 0
         self.reports = ReportTracker()     # when each member's report last changed here
@@ -124,7 +178,49 @@ class ControlLoop(OperatorRequests):
                 await self.run_once()
             except Exception:
                 log.exception("%s: control loop pass failed", self.node.name)
-            await asyncio.sleep(interval)
+            state = self.raft.snapshot()
+            now = time.monotonic()
+            delay = next_pass_in(interval, state.lock, self.node.name, self.raft.lock_seen_at(),
+                                 now, self.timing)
+            if watch_for_standbys(state, self.node.name, self.policy.sync_mode,
+                                  self.policy.sync_replicas, self._hands_changed_at, now):
+                await self._watch_standbys(state, now + delay)
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+
+    async def _watch_standbys(self, state: ClusterState, until: float) -> None:
+        """Sleep until ``until``, a wake, or a replica that could join this new primary's
+        synchronous set (the next pass proposes it: in sync mode writes wait for it)."""
+        def ready() -> frozenset[str]:
+            me = self.node.local_state()
+            return standbys_waiting(state, me.replicas, me.seq)
+
+        known = ready()                 # the pass just now saw these (and proposed them)
+        while time.monotonic() < until and not self._wake.is_set():
+            if ready() - known:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(),
+                                       min(SYNC_WATCH_EVERY_S, until - time.monotonic()))
+            except TimeoutError:
+                pass
+
+    def _raft_applied(self, state: ClusterState) -> None:
+        """On the Raft thread, after each command is applied: wake the loop when the lock
+        changed hands (not on a mere renewal, which comes every pass)."""
+        key = lock_hands(state)
+        if key == self._wake_key:
+            return
+        first, self._wake_key = self._wake_key is None, key
+        if first:
+            return                      # the first state seen (replayed at start): no change
+        self._hands_changed_at = time.monotonic()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_raft(self, fn: Any, *args: Any) -> None:
         """Run ``fn(*args)`` on the event loop (Raft callbacks arrive on the Raft thread)."""

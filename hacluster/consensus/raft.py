@@ -25,7 +25,12 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.encryptor import getEncryptor
 
 from hacluster.config import ConsensusConfig
-from hacluster.consensus.raft_journal import install_patches, journal_stats
+from hacluster.consensus.raft_journal import (
+    applying_index,
+    install_patches,
+    journal_stats,
+    received_at,
+)
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,
@@ -207,6 +212,7 @@ class RaftNode:
         self._last_shed = 0.0
         self._later: list[tuple[float, Callable[[], None]]] = []
         self.tick_error: str | None = None
+        self._leader_seen: str | None = None
         self._thread: threading.Thread | None = None
         conf = SyncObjConf(
             password=password, autoTick=False, commandsWaitLeader=False,
@@ -231,10 +237,19 @@ class RaftNode:
         """On the tick thread, after each command is applied (in log order)."""
         lock = state.lock
         key = (lock.epoch, lock.renewals, lock.released)
+        now = time.monotonic()
+        # When this node received the entry, not when it applied it: the two differ by a Raft
+        # election when the old leader (often the primary) vanished with a renewal replicated
+        # but its commit not yet announced; the next leader commits it only after winning.
+        # Receipt is just as safe a start for the others' view of the lease: the entry left
+        # the holder after it proposed, so it reached this node after the holder's lease
+        # started (lease.py). Unknown (entries loaded at start): the apply time, as before.
+        received = received_at(self.replica, applying_index(self.replica))
+        seen_at = now if received is None else min(received, now)
         with self._obs_lock:
             if key != self._lock_key:
                 self._lock_key = key
-                self._lock_seen_at = time.monotonic()
+                self._lock_seen_at = seen_at
             if ok and isinstance(cmd, Report):
                 self._report_seen[cmd.name] = (cmd.clock, time.monotonic())
         if self._on_change is not None:
@@ -280,11 +295,21 @@ class RaftNode:
                 self.tick_error = None
             if self.tick_error is None:
                 self.last_tick_at = now
+            self._note_leader()
             self._run_calls()
             now = time.monotonic()
             if now >= self._next_dump_check:
                 self._next_dump_check = now + 1.0
                 self._note_compaction()
+
+    def _note_leader(self) -> None:
+        # Operators (and bench/failover.py --timeline) read failovers from the logs: say when
+        # Raft's leader changes, as this node sees it (an attribute read; no decision on it).
+        leader = self.replica._getLeader()
+        name = str(leader) if leader is not None else None
+        if name != self._leader_seen:
+            self._leader_seen = name
+            log.info("Raft leader is now %s", name or "unknown (election)")
 
     def _run_calls(self) -> None:
         now = time.monotonic()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,11 @@ class JournalSync:
     syncs: int = 0
     sync_seconds: float = 0.0
     torn_records_truncated: int = 0
+    # When each entry now in the log was appended here (log index -> monotonic time), for the
+    # entries appended since start (not those loaded at start). An index re-appended after a
+    # conflict gets the later time: always the time of the entry the log holds at that index.
+    received: dict[int, float] = field(default_factory=dict)
+    received_prune_at: int = 1024        # prune applied indexes when it grows past this
 
 
 def _record(command: Any, idx: int, term: int, to_bytes: Callable[[Any], bytes]) -> bytes:

@@ -36,7 +36,7 @@ import cbor2
 
 from hacluster.fsutil import fsync_path
 from hacluster.lineage.labels import Divergence
-from hacluster.store import Store
+from hacluster.store import SEQ_CF, Store
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE
 from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader
@@ -84,6 +84,7 @@ def save_divergent_tail(data_dir: Path, node: str, store: Store, div: Divergence
     store meanwhile. Memory holds one WAL read (``READ_BYTES``) at a time, whatever the tail.
     """
     names = store.column_families
+    seq_cf = names.index(SEQ_CF) if SEQ_CF in names else -1
     folder = data_dir / "divergent"
     folder.mkdir(exist_ok=True)
     path = folder / f"epoch{div.epoch}-seq{div.first_seq}-{div.last_seq}.cbor"
@@ -119,9 +120,11 @@ def save_divergent_tail(data_dir: Path, node: str, store: Store, div: Divergence
                 for b in got:
                     if b.seq > div.last_seq:
                         break
-                    item = cbor2.dumps({"seq": b.seq, "ops": [
-                        [KIND_NAMES[kind], names[cf] if cf < len(names) else cf, key, value]
-                        for kind, cf, key, value in b.ops]})
+                    # The writes themselves: their keys' seq records (SEQ_CF) say nothing an
+                    # operator replaying the tail could use.
+                    kept = [[KIND_NAMES[kind], names[cf] if cf < len(names) else cf, key, value]
+                            for kind, cf, key, value in b.ops if cf != seq_cf]
+                    item = cbor2.dumps({"seq": b.seq, "ops": kept})
                     if f.tell() + len(item) + TRAILER_RESERVE > max_bytes:
                         error = (f"the file reached storage.divergent_max_mb "
                                  f"({max_bytes / (1 << 20):g} MB) after seq {saved_last}: "
@@ -129,7 +132,7 @@ def save_divergent_tail(data_dir: Path, node: str, store: Store, div: Divergence
                         break
                     f.write(item)
                     count += 1
-                    ops += len(b.ops)
+                    ops += len(kept)
                     saved_last = max(saved_last, b.last_seq)
                 del got
         except (WalError, WalGone) as exc:

@@ -20,11 +20,12 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from hacluster.api import build_app
+from hacluster.api.counters import WatchStats
 from hacluster.config import ClusterConfig, NodeConfig
 from hacluster.consensus import settings
 from hacluster.fencing import WriteGate
@@ -48,7 +49,7 @@ from hacluster.role import Role
 from hacluster.security import certs
 from hacluster.security.tls import Contexts
 from hacluster.space import SpaceGuard
-from hacluster.store import Store, StoreSlot, has_database
+from hacluster.store import SEQ_CF, Store, StoreSlot, has_database
 from hacluster.watchdog import Watchdog, WatchdogError
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class Node(WritePath, NodeViews, Upkeep):
         self.started_at = time.time()
         self.writes = 0
         self.unknown_outcomes = 0
+        self.watches = WatchStats()
+        self.http_connections = 0
         # The highest seq acknowledged to a client by this process (rule 2: renewals and
         # releases carry it into Raft as the floor no successor may be below).
         self.acked_seq = 0
@@ -123,9 +126,24 @@ class Node(WritePath, NodeViews, Upkeep):
     def is_primary(self) -> bool:
         return self.role.primary == self.name
 
+    def _count_connections(self, server: web.Server | None) -> None:
+        """Count accepted HTTP connections (``/status``: a client pool that reconnects for
+        every request shows as a count growing with the requests)."""
+        if server is None:
+            return
+        made = server.connection_made
+
+        def counted(handler: Any, transport: Any) -> None:
+            self.http_connections += 1
+            made(handler, transport)
+
+        server.connection_made = counted  # type: ignore[method-assign]
+
     @property
     def column_families(self) -> list[str]:
-        return self.store.column_families if self.store else list(self.cfg.column_families)
+        """The column families clients may use (not the store's own ``SEQ_CF``)."""
+        names = self.store.column_families if self.store else list(self.cfg.column_families)
+        return [n for n in names if n != SEQ_CF]
 
     def primary_url(self) -> str | None:
         if self.role.primary is None:
@@ -196,6 +214,7 @@ class Node(WritePath, NodeViews, Upkeep):
             self._tasks.append(asyncio.get_running_loop().create_task(self._watch_space()))
         self._runner = web.AppRunner(build_app(self), access_log=None)
         await self._runner.setup()
+        self._count_connections(self._runner.server)
         site = web.TCPSite(self._runner, self.me.api.host, self.me.api.port, reuse_address=True,
                            ssl_context=self.tls.server if self.tls else None)
         await site.start()

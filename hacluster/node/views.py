@@ -27,6 +27,7 @@ from hacluster.watchdog import WatchdogError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from hacluster.api.counters import WatchStats
     from hacluster.config import ClusterConfig, NodeConfig
     from hacluster.consensus.loop import ControlLoop
     from hacluster.fencing import WriteGate
@@ -61,6 +62,8 @@ class NodeViews:
         writes: int
         unknown_outcomes: int
         started_at: float
+        watches: WatchStats
+        http_connections: int
         _watchdog_tried: bool
         _watchdog_usable: bool
 
@@ -195,6 +198,8 @@ class NodeViews:
             "rocksdb": store.background_work() if store else None,
             "uptime": round(time.time() - self.started_at, 1),
             "version": VERSION,
+            "http": {"connections_accepted": self.http_connections,
+                     "watches_open": self.watches.open, "watches_ended": dict(self.watches.ended)},
         }
         if self.is_primary:
             out["replicas"] = self.positions.snapshot(seq or 0)

@@ -31,8 +31,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hacluster.node")
 
+# How long a look at the free space that found room stands for the writes after it.
+SPACE_RECHECK_S = 0.01
+
 
 class WritePath:
+    _space_seen_ok: float = float("-inf")   # monotonic time of the last look that found room
+
     if TYPE_CHECKING:
         cfg: ClusterConfig
         name: str
@@ -105,10 +110,20 @@ class WritePath:
         self.acked_seq = max(self.acked_seq, seq)
 
     def check_space(self) -> None:
-        """Refuse a write (DiskFull) after a RocksDB space error or while low on space."""
+        """Refuse a write (DiskFull) after a RocksDB space error or while low on space.
+
+        The file system is asked (statvfs, the reserve file) at most every SPACE_RECHECK_S
+        while it last had room: under load that is one look per few dozen writes, not one
+        per write. After a space error, or while low, every write looks again.
+        """
+        now = time.monotonic()
+        if (now - self._space_seen_ok < SPACE_RECHECK_S and self.disk_full is None
+                and self.space.low is None):
+            return
         why = self.space.tend(self.disk_full)
         if why:
             raise DiskFull(why)
+        self._space_seen_ok = now
 
     @property
     def sync_mode(self) -> bool:
@@ -139,8 +154,8 @@ class WritePath:
                 raise OutcomeUnknown(f"written locally at seq {seq} but the node is shutting "
                                      "down before the synchronous set confirmed it")
             members = self.control.confirmers(state)
-            if (len(state.sync_set) >= need
-                    and all(self.positions.applied(m) >= seq for m in members)):
+            complete = len(state.sync_set) >= need
+            if complete and all(self.positions.applied(m) >= seq for m in members):
                 break
             left = deadline - time.monotonic()
             if left <= 0:
@@ -148,7 +163,9 @@ class WritePath:
                     f"written locally at seq {seq} but not confirmed by the synchronous set "
                     f"{sorted(members) or '(none recorded yet)'} within "
                     f"{self.cfg.replication.sync_timeout_s} s")
-            await self.positions.changed(min(left, 0.05))
+            # Woken when a member reaches seq (not by other replicas' acks); at most 50 ms
+            # later in any case, to look at the lock and the synchronous set again.
+            await self.positions.changed(min(left, 0.05), members if complete else None, seq)
 
     def begin_read(self) -> int:
         """Rule 8, first half: may the primary read now, and up to which seq does it see?
@@ -184,6 +201,31 @@ class WritePath:
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(0.005)
+
+    def acknowledged_through(self) -> int:
+        """The highest seq up to which every write counts as acknowledged per the mode:
+        durable here (``storage.durability: fsync``) and, in sync mode, held by every member
+        of the synchronous set while this node holds the lock; or acknowledged to a client
+        already. What a watch may deliver: nothing above it can be taken back by a failover
+        (in sync mode)."""
+        latest = self.latest_seq()
+        top = min(latest, self.wal_sync.synced_seq) if self.durable_acks else latest
+        if self.sync_mode:
+            assert self.control is not None
+            state = self.control.state()
+            lock = state.lock
+            members = self.control.confirmers(state)
+            if (lock.held and lock.holder == self.name and lock.epoch == self.role.epoch
+                    and len(state.sync_set) >= self.cfg.replication.sync_replicas):
+                top = min([top, *(self.positions.applied(m) for m in members)])
+            else:
+                top = 0
+        return max(top, min(self.acked_seq, latest))
+
+    async def make_durable(self, seq: int) -> None:
+        """Sync the WAL through ``seq`` when acknowledgements need it (one group commit)."""
+        if self.durable_acks:
+            await self.wal_sync.through(seq)
 
     def write_refusal(self) -> str | None:
         """Why this node would refuse a write now (as primary), or None."""

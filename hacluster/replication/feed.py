@@ -2,7 +2,8 @@
 
 Owns a ring of recently encoded batch frames and the wake-up of streams waiting for new data.
 Woken by the write path on every local write (so replicas see a batch one loop turn after it is
-written, not after a poll interval) and by a slow safety poll. It must never block the event
+written, not after a poll interval; the WAL is read once per turn however many writes it had)
+and by a slow safety poll. It must never block the event
 loop for long (reads are bounded per call), never reorder or drop a batch, and never serve a
 stream from a position the ring does not hold: such streams catch up from disk on their own.
 """
@@ -47,9 +48,12 @@ class WalFeed:
         self._frames: list[bytes] = []
         self._size = 0
         self._start = start_seq          # ring covers [first of _seqs or _start, next_seq)
-        self._changed = asyncio.Event()
+        self._waiting: list[asyncio.Future[bool]] = []   # streams in ``wait``
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty = False              # written since the last read: read before a look
+        self._stopped = False
         self.error: str | None = None
 
     @property
@@ -61,9 +65,11 @@ class WalFeed:
         return self._seqs[0] if self._seqs else self._reader.next_seq
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="wal-feed")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="wal-feed")
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._task:
             self._task.cancel()
             try:
@@ -71,16 +77,31 @@ class WalFeed:
             except asyncio.CancelledError:
                 pass
         self._reader.close()
-        self._changed.set()
+        self._signal()
 
     def notify(self) -> None:
         """Called by the write path after a local write: new WAL records are on disk.
 
-        Reads them at once, so the streams are woken before the writer's response goes out;
-        only a read that hit its byte bound leaves the rest to the feed task.
+        Wakes the streams at once; the records are read on the next turn of the event loop,
+        once for every write of this turn (by the first stream that looks, or by a callback
+        scheduled here, whichever runs first), not once per write. Only a read that hit its
+        bound leaves the rest to the feed task.
         """
-        if self.poll():
-            self._wake.set()
+        if self._dirty:
+            return
+        self._dirty = True
+        self._signal()
+        if self._loop is not None:
+            self._loop.call_soon(self._catch_up)
+        else:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Read what ``notify`` announced, unless a stream's look already did."""
+        if self._dirty and not self._stopped:
+            self._dirty = False
+            if self.poll():
+                self._wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -89,6 +110,7 @@ class WalFeed:
             except TimeoutError:
                 pass
             self._wake.clear()
+            self._dirty = False
             while self.poll():
                 await asyncio.sleep(0)  # more to read: let writes and streams run in between
 
@@ -131,11 +153,15 @@ class WalFeed:
         self._size -= freed
 
     def _signal(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        waiting, self._waiting = self._waiting, []
+        for woken in waiting:
+            if not woken.done():
+                woken.set_result(True)
 
     def look(self, next_seq: int, max_bytes: int = 1 << 20) -> FeedState:
         """Frames from ``next_seq`` on, as far as the ring holds them (bounded by max_bytes)."""
+        if self._dirty:
+            self._catch_up()
         if next_seq >= self._reader.next_seq:
             return FeedState(b"", next_seq, behind=False)
         if not self._seqs or next_seq < self._seqs[0]:
@@ -156,8 +182,23 @@ class WalFeed:
 
     async def wait(self, timeout: float) -> None:
         """Wait until the ring changes (or ``timeout`` passes)."""
-        event = self._changed
+        # A future and a timer: no task per wait, as an Event under wait_for would cost.
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[bool] = loop.create_future()
+        self._waiting.append(woken)
+        timer = loop.call_later(timeout, _expire, woken)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
+            await woken
+        finally:
+            timer.cancel()
+            if woken.cancelled() or not woken.result():
+                # Timed out or cancelled: still listed, unless a signal came meanwhile.
+                try:
+                    self._waiting.remove(woken)
+                except ValueError:
+                    pass
+
+
+def _expire(woken: asyncio.Future[bool]) -> None:
+    if not woken.done():
+        woken.set_result(False)

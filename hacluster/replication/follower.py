@@ -41,6 +41,17 @@ class StreamError(Exception):
     """The stream ended or carried something we refuse; reconnect after a backoff."""
 
 
+class NotPrimaryYet(StreamError):
+    """503 from the node we were told to follow: in a failover the others learn of the new
+    primary's lock as it commits, a moment before that node has opened its stream source."""
+
+
+# First retry after a 503 (then doubling up to reconnect_backoff_max, as any backoff): the
+# new primary is usually ready within tens of milliseconds, and in sync mode no write is
+# acknowledged until a replica streams from it.
+NOT_PRIMARY_YET_RETRY_S = 0.02
+
+
 class Diverged(Exception):
     """This node's history is not a prefix of the primary's; applying more would be wrong."""
 
@@ -153,6 +164,8 @@ class Follower:
         self.wal_sync = GroupSync(lambda: self.store.latest_seq() if self.store else 0,
                                   lambda: self.store.sync_wal() if self.store else None)
         self._backoff = Backoff(cfg.reconnect_backoff_min, cfg.reconnect_backoff_max)
+        self._not_yet = Backoff(min(NOT_PRIMARY_YET_RETRY_S, cfg.reconnect_backoff_min),
+                                cfg.reconnect_backoff_max)
         self._acks = AckSender(self)
         self._stopping = False
         self._handles: dict[int, rocksdict.ColumnFamily] = {}
@@ -193,6 +206,7 @@ class Follower:
     async def _loop(self, session: aiohttp.ClientSession) -> None:
         need_bootstrap = not has_database(self.data_dir / "db")
         while not self._stopping:
+            not_yet = False
             try:
                 low = self.space_low()
                 if low:
@@ -215,6 +229,10 @@ class Follower:
                 if self.status.state != "disk_full":
                     log.error("%s: stopped applying, low on disk space: %s", self.node, exc)
                 self._fail("disk_full", str(exc))
+            except NotPrimaryYet as exc:
+                self._fail("backoff", str(exc))
+                log.info("%s: %s", self.node, exc)
+                not_yet = True
             except (StreamError, frames.FrameError, BootstrapError, StoreError) as exc:
                 self._fail("backoff", str(exc))
                 log.error("%s: replication stopped: %s", self.node, exc)
@@ -240,7 +258,7 @@ class Follower:
                     log.exception("%s: replication failed", self.node)
             if self._stopping:
                 break
-            delay = self._backoff.next()
+            delay = self._not_yet.next() if not_yet else self._backoff.next()
             log.info("%s: reconnecting in %.2f s", self.node, delay)
             await asyncio.sleep(delay)
         self.status.state = "stopped"
@@ -293,6 +311,9 @@ class Follower:
                 raise NeedBootstrap((await resp.json()).get("reason", "410 Gone"))
             if resp.status == 409:
                 raise Diverged((await resp.json()).get("reason", "409 Conflict"))
+            if resp.status == 503:
+                raise NotPrimaryYet(f"stream request failed: HTTP 503: "
+                                    f"{(await resp.text())[:300]}")
             if resp.status != 200:
                 raise StreamError(f"stream request failed: HTTP {resp.status}: "
                                   f"{(await resp.text())[:300]}")
@@ -360,6 +381,7 @@ class Follower:
             self.status.primary_seq = frame.primary_seq
             self._handles = store.handles_for(frame.column_families)
             self._backoff.reset()
+            self._not_yet.reset()
             self.status.error = None
         elif isinstance(frame, frames.ErrorFrame):
             raise StreamError(f"primary reported: {frame.reason}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,9 @@ class ReplicaPositions:
     clock: Callable[[], float] = time.monotonic
     replicas: dict[str, ReplicaPosition] = field(default_factory=dict)
     max_replicas: int = MAX_REPLICAS
-    _changed: asyncio.Event | None = None
+    # Tasks in ``changed``: (woken, names they wait for or None for any, seq they wait for).
+    _waiters: list[tuple[asyncio.Future[bool], Collection[str] | None, int]] = field(
+        default_factory=list, repr=False, compare=False)
 
     def _get(self, name: str) -> ReplicaPosition:
         rep = self.replicas.get(name)
@@ -69,6 +71,7 @@ class ReplicaPositions:
         rep.connected = True
         rep.applied_seq = since
         rep.acked_at = rep.advanced_at = self.clock()
+        self._wake(name, since)
 
     def stream_closed(self, name: str) -> None:
         rep = self.replicas.get(name)
@@ -80,14 +83,27 @@ class ReplicaPositions:
     def ack(self, name: str, seq: int) -> None:
         rep = self._get(name)
         now = self.clock()
+        rep.acked_at = now
         if seq > rep.applied_seq:
             rep.advanced_at = now
-        if seq >= rep.applied_seq:
             rep.applied_seq = seq
-        rep.acked_at = now
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+            self._wake(name, seq)
+
+    def _wake(self, name: str, seq: int) -> None:
+        """Wake the waiters ``name`` reaching ``seq`` may concern (only a hint: they check
+        what they wait for themselves, and wake at their timeout anyway)."""
+        if not self._waiters:
+            return
+        keep = []
+        for waiter in self._waiters:
+            woken, names, target = waiter
+            if woken.done():
+                continue
+            if (names is None or name in names) and seq >= target:
+                woken.set_result(True)
+            else:
+                keep.append(waiter)
+        self._waiters = keep
 
     def applied(self, name: str) -> int:
         rep = self.replicas.get(name)
@@ -101,14 +117,30 @@ class ReplicaPositions:
             return False
         return rep.advanced_at is None or self.clock() - rep.advanced_at > for_s
 
-    async def changed(self, timeout: float) -> None:
-        """Wait for the next ack (or ``timeout``)."""
-        if self._changed is None:
-            self._changed = asyncio.Event()
+    async def changed(self, timeout: float, names: Collection[str] | None = None,
+                      seq: int = 0) -> None:
+        """Wait until a replica's position moves forward (or ``timeout`` passes).
+
+        With ``names`` and ``seq``: until one of ``names`` reaches ``seq`` — moves that cannot
+        complete what the caller waits for do not wake it (a write waiting for the synchronous
+        set is not woken by the other replicas' acks). A wake-up is a hint, never a verdict:
+        the caller checks its condition again either way.
+        """
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[bool] = loop.create_future()
+        waiter = (woken, names, seq)
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout, _expire, woken)
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
+            await woken
+        finally:
+            timer.cancel()
+            if woken.cancelled() or not woken.result():
+                # Timed out or cancelled: still listed (``_wake`` drops only whom it woke).
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
 
     def bootstrap_started(self, name: str) -> None:
         try:
@@ -129,3 +161,8 @@ class ReplicaPositions:
             }
             for r in sorted(self.replicas.values(), key=lambda r: r.name)
         ]
+
+
+def _expire(woken: asyncio.Future[bool]) -> None:
+    if not woken.done():
+        woken.set_result(False)

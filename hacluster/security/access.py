@@ -60,7 +60,8 @@ def need(method: str, path: str) -> Need:
         return _ADMIN
     if path == "/metrics":
         return _METRICS
-    if path == "/v1/batch" or (path.startswith("/v1/kv") and method not in ("GET", "HEAD")):
+    if path in ("/v1/batch", "/v1/txn") or (path.startswith("/v1/kv")
+                                              and method not in ("GET", "HEAD")):
         return _WRITE
     return _READ       # reads, cluster views, and any unknown path (a 404 needs a credential)
 

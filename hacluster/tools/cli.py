@@ -195,8 +195,8 @@ CTL_COMMANDS = frozenset({"status", "switchover", "failover", "pause", "resume",
 
 
 def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
+    from hacluster.client import Client, client_token
     from hacluster.tools import ctl
-    from hacluster.tools.client import Client, client_token
     client = Client([n.api.url for n in cfg.nodes], client_token(cfg), failover_timeout=5.0,
                     ca_file=cfg.tls.ca_file)
     if args.command == "status":

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hacluster.client import Client, HaclusterError, NoLeader, RequestFailed
 from hacluster.config import ClusterConfig
-from hacluster.tools.client import Client, HaclusterError, NoLeader, RequestFailed
 
 WAIT_S = 30.0
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from hacluster.tools.client import Client, HaclusterError, OutcomeUnknown
+from hacluster.client import Client, HaclusterError, OutcomeUnknown
 
 NAMES = ("n1", "n2", "n3")
 

@@ -1,0 +1,237 @@
+"""The client's rules, shared by ``Client`` and ``AsyncClient``; no I/O happens here.
+
+Owns how a call reaches the primary: asking nodes ``GET /leader`` (nodes that just failed last),
+following a 307, when to retry (capped exponential backoff with jitter, until the call's
+deadline), and the outcome-unknown rule — a write is retried only when it certainly did not
+happen (the connection was never made, a 503 "not accepting writes", a redirect); when it may
+have happened (the request went out and no answer came, or the node answered "outcome
+unknown") it raises ``OutcomeUnknown`` unless the caller opted into ``retry_unknown``.
+
+A call is a generator that yields what to do (``Send`` one request, ``Sleep``) and is sent back
+what came of it (an ``Answer`` or a ``Failure``); each client drives it with its own I/O. It
+must never report a write as done without the node's 200, and never retry a write whose outcome
+is unknown unless asked to.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.parse
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hacluster.client.errors import HaclusterError, NoLeader, OutcomeUnknown
+
+# A node that does not accept a connection within this long is treated as gone: on a LAN a
+# connection takes well under a millisecond, and a vanished host never answers at all.
+CONNECT_TIMEOUT_S = 0.5
+# No answer within this long: the request is lost (a write's outcome is unknown). A healthy
+# sync write takes milliseconds; one the cluster cannot confirm is answered 503 at the node's
+# replication.sync_timeout_s, and waiting that out on a vanished primary is what this avoids.
+REQUEST_TIMEOUT_S = 2.0
+DEADLINE_S = 15.0
+BACKOFF_FIRST_S = 0.05
+BACKOFF_CAP_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Make one HTTP request; the driver answers with an ``Answer`` or a ``Failure``."""
+
+    url: str
+    method: str
+    path: str
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = REQUEST_TIMEOUT_S
+    connect_timeout: float = CONNECT_TIMEOUT_S
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str]          # lower-cased names
+    url: str
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def doc(self) -> dict[str, Any]:
+        """The body as a JSON object, or {} when it is not one."""
+        try:
+            doc = json.loads(self.body)
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def message(self) -> str:
+        doc = self.doc()
+        if doc:
+            return str(doc.get("error", doc))
+        return self.body[:200].decode(errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """No answer. ``sent``: the request may have reached the node (the connection was made
+    and then broke or timed out); False only when it certainly did not."""
+
+    url: str
+    sent: bool
+    error: str
+
+
+Step = Send | Sleep
+Result = Answer | Failure | None
+Call = Generator[Step, Result, Answer]
+
+
+@dataclass(slots=True)
+class Settings:
+    timeout: float = REQUEST_TIMEOUT_S
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    deadline: float = DEADLINE_S
+    retry_unknown: bool = False
+    backoff_first: float = BACKOFF_FIRST_S
+    backoff_cap: float = BACKOFF_CAP_S
+
+
+def backoff(attempt: int, first: float, cap: float, rng: Callable[[], float]) -> float:
+    """Capped exponential with jitter: the ``attempt``-th wait (0-based) is drawn from
+    [d/2, d) with d = min(cap, first * 2^attempt), so clients that failed together spread out."""
+    d = min(cap, first * (2 ** min(attempt, 30)))
+    return float(d / 2 + rng() * d / 2)
+
+
+class Nodes:
+    """What a client knows of the cluster: the node URLs, the primary, who failed lately."""
+
+    def __init__(self, urls: list[str], clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[], float] = random.random) -> None:
+        if not urls:
+            raise ValueError("at least one node URL is needed")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.leader_url: str | None = None
+        self.failed_at: dict[str, float] = {}
+        self.clock = clock
+        self.rng = rng
+
+    def order(self) -> list[str]:
+        """The known primary first, then the others; nodes that failed lately last (a
+        vanished host costs a connect timeout each time it is asked)."""
+        first = [self.leader_url] if self.leader_url in self.urls else []
+        rest = [u for u in self.urls if u not in first]
+        rest.sort(key=lambda u: self.failed_at.get(u, 0.0))
+        return first + rest
+
+    def failed(self, url: str) -> None:
+        self.failed_at[url] = self.clock()
+        if self.leader_url == url:
+            self.leader_url = None
+
+    def answered(self, url: str) -> None:
+        self.failed_at.pop(url, None)
+
+
+def _timeouts(s: Settings, deadline: float, now: float) -> tuple[float, float]:
+    left = max(0.05, deadline - now)
+    return min(s.timeout, left), min(s.connect_timeout, left)
+
+
+def redirect_target(answer: Answer) -> str | None:
+    """The node a 307 sends us to (scheme and host only), or None."""
+    location = answer.headers.get("location")
+    if not location:
+        return None
+    moved = urllib.parse.urlsplit(location)
+    return f"{moved.scheme}://{moved.netloc}" if moved.scheme and moved.netloc else None
+
+
+def find_leader(nodes: Nodes, s: Settings, deadline: float,
+                headers: dict[str, str]) -> Generator[Step, Result, dict[str, Any] | None]:
+    """Ask each node ``GET /leader`` once; the first that names a primary wins (None: none)."""
+    for url in nodes.order():
+        timeout, connect = _timeouts(s, deadline, nodes.clock())
+        got = yield Send(url, "GET", "/leader", None, headers, min(timeout, 1.0), connect)
+        if isinstance(got, Answer):
+            nodes.answered(url)
+            if got.status == 200:
+                doc = got.doc()
+                if isinstance(doc.get("url"), str):
+                    nodes.leader_url = doc["url"].rstrip("/")
+                    return doc
+        else:
+            nodes.failed(url)
+        if nodes.clock() >= deadline:
+            break
+    return None
+
+
+def on_primary(nodes: Nodes, s: Settings, method: str, path: str, body: bytes | None,
+               headers: dict[str, str], *, write: bool, deadline: float) -> Call:
+    """Send to the primary, finding it again after failures, until ``deadline``."""
+    attempt, last = 0, "no node reachable"
+    while True:
+        url = nodes.leader_url
+        if url is None:
+            found = yield from find_leader(nodes, s, deadline, headers)
+            url = None if found is None else nodes.leader_url
+        if url is not None:
+            timeout, connect = _timeouts(s, deadline, nodes.clock())
+            got = yield Send(url, method, path, body, headers, timeout, connect)
+            assert got is not None
+            if isinstance(got, Failure):
+                nodes.failed(url)
+                if got.sent and write and not s.retry_unknown:
+                    raise OutcomeUnknown(f"{method} {path} to {url}: {got.error}")
+                last = f"{url}: {got.error}"
+            elif got.status == 307 and redirect_target(got) is not None:
+                nodes.answered(url)
+                target = redirect_target(got)
+                last = f"{url} redirected to {target}"
+                if target is not None and target != url and attempt < 2 * len(nodes.urls):
+                    nodes.leader_url = target
+                    attempt += 1
+                    continue          # a redirect is an answer: follow it at once
+                nodes.leader_url = None
+            elif got.status == 503:
+                nodes.answered(url)
+                doc = got.doc()
+                if doc.get("outcome") == "unknown" and write and not s.retry_unknown:
+                    raise OutcomeUnknown(f"{url}: {doc.get('error')}")
+                last = f"{url}: {doc.get('error', 'unavailable')}"
+                nodes.leader_url = None
+            else:
+                nodes.answered(url)
+                return got
+        now = nodes.clock()
+        if now >= deadline:
+            raise NoLeader(f"no primary before the deadline ({last})")
+        yield Sleep(min(backoff(attempt, s.backoff_first, s.backoff_cap, nodes.rng),
+                        deadline - now))
+        attempt += 1
+
+
+def on_any(nodes: Nodes, s: Settings, method: str, path: str, body: bytes | None,
+           headers: dict[str, str], *, url: str | None, deadline: float) -> Call:
+    """One request to ``url``, or to the first node that answers (the primary first)."""
+    errors = []
+    for u in [url.rstrip("/")] if url else nodes.order():
+        timeout, connect = _timeouts(s, deadline, nodes.clock())
+        got = yield Send(u, method, path, body, headers, timeout, connect)
+        if isinstance(got, Answer):
+            nodes.answered(u)
+            return got
+        assert got is not None
+        nodes.failed(u)
+        errors.append(f"{u}: {got.error}")
+    raise HaclusterError(f"no node answered {path}: {'; '.join(errors)}")

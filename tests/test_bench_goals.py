@@ -1,0 +1,60 @@
+"""The benchmarks judge their own stated goals: bench/replication.py, bench/raft.py and
+bench/clock_faults.py name every missed goal (their runs exit 1 then). The runs themselves
+are too long or need root; bench/sim.py's and bench/chaos.py's are in test_sim.py and
+test_chaos_bench.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import bench.clock_faults as bench_clock
+import bench.raft as bench_raft
+import bench.replication as bench_replication
+
+
+def replication_result(**changes: Any) -> dict[str, Any]:
+    static = {"mode": "async", "consensus": False, "apply_ratio": 0.99, "lag_p99_ms": 3.0,
+              "errors": 0}
+    return {"mode": "sync", "consensus": True, "quick": True, "apply_ratio": 0.99,
+            "lag_p99_ms": 1.0, "wal_apply_ratio": 0.85, "bootstrap_ratio": 0.9, "errors": 0,
+            "static_async": static, **changes}
+
+
+def missed(goals: list[tuple[Any, ...]]) -> list[str]:
+    return [g[0] for g in goals if not g[-1]]
+
+
+def test_replication_goals_cover_both_clusters() -> None:
+    assert missed(bench_replication.check_goals(replication_result())) == []
+    bad = replication_result(lag_p99_ms=5.5, errors=3, bootstrap_ratio=0.18)
+    bad["static_async"]["apply_ratio"] = 0.9
+    assert missed(bench_replication.check_goals(bad)) == [
+        "lag_p99_ms", "static_async.apply_ratio", "bootstrap_ratio", "errors"]
+
+
+def raft_figures(**changes: Any) -> dict[str, Any]:
+    return {"errors": 0, "commits_per_s_ratio": 0.95, "p50_ms_ratio": 1.05,
+            "leader_appends_per_sync": 60.0, "follower_appends_per_sync": 60.0, **changes}
+
+
+@pytest.mark.parametrize(("changes", "names"), [
+    ({}, []),
+    ({"errors": 1}, ["errors"]),
+    ({"commits_per_s_ratio": 0.7, "p50_ms_ratio": 1.4}, ["commits_per_s_ratio",
+                                                           "p50_ms_ratio"]),
+    ({"commits_per_s_ratio": None, "p50_ms_ratio": None}, ["commits_per_s_ratio",
+                                                             "p50_ms_ratio"]),
+    ({"follower_appends_per_sync": 1.0}, ["follower_appends_per_sync"]),
+])
+def test_raft_goals(changes: dict[str, Any], names: list[str]) -> None:
+    assert missed(bench_raft.goals(raft_figures(**changes))) == names
+
+
+def test_clock_faults_judges_only_rates_inside_the_lease_arithmetic() -> None:
+    # ((1 + d) L + m) / ((1 - d) L) with the defaults (docs/reliability.md: 1.19).
+    assert round(bench_clock.safe_below(), 2) == 1.19
