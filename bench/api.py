@@ -9,6 +9,13 @@ every latency, failed requests' included. Then the same clients send ``POST /v1/
 small JSON body, in its own process, for half a phase right before and half right after the
 sync phase), raw local rocksdict puts in this process, and the idle RSS of a node process.
 
+On the sync cluster three more phases run (``bench/client_phases.py``): compare-and-set PUTs
+(``?if_seq=``) from the same load generator (``cas_rate``); the watch lag, write acknowledged
+to change delivered, with a ``Client`` watcher in its own process and 8 ``AsyncClient`` writers
+(``watch_lag_p99_ms``, goal <= 10 ms, and ``watch_missing`` = 0); and the blocking ``Client``
+from one thread (``client_put_rate_sync``), against the load generator's rate per connection
+(goal >= 0.8) and against raw aiohttp on one connection (``raw_put_rate_1conn``, reported).
+
 A third cluster runs sync mode with ``storage.durability: os_buffer`` (acknowledged once in the
 page cache), to show what the default ``fsync`` (acknowledged once on disk, group commit) costs.
 A fourth runs sync mode with TLS on every channel (https for the clients' keep-alive
@@ -48,6 +55,7 @@ import rocksdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.client_phases import cas_phase, client_phase, watch_lag_phase
 from hacluster.security import certs
 from hacluster.testing.harness import TOKEN, Cluster, free_ports, wait_for
 
@@ -248,9 +256,31 @@ def cluster_phase(run: Run, mode: str, with_batch: bool, durability: str = "fsyn
             log(f"{mode}: {batch['rate']:.0f} ops/s through POST /v1/batch (100 ops each, "
                 f"{batch['requests_s']:.0f} requests/s), p99 {batch['p99_ms']:.2f} ms")
             result["batch"] = batch
+            result["clients"] = client_phases(run, cluster, primary.port)
         return result
     finally:
         cluster.stop()
+
+
+def client_phases(run: Run, cluster: Cluster, port: int) -> dict[str, Any]:
+    """Compare-and-set, watch lag and the Python client, on the sync cluster (the default
+    deployment), each recorded under ``phases`` with its errors."""
+    urls = [f"http://127.0.0.1:{n.port}" for n in cluster.nodes.values()]
+    seconds = 1.5 if run.quick else run.seconds
+    out: dict[str, Any] = {}
+    for name, measure in (("cas sync", lambda: cas_phase(port, seconds)),
+                          ("watch sync", lambda: watch_lag_phase(urls, seconds)),
+                          ("client sync", lambda: client_phase(urls, port, seconds))):
+        result = measure()
+        run.phases.append({"name": name, "mode": "sync",
+                           **{k: round(v, 3) if isinstance(v, float) else v
+                              for k, v in result.items()}})
+        out.update({k: v for k, v in result.items() if k not in ("errors", "failed_p99_ms")})
+    run.log(f"sync: {out['cas_rate']:.0f} compare-and-set PUTs/s; watch lag p50 "
+            f"{out['watch_lag_p50_ms']:.2f} ms, p99 {out['watch_lag_p99_ms']:.2f} ms; the "
+            f"Python client, one thread: {out['client_put_rate_sync']:.0f} PUTs/s (raw aiohttp "
+            f"on one connection: {out['raw_put_rate_1conn']:.0f})")
+    return out
 
 
 # -- the phases, in the order they run --------------------------------------------------------
@@ -299,6 +329,17 @@ def phase_sync(run: Run) -> None:
         "put_rate_sync": round(s["rate"], 1), "put_p50_ms_sync": round(s["p50_ms"], 3),
         "put_p99_ms_sync": round(s["p99_ms"], 3),
         "batch_ops_rate_sync": round(sync["batch"]["rate"], 1)})
+    c = sync["clients"]
+    run.figures.update({
+        "cas_rate": round(c["cas_rate"], 1), "cas_p99_ms": round(c["cas_p99_ms"] or 0, 3),
+        "watch_lag_p50_ms": round(c["watch_lag_p50_ms"], 3),
+        "watch_lag_p99_ms": round(c["watch_lag_p99_ms"], 3),
+        "watch_missing": c["watch_missing"],
+        "client_put_rate_sync": round(c["client_put_rate_sync"], 1),
+        "raw_put_rate_1conn": round(c["raw_put_rate_1conn"], 1),
+        # The load generator's rate per keep-alive connection (32 of them): the issue's baseline
+        # for one client thread.
+        "put_rate_per_connection_sync": round(s["rate"] / CLIENTS, 1)})
 
 
 def phase_async(run: Run) -> None:
@@ -342,6 +383,9 @@ def ratios(f: dict[str, Any]) -> dict[str, Any]:
     ratio("tls_plain_rate_ratio", "put_rate_sync_tls", "put_rate_sync")
     ratio("put_raw_ratio_async", "put_rate_async", "raw_put_rate", 4)
     ratio("put_ceiling_ratio_sync", "put_rate_sync", "http_ceiling_rate")
+    ratio("cas_put_ratio_sync", "cas_rate", "put_rate_sync")
+    ratio("client_per_connection_ratio", "client_put_rate_sync", "put_rate_per_connection_sync")
+    ratio("client_raw_1conn_ratio", "client_put_rate_sync", "raw_put_rate_1conn")
     return out
 
 
@@ -362,6 +406,10 @@ GOALS = [
     Goal("fsync_os_buffer_rate_ratio", ">=", 0.5, "fsync/os_buffer throughput"),
     Goal("tls_plain_rate_ratio", ">=", 0.8, "TLS/plain throughput"),
     Goal("put_ceiling_ratio_sync", ">=", 0.5, "sync PUTs / HTTP ceiling"),
+    Goal("watch_lag_p99_ms", "<=", 10.0, "watch lag p99 (ms)"),
+    Goal("watch_missing", "<=", 0, "acknowledged writes a watch missed"),
+    Goal("client_per_connection_ratio", ">=", 0.8,
+         "Python client / load generator per connection"),
     Goal("idle_rss_mb", "<=", 80.0, "idle RSS (MB)"),
     Goal("errors", "<=", 0, "failed requests"),
 ]

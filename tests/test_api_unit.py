@@ -1052,4 +1052,6 @@ async def test_watches_over_the_limit_are_503(primary: FakeNode, serve: Serve) -
     resp = await client.get("/v1/watch", headers=AUTH)
     assert resp.status == 503 and "limits.max_watches" in (await resp.json())["error"]
     assert primary.watches.open == 1
+    text = await (await client.get("/metrics", headers=AUTH)).text()
+    assert "hacluster_watches_open 1.0" in text
     first.close()

@@ -22,17 +22,17 @@ from pathlib import Path
 import pytest
 
 from hacluster.consensus.lease import LeaseTiming, observer_lease_end
-from hacluster.consensus.loop import (
+from hacluster.consensus.model import ReplicaView
+from hacluster.consensus.pacing import (
     SYNC_WATCH_S,
     lock_hands,
     next_pass_in,
     standbys_waiting,
     watch_for_standbys,
 )
-from hacluster.consensus.model import ReplicaView
 from hacluster.consensus.raft import RaftNode
-from hacluster.consensus.raft_journal import install_patches, received_at
-from hacluster.consensus.raft_journal_format import journal_sync_state
+from hacluster.consensus.raft_journal import install_patches
+from hacluster.consensus.raft_journal_format import journal_sync_state, received_at
 from hacluster.consensus.raft_prevote import SILENT_PEERS_S, PreVote, may_grant
 from hacluster.consensus.state import Acquire, ClusterState, Lock, Renew, Report, SetPaused
 from hacluster.testing.harness import Cluster, wait_for

@@ -96,6 +96,15 @@ class NodeCollector(Collector):
         yield own_lag
         yield boot
         tails = list_divergent_tails(node.data_dir)
+        watches = node.watches
+        yield GaugeMetricFamily("hacluster_watches_open", "watches this node serves now",
+                                value=watches.open)
+        ended = CounterMetricFamily("hacluster_watches_ended", "watches the node ended, by "
+                                    "reason (slow: the client stopped reading; else the "
+                                    "status of the last line)", labels=["reason"])
+        for reason, count in sorted(watches.ended.items()):
+            ended.add_metric([reason], count)
+        yield ended
         yield GaugeMetricFamily("hacluster_divergent_ops", "ops kept in divergent-tail files "
                                 "(written by a former primary, not in the cluster's history)",
                                 value=float(sum(int(t.get("ops") or 0) for t in tails)))

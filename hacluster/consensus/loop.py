@@ -23,7 +23,6 @@ from hacluster.consensus import settings
 from hacluster.consensus.clock import BEYOND, OK, ClockPolicy, ClockWatch, describe
 from hacluster.consensus.decide import decide
 from hacluster.consensus.errors import NotCommitted, RequestRefused
-from hacluster.consensus.lease import LeaseTiming, observer_lease_end
 from hacluster.consensus.model import (
     CloseGate,
     Decision,
@@ -36,17 +35,22 @@ from hacluster.consensus.model import (
     ProposeRenew,
     ProposeSyncSet,
     RecoverDisk,
-    ReplicaView,
     StepDown,
 )
 from hacluster.consensus.operator import OperatorRequests
+from hacluster.consensus.pacing import (
+    SYNC_WATCH_EVERY_S,
+    lock_hands,
+    next_pass_in,
+    standbys_waiting,
+    watch_for_standbys,
+)
 from hacluster.consensus.ports import LocalState, NodePort
 from hacluster.consensus.raft import RaftNode
 from hacluster.consensus.reports import ReportTracker
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,
-    Lock,
     Release,
     Renew,
     Report,
@@ -56,51 +60,6 @@ from hacluster.consensus.state import (
 __all__ = ["ControlLoop", "NotCommitted", "RequestRefused"]
 
 log = logging.getLogger(__name__)
-
-
-def lock_hands(state: ClusterState) -> tuple[Any, ...]:
-    """Who holds the lock, in which epoch, released to whom, and any failover request: a
-    change of any of these makes the control loop's next pass run at once."""
-    lock = state.lock
-    return (lock.holder, lock.epoch, lock.released, lock.successor, state.failover_request)
-
-
-def next_pass_in(interval: float, lock: Lock, me: str, lock_seen_at: float | None,
-                 now: float, timing: LeaseTiming) -> float:
-    """How long the loop sleeps before its next pass: the renew interval, or less when the
-    lease of another holder ends sooner as this node sees it, so the pass that may promote
-    runs right then rather than up to an interval later. Only when passes run; what a pass
-    decides is ``decide``'s, which judges the same expiry (``observer_lease_end``)."""
-    if lock.held and lock.holder != me and lock_seen_at is not None:
-        left = observer_lease_end(lock_seen_at, timing, lock.lease_s) - now
-        if 0 <= left < interval:
-            return left + 0.002
-    return interval
-
-
-# How long after the lock changed hands a new primary watches for its first replicas (and how
-# often): in sync mode it acknowledges nothing until a synchronous set is recorded, and the
-# replicas connect a few tens of milliseconds after it took the lock.
-SYNC_WATCH_S = 0.5
-SYNC_WATCH_EVERY_S = 0.01
-
-
-def watch_for_standbys(state: ClusterState, me: str, sync_mode: bool, need: int,
-                       hands_changed_at: float | None, now: float) -> bool:
-    """Should the loop, between passes, watch for a replica connecting (and pass at once when
-    one does)? Only a holder in sync mode whose recorded synchronous set is short, shortly
-    after the lock changed hands: the watch proposes nothing, and ends by itself."""
-    lock = state.lock
-    return (sync_mode and lock.held and lock.holder == me and len(state.sync_set) < need
-            and hands_changed_at is not None and now - hands_changed_at < SYNC_WATCH_S)
-
-
-def standbys_waiting(state: ClusterState, replicas: tuple[ReplicaView, ...],
-                     latest_seq: int | None) -> frozenset[str]:
-    """The replicas that could join the synchronous set now: streaming from this primary,
-    holding all it has (``effects.sync_set_change`` adds no other), and not in the set."""
-    return frozenset(r.name for r in replicas if r.connected and r.name not in state.sync_set
-                     and latest_seq is not None and r.applied_seq >= latest_seq)
 
 
 class ControlLoop(OperatorRequests):
@@ -213,14 +172,11 @@ class ControlLoop(OperatorRequests):
         """On the Raft thread, after each command is applied: wake the loop when the lock
         changed hands (not on a mere renewal, which comes every pass)."""
         key = lock_hands(state)
-        if key == self._wake_key:
-            return
-        first, self._wake_key = self._wake_key is None, key
-        if first:
-            return                      # the first state seen (replayed at start): no change
-        self._hands_changed_at = time.monotonic()
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        first, changed, self._wake_key = self._wake_key is None, key != self._wake_key, key
+        if changed and not first:       # the first state seen (replayed at start) is no change
+            self._hands_changed_at = time.monotonic()
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_raft(self, fn: Any, *args: Any) -> None:
         """Run ``fn(*args)`` on the event loop (Raft callbacks arrive on the Raft thread)."""

@@ -25,12 +25,8 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.encryptor import getEncryptor
 
 from hacluster.config import ConsensusConfig
-from hacluster.consensus.raft_journal import (
-    applying_index,
-    install_patches,
-    journal_stats,
-    received_at,
-)
+from hacluster.consensus.raft_journal import install_patches
+from hacluster.consensus.raft_journal_format import applying_index, journal_stats, received_at
 from hacluster.consensus.state import (
     Acquire,
     ClusterState,

@@ -21,10 +21,10 @@ fail to start on a torn final record. This module owns making those files durabl
 * a failed journal sync is not retried (the kernel may have dropped the dirty pages: a retry
   could report success for data that never reached the disk).
 
-Two more patches change no storage: each journal remembers when it appended each entry (the
-control loop times another node's lease from when its renewal arrived, ``received_at``), and
-a node asks for pre-votes before it starts an election (``raft_prevote``), so a node that was
-cut off does not depose a working leader when it comes back.
+Two more patches change no storage: each journal notes when it appended each entry (others'
+leases are timed from when a renewal arrived: ``raft_journal_format.received_at``), and the
+hooks of ``raft_prevote`` run in the tick and the message handling (a node asks for pre-votes
+before it starts an election, so a node that was cut off deposes no leader when it is back).
 
 ``install_patches()`` is the one entry point (``raft.py`` calls it at import). Each patch
 checks first that the private attributes it relies on exist and raises ``RuntimeError``
@@ -53,19 +53,23 @@ from hacluster.consensus.raft_journal_format import (
     JournalSync,
     _load,
     _record,
+    journal_stats,
     journal_sync_state,
 )
 from hacluster.consensus.raft_prevote import (
     PRE_VOTE,
     PRE_VOTE_RESPONSE,
-    SILENT_PEERS_S,
     PreVote,
-    may_grant,
+    heard_from,
+    pre_vote_message,
+    pre_vote_tick,
 )
 from hacluster.consensus.raft_resend import _trim_resend
 from hacluster.fsutil import fsync_parent
 
 log = logging.getLogger(__name__)
+
+__all__ = ["JournalCorruptError", "install_patches", "journal_stats", "sync_journal"]
 
 NOSYNC_ENV = "HACLUSTER_RAFT_NOSYNC"
 # Benchmark only (bench/raft.py measures the cost of durability with it): read once, at import.
@@ -447,7 +451,7 @@ def _patch_syncobj(syncobj: Any) -> None:
         # The leader counts its own log toward the commit index early in the tick: what it
         # appended last tick must be on disk by then.
         sync_journal(self._SyncObj__raftLog)
-        _pre_vote_tick(self, syncobj)
+        pre_vote_tick(self, syncobj)
         return original_tick(self, *args, **kwargs)
 
     def check_commands_to_apply(self: Any) -> Any:
@@ -471,14 +475,10 @@ def _patch_syncobj(syncobj: Any) -> None:
 
     def on_message_received(self: Any, node: Any, message: Any) -> Any:
         if isinstance(message, dict) and message.get("type") in (PRE_VOTE, PRE_VOTE_RESPONSE):
-            _pre_vote_message(self, syncobj, node, message)
+            pre_vote_message(self, syncobj, node, message)
             return None
         if isinstance(message, dict) and message.get("type") == "append_entries":
-            term = message.get("term", -1)
-            if term >= self._SyncObj__raftCurrentTerm:
-                _pre_votes(self).heard_leader(syncobj.monotonicTime())
-            else:
-                _tell_lower_term_leader(self, syncobj, node)
+            heard_from(self, syncobj, node, message.get("term", -1))
             message = _trim_resend(self, message)
         return original_received(self, node, message)
 
@@ -495,110 +495,3 @@ def _patch_syncobj(syncobj: Any) -> None:
     so._SyncObj__onBecomeLeader = on_become_leader
     so._SyncObj__setCurrentTerm = set_current_term
     so._SyncObj__onMessageReceived = on_message_received
-
-
-# -- pre-vote (raft_prevote): when a node may start an election --------------------------
-
-def _pre_votes(so: Any) -> PreVote:
-    state: PreVote = so._SyncObj__transport._hacluster_prevote
-    return state
-
-
-def _pre_vote_tick(so: Any, syncobj: Any) -> None:
-    """Before pysyncobj's tick: when the election timer has fired, ask first (push the timer
-    back, so the tick does not elect); once a majority said yes, let this tick elect."""
-    pv = _pre_votes(so)
-    now = syncobj.monotonicTime()
-    if not so._SyncObj__connectedToAnyone():
-        pv.answered()                  # no one to ask: silence says nothing about versions
-    if (so._SyncObj__raftState == syncobj._RAFT_STATE.LEADER or so._SyncObj__selfNode is None
-            or so._SyncObj__transferInProgress            # the leader asked for this election
-            or so._SyncObj__raftElectionDeadline >= now
-            or not so._SyncObj__connectedToAnyone() or not so._SyncObj__otherNodes):
-        return
-    if pv.allowed:
-        pv.allowed, pv.term = False, None              # the tick below starts the election
-        return
-    if pv.peers_silent(now, len(so._SyncObj__otherNodes) + 1):
-        log.warning("Raft: connected peers answered no pre-vote for %.0f s (a build without "
-                    "pre-vote?): starting an election without one", SILENT_PEERS_S)
-        pv.answered()
-        return
-    so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
-    term = so._SyncObj__raftCurrentTerm + 1
-    pv.start(term, so._SyncObj__selfNode, now)
-    ask = {"type": PRE_VOTE, "term": term, "last_log_index": so._SyncObj__getCurrentLogIndex(),
-           "last_log_term": so._SyncObj__getCurrentLogTerm()}
-    for node in list(so._SyncObj__otherNodes):
-        so._SyncObj__transport.send(node, ask)
-
-
-def _pre_vote_message(so: Any, syncobj: Any, node: Any, message: dict[str, Any]) -> None:
-    pv = _pre_votes(so)
-    pv.spoke(node)
-    if message.get("type") == PRE_VOTE:
-        try:
-            grant = may_grant(
-                now=syncobj.monotonicTime(), leader_heard_at=pv.leader_heard_at,
-                min_timeout_s=so.conf.raftMinTimeout,
-                is_leader=so._SyncObj__raftState == syncobj._RAFT_STATE.LEADER,
-                my_term=so._SyncObj__raftCurrentTerm, asked_term=int(message["term"]),
-                my_last=(so._SyncObj__getCurrentLogTerm(), so._SyncObj__getCurrentLogIndex()),
-                their_last=(int(message["last_log_term"]), int(message["last_log_index"])))
-        except (KeyError, TypeError, ValueError):
-            return
-        so._SyncObj__transport.send(node, {"type": PRE_VOTE_RESPONSE, "term": message["term"],
-                                           "granted": grant})
-    else:
-        if (message.get("granted") is True and isinstance(term := message.get("term"), int)
-                and pv.granted(term, node, len(so._SyncObj__otherNodes) + 1)):
-            so._SyncObj__raftElectionDeadline = 0      # the next tick elects
-
-
-def _tell_lower_term_leader(so: Any, syncobj: Any, node: Any) -> None:
-    """A leader of a lower term than ours is sending: make it step down (raft_prevote).
-
-    A vote request in our current term, to it alone: pysyncobj's leader adopts a higher term
-    from a vote request and becomes a follower. Any vote it sends back is for a term in which
-    this node is no candidate (its next election is in a higher term), so it counts nowhere.
-    """
-    if so._SyncObj__selfNode is None or not _pre_votes(so).notice_due(
-            node, syncobj.monotonicTime(), so.conf.raftMinTimeout):
-        return
-    so._SyncObj__transport.send(node, {
-        "type": "request_vote", "term": so._SyncObj__raftCurrentTerm,
-        "last_log_index": so._SyncObj__getCurrentLogIndex(),
-        "last_log_term": so._SyncObj__getCurrentLogTerm()})
-
-
-def applying_index(node: Any) -> int:
-    """The log index of the entry pysyncobj is applying (called from within an apply)."""
-    return int(node._SyncObj__raftLastApplied) + 1
-
-
-def received_at(node: Any, idx: int) -> float | None:
-    """When this node appended the entry its log holds at ``idx`` (monotonic), if it did so
-    since it started; forgets every earlier index (they are applied: never asked again)."""
-    state = journal_sync_state(getattr(node, "_SyncObj__raftLog", None))
-    if state is None:
-        return None
-    at = state.received.pop(idx, None)
-    if len(state.received) > state.received_prune_at:
-        # Entries no command is applied for (pysyncobj's own no-ops and membership changes)
-        # are never asked about: drop what is applied, now and then (amortized: the bound
-        # grows with what stays, entries received but not yet applied).
-        for old in [i for i in state.received if i < idx]:
-            del state.received[old]
-        state.received_prune_at = max(1024, 2 * len(state.received))
-    return at
-
-
-def journal_stats(node: Any) -> dict[str, Any]:
-    """Durability figures of a SyncObj's journal (for raft_status, the bench and tests)."""
-    state = journal_sync_state(getattr(node, "_SyncObj__raftLog", None))
-    if state is None:
-        return {"torn_records_truncated": 0, "appends": 0, "resent_kept": 0, "syncs": 0,
-                "sync_seconds": 0.0}
-    return {"torn_records_truncated": state.torn_records_truncated, "appends": state.appends,
-            "resent_kept": state.resent_kept, "syncs": state.syncs,
-            "sync_seconds": state.sync_seconds}

@@ -152,3 +152,36 @@ def _complete_record_ends_at(mm: Any, damaged_at: int, end: int, size: int,
         return False
     idx, term = struct.unpack("<QQ", mm[start + 4:start + 20])
     return prev is None or (idx > prev[0] and term >= prev[1])
+
+
+def applying_index(node: Any) -> int:
+    """The log index of the entry pysyncobj is applying (called from within an apply)."""
+    return int(node._SyncObj__raftLastApplied) + 1
+
+
+def received_at(node: Any, idx: int) -> float | None:
+    """When this node appended the entry its log holds at ``idx`` (monotonic), if it did so
+    since it started; forgets every earlier index (they are applied: never asked again)."""
+    state = journal_sync_state(getattr(node, "_SyncObj__raftLog", None))
+    if state is None:
+        return None
+    at = state.received.pop(idx, None)
+    if len(state.received) > state.received_prune_at:
+        # Entries no command is applied for (pysyncobj's own no-ops and membership changes)
+        # are never asked about: drop what is applied, now and then (amortized: the bound
+        # grows with what stays, entries received but not yet applied).
+        for old in [i for i in state.received if i < idx]:
+            del state.received[old]
+        state.received_prune_at = max(1024, 2 * len(state.received))
+    return at
+
+
+def journal_stats(node: Any) -> dict[str, Any]:
+    """Durability figures of a SyncObj's journal (for raft_status, the bench and tests)."""
+    state = journal_sync_state(getattr(node, "_SyncObj__raftLog", None))
+    if state is None:
+        return {"torn_records_truncated": 0, "appends": 0, "resent_kept": 0, "syncs": 0,
+                "sync_seconds": 0.0}
+    return {"torn_records_truncated": state.torn_records_truncated, "appends": state.appends,
+            "resent_kept": state.resent_kept, "syncs": state.syncs,
+            "sync_seconds": state.sync_seconds}

@@ -21,7 +21,8 @@ term above both, brings everyone together again.
 
 Owns the pre-vote bookkeeping of one node (``PreVote``, kept on pysyncobj's transport: an
 attribute on the SyncObj would be pickled into its dump) and the answer (``may_grant``, pure).
-``raft_journal`` applies the patch to pysyncobj's tick and message handling. Pre-vote only
+and the hooks that ``raft_journal`` installs in pysyncobj's tick and message handling (the
+only place beside it that touches pysyncobj's private state). Pre-vote only
 decides when a node may *start* an election; the election itself (terms, votes, logs) is
 pysyncobj's, unchanged, so Raft's safety does not depend on it. A leadership transfer
 (``timeout_now``) skips it: the leader asked for the election.
@@ -29,8 +30,11 @@ pysyncobj's, unchanged, so Raft's safety does not depend on it. A leadership tra
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 PRE_VOTE = "hacluster_pre_vote"
 PRE_VOTE_RESPONSE = "hacluster_pre_vote_response"
@@ -114,3 +118,85 @@ def may_grant(*, now: float, leader_heard_at: float | None, min_timeout_s: float
     if asked_term < my_term:
         return False
     return their_last >= my_last
+
+
+# -- the hooks raft_journal installs in pysyncobj's tick and message handling -------------
+
+def _pre_votes(so: Any) -> PreVote:
+    state: PreVote = so._SyncObj__transport._hacluster_prevote
+    return state
+
+
+def pre_vote_tick(so: Any, syncobj: Any) -> None:
+    """Before pysyncobj's tick: when the election timer has fired, ask first (push the timer
+    back, so the tick does not elect); once a majority said yes, let this tick elect."""
+    pv = _pre_votes(so)
+    now = syncobj.monotonicTime()
+    if not so._SyncObj__connectedToAnyone():
+        pv.answered()                  # no one to ask: silence says nothing about versions
+    if (so._SyncObj__raftState == syncobj._RAFT_STATE.LEADER or so._SyncObj__selfNode is None
+            or so._SyncObj__transferInProgress            # the leader asked for this election
+            or so._SyncObj__raftElectionDeadline >= now
+            or not so._SyncObj__connectedToAnyone() or not so._SyncObj__otherNodes):
+        return
+    if pv.allowed:
+        pv.allowed, pv.term = False, None              # the tick below starts the election
+        return
+    if pv.peers_silent(now, len(so._SyncObj__otherNodes) + 1):
+        log.warning("Raft: connected peers answered no pre-vote for %.0f s (a build without "
+                    "pre-vote?): starting an election without one", SILENT_PEERS_S)
+        pv.answered()
+        return
+    so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
+    term = so._SyncObj__raftCurrentTerm + 1
+    pv.start(term, so._SyncObj__selfNode, now)
+    ask = {"type": PRE_VOTE, "term": term, "last_log_index": so._SyncObj__getCurrentLogIndex(),
+           "last_log_term": so._SyncObj__getCurrentLogTerm()}
+    for node in list(so._SyncObj__otherNodes):
+        so._SyncObj__transport.send(node, ask)
+
+
+def pre_vote_message(so: Any, syncobj: Any, node: Any, message: dict[str, Any]) -> None:
+    pv = _pre_votes(so)
+    pv.spoke(node)
+    if message.get("type") == PRE_VOTE:
+        try:
+            grant = may_grant(
+                now=syncobj.monotonicTime(), leader_heard_at=pv.leader_heard_at,
+                min_timeout_s=so.conf.raftMinTimeout,
+                is_leader=so._SyncObj__raftState == syncobj._RAFT_STATE.LEADER,
+                my_term=so._SyncObj__raftCurrentTerm, asked_term=int(message["term"]),
+                my_last=(so._SyncObj__getCurrentLogTerm(), so._SyncObj__getCurrentLogIndex()),
+                their_last=(int(message["last_log_term"]), int(message["last_log_index"])))
+        except (KeyError, TypeError, ValueError):
+            return
+        so._SyncObj__transport.send(node, {"type": PRE_VOTE_RESPONSE, "term": message["term"],
+                                           "granted": grant})
+    else:
+        if (message.get("granted") is True and isinstance(term := message.get("term"), int)
+                and pv.granted(term, node, len(so._SyncObj__otherNodes) + 1)):
+            so._SyncObj__raftElectionDeadline = 0      # the next tick elects
+
+
+def heard_from(so: Any, syncobj: Any, node: Any, term: int) -> None:
+    """An append-entries of ``term`` came from ``node``: a leader heard, or one to tell."""
+    if term >= so._SyncObj__raftCurrentTerm:
+        _pre_votes(so).heard_leader(syncobj.monotonicTime())
+    else:
+        _tell_lower_term_leader(so, syncobj, node)
+
+
+def _tell_lower_term_leader(so: Any, syncobj: Any, node: Any) -> None:
+    """A leader of a lower term than ours is sending: make it step down (raft_prevote).
+
+    A vote request in our current term, to it alone: pysyncobj's leader adopts a higher term
+    from a vote request and becomes a follower. Any vote it sends back is for a term in which
+    this node is no candidate (its next election is in a higher term), so it counts nowhere.
+    """
+    if so._SyncObj__selfNode is None or not _pre_votes(so).notice_due(
+            node, syncobj.monotonicTime(), so.conf.raftMinTimeout):
+        return
+    so._SyncObj__transport.send(node, {
+        "type": "request_vote", "term": so._SyncObj__raftCurrentTerm,
+        "last_log_index": so._SyncObj__getCurrentLogIndex(),
+        "last_log_term": so._SyncObj__getCurrentLogTerm()})
