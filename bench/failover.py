@@ -16,11 +16,11 @@ Faults (``--fault``):
   own network namespace on a bridge, and the primary's link is taken down. Nothing answers,
   nothing is reset: every peer and client must notice by itself. Needs root.
 
-The client follows the rule of docs/client.md ("Timeouts"): connect within ``lease_s``; a
-request still unanswered after ``lease_s / 2`` makes it ask the other nodes' ``/leader`` every
-0.1 s, and it gives the request up (outcome unknown; the same key is retried, a PUT of the same
-value is idempotent) as soon as one of them no longer names that node in that epoch as leader.
-So it never waits on a vanished primary much past the lease.
+The client follows the rule of docs/operations.md ("Clients and a vanished primary"): connect
+within ``lease_s``; a request still unanswered after ``lease_s / 2`` makes it ask the other
+nodes' ``/leader`` every 0.1 s, and it gives the request up (outcome unknown; the same key is
+retried, a PUT of the same value is idempotent) as soon as one of them no longer names that
+node in that epoch as leader. So it never waits on a vanished primary much past the lease.
 
 In sync mode (the default) no acknowledged write may be lost; with ``--mode async`` writes
 acknowledged but not yet shipped when the primary dies are lost and must all be found in

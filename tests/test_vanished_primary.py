@@ -306,3 +306,24 @@ def test_a_lower_term_leader_is_told_our_term_at_most_once_per_timeout() -> None
     assert not pv.notice_due("leader", 10.1, 0.15)
     assert pv.notice_due("other", 10.1, 0.15)
     assert pv.notice_due("leader", 10.2, 0.15)
+
+
+# -- bench/failover.py judges its own goals -------------------------------------------------
+
+def failover_report(**changes: object) -> dict[str, object]:
+    return {"rounds": 20, "rto_p50_s": 0.9, "rto_p99_s": 1.1, "rto_max_s": 1.1,
+            "lost_acked": 0, "lost_unreported": 0, "mode": "sync", "fault": "isolate",
+            "quick": False, "errors": 20, **changes}
+
+
+def test_the_failover_bench_names_every_goal_it_misses() -> None:
+    assert bench_failover.goals_missed(failover_report()) == []
+    missed = bench_failover.goals_missed(failover_report(rto_p50_s=1.3, rto_p99_s=2.5,
+                                                         lost_acked=2))
+    assert [m.split()[0:2] for m in missed] == [["RTO", "p50"], ["RTO", "p99"],
+                                                ["2", "acknowledged"]]
+    # Async mode may lose acknowledged writes, but only into divergent-tail files.
+    assert bench_failover.goals_missed(failover_report(mode="async", lost_acked=3)) == []
+    assert bench_failover.goals_missed(failover_report(mode="async", lost_unreported=1))
+    assert bench_failover.goals_missed(failover_report(rounds=0)) == [
+        "no round measured a failover"]
