@@ -11,10 +11,13 @@ import pytest
 
 from hacluster.client.errors import NoLeader, OutcomeUnknown, WatchLost
 from hacluster.client.rules import (
+    Abandon,
     Answer,
+    Await,
     Call,
     Failure,
     Nodes,
+    Pending,
     Result,
     Send,
     Settings,
@@ -40,10 +43,11 @@ def leader_answer(url: str) -> Answer:
     return Answer(200, json.dumps({"leader": "x", "url": url, "epoch": 2}).encode(), {}, url)
 
 
-def drive(call: Call, script: Callable[[Send], Result], clock: Clock
-          ) -> tuple[Answer | BaseException, list[Send | Sleep]]:
-    """Run ``call``; ``script`` answers each Send. Returns the outcome and every step."""
-    steps: list[Send | Sleep] = []
+def drive(call: Call, script: Callable[[Any], Result], clock: Clock
+          ) -> tuple[Answer | BaseException, list[Any]]:
+    """Run ``call``; ``script`` answers each Send (and Await). Returns the outcome and every
+    step."""
+    steps: list[Any] = []
     try:
         step = next(call)
         while True:
@@ -51,6 +55,8 @@ def drive(call: Call, script: Callable[[Send], Result], clock: Clock
             if isinstance(step, Sleep):
                 clock.now += step.seconds
                 got: Result = None
+            elif isinstance(step, Abandon):
+                got = Failure(step.url, True, "given up")
             else:
                 got = script(step)
             step = call.send(got)
@@ -188,3 +194,50 @@ def test_a_watch_from_now_learns_its_position_from_the_stream_header() -> None:
     assert "since_seq=41" in cursor.path()
     cursor.started({"x-hacluster-since-seq": "99"})        # known already: kept
     assert "since_seq=41" in cursor.path()
+
+
+def leader_doc(url: str, epoch: int) -> Answer:
+    return Answer(200, json.dumps({"leader": "x", "url": url, "epoch": epoch}).encode(), {},
+                  url)
+
+
+def test_a_request_the_primary_does_not_answer_is_given_up_once_the_others_name_another(
+        ) -> None:
+    clock = Clock()
+    nodes = Nodes([A, B, C], clock, lambda: 0.5)
+    nodes.leader_url, nodes.leader_epoch = A, 4
+    # B still names A in epoch 4, then C names B in epoch 5: A's lease ended in their view.
+    answers = iter([Pending(A), leader_doc(A, 4), leader_doc(A, 4), Pending(A),
+                    leader_doc(A, 4), leader_doc(B, 5)])
+    outcome, steps = drive(put_call(nodes, clock), lambda s: next(answers), clock)
+    assert isinstance(outcome, OutcomeUnknown) and "given up" in str(outcome)
+    kinds = [type(s).__name__ + (f" {s.url}{s.path}" if isinstance(s, Send) else "")
+             for s in steps]
+    assert kinds == [f"Send {A}/v1/kv/k", f"Send {B}/leader", f"Send {C}/leader", "Await",
+                     f"Send {B}/leader", f"Send {C}/leader", "Abandon"]
+    assert steps[0].probe_after == 0.3 and steps[0].timeout == 5.0      # the call's deadline
+
+
+def test_a_slow_primary_the_others_still_follow_is_waited_for() -> None:
+    clock = Clock()
+    nodes = Nodes([A, B], clock, lambda: 0.5)
+    nodes.leader_url, nodes.leader_epoch = A, 4
+    answers = iter([Pending(A), leader_doc(A, 4), Pending(A), leader_doc(A, 4),
+                    Answer(200, b'{"seq": 8}', {}, A)])
+    outcome, steps = drive(put_call(nodes, clock), lambda s: next(answers), clock)
+    assert isinstance(outcome, Answer) and outcome.status == 200
+    assert not any(isinstance(s, Abandon) for s in steps)
+    assert sum(isinstance(s, Await) for s in steps) == 2
+
+
+def test_no_leader_known_to_the_others_gives_the_request_up_and_retry_unknown_resends() -> None:
+    clock = Clock()
+    nodes = Nodes([A, B], clock, lambda: 0.5)
+    nodes.leader_url, nodes.leader_epoch = A, 4
+    answers = iter([Pending(A), Answer(503, b'{"error": "no leader"}', {}, B),
+                    leader_doc(B, 5), Answer(200, b"{}", {}, B)])
+    outcome, steps = drive(put_call(nodes, clock, retry_unknown=True),
+                           lambda s: next(answers), clock)
+    assert isinstance(outcome, Answer) and outcome.url == B
+    assert any(isinstance(s, Abandon) for s in steps)
+    assert nodes.leader_epoch == 5

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from hacluster.client import AsyncClient, Client, OutcomeUnknown
 from hacluster.consensus.lease import LeaseTiming, observer_lease_end
 from hacluster.consensus.model import ReplicaView
 from hacluster.consensus.pacing import (
@@ -35,7 +36,7 @@ from hacluster.consensus.raft_journal import install_patches
 from hacluster.consensus.raft_journal_format import journal_sync_state, received_at
 from hacluster.consensus.raft_prevote import SILENT_PEERS_S, PreVote, may_grant
 from hacluster.consensus.state import Acquire, ClusterState, Lock, Renew, Report, SetPaused
-from hacluster.testing.harness import Cluster, wait_for
+from hacluster.testing.harness import TOKEN, Cluster, wait_for
 from hacluster.testing.netns import Netns, namespaces_unavailable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -264,6 +265,45 @@ def test_a_vanished_primary_is_replaced_and_its_clients_move_on(
         now = n.status()["consensus"]
         assert now["lock"]["epoch"] == before[n.name]["lock"]["epoch"], (n.name, now["lock"])
         assert now["raft"]["term"] == before[n.name]["raft"]["term"], (n.name, now["raft"])
+
+
+@needs_netns
+def test_both_clients_give_up_on_a_vanished_primary_within_about_a_lease(
+        sync_net_cluster: tuple[Cluster, Netns]) -> None:
+    cluster, net = sync_net_cluster
+    old = cluster.wait_primary(30)
+    wait_for(lambda: old.put("k", b"v").status == 200, 20, "a write to commit")
+    cluster.wait_converged()
+    urls = [f"http://{n.host}:{n.port}" for n in cluster.nodes.values()]
+    client = Client(urls, TOKEN)
+
+    async def around_the_cut() -> tuple[float, float]:
+        async with AsyncClient(urls, TOKEN) as aclient:
+            await aclient.put("warm", "y")   # both hold a kept-alive connection to it
+            client.put("warm", "x")
+            net.cut(old.name)
+            # Both writes go out on a connection to a host that answers nothing; each is
+            # given up once the other nodes stop naming it (its lease ended), not after
+            # `timeout` (10 s).
+            started = time.monotonic()
+            with pytest.raises(OutcomeUnknown, match="given up"):
+                client.put("during", "v")
+            blocking = time.monotonic() - started
+            started = time.monotonic()
+            with pytest.raises(OutcomeUnknown, match="given up"):
+                await aclient.put("during", "w")
+            took = time.monotonic() - started
+            await aclient.put("after", "w")         # on the new primary
+            return blocking, took
+
+    try:
+        blocking, asyncio_took = asyncio.run(around_the_cut())
+        after = client.put("after", "v")
+    finally:
+        net.heal(old.name)
+    assert after.node != old.name and after.epoch > 1
+    # A lease is 0.6 s; generous bounds for a busy machine, well below `timeout` (10 s).
+    assert blocking < 4.0 and asyncio_took < 4.0, (blocking, asyncio_took)
 
 
 def test_pre_vote_is_refused_while_a_leader_is_heard_or_the_asker_is_behind() -> None:

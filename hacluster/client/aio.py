@@ -18,7 +18,18 @@ import aiohttp
 from hacluster.client import ops, rules
 from hacluster.client.common import ClientBase
 from hacluster.client.errors import NoLeader
-from hacluster.client.rules import Answer, Call, Failure, Result, Send, Sleep
+from hacluster.client.rules import (
+    Abandon,
+    Answer,
+    Await,
+    Call,
+    Failure,
+    Pending,
+    Result,
+    Send,
+    Settings,
+    Sleep,
+)
 from hacluster.client.watching import Event, LineSplitter, Streamed, WatchCursor, watch_call
 
 # Raised before the request could be written: the node certainly did not see it.
@@ -74,19 +85,43 @@ class AsyncClient(ClientBase):
             return Failure(step.url, True, f"{type(exc).__name__}: {exc}")
 
     async def _drive(self, call: Call) -> Answer:
+        inflight: asyncio.Task[Answer | Failure] | None = None
+        url = ""
         try:
             step = next(call)
             while True:
-                got: Result
+                got: Result = None
                 if isinstance(step, Sleep):
                     await asyncio.sleep(max(0.0, step.seconds))
-                    got = None
+                elif isinstance(step, Abandon):
+                    if inflight is not None:
+                        inflight.cancel()
+                    inflight = None
+                    got = Failure(step.url, True, "given up: the other nodes no longer name it "
+                                  "the primary")
+                elif isinstance(step, Await) or (isinstance(step, Send)
+                                                 and step.probe_after is not None):
+                    if isinstance(step, Send):
+                        inflight = asyncio.ensure_future(self._send(step))
+                        wait: float = step.probe_after or 0.0
+                        url = step.url
+                    else:
+                        wait = step.seconds
+                    assert inflight is not None
+                    done, _ = await asyncio.wait({inflight}, timeout=wait)
+                    if done:
+                        got, inflight = inflight.result(), None
+                    else:
+                        got = Pending(url)
                 else:
                     got = await self._send(step)
                 step = call.send(got)
         except StopIteration as stop:
             answer: Answer = stop.value
             return answer
+        finally:
+            if inflight is not None:
+                inflight.cancel()
 
     async def _primary(self, req: ops.Req, *, write: bool,
                        deadline: float | None = None) -> Answer:
@@ -95,8 +130,10 @@ class AsyncClient(ClientBase):
             self._headers(req.headers), write=write, deadline=self._deadline(deadline)))
 
     async def _any(self, req: ops.Req, url: str | None = None) -> Answer:
+        s = Settings(min(self.settings.timeout, rules.ANY_TIMEOUT_S),
+                     self.settings.connect_timeout, self.settings.deadline)
         return await self._drive(rules.on_any(
-            self.nodes, self.settings, req.method, req.path, req.body,
+            self.nodes, s, req.method, req.path, req.body,
             self._headers(req.headers), url=url, deadline=self._deadline(None)))
 
     # -- the leader -----------------------------------------------------------------------

@@ -28,10 +28,19 @@ from hacluster.client.errors import HaclusterError, NoLeader, OutcomeUnknown
 # A node that does not accept a connection within this long is treated as gone: on a LAN a
 # connection takes well under a millisecond, and a vanished host never answers at all.
 CONNECT_TIMEOUT_S = 0.5
-# No answer within this long: the request is lost (a write's outcome is unknown). A healthy
-# sync write takes milliseconds; one the cluster cannot confirm is answered 503 at the node's
-# replication.sync_timeout_s, and waiting that out on a vanished primary is what this avoids.
-REQUEST_TIMEOUT_S = 2.0
+# The longest an attempt waits for its answer while the other nodes still follow its node: a
+# sync write the cluster cannot confirm is answered 503 at the node's
+# replication.sync_timeout_s (5 s by default), so this leaves it time to say so.
+REQUEST_TIMEOUT_S = 10.0
+# An attempt on the primary still unanswered after PROBE_AFTER_S makes the client ask the
+# other nodes' /leader every PROBE_EVERY_S; once one of them no longer names that node (in
+# that epoch), the attempt is given up. The others stop naming a primary when its lease
+# (0.6 s by default) has ended in their view, so a vanished primary costs about a lease.
+PROBE_AFTER_S = 0.3
+PROBE_EVERY_S = 0.1
+PROBE_TIMEOUT_S = 0.25
+# Calls any node may answer (cluster views, stale reads) wait at most this long for one node.
+ANY_TIMEOUT_S = 2.0
 DEADLINE_S = 15.0
 BACKOFF_FIRST_S = 0.05
 BACKOFF_CAP_S = 1.0
@@ -48,11 +57,38 @@ class Send:
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = REQUEST_TIMEOUT_S
     connect_timeout: float = CONNECT_TIMEOUT_S
+    # Answer Pending when no answer came within this long (None: just wait).
+    probe_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The answer to a ``Send`` with ``probe_after``: no answer yet; the request is still in
+    flight. The call then sends other requests (probes) and ends with ``Await`` or
+    ``Abandon``."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Await:
+    """Wait up to ``seconds`` more for the request in flight: an ``Answer``, a ``Failure`` or
+    ``Pending`` again."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """Give up the request in flight (its outcome is unknown); the driver answers with a
+    ``Failure`` with ``sent`` True."""
+
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +126,8 @@ class Failure:
     error: str
 
 
-Step = Send | Sleep
-Result = Answer | Failure | None
+Step = Send | Sleep | Await | Abandon
+Result = Answer | Failure | Pending | None
 Call = Generator[Step, Result, Answer]
 
 
@@ -101,6 +137,8 @@ class Settings:
     connect_timeout: float = CONNECT_TIMEOUT_S
     deadline: float = DEADLINE_S
     retry_unknown: bool = False
+    # None: never probe (an attempt waits its whole timeout).
+    probe_after: float | None = PROBE_AFTER_S
     backoff_first: float = BACKOFF_FIRST_S
     backoff_cap: float = BACKOFF_CAP_S
 
@@ -121,6 +159,7 @@ class Nodes:
             raise ValueError("at least one node URL is needed")
         self.urls = [u.rstrip("/") for u in urls]
         self.leader_url: str | None = None
+        self.leader_epoch: int | None = None      # as /leader named it (None: by a 307)
         self.failed_at: dict[str, float] = {}
         self.clock = clock
         self.rng = rng
@@ -157,7 +196,7 @@ def redirect_target(answer: Answer) -> str | None:
 
 
 def find_leader(nodes: Nodes, s: Settings, deadline: float,
-                headers: dict[str, str]) -> Generator[Step, Result, dict[str, Any] | None]:
+                headers: dict[str, str]) -> Generator[Send, object, dict[str, Any] | None]:
     """Ask each node ``GET /leader`` once; the first that names a primary wins (None: none)."""
     for url in nodes.order():
         timeout, connect = _timeouts(s, deadline, nodes.clock())
@@ -168,6 +207,8 @@ def find_leader(nodes: Nodes, s: Settings, deadline: float,
                 doc = got.doc()
                 if isinstance(doc.get("url"), str):
                     nodes.leader_url = doc["url"].rstrip("/")
+                    epoch = doc.get("epoch")
+                    nodes.leader_epoch = epoch if isinstance(epoch, int) else None
                     return doc
         else:
             nodes.failed(url)
@@ -187,7 +228,13 @@ def on_primary(nodes: Nodes, s: Settings, method: str, path: str, body: bytes | 
             url = None if found is None else nodes.leader_url
         if url is not None:
             timeout, connect = _timeouts(s, deadline, nodes.clock())
-            got = yield Send(url, method, path, body, headers, timeout, connect)
+            got = yield Send(url, method, path, body, headers, timeout, connect, s.probe_after)
+            while isinstance(got, Pending):
+                # Slow, or gone? Ask the others whether they still follow it.
+                if (yield from deposed(nodes, url, headers)):
+                    got = yield Abandon(url)
+                else:
+                    got = yield Await(PROBE_EVERY_S)
             assert got is not None
             if isinstance(got, Failure):
                 nodes.failed(url)
@@ -199,7 +246,7 @@ def on_primary(nodes: Nodes, s: Settings, method: str, path: str, body: bytes | 
                 target = redirect_target(got)
                 last = f"{url} redirected to {target}"
                 if target is not None and target != url and attempt < 2 * len(nodes.urls):
-                    nodes.leader_url = target
+                    nodes.leader_url, nodes.leader_epoch = target, None
                     attempt += 1
                     continue          # a redirect is an answer: follow it at once
                 nodes.leader_url = None
@@ -221,6 +268,28 @@ def on_primary(nodes: Nodes, s: Settings, method: str, path: str, body: bytes | 
         attempt += 1
 
 
+def deposed(nodes: Nodes, url: str, headers: dict[str, str]) -> Generator[Send, object, bool]:
+    """Whether a node other than ``url`` that answers ``GET /leader`` no longer names ``url``
+    as the primary (another node, a newer epoch than the one it was found in, or none). No
+    answer from any of them: not known, so False (keep waiting)."""
+    for other in nodes.urls:
+        if other == url:
+            continue
+        got = yield Send(other, "GET", "/leader", None, headers, PROBE_TIMEOUT_S,
+                         PROBE_TIMEOUT_S)
+        if not isinstance(got, Answer):
+            continue
+        if got.status != 200:
+            return got.status == 503          # no node holds a valid lease in its view
+        doc = got.doc()
+        named = str(doc.get("url", "")).rstrip("/")
+        epoch = doc.get("epoch")
+        if named != url or (nodes.leader_epoch is not None and isinstance(epoch, int)
+                            and epoch > nodes.leader_epoch):
+            return True
+    return False
+
+
 def on_any(nodes: Nodes, s: Settings, method: str, path: str, body: bytes | None,
            headers: dict[str, str], *, url: str | None, deadline: float) -> Call:
     """One request to ``url``, or to the first node that answers (the primary first)."""
@@ -231,7 +300,7 @@ def on_any(nodes: Nodes, s: Settings, method: str, path: str, body: bytes | None
         if isinstance(got, Answer):
             nodes.answered(u)
             return got
-        assert got is not None
+        assert isinstance(got, Failure)
         nodes.failed(u)
         errors.append(f"{u}: {got.error}")
     raise HaclusterError(f"no node answered {path}: {'; '.join(errors)}")

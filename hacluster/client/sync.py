@@ -9,8 +9,11 @@ request certainly did not reach the node" unless the connection was never made.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import urllib3
@@ -27,7 +30,18 @@ from urllib3.exceptions import (
 from hacluster.client import ops, rules
 from hacluster.client.common import CA_FILE_ENV, ClientBase, client_token
 from hacluster.client.errors import NoLeader
-from hacluster.client.rules import Answer, Call, Failure, Result, Send, Settings, Sleep
+from hacluster.client.rules import (
+    Abandon,
+    Answer,
+    Await,
+    Call,
+    Failure,
+    Pending,
+    Result,
+    Send,
+    Settings,
+    Sleep,
+)
 from hacluster.client.watching import Event, LineSplitter, Streamed, WatchCursor, watch_call
 
 __all__ = ["CA_FILE_ENV", "Client", "client_token"]
@@ -42,12 +56,17 @@ class Client(ClientBase):
 
     def __init__(self, urls: Sequence[str], token: str | None, **kw: Any) -> None:
         super().__init__(urls, token, **kw)
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
         self._pool = urllib3.PoolManager(num_pools=max(4, 2 * len(self.nodes.urls)),
                                          maxsize=self.pool_size, block=False, retries=False,
                                          ssl_context=self.ssl)
 
     def close(self) -> None:
         self._pool.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def __enter__(self) -> Client:
         return self
@@ -74,13 +93,35 @@ class Client(ClientBase):
                       step.url)
 
     def _drive(self, call: Call) -> Answer:
+        # A request that may need probing runs on a worker thread, so the probes can be sent
+        # from here while it waits; one given up is left to end by its own timeout.
+        inflight: Future[Answer | Failure | urllib3.BaseHTTPResponse] | None = None
         try:
             step = next(call)
             while True:
-                got: Result
+                got: Result = None
                 if isinstance(step, Sleep):
                     time.sleep(max(0.0, step.seconds))
-                    got = None
+                elif isinstance(step, Abandon):
+                    inflight = None
+                    got = Failure(step.url, True, "given up: the other nodes no longer name it "
+                                  "the primary")
+                elif isinstance(step, Await | Send) and (isinstance(step, Await)
+                                                         or step.probe_after is not None):
+                    if isinstance(step, Send):
+                        inflight = self._workers().submit(self._send, step)
+                        wait: float = step.probe_after or 0.0
+                        url = step.url
+                    else:
+                        wait = step.seconds
+                    assert inflight is not None
+                    try:
+                        sent = inflight.result(timeout=wait)
+                    except FutureTimeout:
+                        got = Pending(url)
+                    else:
+                        assert not isinstance(sent, urllib3.BaseHTTPResponse)
+                        got, inflight = sent, None
                 else:
                     sent = self._send(step)
                     assert not isinstance(sent, urllib3.BaseHTTPResponse)
@@ -89,6 +130,19 @@ class Client(ClientBase):
         except StopIteration as stop:
             answer: Answer = stop.value
             return answer
+
+    def _workers(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=4 * self.pool_size,
+                                                    thread_name_prefix="hacluster-client")
+            return self._executor
+
+    def _any_settings(self, timeout: float | None) -> Settings:
+        """Calls any node may answer wait at most ANY_TIMEOUT_S unless told otherwise: they
+        have no primary to probe, and another node can answer instead."""
+        return Settings(min(self.settings.timeout, rules.ANY_TIMEOUT_S) if timeout is None
+                        else timeout, self.settings.connect_timeout, self.settings.deadline)
 
     def _primary(self, req: ops.Req, *, write: bool, deadline: float | None = None,
                  timeout: float | None = None) -> Answer:
@@ -100,8 +154,7 @@ class Client(ClientBase):
             write=write, deadline=self._deadline(deadline)))
 
     def _any(self, req: ops.Req, url: str | None = None, timeout: float | None = None) -> Answer:
-        s = self.settings if timeout is None else Settings(
-            timeout, self.settings.connect_timeout, self.settings.deadline)
+        s = self._any_settings(timeout)
         return self._drive(rules.on_any(
             self.nodes, s, req.method, req.path, req.body, self._headers(req.headers),
             url=url, deadline=self._deadline(None)))
