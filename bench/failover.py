@@ -109,20 +109,10 @@ class LoadClient:
         floor = gone.epoch if gone is not None else -1
         first_asked = time.monotonic()
         while not stop.is_set():
-            tasks = [asyncio.ensure_future(self._leader_of(session, n)) for n in self.urls]
-            done, pending = await asyncio.wait(tasks, timeout=min(0.25, self.lease_s),
-                                               return_when=asyncio.FIRST_COMPLETED)
-            if pending and done:
-                more, pending = await asyncio.wait(pending, timeout=ANSWER_GRACE_S)
-                done |= more
-            for task in pending:
-                task.cancel()
             best: Target | None = None
-            for task in done:
-                answer = task.result()
-                if answer is not None and answer[0] in self.urls and (
-                        best is None or answer[1] > best.epoch):
-                    best = Target(answer[0], answer[1])
+            for answer in await self._ask(session, list(self.urls)):
+                if answer[0] in self.urls and (best is None or answer[1] > best.epoch):
+                    best = Target(str(answer[0]), answer[1])
             if best is not None and (best.epoch > floor
                                      or time.monotonic() - first_asked > 0.25):
                 return best
@@ -131,8 +121,14 @@ class LoadClient:
 
     async def _still_leader(self, session: aiohttp.ClientSession, target: Target) -> bool:
         """Does every other node that answers still name ``target`` (same epoch) as leader?"""
-        others = [n for n in self.urls if n != target.name]
-        tasks = [asyncio.ensure_future(self._leader_of(session, n)) for n in others]
+        answers = await self._ask(session, [n for n in self.urls if n != target.name])
+        return all(a == (target.name, target.epoch) for a in answers)
+
+    async def _ask(self, session: aiohttp.ClientSession, names: list[str]
+                   ) -> list[tuple[str | None, int]]:
+        """``/leader`` of every node in ``names`` at once: the answers that came. Once one
+        came, the others get ``ANSWER_GRACE_S`` more, so a vanished node is never waited for."""
+        tasks = [asyncio.ensure_future(self._leader_of(session, n)) for n in names]
         done, pending = await asyncio.wait(tasks, timeout=min(0.25, self.lease_s),
                                            return_when=asyncio.FIRST_COMPLETED)
         if pending and done:
@@ -140,8 +136,7 @@ class LoadClient:
             done |= more
         for task in pending:
             task.cancel()
-        answers = [t.result() for t in done if t.result() is not None]
-        return all(a == (target.name, target.epoch) for a in answers)
+        return [a for a in (t.result() for t in done) if a is not None]
 
     async def put(self, session: aiohttp.ClientSession, target: Target, key: str
                   ) -> tuple[int | None, str]:
