@@ -106,8 +106,8 @@ class Client(ClientBase):
                     inflight = None
                     got = Failure(step.url, True, "given up: the other nodes no longer name it "
                                   "the primary")
-                elif isinstance(step, Await | Send) and (isinstance(step, Await)
-                                                         or step.probe_after is not None):
+                elif isinstance(step, Await) or (isinstance(step, Send)
+                                                 and step.probe_after is not None):
                     if isinstance(step, Send):
                         inflight = self._workers().submit(self._send, step)
                         wait: float = step.probe_after or 0.0
