@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hacluster.replication import frames
+from hacluster.replication.positions import wait_listed
 from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader
 
@@ -182,23 +183,5 @@ class WalFeed:
 
     async def wait(self, timeout: float) -> None:
         """Wait until the ring changes (or ``timeout`` passes)."""
-        # A future and a timer: no task per wait, as an Event under wait_for would cost.
-        loop = asyncio.get_running_loop()
-        woken: asyncio.Future[bool] = loop.create_future()
-        self._waiting.append(woken)
-        timer = loop.call_later(timeout, _expire, woken)
-        try:
-            await woken
-        finally:
-            timer.cancel()
-            if woken.cancelled() or not woken.result():
-                # Timed out or cancelled: still listed, unless a signal came meanwhile.
-                try:
-                    self._waiting.remove(woken)
-                except ValueError:
-                    pass
-
-
-def _expire(woken: asyncio.Future[bool]) -> None:
-    if not woken.done():
-        woken.set_result(False)
+        woken: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await wait_listed(self._waiting, woken, woken, timeout)

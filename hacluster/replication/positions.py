@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 # Far above any real cluster (members are named in the config or admitted to Raft); only a
 # bound on memory.
@@ -126,21 +126,8 @@ class ReplicaPositions:
         set is not woken by the other replicas' acks). A wake-up is a hint, never a verdict:
         the caller checks its condition again either way.
         """
-        loop = asyncio.get_running_loop()
-        woken: asyncio.Future[bool] = loop.create_future()
-        waiter = (woken, names, seq)
-        self._waiters.append(waiter)
-        timer = loop.call_later(timeout, _expire, woken)
-        try:
-            await woken
-        finally:
-            timer.cancel()
-            if woken.cancelled() or not woken.result():
-                # Timed out or cancelled: still listed (``_wake`` drops only whom it woke).
-                try:
-                    self._waiters.remove(waiter)
-                except ValueError:
-                    pass
+        woken: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await wait_listed(self._waiters, (woken, names, seq), woken, timeout)
 
     def bootstrap_started(self, name: str) -> None:
         try:
@@ -163,6 +150,28 @@ class ReplicaPositions:
         ]
 
 
+T = TypeVar("T")
+
+
 def _expire(woken: asyncio.Future[bool]) -> None:
     if not woken.done():
         woken.set_result(False)
+
+
+async def wait_listed(waiting: list[T], entry: T, woken: asyncio.Future[bool],
+                      timeout: float) -> None:
+    """Wait until ``woken`` is set True by whoever signals ``waiting`` (and drops ``entry``
+    from it), or ``timeout`` passes. A future and a timer: no task per wait, as an Event
+    under ``wait_for`` would cost. Timed out or cancelled, ``entry`` is still listed unless
+    a signal came meanwhile: it is taken off here."""
+    waiting.append(entry)
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, woken)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        if woken.cancelled() or not woken.result():
+            try:
+                waiting.remove(entry)
+            except ValueError:
+                pass
