@@ -30,6 +30,9 @@ node's log shows the steps of the failover (from the nodes' logs, relative to th
 ``--json`` prints one JSON object as the last line; ``--quick`` runs 3 rounds. The exit status
 is 1 when a goal is missed (each one missed is printed): RTO p50 <= 1.2 s and p99 <= 2 s, no
 acknowledged write lost in sync mode, none lost unreported in async mode.
+
+``--managed``: the same rounds against a managed cluster running examples/kvservice, written
+through the service's own API; see bench/failover_managed.py for what it measures and its goals.
 """
 
 from __future__ import annotations
@@ -277,6 +280,8 @@ STEPS = [   # (label, pattern in a log line): the first match after the fault, p
     ("lease expired", re.compile(r"lease expired")),
     ("promoting", re.compile(r": promoting, epoch")),
     ("promoted", re.compile(r": promoted, epoch")),
+    ("is primary", re.compile(r" is primary: epoch")),
+    ("service started", re.compile(r"service started as primary")),
     ("follows new", re.compile(r": following (\S+) \(epoch")),
     ("stream lost", re.compile(r"cannot stream from|replication stopped")),
     ("streaming", re.compile(r": streaming from")),
@@ -342,8 +347,17 @@ def main() -> int:
     parser.add_argument("--renew", type=float, help="consensus.renew_interval_s")
     parser.add_argument("--timeline", action="store_true",
                         help="print each round's steps from the nodes' logs")
+    parser.add_argument("--managed", action="store_true",
+                        help="managed mode: examples/kvservice under hacluster, written through "
+                             "its own API (bench/failover_managed.py; --fault kill only)")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 20)
+    if args.managed:
+        if args.fault != "kill":
+            print("--managed: only --fault kill is supported", file=sys.stderr)
+            return 2
+        from bench.failover_managed import run_managed
+        return run_managed(args, rounds, REPLICATION, timeline)
     if args.fault == "isolate" and (why := namespaces_unavailable()):
         print(f"--fault isolate: {why}", file=sys.stderr)
         return 2

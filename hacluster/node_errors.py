@@ -11,3 +11,7 @@ class OutcomeUnknown(Exception):
 
 class DiskFull(NotWritable):
     """The data dir's file system is (almost) full: writes are refused until space returns."""
+
+
+class WaitTimeout(Exception):
+    """Managed mode: a seq was not confirmed within the caller's timeout (it may be later)."""

@@ -114,9 +114,12 @@ class Store:
     """An open RocksDB database in raw (bytes) mode with the configured column families."""
 
     def __init__(self, db_dir: Path, column_families: Sequence[str], storage: StorageConfig,
-                 *, sync_writes: bool = False) -> None:
+                 *, sync_writes: bool = False, managed: bool = False) -> None:
         self.db_dir = db_dir
         self._storage = storage
+        # Managed mode: the database is a service's; its column families are the ones it
+        # made (no ``SEQ_CF``, none from the config), adopted from the primary in its order.
+        self.managed = managed
         db_dir.parent.mkdir(parents=True, exist_ok=True)
         check_wal_options(db_dir)
         existing = (
@@ -127,7 +130,7 @@ class Store:
             str(db_dir), self._options(),
             column_families={n: self._cf_options() for n in existing if n != "default"},
         )
-        for name in [*column_families, SEQ_CF]:
+        for name in [] if managed else [*column_families, SEQ_CF]:
             if name not in existing:
                 # Created one at a time, in config order, so ids follow list_cf order.
                 self._db.create_column_family(name, self._cf_options())
@@ -291,11 +294,27 @@ class Store:
 
     def handles_for(self, names: Sequence[str]) -> dict[int, rocksdict.ColumnFamily]:
         """Map another node's column-family ids (index in ``names``) to this DB's handles."""
+        if self.managed:
+            self._adopt(names)
         missing = [n for n in names if n not in self._handles]
         if missing:
             raise StoreError(f"{self.db_dir}: column families {missing} exist on the primary "
                              "but not here; add them to column_families in the config")
         return {i: self._handles[n] for i, n in enumerate(names)}
+
+    def _adopt(self, names: Sequence[str]) -> None:
+        """Create the column families the service made on the primary since, in its order, so
+        that ids agree; refuse when this DB's list is not a prefix of the primary's."""
+        if list(names[:len(self._cf_ids)]) != self._cf_ids:
+            raise StoreError(
+                f"{self.db_dir}: column families {self._cf_ids} here are not those of the "
+                f"primary ({list(names)}) in the same order: column-family ids would differ; "
+                "re-initialise this replica (hacluster reinit)")
+        for name in names[len(self._cf_ids):]:
+            self._db.create_column_family(name, self._cf_options())
+            self._cf_ids.append(name)
+            self._handles[name] = self._db.get_column_family_handle(name)
+            log.info("created column family %s in %s, as on the primary", name, self.db_dir)
 
     def prepare(self, wb: bytes, handles: Mapping[int, rocksdict.ColumnFamily],
                 where: str = "?") -> rocksdict.WriteBatch:

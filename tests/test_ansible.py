@@ -2,25 +2,27 @@
 
 ``ansible-lint`` (production profile) must pass on the project and ``ansible-playbook
 --syntax-check`` on every playbook (the ``*.yml`` files at the top of ``deploy/ansible/``). The
-systemd unit the role renders must pass ``systemd-analyze verify``. Then ``site.yml`` converges
-a real three-node cluster on this machine: three inventory hosts with ``ansible_connection:
-local``, each with its own ports, directories and virtual environment, in the role's
-``process`` service mode (systemd is not PID 1 here), installing a wheel built from this
-checkout, with TLS as the role sets it up by default (a cluster CA and node certificates it
-makes on the controller; every client here speaks https and verifies them against that CA) but
-without mutual TLS, so that the nodes' replication token is deployed and rotated too, and role
-tokens (admin, write, replication).
-The nodes must elect a primary that ``GET /leader`` names on every node; a second run
-must report no change; and ``rolling-upgrade.yml``, run while a client writes through the
-nodes' API, must restart every node on a new wheel (replicas first, then a switchover, then
-the former primary). With the client still writing, ``add-node.yml`` then adds a fourth host
-without restarting the others, and ``remove-node.yml`` removes the primary (a switchover
-first) without restarting the others, leaving three Raft members. Then ``rotate-secrets.yml``,
-still under the writer, rotates the admin and replication tokens (the old ones retired), every
-node certificate and the Raft password; ``site.yml`` with the new password moved into place
-changes nothing. No request of the writer may be refused for its credentials, no acknowledged
-write may be lost and no automatic failover may happen (the epoch history holds only the
-bootstrap and switchovers), and every node must end with the primary's data.
+systemd unit the role renders must pass ``systemd-analyze verify``, and the config it renders
+must load with ``load_config``, in standalone and in managed mode (``hacluster_application``,
+docs/managed.md: its ``application`` section, key for key, and the unit's ``KillMode=mixed``).
+Then ``site.yml`` converges a real three-node cluster on this machine: three inventory hosts
+with ``ansible_connection: local``, each with its own ports, directories and virtual
+environment, in the role's ``process`` service mode (systemd is not PID 1 here), installing a
+wheel built from this checkout, with TLS as the role sets it up by default (a cluster CA and
+node certificates it makes on the controller; every client here speaks https and verifies them
+against that CA) but without mutual TLS, so that the nodes' replication token is deployed and
+rotated too, and role tokens (admin, write, replication). The nodes must elect a primary that
+``GET /leader`` names on every node; a second run must report no change; and
+``rolling-upgrade.yml``, run while a client writes through the nodes' API, must restart every
+node on a new wheel (replicas first, then a switchover, then the former primary). With the
+client still writing, ``add-node.yml`` then adds a fourth host without restarting the others,
+and ``remove-node.yml`` removes the primary (a switchover first) without restarting the others,
+leaving three Raft members. Then ``rotate-secrets.yml``, still under the writer, rotates the
+admin and replication tokens (the old ones retired), every node certificate and the Raft
+password; ``site.yml`` with the new password moved into place changes nothing. No request of
+the writer may be refused for its credentials, no acknowledged write may be lost and no
+automatic failover may happen (the epoch history holds only the bootstrap and switchovers), and
+every node must end with the primary's data.
 
 Skips, saying why, where ansible-playbook (or ansible-lint) is not installed (``pip install -e
 '.[test]'`` installs both), and the cluster test where it cannot run as root.
@@ -28,6 +30,8 @@ Skips, saying why, where ansible-playbook (or ansible-lint) is not installed (``
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -44,6 +48,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from hacluster.config import load_config
 from hacluster.security.tokens import Role, TokenEntry, new_token
 from hacluster.testing.harness import TLS_PORTS, free_ports, read_db, request, wait_for
 from hacluster.testing.history import Endpoint, Writer, check_all
@@ -163,24 +168,144 @@ def test_every_role_variable_is_documented() -> None:
     assert not missing, f"deploy/ansible/README.md does not describe {missing}"
 
 
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+# Managed mode (docs/managed.md): every key of the application section but health_command,
+# which excludes health_url; the commands as a list and as a string.
+APPLICATION: dict[str, Any] = {
+    "db_path": "/var/lib/myservice/{node}/db",
+    "primary_command": ["/usr/bin/myservice", "--config", "/etc/myservice.yaml"],
+    "replica_command": "/usr/bin/myservice --read-only --node {node}",
+    "stop_signal": "SIGINT",
+    "stop_timeout_s": 12.5,
+    "start_timeout_s": 45,
+    "health_url": "http://127.0.0.1:8008/health",
+    "health_interval_s": 0.5,
+    "env": {"MYSERVICE_LOG": "info", "MYSERVICE_THREADS": 4},
+    "cwd": "/var/lib/myservice",
+    "log_file": "/var/log/hacluster/{node}-service.log",
+    "max_restarts": 5,
+    "restart_window_s": 120,
+    "poll_interval_ms": 2,
+}
 
 
-@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
-@pytest.mark.parametrize("watchdog", ["off", "required"])
-def test_the_systemd_unit_verifies(watchdog: str, tmp_path: Path) -> None:
-    """Render the unit through the role and let systemd check it (no systemd needed)."""
-    assert SYSTEMD_ANALYZE is not None
-    venv = Path(sys.executable).parent.parent    # any venv with bin/hacluster for ExecStart=
-    if not (venv / "bin" / "hacluster").exists():
-        pytest.skip(f"{venv}/bin/hacluster does not exist (pip install -e .)")
+def local_inventory(tmp: Path) -> Path:
+    """Two nodes on this machine (ansible_connection: local), for rendering the role's files."""
     host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    inventory = tmp_path / "inventory.yml"
+    inventory = tmp / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"children": {"hacluster": {"hosts": {
         "n1": {**host, "hacluster_api_address": "127.0.0.1:8701",
                "hacluster_raft_address": "127.0.0.1:8801"},
         "n2": {**host, "hacluster_api_address": "127.0.0.1:8702",
                "hacluster_raft_address": "127.0.0.1:8802"}}}}}}))
+    return inventory
+
+
+def render_config(tmp: Path, variables: dict[str, Any], rc: int = 0) -> tuple[Path, str]:
+    """Check ``variables`` as the role does (its argument spec, validate.yml), then render
+    cluster.yaml (and the process-mode launcher, next to it) with them through the role's
+    templates; return the config file and the output."""
+    role = ANSIBLE_DIR / "roles" / "hacluster"
+    options = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())[
+        "argument_specs"]["main"]["options"]
+    variables = {"hacluster_raft_password": RAFT_PASSWORD, "hacluster_admin_token": ADMIN_TOKEN,
+                 "hacluster_tokens": [entry(ADMIN_ENTRY)], **variables}
+    extra = tmp / "extra.json"
+    extra.write_text(json.dumps(variables))
+    config = tmp / "cluster.yaml"
+    playbook = tmp / "config.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Render the config", "hosts": "n1", "gather_facts": False,
+        "tasks": [
+            {"name": "Check the variables against the role's argument spec",
+             "ansible.builtin.validate_argument_spec": {
+                 "argument_spec": {k: options[k] for k in variables},
+                 "provided_arguments": {k: f"{{{{ {k} }}}}" for k in variables}}},
+            {"name": "Describe the cluster", "ansible.builtin.include_role": {
+                "name": "hacluster", "tasks_from": "facts.yml", "public": True}},
+            {"name": "Check the settings", "ansible.builtin.include_role": {
+                "name": "hacluster", "tasks_from": "validate.yml"}},
+            {"name": "Write the config", "ansible.builtin.template": {
+                "src": str(role / "templates" / "cluster.yaml.j2"), "dest": str(config),
+                "mode": "0600"}},
+            {"name": "Write the process-mode launcher", "ansible.builtin.template": {
+                "src": str(role / "templates" / "hacluster-service.j2"),
+                "dest": str(tmp / "hacluster-service"), "mode": "0600"}}]}]))
+    output = run_playbook(tmp, str(playbook), local_inventory(tmp), "config.log", "-e",
+                          f"@{extra}", rc=rc)
+    return config, output
+
+
+@pytest.mark.parametrize("managed", [False, True], ids=["standalone", "managed"])
+def test_the_config_the_role_renders_loads(managed: bool, tmp_path: Path) -> None:
+    """hacluster_application becomes the application section, key for key, and hacluster
+    loads it; without it the config has none (standalone mode)."""
+    config, _ = render_config(tmp_path, {"hacluster_application": APPLICATION} if managed else {})
+    doc = yaml.safe_load(config.read_text())
+    cfg = load_config(config, env={"HACLUSTER_RAFT_PASSWORD": RAFT_PASSWORD})
+    # The process-mode launcher waits for the service's stop too before its SIGKILL.
+    launcher = (tmp_path / "hacluster-service").read_text()
+    compile(launcher, "hacluster-service", "exec")
+    assert f"\nSTOP_TIMEOUT = {43 if managed else 30}\n" in launcher
+    if not managed:
+        assert "application" not in doc
+        assert cfg.application is None
+        return
+    assert doc["application"] == APPLICATION
+    app = cfg.application
+    assert app is not None
+    assert app.db_path_for("n1") == Path("/var/lib/myservice/n1/db")
+    assert app.command_for("primary", "n1") == ("/usr/bin/myservice", "--config",
+                                                "/etc/myservice.yaml")
+    assert app.command_for("replica", "n2") == ("/usr/bin/myservice", "--read-only",
+                                                "--node", "n2")
+    assert (app.stop_signal, app.stop_timeout_s, app.start_timeout_s) == ("SIGINT", 12.5, 45)
+    assert (app.health_url, app.health_command, app.health_interval_s) == (
+        "http://127.0.0.1:8008/health", None, 0.5)
+    assert dict(app.env) == {"MYSERVICE_LOG": "info", "MYSERVICE_THREADS": "4"}
+    assert app.cwd == Path("/var/lib/myservice")
+    assert app.log_file_for("n2") == Path("/var/log/hacluster/n2-service.log")
+    assert (app.max_restarts, app.restart_window_s, app.poll_interval_ms) == (5, 120, 2)
+
+
+def test_an_application_without_its_required_keys_is_refused(tmp_path: Path) -> None:
+    _, output = render_config(tmp_path, {"hacluster_application": {
+        "db_path": "var/lib/myservice/db", "health_url": "http://127.0.0.1:8008/health"}}, rc=2)
+    assert "Check the managed mode settings" in output
+    assert "needs db_path" in output
+    assert not (tmp_path / "cluster.yaml").exists()
+
+
+def test_the_application_options_are_the_documented_keys() -> None:
+    """The argument spec of hacluster_application names exactly the keys
+    docs/configuration.md lists for the application section."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    section = text.split("\n## `application`\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+    specs = yaml.safe_load((ANSIBLE_DIR / "roles/hacluster/meta/argument_specs.yml")
+                           .read_text())["argument_specs"]["main"]["options"]
+    options = specs["hacluster_application"]["options"]
+    assert set(options) == documented
+    for name, option in options.items():
+        assert set(option) == {"type", "description"}, f"{name}: {option}"
+    assert set(APPLICATION) == documented - {"health_command"}
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize(("watchdog", "managed"),
+                         [("off", False), ("required", False), ("off", True)],
+                         ids=["plain", "watchdog", "managed"])
+def test_the_systemd_unit_verifies(watchdog: str, managed: bool, tmp_path: Path) -> None:
+    """Render the unit through the role and let systemd check it (no systemd needed)."""
+    assert SYSTEMD_ANALYZE is not None
+    venv = Path(sys.executable).parent.parent    # any venv with bin/hacluster for ExecStart=
+    if not (venv / "bin" / "hacluster").exists():
+        pytest.skip(f"{venv}/bin/hacluster does not exist (pip install -e .)")
+    inventory = local_inventory(tmp_path)
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"hacluster_application": APPLICATION} if managed else {}))
     playbook = tmp_path / "unit.yml"
     playbook.write_text(yaml.safe_dump([{
         "name": "Render the unit", "hosts": "n1", "gather_facts": False,
@@ -192,7 +317,7 @@ def test_the_systemd_unit_verifies(watchdog: str, tmp_path: Path) -> None:
     run_playbook(tmp_path, str(playbook), inventory, "unit.log",
                  "-e", f"hacluster_systemd_unit_dir={tmp_path}", "-e", f"hacluster_venv_dir={venv}",
                  "-e", f"hacluster_install_dir={tmp_path / 'opt'}",
-                 "-e", f"hacluster_watchdog_mode={watchdog}")
+                 "-e", f"hacluster_watchdog_mode={watchdog}", "-e", f"@{extra}")
     unit = tmp_path / "hacluster.service"
     text = unit.read_text()
     for line in ("Type=notify\n", "NotifyAccess=main\n", "User=hacluster",
@@ -204,6 +329,14 @@ def test_the_systemd_unit_verifies(watchdog: str, tmp_path: Path) -> None:
     assert "ExecStartPost=" not in text      # readiness comes from sd_notify READY=1
     assert ("DeviceAllow=/dev/watchdog rw" in text) == (watchdog != "off")
     assert ("PrivateDevices=yes" in text) == (watchdog == "off")
+    # Managed mode: SIGTERM to the node alone, which stops its service first, and the time
+    # for both; the service writes its database's directory and its log file's.
+    assert ("KillMode=mixed\n" in text) == managed
+    stop_timeout = 30 + (math.ceil(APPLICATION["stop_timeout_s"]) if managed else 0)
+    assert f"TimeoutStopSec={stop_timeout}\n" in text
+    rw_paths = ("ReadWritePaths=/var/lib/hacluster /var/lib/myservice/n1 /var/log/hacluster\n"
+                if managed else "ReadWritePaths=/var/lib/hacluster\n")
+    assert rw_paths in text
     verify = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr

@@ -39,6 +39,7 @@ import cbor2
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+import hacluster.api as api_module
 from hacluster.api import build_app
 from hacluster.api.counters import WatchStats
 from hacluster.api.probes import NodeView
@@ -55,6 +56,7 @@ from hacluster.config import (
 from hacluster.consensus.errors import NotCommitted, RequestRefused
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.replication.positions import ReplicaPositions
+from hacluster.security.tokens import Role, new_token
 from hacluster.store import SEQ_CF, NamedOp, Store, StoreError
 from hacluster.writes import CBOR_TYPE
 
@@ -160,6 +162,7 @@ class FakeNode:
         self.role = FakeRole(primary, epoch)
         self.cfg = SimpleNamespace(
             token=TOKEN, limits=LIMITS, source=tmp_path / "cluster.yaml", auth=AuthConfig(),
+            managed=None,
             tls=TlsConfig(),
             replication=ReplicationConfig(min_seq_wait_s=0.2, max_frame_bytes=16384),
             nodes=(NodeConfig("n1", Address("10.0.0.1", 8001), tmp_path / "n1",
@@ -177,6 +180,7 @@ class FakeNode:
         self.writes = 0
         self.unknown_outcomes = 0
         self.watches = WatchStats()
+        self.service = None          # not managed mode
         self.unconfirmed_from: int | None = None
         self.refusal: str | None = None
         self.write_error: Exception | None = None
@@ -362,6 +366,51 @@ async def test_the_scheme_is_case_insensitive(primary: FakeNode, serve: Serve) -
     client = await serve(primary)      # RFC 7235: "bearer" is "Bearer"
     resp = await client.put("/v1/kv/a", data=b"v", headers={"Authorization": f"bearer {TOKEN}"})
     assert resp.status == 200 and seq_of(primary) == 2     # the put and its key's seq record
+
+
+async def test_an_accepted_token_stops_working_once_the_credentials_change(
+        primary: FakeNode, serve: Serve) -> None:
+    # The middleware remembers accepted verdicts; a reload (SIGHUP: a new auth section or
+    # shared token) must end them at once, and the remembered ones must not widen a role.
+    write_token, write_entry = new_token(Role.WRITE, "app")
+    read_token, read_entry = new_token(Role.READ, "viewer")
+    primary.cfg.auth = AuthConfig(tokens=(write_entry, read_entry))
+    client = await serve(primary)
+    as_writer = {"Authorization": f"Bearer {write_token}"}
+    as_reader = {"Authorization": f"Bearer {read_token}"}
+    for _ in range(2):                  # the second time from what the middleware remembers
+        assert (await client.put("/v1/kv/a", data=b"v", headers=as_writer)).status == 200
+        assert (await client.get("/v1/kv/a", headers=as_reader)).status == 200
+        refused = await client.put("/v1/kv/a", data=b"w", headers=as_reader)
+        assert refused.status == 403
+        assert "needs the write role" in (await refused.json())["error"]
+        assert (await client.post("/v1/admin/flush", headers=as_writer)).status == 403
+        assert (await client.put("/v1/kv/a", data=b"v", headers={
+            "Authorization": f"Bearer {TOKEN}"})).status == 200
+    # A reload: the write token and the shared token are gone, the read token stays.
+    primary.cfg.auth = AuthConfig(tokens=(read_entry,))
+    primary.cfg.token = None
+    resp = await client.put("/v1/kv/a", data=b"v", headers=as_writer)
+    assert resp.status == 403 and await resp.json() == {"error": "unknown token"}
+    resp = await client.put("/v1/kv/a", data=b"v", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status == 403 and await resp.json() == {"error": "unknown token"}
+    assert (await client.get("/v1/kv/a", headers=as_reader)).status == 200
+
+
+async def test_remembered_verdicts_are_bounded(primary: FakeNode, serve: Serve,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_module, "MAX_CACHED_VERDICTS", 4)
+    client = await serve(primary)
+    # Variants of one accepted header (the scheme's case) are distinct keys: past the bound
+    # the memory starts over; every one is still judged right.
+    variants = ["".join(c.upper() if (i >> j) & 1 else c for j, c in enumerate("bearer"))
+                for i in range(12)]
+    for _ in range(2):
+        for scheme in variants:
+            resp = await client.get("/v1/kv/a", headers={"Authorization": f"{scheme} {TOKEN}"})
+            assert resp.status == 404, scheme        # authorized; the key does not exist
+    resp = await client.get("/v1/kv/a", headers={"Authorization": f"Bearer {TOKEN}x"})
+    assert resp.status == 403
 
 
 async def test_health_checks_status_and_leader_answer_without_a_token(

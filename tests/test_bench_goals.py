@@ -1,7 +1,7 @@
-"""The benchmarks judge their own stated goals: bench/replication.py, bench/raft.py and
-bench/clock_faults.py name every missed goal (their runs exit 1 then). The runs themselves
-are too long or need root; bench/sim.py's and bench/chaos.py's are in test_sim.py and
-test_chaos_bench.py."""
+"""The benchmarks judge their own stated goals: bench/replication.py, bench/raft.py,
+bench/clock_faults.py and bench/failover.py --managed name every missed goal (their runs exit 1
+then). The runs themselves are too long or need root; bench/sim.py's and bench/chaos.py's are
+in test_sim.py and test_chaos_bench.py."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench.clock_faults as bench_clock
+import bench.failover_managed as bench_failover_managed
 import bench.raft as bench_raft
 import bench.replication as bench_replication
 
@@ -58,3 +59,26 @@ def test_raft_goals(changes: dict[str, Any], names: list[str]) -> None:
 def test_clock_faults_judges_only_rates_inside_the_lease_arithmetic() -> None:
     # ((1 + d) L + m) / ((1 - d) L) with the defaults (docs/reliability.md: 1.19).
     assert round(bench_clock.safe_below(), 2) == 1.19
+
+
+def managed_failover(**changes: Any) -> dict[str, Any]:
+    return {"rounds": 3, "rto_p99_s": 3.4, "service_start_p50_s": 2.0,
+            "rto_minus_service_start_p99_s": 0.8, "lost_acked": 0, "unverified_acked": 0,
+            "mode": "sync", **changes}
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({}, []),
+    # A slow service start is the service's: only what hacluster adds to it is judged.
+    ({"rto_p99_s": 9.0, "service_start_p50_s": 7.5}, []),
+    ({"rto_minus_service_start_p99_s": 2.3}, ["RTO minus the service's start p99 2.3 s"]),
+    ({"lost_acked": 2}, ["2 acknowledged writes lost in sync mode"]),
+    ({"lost_acked": 2, "mode": "async"}, []),
+    ({"unverified_acked": 5}, ["5 acknowledged writes could not be read back"]),
+    ({"rounds": 0}, ["no round measured a failover"]),
+])
+def test_managed_failover_goals(changes: dict[str, Any], words: list[str]) -> None:
+    missed = bench_failover_managed.goals_missed(managed_failover(**changes))
+    assert len(missed) == len(words)
+    for sentence, start in zip(missed, words, strict=True):
+        assert sentence.startswith(start), missed

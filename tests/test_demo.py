@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 
 def node_processes(root: Path) -> list[psutil.Process]:
@@ -62,3 +63,52 @@ def test_demo_keep_leaves_the_cluster_up_until_ctrl_c(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
     assert not node_processes(root)
+
+
+def service_processes(root: Path) -> list[psutil.Process]:
+    """The example services the managed demo's nodes started (their database is under root)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if "kvservice" not in " ".join(p.info["cmdline"] or []):
+            continue
+        try:
+            if p.environ().get("HACLUSTER_DB_PATH", "").startswith(str(root)):
+                found.append(p)
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+def test_managed_demo_fails_over_the_service_and_keeps_its_keys(tmp_path: Path) -> None:
+    root = tmp_path / "managed"
+    done = subprocess.run([sys.executable, "-m", "hacluster", "demo", "--managed", "--dir",
+                           str(root)], capture_output=True, text=True, timeout=240)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    old = re.search(r"(n\d) elected primary \(epoch 1\); its service \(pid (\d+)\) answers", out)
+    assert old, out
+    assert re.search(r"wrote 20 keys through n\d's service .* n\d is at seq (\d+)", out), out
+    # The replicas applied the service's writes before the kill.
+    assert len(re.findall(r"replica \(epoch 1\), service stopped; applied_seq \d+", out)) == 2
+    assert f">>> killing {old.group(1)}'s hacluster with SIGKILL" in out
+    new = re.search(r"<<< failover: (n\d) is primary \(epoch 2\); its service answers "
+                    r"[\d.]+ s after the kill .*; (n\d)'s service is gone", out)
+    assert new and new.group(1) != old.group(1), out
+    assert f"read back through {new.group(1)}'s service: 20 of 20 keys" in out
+    assert f"PUT /kv/after-failover on {new.group(1)}'s service: 200" in out
+    assert "acknowledged writes lost: 0" in out
+    assert not node_processes(root)
+    assert not service_processes(root)
+    assert not psutil.pid_exists(int(old.group(2)))
+
+
+def test_managed_demo_without_the_example_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hacluster.tools import demo_managed
+    missing = tmp_path / "nowhere" / "service.py"
+    monkeypatch.setattr(demo_managed, "example_service", lambda: missing)   # a wheel, no repo
+    assert demo_managed.run_managed_demo(False, "sync", tmp_path / "d") == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "source repository" in err, err
+    assert not (tmp_path / "d").exists()

@@ -60,12 +60,16 @@ Step = bytes | Callable[[], Awaitable[None]]
 
 
 class FakePrimary:
-    """``/v1/replication/stream`` and ``/v1/replication/ack`` of a primary, scripted."""
+    """``/v1/replication/stream``, ``/v1/replication/ack`` and, with ``channel``, the ack
+    channel ``/v1/replication/acks`` of a primary, scripted. Without ``channel`` it is a
+    primary of an older version: the channel's route answers 404."""
 
     def __init__(self) -> None:
         self.scripts: list[Script] = []
         self.streams: list[dict[str, Any]] = []   # query and Authorization of each request
         self.acks: list[dict[str, Any]] = []      # body and Authorization of each ack
+        self.channel = False
+        self.channels: list[web.WebSocketResponse] = []    # each ack channel opened
         self.on_ack: Callable[[dict[str, Any]], None] | None = None
         self.closing = asyncio.Event()
         self.server: TestServer | None = None
@@ -79,7 +83,23 @@ class FakePrimary:
         app = web.Application()
         app.router.add_get("/v1/replication/stream", self._stream)
         app.router.add_post("/v1/replication/ack", self._ack)
+        app.router.add_get("/v1/replication/acks", self._channel)
         return app
+
+    async def _channel(self, request: web.Request) -> web.StreamResponse:
+        if not self.channel:
+            raise web.HTTPNotFound()
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        index = len(self.channels)
+        self.channels.append(ws)
+        async for msg in ws:
+            record = {"node": request.query.get("node"), "seq": int(msg.data),
+                      "auth": request.headers.get("Authorization"), "channel": index}
+            if self.on_ack is not None:
+                self.on_ack(record)
+            self.acks.append(record)
+        return ws
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         index = len(self.streams)
@@ -291,6 +311,49 @@ async def test_sends_the_bearer_token_on_the_stream_and_on_acks(
     await wait_until(lambda: primary.acked() == 1)
     assert primary.streams[0]["auth"] == f"Bearer {TOKEN}"
     assert primary.acks and {a["auth"] for a in primary.acks} == {f"Bearer {TOKEN}"}
+
+
+async def test_acks_go_over_the_ack_channel_when_the_primary_has_one(
+        tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
+    primary.channel = True
+    primary.scripts = [primary.send(hello(seq=4), puts(1, "a"), applied(r := Replica(
+        tmp_path, primary), 1), puts(2, "b", "c"), then="hold", hb=(1, 3))]
+    replicas.append(r)
+    r.start()
+    await wait_until(lambda: primary.acked() == 3, why="an ack of seq 3")
+    assert all("channel" in a for a in primary.acks)       # not one POST
+    assert {a["channel"] for a in primary.acks} == {0}      # one channel, kept open
+    assert {(a["node"], a["auth"]) for a in primary.acks} == {(NAME, f"Bearer {TOKEN}")}
+    seqs = [a["seq"] for a in primary.acks]
+    assert seqs == sorted(seqs) and set(seqs) <= {1, 3}
+    assert not r.follower._acks.legacy
+
+
+async def test_a_dropped_ack_channel_is_opened_again_and_sends_the_newest_seq(
+        tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
+    primary.channel = True
+    primary.scripts = [primary.send(hello(), puts(1, "a"), then="hold")]
+    r = Replica(tmp_path, primary)
+    replicas.append(r)
+    r.start()
+    await wait_until(lambda: primary.acked() == 1, why="an ack of seq 1")
+    # The primary ends the channel (a frame sent meanwhile would be lost with it): the
+    # replica opens another and sends what it holds, with no new batch to prompt it.
+    await primary.channels[0].close()
+    await wait_until(lambda: any(a["channel"] == 1 and a["seq"] == 1 for a in primary.acks),
+                     why="seq 1 again over a second channel")
+    assert r.follower._acks.channel_opens == 2
+
+
+async def test_an_older_primary_without_the_ack_channel_gets_one_post_per_ack(
+        tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
+    primary.scripts = [primary.send(hello(), puts(1, "a"), applied(r := Replica(
+        tmp_path, primary), 1), puts(2, "b"), then="hold")]
+    replicas.append(r)
+    r.start()
+    await wait_until(lambda: primary.acked() == 2, why="an ack of seq 2")
+    assert primary.acks and not any("channel" in a for a in primary.acks)
+    assert r.follower._acks.legacy and r.follower._acks.channel_opens == 0
 
 
 async def test_resumes_after_the_stream_ends_from_the_seq_it_holds(

@@ -173,6 +173,26 @@ def test_pysyncobj_mmap_journal_keeps_what_it_flushed(fs: LazyFS) -> None:
     assert path.read_bytes() == b"A" * 3000 + bytes(4096 - 3000)
 
 
+def test_fdatasync_makes_a_journal_mappings_writes_durable(fs: LazyFS) -> None:
+    # sync_journal syncs pysyncobj's mmap journal with fdatasync (mmap.flush holds the GIL):
+    # the mapping's dirty pages are written and synced as msync would.
+    path = fs.mount / "raft.journal"
+    write_file(path, b"a" * 8192, sync=True)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 8192) as mm:
+            mm[0:4096] = b"b" * 4096
+            os.fdatasync(fd)
+            assert (fs.backing / "raft.journal").read_bytes()[:4096] == b"b" * 4096
+            mm[4096:8192] = b"c" * 4096         # never synced
+    finally:
+        os.close(fd)
+
+    fs.power_loss()
+
+    assert path.read_bytes() == b"b" * 4096 + b"a" * 4096
+
+
 def test_renames_keep_undo_state_with_the_inode(fs: LazyFS) -> None:
     synced, renamed_first, dirty = fs.mount / "s", fs.mount / "r", fs.mount / "d"
     write_file(synced, b"synced", sync=True)

@@ -134,6 +134,9 @@ class FakeNode:
         self._call("close_gate", reason)
         self.gate_open = False
 
+    async def quiesce(self) -> None:
+        pass
+
     def tend_fencing(self, paused: bool) -> str | None:
         failed = None
         if self.fencing_failure is not None and self.primary and self.gate_open:

@@ -2,7 +2,8 @@
 
 Owns the aiohttp application of one node: authentication by role (``security.access``: 401
 without credentials, 403 naming the role that is lacking; health checks and the leader query
-answer without one so load balancers and probes work), the audit line of every admin action
+answer without one so load balancers and probes work; an accepted verdict is remembered until
+the node's credentials change, a refusal never is), the audit line of every admin action
 (logger ``hacluster.audit``: who by token id or certificate, what, from where, the status), the
 latency middleware, and which module serves which
 route (``info``: health checks, status, cluster, history, metrics; ``kv``: reads and writes;
@@ -20,12 +21,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from hacluster.api import admin, info, kv, watch
+from hacluster.api import admin, info, kv, managed, watch
 from hacluster.api.common import error, handle_then
 from hacluster.api.metrics import Metrics
-from hacluster.security.access import OPEN_PATHS, PRINCIPAL, Refusal, authorize, need
+from hacluster.security.access import OPEN_PATHS, PRINCIPAL, Need, Refusal, authorize, need
 from hacluster.security.tls import peer_name
-from hacluster.security.tokens import Role, TokenBook
+from hacluster.security.tokens import Principal, Role, TokenBook
 
 if TYPE_CHECKING:
     from hacluster.api.port import ServedNode
@@ -36,15 +37,21 @@ audit = logging.getLogger("hacluster.audit")
 AUDITED = frozenset({Role.ADMIN})
 
 
-def make_auth(node: ServedNode) -> Middleware:
-    # Rebuilt when the node's credentials change (SIGHUP: node.reload), told by identity.
-    current: list[tuple[object, str | None, TokenBook]] = []
+# Accepted verdicts remembered per current token book (see make_auth); a bound on memory only:
+# distinct (Authorization header, route class) pairs that a configured token passes.
+MAX_CACHED_VERDICTS = 1024
 
-    def book() -> TokenBook:
+
+def make_auth(node: ServedNode) -> Middleware:
+    # Rebuilt when the node's credentials change (SIGHUP: node.reload), told by identity. With
+    # it goes the cache of verdicts: each one stands for its own book only.
+    current: list[tuple[object, str | None, TokenBook, dict[tuple[str, Need], Principal]]] = []
+
+    def book() -> tuple[TokenBook, dict[tuple[str, Need], Principal]]:
         cfg = node.cfg
         if not current or current[0][0] is not cfg.auth or current[0][1] is not cfg.token:
-            current[:] = [(cfg.auth, cfg.token, TokenBook(cfg.auth.tokens, cfg.token))]
-        return current[0][2]
+            current[:] = [(cfg.auth, cfg.token, TokenBook(cfg.auth.tokens, cfg.token), {})]
+        return current[0][2], current[0][3]
 
     class Members:
         def __contains__(self, name: object) -> bool:
@@ -54,23 +61,43 @@ def make_auth(node: ServedNode) -> Middleware:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
+        path = request.path
+        if path in OPEN_PATHS:
             return await handler(request)
-        peercert = request.transport.get_extra_info("peercert") if request.transport else None
-        # aiohttp decodes header bytes with surrogateescape: the token book encodes them back.
-        verdict = authorize(request.method, request.path, request.headers.get("Authorization"),
-                            peer_cert=peer_name(peercert), book=book(), members=members,
-                            mutual_tls=node.cfg.tls.peer_client_auth)
-        wanted = need(request.method, request.path).roles
+        method = request.method
+        wanted = need(method, path)
+        header = request.headers.get("Authorization")
+        tokens, accepted = book()
+        mutual_tls = node.cfg.tls.peer_client_auth
+        # Without a certificate in play the verdict is a function of the book, the header and
+        # the route's need alone: one that accepted is reused until the book changes (every
+        # request used to pay for a SHA-256 and two constant-time compares). Refusals are
+        # never cached: they take the full path each time. The lookup hashes the header with
+        # the interpreter's keyed SipHash and compares strings only on equal hashes, so its
+        # timing tells nothing about how much of a guessed token is right.
+        key = (header, wanted) if header is not None and not (
+            mutual_tls and Role.REPLICATION in wanted.roles) else None
+        verdict: Principal | Refusal | None = accepted.get(key) if key is not None else None
+        if verdict is None:
+            peercert = (request.transport.get_extra_info("peercert")
+                        if request.transport else None)
+            # aiohttp decodes header bytes with surrogateescape: the token book encodes them
+            # back.
+            verdict = authorize(method, path, header, peer_cert=peer_name(peercert),
+                                book=tokens, members=members, mutual_tls=mutual_tls)
+            if key is not None and isinstance(verdict, Principal):
+                if len(accepted) >= MAX_CACHED_VERDICTS:
+                    accepted.clear()
+                accepted[key] = verdict
         if isinstance(verdict, Refusal):
-            audit.info("refused %s %s from %s: %s", request.method, request.path,
+            audit.info("refused %s %s from %s: %s", method, path,
                        request.remote, verdict.message)
             if verdict.status == 401:
                 return web.json_response({"error": verdict.message}, status=401,
                                          headers={"WWW-Authenticate": "Bearer"})
             return error(verdict.status, verdict.message)
         request[PRINCIPAL] = verdict
-        if not wanted & AUDITED or Role.REPLICATION in verdict.roles:
+        if not wanted.roles & AUDITED or Role.REPLICATION in verdict.roles:
             return await handler(request)
         # Who, what, when (the log line's time), from where, and how it ended.
         return await handle_then(request, handler, lambda status: audit.info(
@@ -85,8 +112,11 @@ def build_app(node: ServedNode) -> web.Application:
     app = web.Application(middlewares=[metrics.middleware(), make_auth(node)],
                           client_max_size=node.cfg.limits.max_body_bytes)
     info.add_routes(app, node, metrics)
-    kv.add_routes(app, node)
-    watch.add_routes(app, node, node.watches)
+    if node.cfg.managed:
+        managed.add_routes(app, node)     # /v1/wait; the key-value API answers 409
+    else:
+        kv.add_routes(app, node)
+        watch.add_routes(app, node, node.watches)
     admin.add_routes(app, node)
     add_replication_routes(app, node)
     return app
@@ -105,6 +135,9 @@ def add_replication_routes(app: web.Application, node: ServedNode) -> None:
     # on_primary only calls pick() once source and checkpoints exist.
     app.router.add_get("/v1/replication/stream",
                        on_primary(lambda n: n.source.handle_stream))  # type: ignore[union-attr]
+    app.router.add_get("/v1/replication/acks",
+                       on_primary(lambda n: n.source.handle_acks))  # type: ignore[union-attr]
+    # One request per ack: what replicas of older versions send (a rolling upgrade).
     app.router.add_post("/v1/replication/ack",
                         on_primary(lambda n: n.source.handle_ack))  # type: ignore[union-attr]
     app.router.add_post("/v1/replication/checkpoints",

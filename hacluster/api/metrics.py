@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from hacluster.api.port import ServedNode
 
 MAX_CACHED_CHILDREN = 512
+LONG_LIVED = frozenset({"/v1/replication/stream", "/v1/replication/acks"})
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -38,8 +39,7 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
-        store = node.store
-        seq = store.latest_seq() if store else 0
+        seq = node.latest_seq()      # a managed primary's: what it read of the service's WAL
         role = GaugeMetricFamily("hacluster_role", "1 for this node's current role",
                                  labels=["role"])
         for name in ("primary", "replica"):
@@ -95,6 +95,17 @@ class NodeCollector(Collector):
             boot.add_metric([], 0.0)
         yield own_lag
         yield boot
+        service = node.service
+        if service is not None:
+            svc = service.status()
+            state = GaugeMetricFamily("hacluster_service_state", "managed mode: 1 for the "
+                                      "service's current state", labels=["state"])
+            for name in ("running", "starting", "stopped", "failed", "given_up"):
+                state.add_metric([name], 1.0 if svc["state"] == name else 0.0)
+            yield state
+            yield CounterMetricFamily("hacluster_service_restarts", "managed mode: restarts "
+                                      "of the service after it exited on its own",
+                                      value=float(service.restarts))
         tails = list_divergent_tails(node.data_dir)
         watches = node.watches
         yield GaugeMetricFamily("hacluster_watches_open", "watches this node serves now",
@@ -175,8 +186,9 @@ class Metrics:
             finally:
                 resource = request.match_info.route.resource
                 route = resource.canonical if resource else "unmatched"
-                # The replication stream lives for hours; its duration is not a latency.
-                if route != "/v1/replication/stream":
+                # The replication stream and ack channel live for hours; their duration is
+                # not a latency.
+                if route not in LONG_LIVED:
                     key = (request.method, route, status)
                     child = children.get(key)
                     if child is None:

@@ -4,8 +4,8 @@ Owns ``load_config`` (bounded read, UTF-8 and YAML errors with their position), 
 section and ``column_families``, the secrets (``secret_sources``: the environment, files, systemd
 credentials), and the rules across sections: static or
 consensus mode, the replication mode's default, a request body fitting in a frame, the primary
-being one of the nodes, the watchdog needing consensus. It must never start anything, open a
-database or touch the network: a bad config fails before any of that happens.
+being one of the nodes, the watchdog and managed mode needing consensus. It must never start
+anything, open a database or touch the network: a bad config fails before any of that happens.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from hacluster.config.model import (
 from hacluster.config.reader import _name, _Reader, brief
 from hacluster.config.secret_sources import read_secret
 from hacluster.config.sections import (
+    _application,
     _auth_tokens,
     _check_auth,
     _consensus,
@@ -119,6 +120,7 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     consensus = _consensus(top.child("consensus"))
     hooks = _hooks(top.child("hooks"))
     watchdog = _watchdog(top.child("watchdog"))
+    application = _application(top.child("application"))
     tls = _tls(top)
     auth_reader, entries = _auth_tokens(top)
     own = read_secret(auth_reader, "replication_token", env=env,
@@ -160,6 +162,15 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     if watchdog.mode != "off" and not with_raft:
         raise ConfigError(f"{source}: watchdog.mode: {watchdog.mode} needs consensus (raft "
                           "addresses on every node): the watchdog is fed by the lease loop")
+    if application is not None:
+        if not with_raft:
+            raise ConfigError(f"{source}: application: managed mode needs consensus (raft "
+                              "addresses on every node): the service runs where the lock is")
+        if len(nodes) > 1 and "{node}" not in str(application.db_path) and len(
+                {n.api.host for n in nodes}) < len(nodes):
+            raise ConfigError(
+                f"{source}: application.db_path: {application.db_path} is shared by nodes on "
+                "one host: put {node} in it so each node has its own database")
     return ClusterConfig(
         name=name, token=token, raft_password=raft_password, primary=primary, epoch=epoch,
         column_families=tuple(cfs),
@@ -167,4 +178,5 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         consensus=consensus, hooks=hooks, watchdog=watchdog, tls=tls,
         auth=AuthConfig(tokens=entries, replication_token=own),
         raft_password_also_accepted=also if also != raft_password else None,
+        application=application,
     )

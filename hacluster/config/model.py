@@ -153,6 +153,38 @@ class HooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplicationConfig:
+    """Managed mode: a service that embeds RocksDB itself runs as the writer on the primary,
+    optionally read-only on replicas, and nowhere else; hacluster replicates its database."""
+
+    db_path: Path                            # the service's RocksDB directory; may hold {node}
+    primary_command: tuple[str, ...]         # argv; {node} replaced by the node's name
+    replica_command: tuple[str, ...] | None = None   # read-only (a RocksDB secondary instance)
+    stop_signal: str = "SIGTERM"
+    stop_timeout_s: float = 10.0             # then SIGKILL (on a lost lease: see fence_grace_s)
+    start_timeout_s: float = 30.0            # health must pass within this long after a start
+    health_url: str | None = None            # 2xx = healthy
+    health_command: tuple[str, ...] | None = None    # exit 0 = healthy
+    health_interval_s: float = 1.0
+    env: tuple[tuple[str, str], ...] = ()    # given to the service, besides HACLUSTER_* names
+    cwd: Path | None = None
+    log_file: Path | None = None             # the service's stdout and stderr; may hold {node}
+    max_restarts: int = 3                    # exits on the primary within restart_window_s,
+    restart_window_s: float = 60.0           # then the lock is released to another node
+    poll_interval_ms: float = 5.0            # how often the primary looks for new WAL records
+
+    def db_path_for(self, node: str) -> Path:
+        return Path(str(self.db_path).replace("{node}", node))
+
+    def command_for(self, role: str, node: str) -> tuple[str, ...] | None:
+        argv = self.primary_command if role == "primary" else self.replica_command
+        return tuple(a.replace("{node}", node) for a in argv) if argv else None
+
+    def log_file_for(self, node: str) -> Path | None:
+        return Path(str(self.log_file).replace("{node}", node)) if self.log_file else None
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_key_bytes: int = 64 << 10
     max_value_bytes: int = 16 << 20
@@ -219,6 +251,12 @@ class ClusterConfig:
     auth: AuthConfig = AuthConfig()
     # A second Raft password, accepted but never sent: the middle steps of a rolling change.
     raft_password_also_accepted: str | None = None
+    application: ApplicationConfig | None = None    # managed mode when set
+
+    @property
+    def managed(self) -> bool:
+        """Managed mode: the service owns the database; hacluster never writes it as primary."""
+        return self.application is not None
 
     @property
     def peer_token(self) -> str | None:

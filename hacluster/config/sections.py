@@ -1,19 +1,25 @@
 """One function per section of the config file: its keys, their types, bounds and rules.
 
-Owns ``_storage``, ``_replication``, ``_consensus``, ``_watchdog``, ``_limits``, ``_hooks`` and
-``_nodes``: each reads its section through a ``_Reader``, checks every bound and every rule that
-involves only that section's keys, refuses unknown keys, and returns the frozen dataclass. It
-must never look at another section or at the environment (rules across sections, secrets and
-defaults that depend on consensus are ``load``'s), and never start or open anything.
+Owns ``_storage``, ``_replication``, ``_consensus``, ``_watchdog``, ``_limits``, ``_hooks``,
+``_application`` and ``_nodes``: each reads its section through a ``_Reader``, checks every
+bound and every rule that involves only that section's keys, refuses unknown keys, and
+returns the frozen dataclass. It must never look at another section or at the environment
+(rules across sections, secrets and defaults that depend on consensus are ``load``'s), and
+never start or open anything.
 """
 
 from __future__ import annotations
 
+import shlex
+import signal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hacluster.config.model import (
     DURABILITY,
     NODE_TAGS,
+    SECRET_ENVS,
+    ApplicationConfig,
     ConfigError,
     ConsensusConfig,
     HooksConfig,
@@ -165,6 +171,88 @@ def _hooks(r: _Reader) -> HooksConfig:
         on_demote=_text(r, "on_demote", None),
         on_role_change=_text(r, "on_role_change", None),
         timeout_s=r.number("timeout_s", HooksConfig().timeout_s, minimum=0.1, maximum=3600))
+    r.finish()
+    return result
+
+
+def _command(r: _Reader, name: str, required: bool = False) -> tuple[str, ...] | None:
+    """A command as an argv list, or as one string split like a shell would (no shell runs)."""
+    raw = r.get(name, (str, list), ... if required else None)
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        try:
+            argv = shlex.split(raw)
+        except ValueError as exc:
+            raise r.fail(r.key(name), f"cannot be split into arguments: {exc}") from None
+    else:
+        argv = raw
+        for i, arg in enumerate(argv):
+            if not isinstance(arg, str):
+                raise r.fail(f"{r.key(name)}[{i}]", f"expected a string, got {brief(arg)}")
+    if not argv or not argv[0]:
+        raise r.fail(r.key(name), "must name a program to run")
+    if any("\0" in a for a in argv):
+        raise r.fail(r.key(name), "must not contain a NUL character")
+    return tuple(argv)
+
+
+def _application(r: _Reader) -> ApplicationConfig | None:
+    if not r.data:
+        r.finish()
+        return None
+    d = ApplicationConfig(db_path=Path(), primary_command=())
+    db_path = _path(r, "db_path")
+    primary = _command(r, "primary_command", required=True)
+    assert primary is not None
+    stop = r.get("stop_signal", str, d.stop_signal).upper()
+    if not stop.startswith("SIG"):
+        stop = "SIG" + stop
+    if stop not in signal.Signals.__members__ or stop in ("SIGKILL", "SIGSTOP"):
+        raise r.fail(r.key("stop_signal"), f"{brief(stop)} is not a signal a service can be "
+                     "asked to stop with (e.g. SIGTERM, SIGINT, SIGQUIT)")
+    health_url = _text(r, "health_url", None)
+    if health_url is not None:
+        parts = urlsplit(health_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise r.fail(r.key("health_url"), f"must be an http(s) URL, got {brief(health_url)}")
+    health_command = _command(r, "health_command")
+    if health_url and health_command:
+        raise r.fail(r.key("health_command"), "give health_url or health_command, not both")
+    env_raw = r.get("env", dict, {})
+    env: list[tuple[str, str]] = []
+    for key, value in env_raw.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise r.fail(f"{r.key('env')}", f"bad variable name {brief(key)}")
+        if key.startswith("HACLUSTER_") or key in SECRET_ENVS:
+            raise r.fail(f"{r.key('env')}.{key}", "HACLUSTER_* names are set by hacluster "
+                         "(role, epoch, node, URLs) and secrets are never passed on")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise r.fail(f"{r.key('env')}.{key}", f"expected a string, got {brief(value)}")
+        env.append((key, str(value)))
+    cwd = r.get("cwd", str, None)
+    log_file = r.get("log_file", str, None)
+    result = ApplicationConfig(
+        db_path=db_path,
+        primary_command=primary,
+        replica_command=_command(r, "replica_command"),
+        stop_signal=stop,
+        stop_timeout_s=r.number("stop_timeout_s", d.stop_timeout_s, minimum=0.1, maximum=3600),
+        start_timeout_s=r.number("start_timeout_s", d.start_timeout_s, minimum=0.1,
+                                 maximum=3600),
+        health_url=health_url,
+        health_command=health_command,
+        health_interval_s=r.number("health_interval_s", d.health_interval_s, minimum=0.05,
+                                   maximum=600),
+        env=tuple(env),
+        cwd=_path(r, "cwd", cwd) if cwd is not None else None,
+        log_file=_path(r, "log_file", log_file) if log_file is not None else None,
+        max_restarts=r.integer("max_restarts", d.max_restarts, minimum=0, maximum=1000),
+        restart_window_s=r.number("restart_window_s", d.restart_window_s, minimum=1,
+                                  maximum=86400),
+        poll_interval_ms=r.number("poll_interval_ms", d.poll_interval_ms, minimum=1,
+                                  maximum=1000),
+    )
     r.finish()
     return result
 

@@ -64,6 +64,7 @@ class OperatorRequests:
         successor = choices[0]
         self.switching = True
         node.close_gate(f"switchover to {successor}")
+        await node.quiesce()        # managed mode: the service stops writing first
         last = node.latest_seq()
         deadline = time.monotonic() + timeout
         while True:

@@ -61,6 +61,11 @@ class NodePort(Protocol):
         """Stop acknowledging writes now."""
         ...
 
+    async def quiesce(self) -> None:
+        """After ``close_gate`` for a switchover: return once nothing more can be written
+        (managed mode: the service has stopped), so ``latest_seq`` is final."""
+        ...
+
     def tend_fencing(self, paused: bool) -> str | None:
         """Arm or feed the watchdog while writable, disarm it otherwise; returns why it could
         not be armed (the gate is shut by then), or None."""

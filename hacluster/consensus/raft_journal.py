@@ -7,9 +7,9 @@ written to a tmp file and renamed without fsync. After a power loss a node could
 vote (two leaders in one term), lose entries it had acknowledged (a committed entry lost), or
 fail to start on a torn final record. This module owns making those files durable:
 
-* journal appends, truncations and compaction are msynced (and fsynced when the file size
-  changed) before any message leaves the node and before the leader counts its own entries
-  toward a commit; appends are batched: marked dirty, synced once per round;
+* journal appends, truncations and compaction are synced (fdatasync of the mapped file, an
+  fsync when the file size changed) before any message leaves the node and before the leader
+  counts its own entries toward a commit; appends are batched: marked dirty, synced once per round;
 * an append-entries that resends entries the follower has is trimmed to what is new, so
   pysyncobj cuts the log only at a real conflict (it cut and rewrote acknowledged entries);
   compaction writes a new journal file and renames it over the old one;
@@ -134,8 +134,9 @@ def _refuse_after_failure(state: JournalSync) -> None:
 def sync_journal(journal: Any) -> None:
     """Make every journal write so far durable, if there is any not yet synced.
 
-    One msync of the mapping (it writes only the dirty pages), and an fsync when the file size
-    changed since the last one (growth or a rewrite), so the size is on disk too.
+    One fdatasync of the file (on Linux it writes the mapping's dirty pages, as msync does), or
+    an fsync when the file size changed since the last one, so the size is on disk too. Not
+    ``mmap.flush()``: CPython 3.11 holds the GIL through its msync, stalling the event loop.
     """
     state = journal_sync_state(journal)
     if state is None or not state.dirty:
@@ -148,11 +149,13 @@ def sync_journal(journal: Any) -> None:
     mm = rf._ResizableFile__mm
     started = time.perf_counter()
     try:
-        mm.flush()
+        fd = rf._ResizableFile__f.fileno()
         size = len(mm)
         if size != state.synced_size:
-            os.fsync(rf._ResizableFile__f.fileno())
+            os.fsync(fd)
             state.synced_size = size
+        else:
+            os.fdatasync(fd)
     except OSError as exc:
         state.failed = exc
         log.critical("Raft journal %s: sync failed (%s); the node stops acknowledging Raft "

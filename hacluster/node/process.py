@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -35,13 +33,16 @@ from hacluster.lineage.labels import Lineage
 from hacluster.lineage.tails import (
     prune_divergence,
 )
+from hacluster.managed.options import ManagedDbError
+from hacluster.node.managed import ManagedRole
 from hacluster.node.reload import reload_credentials
+from hacluster.node.systemd import notify_systemd
 from hacluster.node.upkeep import Upkeep
 from hacluster.node.views import NodeViews
 from hacluster.node.write_path import WritePath
 from hacluster.replication import bootstrap
 from hacluster.replication.checkpoints import CheckpointService
-from hacluster.replication.feed import WalFeed
+from hacluster.replication.feed import POLL_INTERVAL, WalFeed
 from hacluster.replication.follower import Follower
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.replication.source import ReplicationSource
@@ -58,25 +59,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("hacluster.node")
 
 
-def notify_systemd(state: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]       # an abstract socket
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        log.warning("cannot notify systemd (%s): %s", state, exc)
-
 GC_GEN0_THRESHOLD = 20_000
 CERT_WARN_DAYS = 30         # a certificate closer to its end is warned about at start
 
 
-class Node(WritePath, NodeViews, Upkeep):
+class Node(WritePath, NodeViews, Upkeep, ManagedRole):
     """One node process (see the module docstring); the mixins hold the rest of it."""
 
     def __init__(self, cfg: ClusterConfig, name: str, role: Role) -> None:
@@ -85,7 +72,9 @@ class Node(WritePath, NodeViews, Upkeep):
         self.name = name
         self.role = role
         self.data_dir = self.me.data_dir
-        self.db_dir = self.data_dir / "db"
+        app = cfg.application
+        # Managed mode: the service's own database, wherever its config puts it.
+        self.db_dir = app.db_path_for(name) if app else self.data_dir / "db"
         self._slot = StoreSlot()          # the one handle to the database (``store``)
         self.feed: WalFeed | None = None
         self.source: ReplicationSource | None = None
@@ -121,6 +110,7 @@ class Node(WritePath, NodeViews, Upkeep):
         # Built before anything starts: a certificate that cannot be used stops the node here
         # (TlsError names the file), never a fallback to plain HTTP.
         self.tls = Contexts.build(cfg.tls.for_node(name)) if cfg.tls.enabled else None
+        self._managed_init()
 
     @property
     def is_primary(self) -> bool:
@@ -169,19 +159,23 @@ class Node(WritePath, NodeViews, Upkeep):
 
     def latest_seq(self) -> int:
         store = self.store
-        return store.latest_seq() if store else 0
+        # A managed primary has no handle: its seq is what it read of the service's WAL.
+        return store.latest_seq() if store else self.managed_latest_seq()
 
     def _sync_wal(self) -> None:
         store = self.store
         if store is not None:
             store.sync_wal()
+        elif self.service is not None and self.feed is not None:
+            self.sync_service_wal()
 
     @property
     def durable_acks(self) -> bool:
         return self.cfg.storage.durability == "fsync"
 
-
     def open_store(self) -> Store:
+        if self.cfg.managed:
+            return Store(self.db_dir, (), self.cfg.storage, managed=True)
         return Store(self.db_dir, self.cfg.column_families, self.cfg.storage,
                      sync_writes=self.cfg.storage.fsync_writes)
 
@@ -190,7 +184,8 @@ class Node(WritePath, NodeViews, Upkeep):
         self.space.tend()        # the reserve, before anything else takes the space
         if self.lineage is None:
             self.lineage = Lineage(self.data_dir)
-        bootstrap.recover(self.data_dir)
+        self.managed_preflight()
+        bootstrap.recover(self.data_dir, self.db_dir)
         st = self.cfg.storage
         prune_divergence(self.data_dir, st.divergent_keep_days, st.divergent_max_mb << 20,
                          startup=True)
@@ -233,29 +228,44 @@ class Node(WritePath, NodeViews, Upkeep):
                  ("replica of " + self.role.primary) if self.role.primary else "candidate",
                  self.role.epoch)
 
-    def _start_primary(self, store: Store) -> None:
+    def _start_primary(self, store: Store | None, start_seq: int | None = None) -> None:
+        """The primary's parts; ``store`` None in managed mode (the service owns the
+        database: the feed tails its WAL from ``start_seq``, checkpoints come from a
+        secondary instance)."""
         self.store = store
-        self.feed = WalFeed(self.db_dir, store.latest_seq() + 1, lambda: self.role.epoch)
+        app = self.cfg.application
+        if store is not None:
+            start_seq = store.latest_seq() + 1
+            column_families = lambda: store.column_families   # noqa: E731
+            create = store.checkpoint
+            poll = POLL_INTERVAL
+        else:
+            assert app is not None and start_seq is not None
+            column_families = self.service_column_families
+            create = self.service_checkpoint
+            poll = app.poll_interval_ms / 1000
+        self.feed = WalFeed(self.db_dir, start_seq, lambda: self.role.epoch, poll_interval=poll)
         self.feed.start()
         self.source = ReplicationSource(
             node_name=self.name, db_dir=self.db_dir, feed=self.feed, positions=self.positions,
-            latest_seq=store.latest_seq, column_families=lambda: store.column_families,
+            latest_seq=self.latest_seq, column_families=column_families,
             epoch=lambda: self.role.epoch,
             heartbeat_interval=self.cfg.replication.heartbeat_interval,
             is_member=self.is_member, history_refusal=self.history_refusal)
         self.checkpoints = CheckpointService(
-            self.data_dir / "checkpoints", create=store.checkpoint,
-            epoch=lambda: self.role.epoch, column_families=lambda: store.column_families,
+            self.data_dir / "checkpoints", create=create,
+            epoch=lambda: self.role.epoch, column_families=column_families,
             ttl_seconds=self.cfg.replication.checkpoint_ttl_seconds,
             on_bootstrap=self._bootstrap_started,
-            max_checkpoints=self.cfg.replication.max_checkpoints)
+            max_checkpoints=self.cfg.replication.max_checkpoints,
+            create_in_thread=store is None)
         self.checkpoints.clear()
         # The janitor belongs to this spell as primary: one at a time, cancelled on demotion.
         if self._janitor_task is not None:
             self._janitor_task.cancel()
         self._janitor_task = asyncio.get_running_loop().create_task(self._janitor())
-        log.info("%s is primary: epoch %d, seq %d", self.name, self.role.epoch,
-                 store.latest_seq())
+        log.info("%s is primary: epoch %d, seq %d%s", self.name, self.role.epoch,
+                 start_seq - 1, "" if store else " (managed: the service writes)")
 
     def _start_replica(self) -> None:
         primary_url = self.primary_url()
@@ -267,7 +277,8 @@ class Node(WritePath, NodeViews, Upkeep):
             ssl=self.tls.client if self.tls else None,
             cfg=self.cfg.replication, open_store=self._replica_store,
             known_epoch=self.role.epoch, lineage=self.lineage,
-            space_low=lambda: self.space.low, durable=self.durable_acks, slot=self._slot)
+            space_low=lambda: self.space.low, durable=self.durable_acks, slot=self._slot,
+            db_dir=self.db_dir)
         self._follower_task = asyncio.get_running_loop().create_task(self.follower.run())
 
     def _warn_insecure(self) -> None:
@@ -334,6 +345,8 @@ class Node(WritePath, NodeViews, Upkeep):
         now the lock may have moved on, a switchover may have shut the gate, or this process
         may have been paused (SIGSTOP) across all of it.
         """
+        if self._stopping:
+            return "the node is shutting down"
         if epoch < self.role.epoch:
             return f"epoch {epoch} is older than epoch {self.role.epoch} this node serves"
         if self.control is None:
@@ -388,22 +401,29 @@ class Node(WritePath, NodeViews, Upkeep):
             await self._stop_follower()
             if self._stale(epoch):              # a batch may have landed while it stopped
                 return
-            store = self.store or self.open_store()
+            store: Store | None = None
+            if self.service is not None:
+                seq = await self.hand_db_to_service()
+            else:
+                store = self.store or self.open_store()
+                seq = store.latest_seq()
             # Durable before the first write of this epoch: what follows is epoch's data.
             assert self.lineage is not None
-            self.lineage.record(epoch, store.latest_seq() + 1)
+            self.lineage.record(epoch, seq + 1)
             self.role = Role(self.name, epoch)
             # What this node acknowledged in an earlier epoch was recorded then, or was a
             # tail it has since dropped (async mode): it is no floor for this epoch, and a
             # floor above every node's data would let no one be promoted (rule 2).
             self.acked_seq = 0
-            self._start_primary(store)
+            self._start_primary(store, seq + 1)
             self.gate.open(epoch, proposed_at)
+            if self.service is not None:
+                await self.start_primary_service()
             self.hooks.fire("promote", role="primary", epoch=epoch, primary=self.name)
 
     async def make_durable(self, seq: int) -> None:
-        if self.store is not None:
-            await self.wal_sync.through(min(seq, self.store.latest_seq()))
+        if self.store is not None or self.feed is not None:
+            await self.wal_sync.through(min(seq, self.latest_seq()))
 
     async def stop_following(self) -> int:
         """Stop applying (before proposing to become primary); return the seq we stopped at."""
@@ -415,6 +435,7 @@ class Node(WritePath, NodeViews, Upkeep):
 
     async def become_replica(self, primary: str | None, epoch: int) -> None:
         """Follow ``primary`` (or no one); the write gate closes first."""
+        lease_left = self.gate.lease_left()
         self.gate.close(f"following {primary}" if primary else "no primary")
         self.watchdog.disarm("demoted" if self.is_primary else "not the primary")
         async with self._role_lock:
@@ -422,6 +443,10 @@ class Node(WritePath, NodeViews, Upkeep):
                     primary is None or self.follower is not None):
                 return
             was_primary = self.is_primary
+            if was_primary and self.service is not None:
+                # Fencing by process control: the service goes before anything else.
+                await self.take_db_from_service(
+                    f"following {primary}" if primary else "no primary", lease_left)
             await self._stop_primary_parts()
             await self._stop_follower()
             self.role = Role(primary, epoch)
@@ -434,15 +459,18 @@ class Node(WritePath, NodeViews, Upkeep):
                 if self.control is not None:
                     await self._handle_divergence(self.control.state().history)
                 self._start_replica()
-
-
-
+                await self.start_replica_service()
 
     async def stop(self) -> None:
         notify_systemd("STOPPING=1")
         self._stopping = True
         self.gate.close("shutting down")
         self.watchdog.disarm("shutting down")
+        if self.service is not None:
+            try:
+                await self.take_db_from_service("shutting down", float("inf"))
+            except ManagedDbError as exc:
+                log.error("%s: %s", self.name, exc)
         if self.control:
             await self.control.stop()
         await self._stop_follower()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from hacluster.config import ClusterConfig
     from hacluster.consensus.loop import ControlLoop
     from hacluster.fencing import WriteGate
+    from hacluster.managed.supervisor import Supervisor
     from hacluster.replication.checkpoints import CheckpointService
     from hacluster.replication.follower import Follower
     from hacluster.role import Role
@@ -66,6 +67,8 @@ class Upkeep:
         def primary_url(self) -> str | None: ...
         async def _stop_follower(self) -> None: ...
         def _start_replica(self) -> None: ...
+        async def start_replica_service(self) -> None: ...
+        service: Supervisor | None
 
     def history_refusal(self, label: int, seq: int) -> str | None:
         """Why a replica whose data up to ``seq`` is labelled ``label`` cannot follow this
@@ -99,6 +102,9 @@ class Upkeep:
             if primary is None:
                 raise NotWritable("no primary is known to copy from")
             await self._stop_follower()
+            if self.service is not None:
+                # A read-only service holds the files open: it goes before they do.
+                await self.service.stop("reinit")
             if self.store is not None:
                 self.store.close()
                 self.store = None
@@ -108,6 +114,7 @@ class Upkeep:
             log.info("%s: reinit: database removed; bootstrapping from %s (epoch %d)",
                      self.name, primary, self.role.epoch)
             self._start_replica()
+            await self.start_replica_service()
             return primary
 
     async def _handle_divergence(self, history: Sequence[EpochRecord]) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from hacluster.config import ClusterConfig, NodeConfig
     from hacluster.consensus.loop import ControlLoop
     from hacluster.fencing import WriteGate
+    from hacluster.managed.supervisor import Supervisor
     from hacluster.replication.feed import WalFeed
     from hacluster.replication.follower import Follower
     from hacluster.replication.positions import ReplicaPositions
@@ -57,6 +58,7 @@ class NodeViews:
         follower: Follower | None
         feed: WalFeed | None
         watchdog: Watchdog
+        service: Supervisor | None
         disk_full: str | None
         acked_seq: int
         writes: int
@@ -83,7 +85,7 @@ class NodeViews:
         self.space.tend(self.disk_full)     # a replica's reserve goes too when its disk fills
         store = self.store
         return LocalState(
-            seq=store.latest_seq() if store else None,
+            seq=self.held_seq(),
             has_database=store is not None or has_database(self.db_dir),
             is_primary=self.is_primary,
             gate_open=self.is_primary and self.gate.refusal() is None,
@@ -98,6 +100,9 @@ class NodeViews:
         (diverged), or a required watchdog that cannot be armed."""
         if self.follower is not None and self.follower.status.state == "diverged":
             return "replication diverged"
+        if self.service is not None and self.service.primary_given_up:
+            # Until its restart window passes: electing it again would start the same loop.
+            return "its service kept exiting as primary"
         usable = self.watchdog.usable()
         if usable != self._watchdog_usable:
             self._watchdog_usable = usable
@@ -162,7 +167,6 @@ class NodeViews:
         return max(ages)
 
     def view(self, now: float) -> NodeView:
-        store = self.store
         st = self.follower.status if self.follower else None
         leader = self.leader()
         rep = self.cfg.replication
@@ -173,7 +177,7 @@ class NodeViews:
             epoch=self.status_epoch(), leader=leader,
             leader_url=self.api_url_of(leader) if leader else None,
             stream_state=st.state if st else None,
-            applied_seq=store.latest_seq() if store else None,
+            applied_seq=self.held_seq(),
             primary_seq=st.primary_seq if st else None,
             last_frame_age_s=now - st.last_frame_at if st and st.last_frame_at else None,
             loop_age_s=self._loop_age(now),
@@ -181,9 +185,17 @@ class NodeViews:
             stream_timeout_s=max(2.0, 4 * rep.heartbeat_interval),
             max_lag=rep.max_replica_lag, tags=self.me.tags)
 
+    def held_seq(self) -> int | None:
+        """The seq this node's database holds: its handle's, or a managed primary's (what it
+        read of the service's WAL); None without a database."""
+        store = self.store
+        if store is not None:
+            return store.latest_seq()
+        return self.latest_seq() if self.feed is not None else None
+
     def status(self) -> dict[str, Any]:
         store = self.store
-        seq = store.latest_seq() if store else None
+        seq = self.held_seq()
         # Writable and lag as the probes, metrics and KV answers see them: one view.
         view = self.view(time.monotonic())
         out: dict[str, Any] = {
@@ -218,5 +230,7 @@ class NodeViews:
             out["consensus"] = self.control.status()
         if self.watchdog.enabled:
             out["watchdog"] = self.watchdog.snapshot()
+        if self.service is not None:
+            out["service"] = self.service.status()
         out["divergent_tails"] = list_divergent_tails(self.data_dir)
         return out

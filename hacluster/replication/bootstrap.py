@@ -41,14 +41,17 @@ class BootstrapError(Exception):
 @dataclass(frozen=True, slots=True)
 class Layout:
     data_dir: Path
+    # The database: ``<data_dir>/db``, or in managed mode the service's own directory (on the
+    # same file system: the install is a rename).
+    db_dir: Path | None = None
 
     @property
     def db(self) -> Path:
-        return self.data_dir / "db"
+        return self.db_dir if self.db_dir is not None else self.data_dir / "db"
 
     @property
     def old(self) -> Path:
-        return self.data_dir / "db.old"
+        return self.db.with_name(self.db.name + ".old")
 
     @property
     def staging(self) -> Path:
@@ -67,12 +70,12 @@ class Layout:
         return self.staging / "COMPLETE"
 
 
-def recover(data_dir: Path) -> bool:
+def recover(data_dir: Path, db_dir: Path | None = None) -> bool:
     """Finish or discard an install interrupted by a crash; True if an install was finished."""
-    lay = Layout(data_dir)
+    lay = Layout(data_dir, db_dir)
     if lay.complete.exists():
         log.info("finishing the checkpoint install interrupted in %s", data_dir)
-        install(data_dir)
+        install(data_dir, db_dir)
         return True
     if lay.old.exists():
         # Without COMPLETE the swap never started; db.old is only leftover clean-up.
@@ -80,9 +83,9 @@ def recover(data_dir: Path) -> bool:
     return False
 
 
-def install(data_dir: Path) -> int:
+def install(data_dir: Path, db_dir: Path | None = None) -> int:
     """Swap a verified staging dir into place; the DB must be closed. Returns the checkpoint seq."""
-    lay = Layout(data_dir)
+    lay = Layout(data_dir, db_dir)
     marker = json.loads(lay.complete.read_text())
     if lay.files.exists():
         if lay.old.exists():
@@ -90,7 +93,7 @@ def install(data_dir: Path) -> int:
         if lay.db.exists():
             lay.db.rename(lay.old)
         lay.files.rename(lay.db)
-        fsync_path(data_dir)
+        fsync_path(lay.db.parent)
     shutil.rmtree(lay.staging, ignore_errors=True)
     shutil.rmtree(lay.old, ignore_errors=True)
     log.info("installed checkpoint %s (seq %d) into %s", marker.get("id"), marker["seq"], lay.db)

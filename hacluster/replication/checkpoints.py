@@ -53,9 +53,12 @@ class CheckpointService:
     def __init__(self, root: Path, *, create: Callable[[Path], int], epoch: Callable[[], int],
                  column_families: Callable[[], list[str]], ttl_seconds: float,
                  on_bootstrap: Callable[[str], None] | None = None, max_checkpoints: int = 4,
-                 in_use_grace_s: float = IN_USE_GRACE_S) -> None:
+                 in_use_grace_s: float = IN_USE_GRACE_S, create_in_thread: bool = False) -> None:
         self.root = root
         self._create = create
+        # Managed mode: the checkpoint of another process's database takes a secondary
+        # instance and a WAL replay (hundreds of ms): off the loop, which it cannot race.
+        self._create_in_thread = create_in_thread
         self._epoch = epoch
         self._column_families = column_families
         self._ttl = ttl_seconds
@@ -114,9 +117,20 @@ class CheckpointService:
                                          headers={"Retry-After": str(int(self._grace))})
             cp_id = f"{int(time.time()):010d}-{secrets.token_hex(4)}"
             started = time.monotonic()
-            # Checkpoint creation runs on the loop thread on purpose: no write may interleave
-            # between reading the sequence number and linking the files.
-            seq = self._create(self.root / cp_id / "db")
+            target = self.root / cp_id / "db"
+            if self._create_in_thread:
+                try:
+                    seq = await asyncio.to_thread(self._create, target)
+                except Exception as exc:    # e.g. the service has not created its database
+                    log.warning("checkpoint for %s failed: %s", replica, exc)
+                    shutil.rmtree(self.root / cp_id, ignore_errors=True)
+                    return web.json_response(
+                        {"error": "checkpoint failed", "reason": str(exc)}, status=503,
+                        headers={"Retry-After": "1"})
+            else:
+                # On the loop thread on purpose: no write may interleave between reading the
+                # sequence number and linking the files.
+                seq = self._create(target)
             manifest = await asyncio.to_thread(self._manifest, cp_id, seq)
             (self.root / cp_id / "manifest.json").write_text(json.dumps(manifest))
             self._last_used[cp_id] = time.monotonic()

@@ -40,8 +40,10 @@ class FeedState:
 
 class WalFeed:
     def __init__(self, db_dir: Path, start_seq: int, epoch: Callable[[], int],
-                 ring_bytes: int = 64 << 20) -> None:
+                 ring_bytes: int = 64 << 20, poll_interval: float = POLL_INTERVAL) -> None:
         self._db_dir = db_dir
+        # Managed mode polls often: another process writes the WAL and nothing notifies.
+        self._poll_interval = poll_interval
         self._epoch = epoch
         self._ring_bytes = ring_bytes
         self._reader = WalReader(db_dir, start_seq, decode_ops=False)
@@ -107,7 +109,7 @@ class WalFeed:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -1,12 +1,15 @@
 """The primary's side of replication: the stream endpoint and the position acks.
 
 Owns ``GET /v1/replication/stream`` (a long-lived response of CBOR frames after a replica's
-position) and ``POST /v1/replication/ack`` (a replica reporting what it has applied). Serves from
+position), ``GET /v1/replication/acks`` (a WebSocket on which a replica reports what it has
+applied, one text message per ack) and ``POST /v1/replication/ack`` (the same report as one
+request each, kept for replicas of older versions during a rolling upgrade). Serves from
 the shared live feed and, for replicas older than the feed's ring, from a private WAL reader run
 off the event loop. It must never send a batch out of order, never send anything after an
 error frame, and never answer 200 to a position it cannot serve: 410 when the WAL no longer holds
 it (the replica bootstraps), 409 when the replica claims more than the primary has. Only cluster
-members (``is_member``) stream or ack: any other name is refused with 403 before it is recorded.
+members (``is_member``) stream or ack: any other name is refused with 403 before it is recorded,
+and an ack channel whose name stops being a member is closed before it records another ack.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from hacluster.replication import frames
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CATCHUP_BYTES = 4 << 20
 SEND_BYTES = 1 << 20
+# An ack message is a decimal seq: 20 digits hold any int64. Anything longer is refused.
+ACK_MESSAGE_MAX = 20
 
 
 class ReplicationSource:
@@ -226,3 +231,53 @@ class ReplicationSource:
         except PositionsFull as exc:
             return web.json_response({"error": "busy", "reason": str(exc)}, status=503)
         return web.json_response({"ok": True, "primary_seq": self.latest_seq()})
+
+    async def handle_acks(self, request: web.Request) -> web.StreamResponse:
+        """The ack channel: a WebSocket carrying one text message per ack, the replica's
+        applied seq in decimal. Nothing is answered per message (the POST's ``primary_seq``
+        was never used); a message that is not a seq closes the channel (1003), as does the
+        name ceasing to be a member (1008) or a full table of positions (1013), and the
+        primary stepping down (1001). One frame per ack instead of one HTTP request: no
+        request parsing, middlewares or response per ack on either side."""
+        replica = request.query.get("node", "")
+        if not replica:
+            return web.json_response({"error": "node is required"}, status=400)
+        refusal = self._refuse_stranger(replica, request)
+        if refusal is not None:
+            return refusal
+        ws = web.WebSocketResponse(max_msg_size=1024)
+        await ws.prepare(request)
+        # The primary stepping down ends the channel; the replica reconnects to whoever leads.
+        closer = asyncio.ensure_future(self._close_when_closing(ws))
+        try:
+            async for msg in ws:
+                if msg.type is not WSMsgType.TEXT:
+                    await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"text seq only")
+                    break
+                data = msg.data
+                if not (len(data) <= ACK_MESSAGE_MAX and data.isascii() and data.isdigit()):
+                    await ws.close(code=WSCloseCode.UNSUPPORTED_DATA,
+                                   message=b"an ack is a decimal seq")
+                    break
+                if self.closing.is_set():
+                    break
+                # As strict as one POST per ack: membership is checked for every one.
+                if self.is_member is not None and not self.is_member(replica):
+                    log.warning("ack channel of %r closed: no longer a cluster member",
+                                replica[:64])
+                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"not a member")
+                    break
+                try:
+                    self.positions.ack(replica, int(data))
+                except PositionsFull:
+                    await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"busy")
+                    break
+        finally:
+            closer.cancel()
+            if not ws.closed:
+                await ws.close(code=WSCloseCode.GOING_AWAY)
+        return ws
+
+    async def _close_when_closing(self, ws: web.WebSocketResponse) -> None:
+        await self.closing.wait()
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"not the primary any more")

@@ -60,7 +60,8 @@ def need(method: str, path: str) -> Need:
         return _ADMIN
     if path == "/metrics":
         return _METRICS
-    if path in ("/v1/batch", "/v1/txn") or (path.startswith("/v1/kv")
+    # /v1/wait: a managed service asks before it acknowledges its own client's write.
+    if path in ("/v1/batch", "/v1/txn", "/v1/wait") or (path.startswith("/v1/kv")
                                               and method not in ("GET", "HEAD")):
         return _WRITE
     return _READ       # reads, cluster views, and any unknown path (a 404 needs a credential)

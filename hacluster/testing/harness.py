@@ -182,9 +182,12 @@ class Cluster:
                  limits: dict[str, Any] | None = None,
                  tls: dict[str, Any] | None = None,
                  auth: dict[str, Any] | None = None, token: str = TOKEN,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None,
+                 node_extra: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.root = root
         self.extra = extra or {}    # more top-level config sections (hooks, watchdog, ...)
+        # Sections that differ per node's config file (managed mode: the service's port).
+        self.node_extra = node_extra
         self.tls = tls              # the config's tls section (None: tls off)
         self.auth = auth            # the config's auth section (None: the shared TOKEN)
         root.mkdir(parents=True, exist_ok=True)
@@ -241,7 +244,10 @@ class Cluster:
 
     def write_config(self, name: str, **kw: Any) -> Path:
         path = self.root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(self.config_doc(**kw), sort_keys=False))
+        doc = self.config_doc(**kw)
+        if self.node_extra is not None:
+            doc.update(self.node_extra(name))
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
     @property

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hacluster.config import ClusterConfig, ConfigError, load_config
+from hacluster.managed.options import ManagedDbError
 from hacluster.node import Node
 from hacluster.role import Role
 from hacluster.security.tls import TlsError
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="replication mode (default sync: no acknowledged write is lost)")
     demo.add_argument("--dir", type=Path, help="use this directory (kept) instead of a "
                       "temporary one")
+    demo.add_argument("--managed", action="store_true",
+                      help="managed mode: each node runs examples/kvservice (from a source "
+                           "checkout) under hacluster; writes go through the service")
     credentials.add_parsers(sub)
     return parser
 
@@ -139,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        if args.managed:
+            from hacluster.tools.demo_managed import run_managed_demo
+            return run_managed_demo(args.keep, args.mode, args.dir)
         from hacluster.tools.demo import run_demo
         return run_demo(args.keep, args.mode, args.dir)
     if args.command in credentials.COMMANDS:
@@ -235,6 +242,10 @@ async def _run(node: Node) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await node.start()
+    except ManagedDbError as exc:
+        # Refused before anything started: the service's database, its options or its lock.
+        log.error("cannot start %s: %s", node.name, exc)
+        return 2
     except OSError as exc:
         log.error("cannot start %s: %s", node.name, exc)
         await node.stop()

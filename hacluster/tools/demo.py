@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,12 +233,17 @@ class Demo:
         good = ok and converged and (not lost or self.mode == "async")
         if keep:
             self.show_keep()
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
+            self.hold_until_interrupted()
         return 0 if good else 1
+
+    @staticmethod
+    def hold_until_interrupted() -> None:
+        """``--keep``: the cluster runs until Ctrl-C."""
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
 
     def show_keep(self) -> None:
         token = self.doc["cluster"]["token"]
@@ -259,10 +265,12 @@ class Demo:
         print("\n".join(lines), file=self.out, flush=True)
 
 
-def run_demo(keep: bool, mode: str, directory: Path | None) -> int:
+def run_demo(keep: bool, mode: str, directory: Path | None,
+             make: Callable[..., Demo] | None = None) -> int:
+    """Run the tour of ``make`` (default ``Demo``; ``demo_managed.ManagedDemo``) and clean up."""
     root = directory or Path(tempfile.mkdtemp(prefix="hacluster-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    demo = Demo(root, mode, temporary=directory is None)
+    demo = (make or Demo)(root, mode, temporary=directory is None)
 
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt        # SIGTERM stops the nodes too, like Ctrl-C
