@@ -23,12 +23,14 @@ import pytest
 import rocksdict
 
 from hacluster.testing.harness import TOKEN, Cluster, NodeProc, free_ports, request, wait_for
+from hacluster.testing.history import History, Op, acked_after, lost_acked, overlapping_epochs
 from hacluster.testing.netns import Netns, namespaces_unavailable
 
 needs_netns = pytest.mark.skipif(bool(namespaces_unavailable()),
                                  reason=namespaces_unavailable() or "")
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kvservice" / "service.py"
+LEASE_S = 0.6            # consensus.lease_s, the default
 
 
 def managed_cluster(root: Path, mode: str = "sync", *, wait: bool = True,
@@ -102,32 +104,49 @@ def service_up(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class Writer(threading.Thread):
-    """Writes keys one after another to one service; keeps those answered 200."""
+    """Writes unique keys one after another to one node's service, recording every attempt
+    as the history checker's ``Op`` (a 200 is an acknowledgement, nothing else is)."""
 
-    def __init__(self, port: int, host: str, prefix: str) -> None:
+    def __init__(self, port: int, node: NodeProc, prefix: str) -> None:
         super().__init__(daemon=True)
-        self.port, self.host, self.prefix = port, host, prefix
-        self.acked: dict[str, bytes] = {}
-        self.acked_at: dict[str, float] = {}
-        self.unknown = 0
+        self.port, self.node, self.prefix = port, node, prefix
+        self.history = History()
         self._halt = threading.Event()
+
+    @property
+    def acked(self) -> dict[str, bytes]:
+        return {op.key: op.key.encode() for op in self.history.ops() if op.acked}
 
     def run(self) -> None:
         i = 0
         while not self._halt.is_set():
-            key, value = f"{self.prefix}{i:06d}", f"v{i}".encode()
+            key = f"{self.prefix}{i:06d}"
             i += 1
-            code, _ = service_put(self.port, key, value, self.host)
-            if code == 200:
-                self.acked[key] = value
-                self.acked_at[key] = time.monotonic()
-            else:
-                self.unknown += 1
+            start = time.monotonic()
+            code, body = service_put(self.port, key, key.encode(), self.node.host)
+            note = "" if code == 200 else (
+                "outcome unknown: " if body.get("outcome") == "unknown" else "") + str(body)
+            self.history.append(Op(key=key, node=self.node.name, start=start,
+                                   end=time.monotonic(), status=code,
+                                   epoch=body.get("epoch") if code == 200 else None,
+                                   seq=body.get("seq") if code == 200 else None, note=note))
+            if code != 200:
                 time.sleep(0.01)
 
     def stop(self) -> None:
         self._halt.set()
         self.join(20)
+
+
+class ServiceKeys:
+    """The keys a service holds, asked one by one (the example has no scan)."""
+
+    def __init__(self, port: int, host: str) -> None:
+        self.port, self.host = port, host
+
+    def __contains__(self, key: object) -> bool:
+        assert isinstance(key, bytes)
+        return service_get(self.port, key.decode(), self.host) == key
 
 
 def primary_with_service(cluster: Cluster, ports: dict[str, int],
@@ -180,7 +199,7 @@ def test_acknowledged_writes_survive_sigkill_of_the_primary(tmp_path: Path) -> N
             assert r.status().get("service", {}).get("state") != "running"
         service_pid = old.status()["service"]["pid"]
         # A writer keeps going through the kill: what it saw acknowledged must all survive.
-        during = Writer(ports[old.name], old.host, "during")
+        during = Writer(ports[old.name], old, "during")
         during.start()
         wait_for(lambda: len(during.acked) >= 20, 20, "writes acknowledged before the kill")
 
@@ -191,9 +210,11 @@ def test_acknowledged_writes_survive_sigkill_of_the_primary(tmp_path: Path) -> N
         new = primary_with_service(cluster, ports, timeout=30)
         assert new in rest
         during.stop()
-        acked.update(during.acked)
         missing = [k for k, v in acked.items() if service_get(ports[new.name], k) != v]
         assert not missing, f"acknowledged writes lost: {missing[:5]} ({len(missing)})"
+        # The history checker over what the writer was told across the kill.
+        assert not lost_acked(during.history, ServiceKeys(ports[new.name], new.host))
+        assert not overlapping_epochs(during.history)
         # The new primary's service writes, and the remaining replica follows it.
         code, body = service_put(ports[new.name], "after", b"failover")
         assert code == 200, (code, body)
@@ -347,7 +368,7 @@ def test_a_cut_off_primary_s_service_is_stopped_within_its_lease(tmp_path: Path)
         cluster.start()
         old = primary_with_service(cluster, ports)
         service_pid = old.status()["service"]["pid"]
-        writer = Writer(ports[old.name], old.host, "w")
+        writer = Writer(ports[old.name], old, "w")
         writer.start()
         wait_for(lambda: len(writer.acked) >= 20, 20, "writes acknowledged before the cut")
         net.cut(old.name)
@@ -360,9 +381,11 @@ def test_a_cut_off_primary_s_service_is_stopped_within_its_lease(tmp_path: Path)
         others = [n for n in cluster.nodes.values() if n is not old]
         new = primary_with_service(cluster, ports, timeout=30)
         assert new in others
-        missing = [k for k, v in writer.acked.items()
-                   if service_get(ports[new.name], k, new.host) != v]
-        assert not missing, f"acknowledged writes lost: {missing[:5]} ({len(missing)})"
+        # Nothing acknowledged is lost, and nothing was acknowledged by the cut-off node once
+        # its lease was over (a request begun after cut + lease).
+        assert not lost_acked(writer.history, ServiceKeys(ports[new.name], new.host))
+        assert not acked_after(writer.history, old.name, cut_at + LEASE_S)
+        assert len(writer.acked) >= 20
         # Generous: the lease is 0.6 s; the process must be gone well before a few seconds.
         assert stopped_after < 5.0, stopped_after
         assert "the lease of epoch" in old.log(), old.log()[-2000:]

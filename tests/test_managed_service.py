@@ -446,6 +446,8 @@ async def test_the_example_acknowledges_a_write_only_once_hacluster_holds_it(
     async def wait(request: web.Request) -> web.Response:
         asked.append((request.query["seq"], request.query["timeout_ms"],
                       request.headers.get("Authorization")))
+        if answer["status"] == 200:
+            return web.json_response({"seq": int(request.query["seq"]), "epoch": 4})
         return web.json_response({"error": "not yet"}, status=answer["status"])
 
     app = web.Application()
@@ -466,7 +468,7 @@ async def test_the_example_acknowledges_a_write_only_once_hacluster_holds_it(
         async with aiohttp.ClientSession() as http:
             async with http.put(f"{url}/kv/a", data=b"1") as resp:
                 assert resp.status == 200
-                assert await resp.json() == {"seq": 1}
+                assert await resp.json() == {"seq": 1, "epoch": 4}
             assert asked == [("1", "1500", "Bearer tok")]
             answer["status"] = 504
             async with http.put(f"{url}/kv/b", data=b"2") as resp:

@@ -384,3 +384,22 @@ def test_close_is_idempotent_and_releases_the_lock(tmp_path: Path, opened: list[
     again = open_store(opened, db)
     assert again.get(b"k") == b"v"
     assert again.latest_seq() == 2  # the op and its key's seq record
+
+
+def test_a_managed_store_adopts_the_primary_s_column_families_in_order(
+        tmp_path: Path, opened: list[Store]) -> None:
+    """Managed mode: the service's database gets no column family of hacluster's own (no
+    seq records, none from the config); the primary's new ones are created here in its
+    order, so ids agree; a list that is not an extension of this one is refused."""
+    db_dir = tmp_path / "svc"
+    service = rocksdict.Rdict(str(db_dir), rocksdict.Options(raw_mode=True))
+    service.close()
+    store = Store(db_dir, ["ignored"], STORAGE, managed=True)
+    opened.append(store)
+    assert store.column_families == ["default"]          # nothing created
+    handles = store.handles_for(["default", "events", "users"])
+    assert store.column_families == ["default", "events", "users"] == list_cf(db_dir)
+    assert set(handles) == {0, 1, 2}
+    with pytest.raises(StoreError, match="not those of the primary"):
+        store.handles_for(["default", "users", "events", "more"])
+    assert store.column_families == ["default", "events", "users"]

@@ -59,6 +59,7 @@ class KV:
         self.write_opts = WriteOptions()
         self.write_opts.sync = fsync
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.session: aiohttp.ClientSession | None = None
 
     def _write(self, key: bytes, value: bytes) -> int:
         self.db.put(key, value, self.write_opts)
@@ -78,24 +79,25 @@ class KV:
         seq = await asyncio.to_thread(self._write, key, value)
         if not self.wait:
             return web.json_response({"seq": seq})
-        error = await self._held(seq)
+        error, epoch = await self._held(seq)
         if error is None:
-            return web.json_response({"seq": seq})
+            return web.json_response({"seq": seq, "epoch": epoch})
         return web.json_response({"error": error, "seq": seq, "outcome": "unknown"}, status=503)
 
-    async def _held(self, seq: int) -> str | None:
-        """None once hacluster says ``seq`` is held; else why not."""
-        url = f"{self.api_url}/v1/wait"
+    async def _held(self, seq: int) -> tuple[str | None, int | None]:
+        """(None, the epoch that holds it) once hacluster says ``seq`` is held; else why not."""
+        if self.session is None:            # one keep-alive connection pool to hacluster
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.wait_timeout_ms / 1000 + 5))
         params = {"seq": str(seq), "timeout_ms": str(self.wait_timeout_ms)}
-        timeout = aiohttp.ClientTimeout(total=self.wait_timeout_ms / 1000 + 5)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session, \
-                    session.get(url, params=params, headers=self.headers) as resp:
+            async with self.session.get(f"{self.api_url}/v1/wait", params=params,
+                                        headers=self.headers) as resp:
                 if resp.status == 200:
-                    return None
-                return f"hacluster answered {resp.status}: {(await resp.text())[:200]}"
+                    return None, (await resp.json()).get("epoch")
+                return f"hacluster answered {resp.status}: {(await resp.text())[:200]}", None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"hacluster did not answer: {exc!r}"
+            return f"hacluster did not answer: {exc!r}", None
 
     async def get(self, request: web.Request) -> web.Response:
         value = await asyncio.to_thread(self._read, request.match_info["key"].encode())
@@ -133,6 +135,8 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()              # no request is using the database any more
+        if kv.session is not None:
+            await kv.session.close()
         db.close()
         if secondary:
             shutil.rmtree(secondary, ignore_errors=True)
