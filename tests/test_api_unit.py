@@ -512,8 +512,25 @@ async def test_bad_requests_are_400_and_write_nothing(
 async def test_a_body_over_the_limit_is_413_and_writes_nothing(
         primary: FakeNode, serve: Serve) -> None:
     client = await serve(primary)
+    limit = primary.cfg.limits.max_body_bytes
     resp = await client.post("/v1/batch", data=b"[" + b" " * 9000 + b"]", headers=AUTH)
-    assert resp.status == 413
+    assert resp.status == 413 and resp.content_type == "application/json"
+    assert await resp.json() == {
+        "error": f"request body is larger than limits.max_body_bytes ({limit} bytes)",
+        "limit": limit}
+    assert seq_of(primary) == 0
+
+
+async def test_an_unknown_path_and_method_answer_json(primary: FakeNode, serve: Serve) -> None:
+    client = await serve(primary)
+    resp = await client.get("/no/such/route", headers=AUTH)
+    assert (resp.status, resp.content_type) == (404, "application/json")
+    assert await resp.json() == {"error": "no such path", "path": "/no/such/route"}
+    resp = await client.patch("/v1/kv/a", data=b"x", headers=AUTH)
+    assert (resp.status, resp.content_type) == (405, "application/json")
+    body = await resp.json()
+    assert body["error"] == "method PATCH is not allowed on this path"
+    assert "PUT" in body["allowed"] and resp.headers["Allow"] == ",".join(body["allowed"])
     assert seq_of(primary) == 0
 
 
@@ -617,6 +634,9 @@ async def test_a_replica_redirects_writes_and_reads_to_the_primary_with_307(
                                     allow_redirects=False)
         assert resp.status == 307, (method, path)
         assert resp.headers["Location"] == f"{N2_URL}{path}"
+        assert resp.content_type == "application/json"
+        assert await resp.json() == {"error": "not the primary", "primary": "n2",
+                                     "location": f"{N2_URL}{path}"}
     assert seq_of(replica) == 0
 
 

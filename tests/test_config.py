@@ -266,7 +266,7 @@ CASES: list[tuple[str, Mutator, str]] = [
     ("unknown-cluster", _set("cluster", "leader", value="n1"), "cluster.leader: unknown key"),
     ("unknown-storage", _set("storage", "fsync", value=True), "storage.fsync: unknown key"),
     ("unknown-replication", _set("replication", "fsync_on_aply", value=True),
-     "replication.fsync_on_aply: unknown key"),
+     "replication.fsync_on_aply: unknown key (did you mean 'fsync_on_apply'?)"),
     ("unknown-limits", _set("limits", "max_keys", value=1), "limits.max_keys: unknown key"),
     ("unknown-node", _set("nodes", 1, "port", value=1), "nodes[1].port: unknown key"),
     ("unknown-first-sorted", _many(_set("zzz", value=1), _set("aaa", value=1)),
@@ -282,6 +282,14 @@ CASES: list[tuple[str, Mutator, str]] = [
     ("missing-node-api", _del("nodes", 1, "api"), "nodes[1].api: required key is missing"),
     ("missing-data-dir", _del("nodes", 0, "data_dir"),
      "nodes[0].data_dir: required key is missing"),
+    # a near miss is named, from either side
+    ("misspelled-required", _many(_del("nodes", 0, "data_dir"),
+                                  _set("nodes", 0, "datadir", value="data/n1")),
+     "nodes[0].data_dir: required key is missing (found 'datadir': did you mean 'data_dir'?)"),
+    ("misspelled-optional", _set("storage", "fsync_write", value=True),
+     "storage.fsync_write: unknown key (did you mean 'fsync_writes'?)"),
+    ("far-miss-required", _many(_del("nodes", 1, "api"), _set("nodes", 1, "zzz", value=1)),
+     "nodes[1].api: required key is missing"),
     # wrong shapes
     ("cluster-not-map", _set("cluster", value="demo"), "cluster: expected a mapping, got str"),
     ("storage-not-map", _set("storage", value=[1]), "storage: expected a mapping, got list"),

@@ -8,21 +8,28 @@ through what the command printed alone.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hacluster.client import Client, NoLeader, OutcomeUnknown
+from hacluster.config import load_config
+from hacluster.role import VERSION
 from hacluster.testing.harness import Cluster, read_db, wait_for
+from hacluster.tools import cli as cli_module
+from hacluster.tools import ctl
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+    kw.setdefault("stdin", subprocess.DEVNULL)     # never a terminal: no prompt can wait
     return subprocess.run([sys.executable, "-m", "hacluster", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, **kw)
 
 
 @pytest.fixture
@@ -49,6 +56,83 @@ def test_every_command_has_help() -> None:
         assert done.returncode == 0 and "usage: hacluster" in done.stdout, command
 
 
+def test_version_prints_the_package_version() -> None:
+    done = cli("--version")
+    assert done.returncode == 0 and done.stdout == f"hacluster {VERSION}\n"
+
+
+def test_config_comes_from_the_environment_then_a_default(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HACLUSTER_CONFIG"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    if not Path("/etc/hacluster/cluster.yaml").exists():
+        missing = cli("check-config", cwd=empty, env=env)
+        assert missing.returncode == 2
+        assert "HACLUSTER_CONFIG" in missing.stderr and "./cluster.yaml" in missing.stderr
+        assert "/etc/hacluster/cluster.yaml" in missing.stderr
+    bad = cli("status", cwd=empty, env={**env, "HACLUSTER_CONFIG": str(empty / "nope.yaml")})
+    assert bad.returncode == 2 and "$HACLUSTER_CONFIG=" in bad.stderr
+    done = cli("history", "--json", cwd=empty, env={**env, "HACLUSTER_CONFIG": config(cluster)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["reason"] == "bootstrap"
+    (empty / "cluster.yaml").write_text(Path(config(cluster)).read_text())
+    local = cli("check-config", cwd=empty, env=env)
+    assert local.returncode == 0 and local.stdout.startswith("cluster.yaml: ok"), local.stderr
+    # --config wins over the environment.
+    given = cli("check-config", "--config", config(cluster), cwd=empty,
+                env={**env, "HACLUSTER_CONFIG": str(empty / "nope.yaml")})
+    assert given.returncode == 0, given.stderr
+
+
+def test_confirm_asks_on_a_terminal_and_refuses_without_one(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_module.confirm("wipe it?", yes=True) is None
+
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    class NoTty:
+        def isatty(self) -> bool:
+            return False
+
+    monkeypatch.setattr(sys, "stdin", NoTty())
+    assert cli_module.confirm("wipe it?", yes=False) == 2
+    assert "pass --yes" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", Tty())
+    questions: list[str] = []
+    for answer, expected in (("y", None), ("YES", None), ("", 1), ("n", 1)):
+        monkeypatch.setattr("builtins.input", lambda q, a=answer: questions.append(q) or a)
+        assert cli_module.confirm("wipe it?", yes=False) == expected
+    assert questions[0] == "wipe it? [y/N] "
+
+
+class _FakeClient:
+    def __init__(self, view: dict[str, Any]) -> None:
+        self.view = view
+
+    def cluster(self) -> dict[str, Any]:
+        return self.view
+
+
+def test_status_marks_a_silent_member_and_shows_its_own_epoch(
+        cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(config(cluster))
+    member = {"url": "http://x", "sync": False, "applied_seq": 10, "lag": 0, "tags": [],
+              "state": "running", "role": "replica"}
+    view = {"leader": "n1", "epoch": 7, "paused": False, "mode": "sync", "members": [
+        {**member, "name": "n1", "role": "primary", "member_epoch": 7, "report_age_s": 2.5},
+        {**member, "name": "n2", "member_epoch": 6, "report_age_s": 0.2},
+        {**member, "name": "n3", "member_epoch": None, "report_age_s": None}]}
+    assert ctl.status(_FakeClient(view), cfg, False) == 0  # type: ignore[arg-type]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| n")}
+    assert rows["n1"][3:5] == ["unreachable?", "7"] and rows["n1"][7] == "2.5 s ago"
+    assert rows["n2"][3:5] == ["running", "6"] and rows["n2"][7] == "0.2 s ago"
+    assert rows["n3"][3:5] == ["running", "7 (cluster)"] and rows["n3"][7] == ""
+
+
 def test_status_and_history_show_the_cluster(cluster: Cluster) -> None:
     primary = cluster.wait_primary()
     assert primary.put("k", b"v").status == 200
@@ -59,6 +143,8 @@ def test_status_and_history_show_the_cluster(cluster: Cluster) -> None:
     assert view["leader"] == primary.name
     assert {m["name"] for m in view["members"]} == {"n1", "n2", "n3"}
     assert all(m["url"].startswith("http://127.0.0.1:") for m in view["members"])
+    assert all(m["report_age_s"] is not None and m["member_epoch"] is not None
+               for m in view["members"])
     table = cli("status", "--config", config(cluster)).stdout
     assert "| Member" in table and f"| {primary.name}" in table and "primary" in table
     hist = cli("history", "--config", config(cluster)).stdout
@@ -86,6 +172,13 @@ def test_switchover_pause_resume_and_forced_failover(cluster: Cluster) -> None:
     # Until its lease has run out the killed primary still counts as healthy.
     wait_for(lambda: all(n.get("/leader").status == 503 for n in survivors), 10,
              "the survivors to see the lease expire")
+
+    def killed_row() -> str:
+        out = cli("status", "--config", config(cluster)).stdout
+        return next(line for line in out.splitlines() if line.startswith(f"| {target.name} "))
+
+    # Its last report is older than the lease: no longer shown as running.
+    wait_for(lambda: "unreachable" in killed_row(), 5, "status to mark the killed primary")
     refused = None
     if outside:   # a node outside the synchronous set may lack acknowledged writes
         refused = cli("failover", "--config", config(cluster), "--to", outside[0].name)
@@ -113,12 +206,15 @@ def test_reinit_rebuilds_a_replica_from_a_checkpoint(cluster: Cluster) -> None:
     cluster.wait_converged()
     replica = next(n for n in cluster.nodes.values() if n is not primary)
     before = replica.log().count("bootstrapped from checkpoint")
-    done = cli("reinit", "--config", config(cluster), replica.name)
+    asked = cli("reinit", "--config", config(cluster), replica.name)
+    assert asked.returncode == 2 and "pass --yes" in asked.stderr     # no terminal to ask on
+    assert replica.log().count("bootstrapped from checkpoint") == before
+    done = cli("reinit", "--config", config(cluster), replica.name, "--yes")
     assert done.returncode == 0, done.stderr + done.stdout
     assert f"{replica.name}: reinitialised and streaming" in done.stdout
     assert replica.log().count("bootstrapped from checkpoint") == before + 1
     cluster.wait_converged()
-    refused = cli("reinit", "--config", config(cluster), primary.name)
+    refused = cli("reinit", "--config", config(cluster), primary.name, "--yes")
     assert refused.returncode == 1 and "is the primary" in refused.stderr
 
 

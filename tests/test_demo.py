@@ -112,3 +112,85 @@ def test_managed_demo_without_the_example_says_so(
     err = capsys.readouterr().err
     assert str(missing) in err and "source repository" in err, err
     assert not (tmp_path / "d").exists()
+
+
+# A stand-in for `hacluster run`: argv[1] is named hacluster; "stubborn" ignores SIGTERM.
+FAKE_NODE = """import signal, sys, time
+if "stubborn" in sys.argv:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("up", flush=True)
+time.sleep(120)
+"""
+
+
+def test_removing_the_demo_directory_first_stops_nodes_started_by_hand(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hacluster.tools import demo
+    root = tmp_path / "hacluster-demo-x"
+    root.mkdir()
+    fake = tmp_path / "bin" / "hacluster"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_NODE)
+    started = [
+        subprocess.Popen([sys.executable, str(fake), "run", "--config",
+                          str(root / "cluster.yaml"), "--node", "n2"], stdout=subprocess.PIPE),
+        subprocess.Popen([sys.executable, str(fake), "run", "--config", "cluster.yaml",
+                          "stubborn"], cwd=root, stdout=subprocess.PIPE),
+        # Names the directory but is no hacluster process: left alone.
+        subprocess.Popen([sys.executable, "-c", FAKE_NODE, str(root / "n1.log")],
+                         stdout=subprocess.PIPE),
+    ]
+    try:
+        for proc in started:
+            assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        said: list[str] = []
+
+        class Finished:
+            def __init__(self, root: Path, mode: str, temporary: bool) -> None:
+                assert temporary
+
+            def run(self, keep: bool) -> int:
+                return 0            # as after Ctrl-C on --keep
+
+            def stop_all(self) -> None:
+                pass
+
+            def say(self, text: str) -> None:
+                said.append(text)
+
+        monkeypatch.setattr(demo, "STRAY_GRACE_S", 0.5)
+        monkeypatch.setattr(demo.tempfile, "mkdtemp", lambda prefix: str(root))
+        monkeypatch.setattr(demo.signal, "signal", lambda *args: None)
+        assert demo.run_demo(True, "sync", None, make=Finished) == 0   # type: ignore[arg-type]
+        assert said == ["stopping hacluster processes started outside the demo that use "
+                        f"{root}: pid {started[0].pid}, {started[1].pid}"]
+        # Both ended (psutil reaped them, so no exit status is left to read); the stubborn
+        # one only by the SIGKILL.
+        started[0].wait(5)
+        started[1].wait(5)
+        assert started[2].poll() is None
+        assert not root.exists()
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
+
+
+def test_keep_prints_the_write_and_read_through_the_replicas_of_the_moment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from hacluster.tools.demo import Demo
+    out = io.StringIO()
+    tour = Demo(tmp_path, "sync", out=out)
+    monkeypatch.setattr(tour, "primary", lambda: ("n2", 2))    # n2 won the failover
+    tour.show_keep()
+    text = out.getvalue()
+    urls = tour.urls
+    assert f"curl -s {urls['n2']}/leader" in text
+    assert "# write through the replica n1 (a 307 sends it to the primary n2):" in text
+    assert re.search(rf"-X PUT .* {re.escape(urls['n1'])}/v1/kv/greeting", text), text
+    assert "# read it back through the replica n3:" in text
+    assert re.search(rf"Bearer \$HACLUSTER_TOKEN\" {re.escape(urls['n3'])}/v1/kv/greeting",
+                     text), text
+    assert f"{urls['n2']}/v1/kv" not in text

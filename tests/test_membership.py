@@ -52,10 +52,10 @@ def test_add_a_node_then_remove_one_and_quorum_follows(tmp_path: Path) -> None:
 
         # Retire a replica (never the primary), then lose one more: 2 of 3 is a quorum.
         leaving = next(n for n in (n2, n3) if n is not primary)
-        refused = cli("member", "remove", primary.name, "--config", full)
+        refused = cli("member", "remove", primary.name, "--config", full, "--yes")
         assert refused.returncode == 1 and "switch over first" in refused.stderr
         leaving.stop()
-        done = cli("member", "remove", leaving.name, "--config", full)
+        done = cli("member", "remove", leaving.name, "--config", full, "--yes")
         assert done.returncode == 0, done.stderr
         remaining = [n for n in (n1, n2, n3, n4) if n is not leaving]
         wait_for(lambda: all(len(n.status()["consensus"]["raft"]["members"]) == 3

@@ -5,7 +5,8 @@ without credentials, 403 naming the role that is lacking; health checks and the 
 answer without one so load balancers and probes work; an accepted verdict is remembered until
 the node's credentials change, a refusal never is), the audit line of every admin action
 (logger ``hacluster.audit``: who by token id or certificate, what, from where, the status), the
-latency middleware, and which module serves which
+latency middleware, aiohttp's own 404, 405 and 413 answers turned into that JSON shape, and
+which module serves which
 route (``info``: health checks, status, cluster, history, metrics; ``kv``: reads and writes;
 ``admin``: operator actions). Requests only reach the node through here; this package decides
 nothing about roles (the node and ``probes`` do) and must never write to the store except
@@ -107,10 +108,42 @@ def make_auth(node: ServedNode) -> Middleware:
     return auth
 
 
+def make_json_errors(max_body_bytes: int) -> Middleware:
+    """aiohttp's own answers (``404`` for an unknown path, ``405`` for a method a path does
+    not have, ``413`` for a body over the limit) as the JSON error shape of every other one.
+
+    Innermost, so authentication has answered first (an unknown path without a credential is
+    still a ``401``) and the audit line and the latency histogram see the same status as
+    before. An answer that is JSON already (a missing checkpoint) is left alone.
+    """
+
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status not in (404, 405, 413) or exc.content_type == "application/json":
+                raise
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                allowed = sorted(exc.allowed_methods)
+                answer = error(405, f"method {exc.method} is not allowed on this path",
+                               allowed=allowed)
+                answer.headers["Allow"] = ",".join(allowed)
+                return answer
+            if exc.status == 413:
+                return error(413, "request body is larger than limits.max_body_bytes "
+                             f"({max_body_bytes} bytes)", limit=max_body_bytes)
+            return error(404, "no such path", path=request.path)
+
+    return json_errors
+
+
 def build_app(node: ServedNode) -> web.Application:
     metrics = Metrics(node)
-    app = web.Application(middlewares=[metrics.middleware(), make_auth(node)],
-                          client_max_size=node.cfg.limits.max_body_bytes)
+    limit = node.cfg.limits.max_body_bytes
+    app = web.Application(
+        middlewares=[metrics.middleware(), make_auth(node), make_json_errors(limit)],
+        client_max_size=limit)
     info.add_routes(app, node, metrics)
     if node.cfg.managed:
         managed.add_routes(app, node)     # /v1/wait; the key-value API answers 409

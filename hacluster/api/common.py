@@ -1,8 +1,8 @@
 """Helpers every API module shares: the JSON error shape and the redirect to the primary.
 
 Owns how a refusal looks on the wire (``{"error": ..., **extra}``) and how a request that only
-the primary can serve is sent there (307, so method and body are kept). It must never decide who
-the primary is: it asks the node.
+the primary can serve is sent there (307, so method and body are kept, with a JSON body naming
+the primary). It must never decide who the primary is: it asks the node.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ def to_primary(node: ServedNode, request: web.Request) -> web.Response:
         return error(503, "no primary is known", leader=None)
     # 307 keeps method and body; `curl --location-trusted` replays the request (with its
     # Authorization header) on the primary.
-    raise web.HTTPTemporaryRedirect(location=f"{url}{request.rel_url}")
+    location = f"{url}{request.rel_url}"
+    raise web.HTTPTemporaryRedirect(
+        location=location, content_type="application/json",
+        text=json.dumps({"error": "not the primary", "primary": leader, "location": location}))
 
 
 async def handle_then(request: web.Request, handler: Handler,

@@ -80,6 +80,8 @@ def cluster_view(node: ServedNode) -> dict[str, Any]:
             "name": name, "url": node.api_url_of(name), "role": role,
             "state": ("running" if fresh else "unreachable") if m else "never reported",
             "healthy": m.healthy if m else None, "epoch": state.lock.epoch,
+            # The epoch of the member's own last seq, from its last report (None: unknown).
+            "member_epoch": m.last_epoch if m and m.last_epoch else None,
             "applied_seq": m.applied_seq if m else None,
             "lag": top - m.applied_seq if m else None,
             "report_age_s": round(age, 2) if age is not None else None,

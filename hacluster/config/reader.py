@@ -9,6 +9,7 @@ is ``sections`` and ``model``), and never read a file or the environment.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -65,7 +66,12 @@ class _Reader:
         return value
 
     def _missing(self, name: str) -> Any:
-        raise self.fail(self.key(name), "required key is missing")
+        # A key of this mapping not read yet that is close to the missing one is most likely
+        # its misspelling (``datadir`` for ``data_dir``): name it.
+        others = [k for k in self.data if isinstance(k, str) and k not in self.seen]
+        near = _near(name, others)
+        hint = f" (found {near!r}: did you mean {name!r}?)" if near else ""
+        raise self.fail(self.key(name), f"required key is missing{hint}")
 
     def number(
         self, name: str, default: float, *, minimum: float, maximum: float | None = None
@@ -99,7 +105,20 @@ class _Reader:
         unknown = sorted(k if isinstance(k, str) and len(k) <= 100 else brief(k)
                          for k in set(self.data) - self.seen)
         if unknown:
-            raise self.fail(self.key(str(unknown[0])), "unknown key")
+            first = unknown[0]
+            near = _near(first, sorted(self.seen)) if first in self.data else None
+            hint = f" (did you mean {near!r}?)" if near else ""
+            raise self.fail(self.key(str(first)), f"unknown key{hint}")
+
+
+def _near(name: str, candidates: list[str]) -> str | None:
+    """The candidate closest to ``name`` if it is close enough to be a misspelling of it."""
+    # Bounded: a hostile file may hold thousands of keys, each up to any length.
+    fits = [c for c in candidates[:1000] if len(c) <= 100 and c != name]
+    if len(name) > 100 or not fits:
+        return None
+    matches = difflib.get_close_matches(name, fits, n=1, cutoff=0.8)
+    return matches[0] if matches else None
 
 
 def brief(value: object, limit: int = 60) -> str:

@@ -12,21 +12,63 @@ import asyncio
 import faulthandler
 import json
 import logging
+import os
 import resource
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hacluster.config import ClusterConfig, ConfigError, load_config
 from hacluster.managed.options import ManagedDbError
 from hacluster.node import Node
-from hacluster.role import Role
+from hacluster.role import VERSION, Role
 from hacluster.security.tls import TlsError
 from hacluster.store import StoreError
 from hacluster.tools import credentials
 
 log = logging.getLogger("hacluster")
+
+CONFIG_ENV = "HACLUSTER_CONFIG"
+DEFAULT_CONFIGS = (Path("cluster.yaml"), Path("/etc/hacluster/cluster.yaml"))
+CONFIG_HELP = (f"cluster config file (YAML); default ${CONFIG_ENV}, else ./cluster.yaml if it "
+               "exists, else /etc/hacluster/cluster.yaml")
+
+
+def config_path(given: str | None, env: Mapping[str, str] = os.environ
+                ) -> tuple[str | None, str]:
+    """The config file to use, and where it was looked for (for the error when there is none).
+
+    ``--config``, else ``$HACLUSTER_CONFIG``, else ``./cluster.yaml`` if it exists, else
+    ``/etc/hacluster/cluster.yaml`` if it exists; None when none of them applies.
+    """
+    if given:
+        return given, f"--config {given}"
+    if env.get(CONFIG_ENV):
+        return env[CONFIG_ENV], f"${CONFIG_ENV}={env[CONFIG_ENV]}"
+    for candidate in DEFAULT_CONFIGS:
+        if candidate.is_file():
+            return str(candidate), str(candidate)
+    return None, (f"no --config, no ${CONFIG_ENV}, and neither ./cluster.yaml nor "
+                  "/etc/hacluster/cluster.yaml exists")
+
+
+def confirm(question: str, yes: bool) -> int | None:
+    """None to go ahead; else the exit code (2: refused without a terminal, 1: answered no)."""
+    if yes:
+        return None
+    if not sys.stdin.isatty():
+        print(f"hacluster: {question}: refusing without a terminal to ask on; pass --yes",
+              file=sys.stderr)
+        return 2
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return None
+    print("hacluster: not confirmed; nothing done", file=sys.stderr)
+    return 1
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,10 +97,11 @@ def setup_logging(level: str, fmt: str, node: str | None = None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hacluster", description="High-availability cluster manager for RocksDB.")
+    parser.add_argument("--version", action="version", version=f"hacluster {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one node in the foreground",
                          description="Run one node of the cluster in the foreground.")
-    run.add_argument("--config", required=True, help="cluster config file (YAML)")
+    run.add_argument("--config", help=CONFIG_HELP)
     run.add_argument("--node", required=True, help="this node's name in the config")
     run.add_argument("--role", choices=["primary", "replica"],
                      help="override the config's static primary for this node")
@@ -70,17 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
         "up", help="run every node of a config on this machine (local cluster)",
         description="Start one `hacluster run` process per node of the config, print where "
                     "they listen and how to try them, and stop them all on Ctrl-C/SIGTERM.")
-    up.add_argument("--config", required=True, help="cluster config file (YAML)")
+    up.add_argument("--config", help=CONFIG_HELP)
     up.add_argument("--log-level", default="info",
                     choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check-config", help="validate a config file and exit",
                            description="Validate a config file; exit 0 if it is good.")
-    check.add_argument("--config", required=True)
+    check.add_argument("--config", help=CONFIG_HELP)
 
     def ctl(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=description)
-        p.add_argument("--config", required=True,
-                       help="cluster config file (YAML): the nodes' addresses and the token")
+        p.add_argument("--config", help=CONFIG_HELP + ": the nodes' addresses and the token")
         return p
 
     st = ctl("status", "show the cluster's members, roles, epoch and lag",
@@ -97,17 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
              "could lack acknowledged writes unless --force.")
     fo.add_argument("--to", required=True, help="the node to promote")
     fo.add_argument("--force", action="store_true",
-                    help="promote even a node that may lack acknowledged writes")
+                    help="promote even a node that may lack acknowledged writes (asks first)")
+    fo.add_argument("--yes", action="store_true", help="do not ask before --force")
     ctl("pause", "maintenance mode: no automatic failover",
         "Turn maintenance mode on: nodes keep their roles, nobody takes over automatically.")
     ctl("resume", "leave maintenance mode", "Turn maintenance mode off.")
     hi = ctl("history", "list the epochs: primary, first seq, time, reason",
              "List the cluster's epochs from the Raft state.")
-    hi.add_argument("--json", action="store_true")
+    hi.add_argument("--json", action="store_true", help="print the epochs as JSON")
     ri = ctl("reinit", "wipe one replica and re-bootstrap it from the primary",
              "Remove a replica's database and copy it again from a checkpoint of the "
              "primary; waits until it streams again.")
     ri.add_argument("name", help="the replica to reinitialise")
+    ri.add_argument("--yes", action="store_true", help="do not ask before wiping it")
     bk = ctl("backup", "copy a consistent checkpoint of the primary into a directory",
              "Create a checkpoint on the primary, download and verify every file, check it "
              "opens at the checkpoint's sequence number, and move it to DEST.")
@@ -120,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("name", help="the node to add or remove")
     mem.add_argument("--raft", help="its raft address (host:port), when the config does not "
                                     "list it yet")
+    mem.add_argument("--yes", action="store_true", help="do not ask before a remove")
     demo = sub.add_parser(
         "demo", help="three local nodes, a steady writer, a SIGKILL of the primary, live",
         description="Start three nodes on loopback in a temporary directory, write a steady "
@@ -150,10 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args.keep, args.mode, args.dir)
     if args.command in credentials.COMMANDS:
         return credentials.run(args)
+    args.config, looked = config_path(args.config)
+    if args.config is None:
+        print(f"hacluster: no config file: {looked}", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"hacluster: {exc}", file=sys.stderr)
+        print(f"hacluster: {exc}" + ("" if looked.startswith("--config") else
+                                      f" (config from {looked})"), file=sys.stderr)
         return 2
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(cfg.nodes)} nodes)")
@@ -213,6 +263,10 @@ def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
     if args.command == "switchover":
         return ctl.switchover(client, args.to)
     if args.command == "failover":
+        if args.force and (refused := confirm(
+                f"force {args.to} to primary even if it lacks acknowledged writes?",
+                args.yes)) is not None:
+            return refused
         return ctl.failover(client, args.to, args.force)
     if args.command in ("pause", "resume"):
         return ctl.pause(client, args.command == "pause")
@@ -223,6 +277,9 @@ def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
             except ConfigError as exc:
                 print(f"hacluster: {exc} (or give --raft HOST:PORT)", file=sys.stderr)
                 return 2
+        if args.action == "remove" and (refused := confirm(
+                f"remove {args.name} from the Raft membership?", args.yes)) is not None:
+            return refused
         return ctl.member(client, cfg, args.action, args.name, args.raft)
     if args.command == "reinit":
         try:
@@ -230,6 +287,9 @@ def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         except ConfigError as exc:
             print(f"hacluster: {exc}", file=sys.stderr)
             return 2
+        if (refused := confirm(f"wipe {args.name}'s database and copy it again from the "
+                               "primary?", args.yes)) is not None:
+            return refused
         return ctl.reinit(client, cfg, args.name)
     logging.basicConfig(level=logging.INFO, format="%(message)s")   # download progress
     return ctl.backup(client, cfg, args.dest)

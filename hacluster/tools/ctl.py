@@ -66,13 +66,32 @@ def status(client: Client, cfg: ClusterConfig, as_json: bool) -> int:
         return 0
     print(f"Cluster: {cfg.name} (mode {view['mode']}, epoch {view['epoch']}"
           f"{', PAUSED' if view['paused'] else ''})")
+    # A report older than the lease (and than two report intervals, so that a report on its
+    # way is not taken for a dead member): the member may be gone although Raft has not yet
+    # declared it stale (consensus.member_stale_s).
+    stale_s = max(cfg.consensus.lease_s, 2 * cfg.consensus.report_interval_s)
     rows = [(m["name"], m["url"], m["role"] + (" (sync)" if m.get("sync") else ""),
-             m["state"], m["epoch"], m["applied_seq"], m["lag"], ",".join(m["tags"]))
-            for m in view["members"]]
-    print(table(["Member", "URL", "Role", "State", "Epoch", "Seq", "Lag", "Tags"], rows))
+             _state(m, stale_s), _epoch(m, view["epoch"]), m["applied_seq"], m["lag"],
+             "" if m.get("report_age_s") is None else f"{m['report_age_s']:.1f} s ago",
+             ",".join(m["tags"])) for m in view["members"]]
+    print(table(["Member", "URL", "Role", "State", "Epoch", "Seq", "Lag", "Last seen", "Tags"],
+                rows))
     if view["leader"] is None:
         print("No valid primary at the moment.")
     return 0
+
+
+def _state(member: dict[str, Any], stale_s: float) -> str:
+    age = member.get("report_age_s")
+    if member["state"] == "running" and age is not None and age > stale_s:
+        return "unreachable?"
+    return str(member["state"])
+
+
+def _epoch(member: dict[str, Any], cluster_epoch: int) -> str:
+    """The member's own epoch when its report carries one, else the cluster's, labelled."""
+    own = member.get("member_epoch")
+    return str(own) if own is not None else f"{cluster_epoch} (cluster)"
 
 
 def history(client: Client, as_json: bool) -> int:

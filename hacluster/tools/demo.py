@@ -6,13 +6,16 @@ default, random secrets, free ports), three ``hacluster run`` processes, a write
 every acknowledgement through the Python client, progress lines twice a second, the kill of the
 primary, the measured failover (last acknowledgement by the old primary → first by the new
 one), the restart of the killed node, the check that every node converged and that no
-acknowledged write is missing, and the clean-up. It must never leave a node process behind
-(except with ``--keep``, until Ctrl-C) and never report a result it did not check.
+acknowledged write is missing, and the clean-up (which first stops any node the user started
+by hand on the demo's temporary directory). It must never leave a node process behind (except
+with ``--keep``, until Ctrl-C) and never report a result it did not check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -27,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from hacluster.client import Client, HaclusterError, OutcomeUnknown
 
 NAMES = ("n1", "n2", "n3")
+STRAY_GRACE_S = 10.0     # a node started by hand gets this long after SIGTERM, then SIGKILL
 
 
 def free_ports(n: int) -> list[int]:
@@ -247,8 +252,12 @@ class Demo:
 
     def show_keep(self) -> None:
         token = self.doc["cluster"]["token"]
-        primary = self.primary()
-        url = self.urls[primary[0]] if primary else self.urls["n1"]
+        found = self.primary()
+        # The roles as they are now (the failover moved the primary): the write and the read
+        # go through the two replicas, so the 307 to the primary is what the user sees.
+        primary = found[0] if found else NAMES[0]
+        replicas = [n for n in self.urls if n != primary]
+        role = f"the primary {primary}" if found else "the primary (none found just now)"
         gone = (" and removes its files" if self.temporary else
                 f"; its files stay in {self.root}")
         lines = ["", f"The cluster keeps running (Ctrl-C stops it{gone}):",
@@ -256,13 +265,55 @@ class Demo:
                  f"  config {self.config}", "Try:",
                  f"  export HACLUSTER_TOKEN={token}",
                  f"  hacluster status --config {self.config}",
-                 f"  curl -s {url}/leader",
+                 f"  curl -s {self.urls[primary]}/leader",
+                 f"  # write through the replica {replicas[0]} (a 307 sends it to {role}):",
                  f"  curl -sL --location-trusted -X PUT -H \"Authorization: Bearer "
-                 f"$HACLUSTER_TOKEN\" --data-binary hello {self.urls['n2']}/v1/kv/greeting",
+                 f"$HACLUSTER_TOKEN\" --data-binary hello {self.urls[replicas[0]]}/v1/kv/greeting",
+                 f"  # read it back through the replica {replicas[1]}:",
                  f"  curl -sL --location-trusted -H \"Authorization: Bearer $HACLUSTER_TOKEN\""
-                 f" {self.urls['n3']}/v1/kv/greeting",
+                 f" {self.urls[replicas[1]]}/v1/kv/greeting",
                  f"  hacluster switchover --config {self.config}", ""]
         print("\n".join(lines), file=self.out, flush=True)
+
+
+def _under(path: str, roots: set[str]) -> bool:
+    return any(path == r or path.startswith(f"{r}{os.sep}") for r in roots)
+
+
+def strays(root: Path) -> list[psutil.Process]:
+    """``hacluster`` processes other than the demo's own that use ``root``: a node the user
+    restarted by hand (``hacluster run --config ROOT/cluster.yaml``, or a relative path from a
+    working directory under ``ROOT``). Other programs that name it (``tail -f ROOT/n1.log``)
+    are none of the demo's business."""
+    found = []
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    roots = {str(root), str(root.resolve())}     # a working directory reads resolved
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        argv = proc.info["cmdline"] or []
+        if proc.info["pid"] in mine or not any(Path(a).name == "hacluster" for a in argv[:3]):
+            continue
+        if any(_under(a, roots) or _under(a.partition("=")[2], roots) for a in argv) or \
+                _under(proc.info["cwd"] or "", roots):
+            found.append(proc)
+    return found
+
+
+def stop_strays(root: Path, say: Callable[[str], None]) -> None:
+    """Before ``root`` is removed: stop every node still using it (SIGTERM, then SIGKILL after
+    ``STRAY_GRACE_S``), so none is left logging errors about a deleted data directory."""
+    found = strays(root)
+    if not found:
+        return
+    say(f"stopping hacluster processes started outside the demo that use {root}: pid "
+        + ", ".join(str(p.pid) for p in found))
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(found, timeout=STRAY_GRACE_S)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def run_demo(keep: bool, mode: str, directory: Path | None,
@@ -289,6 +340,7 @@ def run_demo(keep: bool, mode: str, directory: Path | None,
     finally:
         demo.stop_all()
     if directory is None and code == 0:
+        stop_strays(root, demo.say)
         shutil.rmtree(root, ignore_errors=True)
     elif code != 0:
         print(f"logs kept in {root}", file=sys.stderr)
