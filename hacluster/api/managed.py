@@ -27,7 +27,8 @@ MAX_TIMEOUT_MS = 60_000
 KV_ROUTES = ("/v1/kv/{key:.*}", "/v1/kv", "/v1/batch", "/v1/txn", "/v1/watch")
 
 
-def _int_param(request: web.Request, name: str, default: int | None) -> int:
+def _int_param(request: web.Request, name: str, default: int | None,
+               maximum: int = 2**63 - 1) -> int:
     raw = request.query.get(name)
     if raw is None:
         if default is None:
@@ -37,7 +38,7 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw[:40]!r}") from None
-    if value < 0 or value > (MAX_TIMEOUT_MS if name == "timeout_ms" else 2**63 - 1):
+    if value < 0 or value > maximum:
         raise ValueError(f"{name} out of range: {value}")
     return value
 
@@ -46,7 +47,7 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
     async def wait(request: web.Request) -> web.Response:
         try:
             seq = _int_param(request, "seq", None)
-            timeout_ms = _int_param(request, "timeout_ms", DEFAULT_TIMEOUT_MS)
+            timeout_ms = _int_param(request, "timeout_ms", DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS)
         except ValueError as exc:
             return error(400, str(exc))
         if seq == 0:

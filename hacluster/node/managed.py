@@ -29,6 +29,7 @@ import rocksdict
 from hacluster.managed.checkpoint import create_foreign_checkpoint, verify_continuation
 from hacluster.managed.options import (
     ManagedDbError,
+    check_db_path,
     check_service_options,
     lock_holder,
     refuse_if_in_use,
@@ -140,16 +141,14 @@ class ManagedRole:
                 f"{self.cfg.source}: application.db_path: {self.db_dir} is on another file "
                 f"system than the data directory {self.data_dir}: put both on one")
         self._kill_leftover_service()
-        if self.db_dir.exists():
-            if not self.db_dir.is_dir():
-                raise ManagedDbError(f"{self.cfg.source}: application.db_path: {self.db_dir} "
-                                     "is not a directory")
+        if self.db_dir.is_dir():
             refuse_if_in_use(self.db_dir)
-            if has_database(self.db_dir):
-                check_service_options(self.db_dir)
-            elif any(self.db_dir.iterdir()):
-                raise ManagedDbError(f"{self.cfg.source}: application.db_path: {self.db_dir} "
-                                     "holds files but no RocksDB database (no CURRENT file)")
+        try:
+            check_db_path(self.db_dir, must_exist=False)    # missing or empty: created later
+        except ManagedDbError as exc:
+            raise ManagedDbError(f"{self.cfg.source}: application.db_path: {exc}") from None
+        if has_database(self.db_dir):
+            check_service_options(self.db_dir)
 
     def _kill_leftover_service(self) -> None:
         """A service a previous run of this node started (and a SIGKILL kept from stopping):
