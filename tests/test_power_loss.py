@@ -111,9 +111,11 @@ class Rig:
         Returns the time of the cut: writes sent after it see the cluster without these nodes.
         """
         chosen = list(nodes)
-        cut = time.monotonic()
         for node in chosen:
             node.kill()
+        # Taken once every chosen node is dead: a write sent between the first SIGKILL and
+        # the last may still be acknowledged, rightly, by a node not yet killed.
+        cut = time.monotonic()
         for node in chosen:
             self.losses[node.name].append(self.disks[node.name].power_loss())
         for node in guardians:
@@ -254,8 +256,8 @@ def test_rule_5_power_loss_of_the_sync_standby_then_sigkill_of_the_primary(rig: 
     rig.writer.wait_acked(30, RECOVERY_S, since=time.monotonic())
     wait_for(lambda: standby.status()["primary"] == primary.name, RECOVERY_S,
              f"{standby.name} to follow {primary.name} again")
-    cut = time.monotonic()
     primary.kill()
+    cut = time.monotonic()     # after the kill: a write sent before it may be acked rightly
     new = rig.cluster.wait_primary(timeout=RECOVERY_S,
                                    among=[n for n in rig.nodes if n is not primary])
     rig.writer.wait_acked(20, RECOVERY_S, node=new.name, since=cut)
@@ -283,8 +285,8 @@ def test_rule_5_power_loss_of_a_majority_right_after_a_failover(rig: Rig) -> Non
     old = rig.start()
     rig.writer.wait_acked(100, 30)
     old_epoch = epoch_of(old)
-    first_cut = time.monotonic()
     old.kill()
+    first_cut = time.monotonic()
     survivors = [n for n in rig.nodes if n is not old]
     new = rig.cluster.wait_primary(timeout=RECOVERY_S, among=survivors)
     rig.writer.wait_acked(20, RECOVERY_S, node=new.name, since=first_cut)
