@@ -26,7 +26,9 @@ next whatever failed in between), ``attempts`` and ``acked`` (client requests, r
 and acknowledged writes) and ``goals_missed``. Exit status 0 only when every checker is green;
 each red one is named on stderr (after the JSON line). ``--quick``: 3 faults of the kinds
 kill, pause and switchover (no FUSE needed), under 60 s; ``--faults`` and ``--kinds`` still
-override it.
+override it. While it runs, its progress goes to stderr (``hacluster.tools.progress``): faults
+done of the run's, elapsed time and ETA, and the seq the primary reached; a bar on a terminal,
+a line every few seconds otherwise.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ from hacluster.testing.chaos import (
     POWER_KINDS,
     ChaosResult,
     ChaosRun,
+    Fault,
     plot,
     unavailable_reason,
     write_report,
 )
+from hacluster.tools.progress import progress
 
 # The --json line: every key earlier versions printed, then the power-loss verdicts.
 JSON_KEYS = ("faults", "lost_acked", "split_brain_windows", "stale_reads", "diverged_unreported",
@@ -72,6 +76,19 @@ def write_outputs(result: ChaosResult, report: Path, png: Path) -> str:
         return f"report: {report}   timeline: not drawn (matplotlib missing)"
     plot(result, png)
     return f"report: {report}   timeline: {png}"
+
+
+def soak_note(run: ChaosRun) -> str:
+    """How far the writes got, as the primary shows it (the writers' own counts of
+    acknowledged writes are only known once they stop)."""
+    primary = run.primary()
+    if primary is None:
+        return "no primary"
+    try:
+        seq = primary.status().get("applied_seq")
+    except (OSError, ValueError):
+        return "primary not answering"
+    return f"primary {primary.name} at seq {seq}"
 
 
 # Every checker behind ChaosResult.ok, as (summary key, goal, met).
@@ -119,12 +136,19 @@ def main() -> int:
     if importlib.util.find_spec("matplotlib") is None:
         print(f"chaos: {NO_PLOT}", file=sys.stderr)     # said now, not only after the run
     root = Path(tempfile.mkdtemp(prefix="hacluster-chaos-"))
-    run = ChaosRun(root, nodes=args.nodes, mode=args.mode, seed=args.seed, kinds=kinds,
-                   cover=not args.no_cover, say=lambda s: print(s, flush=True))
-    try:
-        result = run.run(args.faults)
-    finally:
-        run.close()
+    # Progress on stderr (a bar on a terminal, a line every few seconds otherwise): faults done
+    # of the run's, elapsed and ETA, and how far the primary got; the fault lines go above it.
+    with progress(args.faults, "soak", unit="faults") as bar:
+        def one_more(run: ChaosRun, _: Fault) -> None:
+            bar.note(soak_note(run))
+            bar.update(1)
+
+        run = ChaosRun(root, nodes=args.nodes, mode=args.mode, seed=args.seed, kinds=kinds,
+                       cover=not args.no_cover, say=bar.write, on_fault=one_more)
+        try:
+            result = run.run(args.faults)
+        finally:
+            run.close()
     written = write_outputs(result, args.report, args.png)
     summary = result.summary()
     width = max(len(k) for k in summary)

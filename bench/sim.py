@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fine", action="store_true",
                     help="the product's default timings (lease 0.6 s, renewals every 0.1 s) "
                          "instead of the coarser lease 3 s / 0.75 s")
+    ap.add_argument("--lease-changes", action="store_true",
+                    help="add dynamic changes of consensus.lease_s to the faults, each "
+                         "reaching the nodes at different times")
     ap.add_argument("--trace", type=int, metavar="SEED", default=None,
                     help="run one seed and print its whole decision trace and verdict")
     ap.add_argument("--workers", type=int, default=1)
@@ -71,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     seeds = a.seeds if a.seeds is not None else (300 if a.quick else 1000)
     seconds = a.seconds if a.seconds is not None else (60.0 if a.quick else 200.0)
-    cfg = (Config.fine(nodes=a.nodes, seconds=seconds, mode=a.mode) if a.fine else
-           Config(nodes=a.nodes, seconds=seconds, mode=a.mode))
+    cfg = (Config.fine(nodes=a.nodes, seconds=seconds, mode=a.mode,
+                       lease_changes=a.lease_changes) if a.fine else
+           Config(nodes=a.nodes, seconds=seconds, mode=a.mode, lease_changes=a.lease_changes))
     if a.trace is not None:
         result, _ = _one((a.trace, cfg, a.revert_fix))
         print("\n".join(result.trace))
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join("    " + line for line in r.short_trace(25).splitlines()))
     out: dict[str, Any] = {
         "seeds": seeds, "nodes": a.nodes, "mode": a.mode, "revert_fix": a.revert_fix,
+        "lease_changes": a.lease_changes,
         "sim_seconds_per_seed": seconds, "seconds": round(elapsed, 2),
         "seeds_per_min": round(seeds / elapsed * 60, 1), "workers": a.workers,
         "violations": len(failing),

@@ -25,6 +25,9 @@ class WriteGate:
     def __init__(self, timing: LeaseTiming | None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._timing = timing          # None: static mode, no lease
+        # The lease the lock records for the open epoch (its Acquire's): the holder never
+        # counts a longer one (``holder_lease_end``), whatever its own timing says now.
+        self._lock_lease_s: float | None = None
         self._clock = clock
         self._open = False
         self.epoch: int | None = None
@@ -32,9 +35,19 @@ class WriteGate:
         self.closed_reason = "not the primary"
         self.closes = 0                # times it closed while open: fencing events
 
-    def open(self, epoch: int, proposed_at: float | None = None) -> None:
-        """Open for ``epoch``; with consensus, ``proposed_at`` is the effective Acquire/Renew."""
+    def set_timing(self, timing: LeaseTiming) -> None:
+        """A dynamic change of the lease timings: from the next question on. A longer lease
+        is still capped by the lock's until an epoch records it."""
+        if self._timing is not None:
+            self._timing = timing
+
+    def open(self, epoch: int, proposed_at: float | None = None,
+             lock_lease_s: float | None = None) -> None:
+        """Open for ``epoch``; with consensus, ``proposed_at`` is the effective Acquire/Renew
+        and ``lock_lease_s`` the lease its lock records."""
         self._open = True
+        if epoch != self.epoch or lock_lease_s is not None:
+            self._lock_lease_s = lock_lease_s
         self.epoch = epoch
         if proposed_at is not None:
             self.extend(proposed_at)
@@ -63,7 +76,8 @@ class WriteGate:
     def lease_left(self) -> float:
         if self._timing is None or self.renewal_proposed_at is None:
             return 0.0
-        return holder_lease_end(self.renewal_proposed_at, self._timing) - self._clock()
+        return (holder_lease_end(self.renewal_proposed_at, self._timing, self._lock_lease_s)
+                - self._clock())
 
     def refusal(self) -> str | None:
         """None when a write may be acknowledged now; otherwise why not."""

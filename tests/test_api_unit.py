@@ -749,8 +749,8 @@ async def test_cluster_and_history_in_static_mode(primary: FakeNode, serve: Serv
         ("n1", N1_URL, "primary", "running", 0, []),
         ("n2", N2_URL, "replica", "unknown", None, ["dc2"])]
     history = await (await client.get("/history", headers=AUTH)).json()
-    assert history == [{"epoch": 3, "primary": "n1", "first_seq": None, "start_time": None,
-                        "reason": "configured"}]
+    assert history == [{"kind": "epoch", "epoch": 3, "primary": "n1", "first_seq": None,
+                        "start_time": None, "reason": "configured"}]
 
 
 async def test_metrics_show_role_seq_and_request_latency(primary: FakeNode,
@@ -763,7 +763,7 @@ async def test_metrics_show_role_seq_and_request_latency(primary: FakeNode,
     assert 'hacluster_role{role="primary"} 1.0' in text
     assert "hacluster_applied_seq 2.0" in text
     assert "hacluster_epoch 3.0" in text
-    assert ('hacluster_http_request_seconds_count{method="PUT",route="/v1/kv/{key}",'
+    assert ('hacluster_http_request_duration_seconds_count{method="PUT",route="/v1/kv/{key}",'
             'status="200"} 1.0') in text
 
 

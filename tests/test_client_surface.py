@@ -125,19 +125,20 @@ def test_cluster_history_and_metrics(cluster: Cluster) -> None:
     from prometheus_client.parser import text_string_to_metric_families
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name in ("hacluster_role", "hacluster_epoch", "hacluster_applied_seq",
-                 "hacluster_replica_lag", "hacluster_writes", "hacluster_failovers",
+                 "hacluster_replication_lag_seqs", "hacluster_replication_lag_seconds",
+                 "hacluster_writes", "hacluster_failovers",
                  "hacluster_fencing_events", "hacluster_divergent_ops",
-                 "hacluster_bootstrap_bytes", "hacluster_http_request_seconds"):
+                 "hacluster_bootstrap_bytes", "hacluster_http_request_duration_seconds"):
         assert name in families, name
-    lags = {s.labels["replica"]: s.value for s in families["hacluster_replica_lag"].samples}
-    assert set(lags) == {r.name for r in replicas}
+    for family in ("hacluster_replication_lag_seqs", "hacluster_replication_lag_seconds"):
+        lags = {s.labels["replica"]: s.value for s in families[family].samples}
+        assert set(lags) == {r.name for r in replicas}, family
     assert 'hacluster_role{role="primary"} 1.0' in text
     assert "hacluster_writable 1.0" in text
-    assert "hacluster_replica_lag{replica=" in text
-    assert 'hacluster_http_request_seconds_count{method="PUT",route="/v1/kv/{key}"' in text
+    assert 'hacluster_http_request_duration_seconds_count{method="PUT",route="/v1/kv/{key}"' in text
     replica_text = replicas[0].get("/metrics").body.decode()
     assert 'hacluster_role{role="replica"} 1.0' in replica_text
-    assert "hacluster_replication_lag" in replica_text
+    assert f'hacluster_replication_lag_seqs{{replica="{replicas[0].name}"}}' in replica_text
     status = json.loads(p.get("/status").body)
     assert status["consensus"]["raft"]["log_len"] >= 1
 

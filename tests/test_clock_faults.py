@@ -99,7 +99,7 @@ def test_four_percent_fast_is_a_warning_and_a_failover_loses_nothing(
             assert 0.03 < float(view["drift"]) < 0.05, view
             assert float(view["span_s"]) >= 20, view
             assert metric(node, "hacluster_clock_drift_beyond_bound") == 0
-            assert 0.03 < (metric(node, "hacluster_clock_drift", FAST) or 0) < 0.05
+            assert 0.03 < (metric(node, "hacluster_clock_drift_ratio", FAST) or 0) < 0.05
         # The fast node sees both others 1 / 1.04 slow: also a warning, and no more.
         fast = cluster.nodes[FAST]
         for node in normal:
@@ -143,10 +143,10 @@ def test_fifteen_percent_fast_is_reported_beyond_the_bound(tmp_path: Path) -> No
             view = wait_judged(node, FAST, "beyond", 45)
             assert 0.14 < float(view["drift"]) < 0.16, view
             assert metric(node, "hacluster_clock_drift_beyond_bound") == 1
-            assert 0.14 < (metric(node, "hacluster_clock_drift", FAST) or 0) < 0.16
+            assert 0.14 < (metric(node, "hacluster_clock_drift_ratio", FAST) or 0) < 0.16
             other = next(n for n in cluster.nodes if n not in (node.name, FAST))
             wait_judged(node, other, "ok", 20)
-            assert abs(metric(node, "hacluster_clock_drift", other) or 1) < 0.01
+            assert abs(metric(node, "hacluster_clock_drift_ratio", other) or 1) < 0.01
             assert re.search(rf"{node.name}: {FAST}'s clock runs 1[45]\.\d % fast relative to "
                              rf"{node.name}, beyond consensus.drift 5 %: leases are not safe",
                              node.log()), node.log()[-3000:]

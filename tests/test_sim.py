@@ -113,3 +113,40 @@ def test_seeds_that_found_bugs_pass() -> None:
     for seed in (30, 14, 92):
         r = run_seed(seed, Config.fine(seconds=60))
         assert r.ok and not r.stuck, f"seed {seed}: {r.violations}\n{r.short_trace()}"
+
+
+# A seed whose lease changes expose a holder counting its own, longer, lease (below).
+LEASE_CAP_SEED = 12
+
+
+def test_lease_changes_reaching_nodes_at_different_times_never_split_the_brain() -> None:
+    """``hacluster config set consensus.lease_s`` under faults: each node takes the change on
+    at its own time, yet no two gates are ever open in different epochs, and nothing
+    acknowledged is lost."""
+    changes = failovers = 0
+    for seed in (LEASE_CAP_SEED, *range(100, 140)):
+        r = run_seed(seed, Config.fine(seconds=60, lease_changes=True))
+        assert r.ok and r.split_brain_windows == 0, \
+            f"seed {seed}: {r.violations}\n{r.short_trace()}"
+        changes += sum("dynamic configuration: consensus.lease_s" in line for line in r.trace)
+        failovers += r.failovers
+    assert changes > 100 and failovers > 100, (changes, failovers)
+
+
+def test_without_the_lock_lease_cap_a_lengthened_lease_splits_the_brain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: a holder that counts its own (lengthened) lease instead of
+    the one its lock records keeps writing after a node still on the old length took over."""
+    from hacluster.consensus import decide, lease
+    from hacluster.testing.sim import data
+    uncapped = lease.holder_lease_end
+
+    def own_lease(proposed_at: float, t: lease.LeaseTiming, lease_s: float | None = None) \
+            -> float:
+        return uncapped(proposed_at, t, None)
+
+    monkeypatch.setattr(data, "holder_lease_end", own_lease)
+    monkeypatch.setattr(decide, "holder_lease_end", own_lease)
+    r = run_seed(LEASE_CAP_SEED, Config.fine(seconds=60, lease_changes=True))
+    assert r.split_brain_windows > 0, r.short_trace()
+

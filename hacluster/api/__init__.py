@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from hacluster.api import admin, info, kv, managed, watch
+from hacluster.api import admin, info, kv, managed, settings, watch
 from hacluster.api.common import error, handle_then
 from hacluster.api.metrics import Metrics
 from hacluster.security.access import OPEN_PATHS, PRINCIPAL, Need, Refusal, authorize, need
@@ -151,6 +151,7 @@ def build_app(node: ServedNode) -> web.Application:
         kv.add_routes(app, node)
         watch.add_routes(app, node, node.watches)
     admin.add_routes(app, node)
+    settings.add_routes(app, node)      # /v1/admin/config: the dynamic configuration
     add_replication_routes(app, node)
     return app
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from hacluster.api.common import BodyError, error, read_json, to_primary
+from hacluster.backup import http as backup_http
 from hacluster.consensus.errors import NotCommitted, RequestRefused
 from hacluster.node_errors import NotWritable
 
@@ -156,3 +157,4 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
     app.router.add_post("/v1/admin/resume", resume)
     app.router.add_post("/v1/admin/raft/compact", raft_compact)
     app.router.add_post("/v1/admin/switchover", switchover)
+    backup_http.add_routes(app, node)           # POST /v1/admin/backup

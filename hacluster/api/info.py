@@ -92,12 +92,18 @@ def cluster_view(node: ServedNode) -> dict[str, Any]:
 
 
 def history(node: ServedNode) -> list[dict[str, Any]]:
+    """The epochs (``kind: epoch``) and the dynamic configuration's changes (``kind:
+    settings``), oldest first."""
     if node.control is None:
-        return [{"epoch": node.role.epoch, "primary": node.role.primary, "first_seq": None,
-                 "start_time": None, "reason": "configured"}]
-    return [{"epoch": r.epoch, "primary": r.primary, "first_seq": r.start_seq,
-             "start_time": r.wall_time, "reason": r.reason}
-            for r in node.control.state().history]
+        return [{"kind": "epoch", "epoch": node.role.epoch, "primary": node.role.primary,
+                 "first_seq": None, "start_time": None, "reason": "configured"}]
+    state = node.control.state()
+    records: list[dict[str, Any]] = [
+        {"kind": "epoch", "epoch": r.epoch, "primary": r.primary, "first_seq": r.start_seq,
+         "start_time": r.wall_time, "reason": r.reason} for r in state.history]
+    records += [{"kind": "settings", "version": c.version, "changes": dict(c.changes),
+                 "by": c.by, "start_time": c.wall_time} for c in state.settings_history]
+    return sorted(records, key=lambda r: r["start_time"] or 0.0)
 
 
 def add_routes(app: web.Application, node: ServedNode, metrics: Metrics) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -270,6 +270,18 @@ class AsyncClient(ClientBase):
 
     async def history(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = ops.json_of(await self._any(ops.Req("GET", "/history")))
+        return result
+
+    async def cluster_config(self) -> dict[str, Any]:
+        """The dynamic configuration: version, overrides, values in effect (admin role)."""
+        result: dict[str, Any] = ops.json_of(await self._any(ops.Req("GET", "/v1/admin/config")))
+        return result
+
+    async def change_cluster_config(self, changes: Mapping[str, Any],
+                              expected_version: int | None = None) -> dict[str, Any]:
+        """Change dynamic settings, as ``Client.change_cluster_config``."""
+        answer = await self._any(ops.change_settings(changes, expected_version))
+        result: dict[str, Any] = ops.json_of(answer)
         return result
 
     async def admin(self, action: str, body: dict[str, Any] | None = None,

@@ -8,8 +8,9 @@ errors. It must never decide where a request goes or whether it is retried (``ru
 from __future__ import annotations
 
 import base64
+import json
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,16 @@ def delete(key: bytes | str, cf: str, if_seq: int | None) -> Req:
                 else txn([{"cf": cf, "key": k, "seq": if_seq}], [op], []))
     cond = "" if if_seq is None else f"&if_seq={int(if_seq)}"
     return Req("DELETE", f"/v1/kv/{quote(text)}?cf={quote(cf)}{cond}")
+
+
+def change_settings(changes: Mapping[str, Any], expected_version: int | None) -> Req:
+    """``PATCH /v1/admin/config``: a change of the dynamic configuration (None: back to
+    the file's value), compare-and-set on ``expected_version`` when given."""
+    body: dict[str, Any] = {"changes": dict(changes)}
+    if expected_version is not None:
+        body["expected_version"] = expected_version
+    return Req("PATCH", "/v1/admin/config", json.dumps(body).encode(),
+               {"Content-Type": "application/json"})
 
 
 def write_result(answer: Answer, conditional: bool = False) -> WriteResult:

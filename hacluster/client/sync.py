@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -324,6 +324,19 @@ class Client(ClientBase):
 
     def history(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.get_json("/history")
+        return result
+
+    def cluster_config(self) -> dict[str, Any]:
+        """The dynamic configuration: version, overrides, values in effect (admin role)."""
+        result: dict[str, Any] = self.get_json("/v1/admin/config")
+        return result
+
+    def change_cluster_config(self, changes: Mapping[str, Any],
+                        expected_version: int | None = None) -> dict[str, Any]:
+        """Change dynamic settings (None: back to the file's value); RequestFailed with the
+        key and the reason when refused (400 invalid, 409 unsafe or changed meanwhile)."""
+        answer = self._any(ops.change_settings(changes, expected_version), timeout=30.0)
+        result: dict[str, Any] = ops.json_of(answer)
         return result
 
     def admin(self, action: str, body: dict[str, Any] | None = None,

@@ -10,6 +10,7 @@ anything, open a database or touch the network: a bad config fails before any of
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -18,12 +19,15 @@ from pathlib import Path
 import yaml
 
 from hacluster.config.model import (
+    BACKUP_KEY_ENV,
+    BACKUP_SECRET_ACCESS_KEY_ENV,
     FRAME_OVERHEAD,
     RAFT_PASSWORD_ALSO_ENV,
     RAFT_PASSWORD_ENV,
     REPLICATION_TOKEN_ENV,
     TOKEN_ENV,
     AuthConfig,
+    BackupConfig,
     ClusterConfig,
     ConfigError,
 )
@@ -32,6 +36,7 @@ from hacluster.config.secret_sources import read_secret
 from hacluster.config.sections import (
     _application,
     _auth_tokens,
+    _backup,
     _check_auth,
     _consensus,
     _hooks,
@@ -121,6 +126,7 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
     hooks = _hooks(top.child("hooks"))
     watchdog = _watchdog(top.child("watchdog"))
     application = _application(top.child("application"))
+    backup = _backup_with_secrets(top.child("backup"), env)
     tls = _tls(top)
     auth_reader, entries = _auth_tokens(top)
     own = read_secret(auth_reader, "replication_token", env=env,
@@ -178,5 +184,49 @@ def _build(top: _Reader, source: Path, env: Mapping[str, str]) -> ClusterConfig:
         consensus=consensus, hooks=hooks, watchdog=watchdog, tls=tls,
         auth=AuthConfig(tokens=entries, replication_token=own),
         raft_password_also_accepted=also if also != raft_password else None,
-        application=application,
+        application=application, backup=backup,
     )
+
+
+def _backup_key(r: _Reader, where: str, text: str) -> bytes:
+    """A client-side encryption key: 32 bytes, as 64 hex digits or in base64."""
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        try:
+            key = base64.b64decode(text, validate=True)
+        except ValueError:
+            raise r.fail(where, "must be 32 bytes as 64 hex digits or base64 (make one with "
+                         "`openssl rand -hex 32`)") from None
+    if len(key) != 32:
+        raise r.fail(where, f"must be 32 bytes (AES-256), got {len(key)} (make one with "
+                     "`openssl rand -hex 32`)")
+    return key
+
+
+def _backup_with_secrets(r: _Reader, env: Mapping[str, str]) -> BackupConfig:
+    """The ``backup`` section, its encryption key and S3 secret from the file, a secret file,
+    a systemd credential or the environment."""
+    backup = _backup(r)
+    key_text = read_secret(r, "encryption_key", env=env, env_name=BACKUP_KEY_ENV,
+                           credential="backup_encryption_key", min_length=32)
+    secret = read_secret(r, "secret_access_key", env=env,
+                         env_name=BACKUP_SECRET_ACCESS_KEY_ENV,
+                         credential="backup_secret_access_key", min_length=8)
+    r.finish()
+    key = None
+    if backup.encryption == "client":
+        if key_text is None:
+            raise r.fail(r.key("encryption_key"), "required with encryption: client (in "
+                         f"encryption_key_file, ${BACKUP_KEY_ENV} or the credential "
+                         "backup_encryption_key)")
+        key = _backup_key(r, r.key("encryption_key"), key_text)
+    elif key_text is not None and ("encryption_key" in r.data or "encryption_key_file" in r.data):
+        raise r.fail(r.key("encryption_key"), "only used with encryption: client")
+    if (secret is None) != (backup.access_key_id is None):
+        raise r.fail(r.key("secret_access_key" if secret is None else "access_key_id"),
+                     "access_key_id and secret_access_key go together (or leave both out "
+                     "for boto3's usual chain: environment, profile, instance role)")
+    if backup.url is None and (backup.encryption != "none" or backup.endpoint_url):
+        raise r.fail(r.key("url"), "required when the backup section sets anything else")
+    return dataclasses.replace(backup, encryption_key=key, secret_access_key=secret)

@@ -3,13 +3,14 @@
 Owns ``ClusterConfig`` and one frozen dataclass per section (``StorageConfig``,
 ``ReplicationConfig``, ``ConsensusConfig``, ...), each field's default, ``ConfigError``, and the
 names other modules share (``TOKEN_ENV``, ``RAFT_PASSWORD_ENV``, ``FRAME_OVERHEAD``,
-``NODE_TAGS``, ``DURABILITY``). It must never read a file, the environment or a YAML value, nor
-check a bound: the defaults live here, the validation in ``sections`` and ``load``.
+``NODE_TAGS``, ``DURABILITY``, ``BACKUP_KEY_ENV``). It must never read a file, the environment
+or a YAML value, nor check a bound: the defaults live here, the validation in ``sections``
+and ``load``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hacluster.security.tokens import TokenEntry
@@ -21,8 +22,11 @@ RAFT_PASSWORD_ALSO_ENV = "HACLUSTER_RAFT_PASSWORD_ALSO_ACCEPTED"
 # systemd's LoadCredential=/SetCredentialEncrypted= put secrets in files under this directory.
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 # Never passed on to a child process (hooks): each holds a secret, or says where secrets are.
+BACKUP_KEY_ENV = "HACLUSTER_BACKUP_ENCRYPTION_KEY"
+BACKUP_SECRET_ACCESS_KEY_ENV = "HACLUSTER_BACKUP_SECRET_ACCESS_KEY"
 SECRET_ENVS = frozenset({TOKEN_ENV, RAFT_PASSWORD_ENV, RAFT_PASSWORD_ALSO_ENV,
-                         REPLICATION_TOKEN_ENV, CREDENTIALS_ENV})
+                         REPLICATION_TOKEN_ENV, CREDENTIALS_ENV, BACKUP_KEY_ENV,
+                         BACKUP_SECRET_ACCESS_KEY_ENV})
 
 NODE_TAGS = frozenset({"nofailover", "noloadbalance"})
 # Room in a frame beyond the WriteBatch itself (CBOR map, header fields, checksum).
@@ -222,6 +226,33 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BackupConfig:
+    """Continuous backup to an object store (``url`` None: off). The schedule keys
+    (``archive_interval_s``, ``base_backup_interval_s``, ``keep_last``, ``keep_days``) are
+    dynamic: read them from ``node.cfg.backup`` where they are used, never keep a copy."""
+
+    url: str | None = None                   # s3://bucket/prefix or file:///path
+    archive_interval_s: float = 5.0          # the live tail ships at least this often
+    base_backup_interval_s: float = 86400.0  # 0: base backups on demand only
+    keep_last: int = 7                       # base backups kept whatever their age ...
+    keep_days: float = 7.0                   # ... and every one younger than this
+    compression: str = "zstd"                # zstd | gzip | none
+    encryption: str = "none"                 # none | client | sse-s3 | sse-kms
+    encryption_key: bytes | None = field(default=None, repr=False)   # client: 32 bytes
+    kms_key_id: str | None = None            # sse-kms
+    endpoint_url: str | None = None          # an S3-compatible server's URL
+    region: str | None = None
+    access_key_id: str | None = None         # else boto3's chain (env, profile, role)
+    secret_access_key: str | None = field(default=None, repr=False)
+    segment_max_mb: int = 16                 # a WAL segment object holds at most this much
+    max_pending_mb: int = 64                 # read ahead of the store at most this much
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     """Role tokens (stored as hashes) and this node's own credential towards the primary."""
 
@@ -252,6 +283,7 @@ class ClusterConfig:
     # A second Raft password, accepted but never sent: the middle steps of a rolling change.
     raft_password_also_accepted: str | None = None
     application: ApplicationConfig | None = None    # managed mode when set
+    backup: BackupConfig = BackupConfig()
 
     @property
     def managed(self) -> bool:

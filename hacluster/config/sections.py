@@ -1,8 +1,8 @@
 """One function per section of the config file: its keys, their types, bounds and rules.
 
-Owns ``_storage``, ``_replication``, ``_consensus``, ``_watchdog``, ``_limits``, ``_hooks``,
-``_application`` and ``_nodes``: each reads its section through a ``_Reader``, checks every
-bound and every rule that involves only that section's keys, refuses unknown keys, and
+Owns ``_storage``, ``_replication``, ``_backup``, ``_consensus``, ``_watchdog``, ``_limits``,
+``_hooks``, ``_application`` and ``_nodes``: each reads its section through a ``_Reader``,
+checks every bound and every rule that involves only that section's keys, refuses unknown keys, and
 returns the frozen dataclass. It must never look at another section or at the environment
 (rules across sections, secrets and defaults that depend on consensus are ``load``'s), and
 never start or open anything.
@@ -20,6 +20,7 @@ from hacluster.config.model import (
     NODE_TAGS,
     SECRET_ENVS,
     ApplicationConfig,
+    BackupConfig,
     ConfigError,
     ConsensusConfig,
     HooksConfig,
@@ -93,6 +94,72 @@ def _replication(r: _Reader) -> ReplicationConfig:
     if result.reconnect_backoff_max < result.reconnect_backoff_min:
         raise r.fail(r.key("reconnect_backoff_max"), "must not be less than reconnect_backoff_min")
     r.finish()
+    return result
+
+
+BACKUP_COMPRESSION = ("zstd", "gzip", "none")
+BACKUP_ENCRYPTION = ("none", "client", "sse-s3", "sse-kms")
+
+
+def _backup(r: _Reader) -> BackupConfig:
+    """The ``backup`` section without its secrets (``load`` reads those, then finishes it)."""
+    d = BackupConfig()
+    url = _text(r, "url", None)
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme == "s3":
+            if not parts.netloc:
+                raise r.fail(r.key("url"), f"{brief(url)}: names no bucket (s3://BUCKET/prefix)")
+        elif parts.scheme == "file":
+            if parts.netloc or not parts.path.startswith("/"):
+                raise r.fail(r.key("url"), f"{brief(url)}: a file URL takes an absolute path "
+                             "(file:///var/backups/hacluster)")
+        else:
+            raise r.fail(r.key("url"), f"{brief(url)}: must be s3://bucket/prefix or "
+                         "file:///path")
+    endpoint = _text(r, "endpoint_url", None)
+    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        raise r.fail(r.key("endpoint_url"), f"{brief(endpoint)}: must be an http(s) URL")
+    # Already-read secrets pass through when a built config is parsed again (the dynamic
+    # configuration lays Raft's values over the file's section): never drop them there.
+    carried_key = r.data.get("encryption_key")
+    carried_secret = r.data.get("secret_access_key")
+    result = BackupConfig(
+        url=url,
+        encryption_key=carried_key if isinstance(carried_key, bytes) else None,
+        secret_access_key=carried_secret if isinstance(carried_secret, str) else None,
+        archive_interval_s=r.number("archive_interval_s", d.archive_interval_s, minimum=0.1,
+                                    maximum=3600),
+        base_backup_interval_s=r.number("base_backup_interval_s", d.base_backup_interval_s,
+                                        minimum=0, maximum=366 * 86400),
+        keep_last=r.integer("keep_last", d.keep_last, minimum=1, maximum=10_000),
+        keep_days=r.number("keep_days", d.keep_days, minimum=0, maximum=36_500),
+        compression=r.get("compression", str, d.compression),
+        encryption=r.get("encryption", str, d.encryption),
+        kms_key_id=r.get("kms_key_id", str, None),
+        endpoint_url=endpoint,
+        region=r.get("region", str, None),
+        access_key_id=r.get("access_key_id", str, None),
+        segment_max_mb=r.integer("segment_max_mb", d.segment_max_mb, minimum=1, maximum=1024),
+        max_pending_mb=r.integer("max_pending_mb", d.max_pending_mb, minimum=1,
+                                 maximum=1 << 16),
+    )
+    if result.compression not in BACKUP_COMPRESSION:
+        raise r.fail(r.key("compression"), f"must be one of {', '.join(BACKUP_COMPRESSION)}, "
+                     f"got {brief(result.compression)}")
+    if result.encryption not in BACKUP_ENCRYPTION:
+        raise r.fail(r.key("encryption"), f"must be one of {', '.join(BACKUP_ENCRYPTION)}, "
+                     f"got {brief(result.encryption)}")
+    if result.encryption == "sse-kms" and not result.kms_key_id:
+        raise r.fail(r.key("kms_key_id"), "required with encryption: sse-kms")
+    if result.kms_key_id and result.encryption != "sse-kms":
+        raise r.fail(r.key("kms_key_id"), "only used with encryption: sse-kms")
+    s3 = url is not None and url.startswith("s3:")
+    if result.encryption in ("sse-s3", "sse-kms") and not s3:
+        raise r.fail(r.key("encryption"), f"{result.encryption} is server-side encryption: "
+                     "it needs an s3:// url (use client for a file:// url)")
+    if result.segment_max_mb > result.max_pending_mb:
+        raise r.fail(r.key("segment_max_mb"), "must not exceed max_pending_mb")
     return result
 
 

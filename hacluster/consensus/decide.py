@@ -59,7 +59,7 @@ def judge(state: ClusterState, obs: Observation, policy: Policy) -> Decision:
         return _restarted_holder(state, obs, policy, pause)
 
     if lock.held and lock.holder == me:
-        end = (holder_lease_end(obs.renewal_proposed_at, t)
+        end = (holder_lease_end(obs.renewal_proposed_at, t, lock.lease_s)
                if obs.renewal_proposed_at is not None else None)
         if not obs.has_quorum:
             if end is None or now >= end:

@@ -1,6 +1,6 @@
 """Why an operator's request to the consensus layer was turned down.
 
-Owns the two exceptions the control loop raises for switchover, failover, membership and pause
+Owns the exceptions the control loop raises for switchover, failover, membership and pause
 requests, which the admin API maps to HTTP answers. It must never hold logic.
 """
 
@@ -14,3 +14,9 @@ class RequestRefused(Exception):
 
 class NotCommitted(RequestRefused):
     """Raft did not commit the change in time: it may still take effect; retry to find out."""
+
+
+class SettingsInvalid(RequestRefused):
+    """A dynamic configuration change names a key that is not dynamic, or a value the
+    config's schema refuses (the message names the key, as a bad file's would)."""
+

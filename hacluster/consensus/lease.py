@@ -32,9 +32,16 @@ class LeaseTiming:
             raise ValueError("drift must be in [0, 0.5) and margin_s >= 0")
 
 
-def holder_lease_end(proposed_at: float, t: LeaseTiming) -> float:
-    """Until when the holder may acknowledge writes after a renewal proposed at ``proposed_at``."""
-    return proposed_at + t.lease_s * (1 - t.drift)
+def holder_lease_end(proposed_at: float, t: LeaseTiming, lease_s: float | None = None) -> float:
+    """Until when the holder may acknowledge writes after a renewal proposed at ``proposed_at``.
+
+    ``lease_s``: the lease recorded in the lock (its Acquire's). The holder takes the shorter
+    of it and its own, the mirror of ``observer_lease_end``: a lease lengthened by a dynamic
+    change while an epoch runs takes effect at the next epoch, whose Acquire records it, so
+    no observer still counting the old length can see the lease end while the holder writes.
+    """
+    lease = t.lease_s if not lease_s else min(lease_s, t.lease_s)
+    return proposed_at + lease * (1 - t.drift)
 
 
 def observer_lease_end(seen_at: float, t: LeaseTiming, lease_s: float | None = None) -> float:
@@ -46,5 +53,6 @@ def observer_lease_end(seen_at: float, t: LeaseTiming, lease_s: float | None = N
     return seen_at + lease * (1 + t.drift) + t.margin_s
 
 
-def holder_may_write(proposed_at: float | None, now: float, t: LeaseTiming) -> bool:
-    return proposed_at is not None and now < holder_lease_end(proposed_at, t)
+def holder_may_write(proposed_at: float | None, now: float, t: LeaseTiming,
+                     lease_s: float | None = None) -> bool:
+    return proposed_at is not None and now < holder_lease_end(proposed_at, t, lease_s)

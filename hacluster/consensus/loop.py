@@ -54,24 +54,27 @@ from hacluster.consensus.state import (
     Release,
     Renew,
     Report,
-    SetSyncSet,
 )
+from hacluster.consensus.sync_set import SyncSetProposals
 
 __all__ = ["ControlLoop", "NotCommitted", "RequestRefused"]
 
 log = logging.getLogger(__name__)
 
 
-class ControlLoop(OperatorRequests):
+class ControlLoop(OperatorRequests, SyncSetProposals):
     def __init__(self, node: NodePort, cfg: ClusterConfig) -> None:
         self.node = node
-        self.cfg = cfg
+        self.cfg = cfg                 # the file's, then with the dynamic configuration
+        self.file_cfg = cfg
+        self.settings_version = 0
+        self.settings_error: str | None = None
         c = cfg.consensus
         self.me = next(n for n in cfg.nodes if n.name == node.name)
         assert self.me.raft is not None
         self.policy = settings.policy(cfg)
         self.timing = self.policy.timing
-        self.quorum_window = max(3 * c.report_interval_s, 3 * c.renew_interval_s)
+        self.quorum_window = settings.quorum_window(cfg)
         partners = [str(n.raft) for n in cfg.nodes if n.name != node.name]
         self.raft = RaftNode(str(self.me.raft), partners, self.me.data_dir / "raft",
                              cfg.raft_password, settings.raft_timing(cfg),
@@ -98,9 +101,7 @@ class ControlLoop(OperatorRequests):
         self._claimed_start = 0            # its start_seq
         self._claim_confirmed = False      # its Acquire's callback said it took effect
         self.switching = False                  # a switchover holds the write gate shut
-        # Rule 6: names of every synchronous set proposed whose outcome is not known yet.
-        # Until it is, a write needs them as well as the committed set.
-        self._sync_pending: frozenset[str] = frozenset()
+        self._sync_pending: frozenset[str] = frozenset()   # rule 6 (sync_set)
         self._sync_unknown = False
         self._sync_proposed_at = 0.0
         self._disk_handover: int | None = None
@@ -127,7 +128,6 @@ class ControlLoop(OperatorRequests):
         await asyncio.to_thread(self.raft.stop)
 
     async def _run(self) -> None:
-        interval = self.cfg.consensus.renew_interval_s
         # Decide nothing (and report nothing) on a half-replayed log: a stale snapshot could
         # hide our own earlier report or the lock.
         while not self.raft.ready.is_set():
@@ -139,8 +139,8 @@ class ControlLoop(OperatorRequests):
                 log.exception("%s: control loop pass failed", self.node.name)
             state = self.raft.snapshot()
             now = time.monotonic()
-            delay = next_pass_in(interval, state.lock, self.node.name, self.raft.lock_seen_at(),
-                                 now, self.timing)
+            delay = next_pass_in(self.cfg.consensus.renew_interval_s, state.lock,
+                                 self.node.name, self.raft.lock_seen_at(), now, self.timing)
             if watch_for_standbys(state, self.node.name, self.policy.sync_mode,
                                   self.policy.sync_replicas, self._hands_changed_at, now):
                 await self._watch_standbys(state, now + delay)
@@ -175,8 +175,10 @@ class ControlLoop(OperatorRequests):
         first, changed, self._wake_key = self._wake_key is None, key != self._wake_key, key
         if changed and not first:       # the first state seen (replayed at start) is no change
             self._hands_changed_at = time.monotonic()
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._wake.set)
+        # A new dynamic configuration is taken on at once too (the next pass applies it).
+        if ((changed and not first) or state.settings_version != self.settings_version) and \
+                self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_raft(self, fn: Any, *args: Any) -> None:
         """Run ``fn(*args)`` on the event loop (Raft callbacks arrive on the Raft thread)."""
@@ -262,6 +264,7 @@ class ControlLoop(OperatorRequests):
         return mine.applied_seq if mine else 0
 
     async def run_once(self) -> Decision:
+        self._take_settings(self.raft.snapshot())
         now = time.monotonic()
         node = self.node
         me = node.local_state()
@@ -445,38 +448,6 @@ class ControlLoop(OperatorRequests):
 
         self.raft.propose(cmd, acquired)
 
-    def confirmers(self, state: ClusterState) -> frozenset[str]:
-        """Whose confirmation a write needs: the committed synchronous set and, while a change
-        of it may still commit, every set proposed since (rule 6)."""
-        return state.sync_set | self._sync_pending
-
-    def _propose_sync_set(self, epoch: int, new: frozenset[str]) -> None:
-        """Propose ``new`` as the synchronous set (chosen by ``effects.sync_set_change``);
-        until its outcome is known, writes need its members too (rule 6)."""
-        node = self.node
-        self._sync_pending = self._sync_pending | new
-        self._sync_unknown = False
-        self._sync_proposed_at = time.monotonic()
-        latest = node.latest_seq()
-
-        def done(ok: bool | None, proposed_at: float) -> None:
-            if ok is None:
-                # Not committed, yet it still may be: keep requiring its members. A later
-                # proposal whose outcome is known ends the doubt (the log is ordered: once a
-                # later entry of ours commits, this one has committed or never will).
-                log.warning("%s: synchronous set change to %s: outcome unknown; writes need "
-                            "both sets until a later change settles it", node.name,
-                            sorted(new))
-                self._sync_unknown = True
-                return
-            self._sync_pending = frozenset()
-            self._sync_unknown = False
-            if ok:
-                log.info("%s: synchronous set is now %s (epoch %d, at seq %d)", node.name,
-                         sorted(new), epoch, latest)
-
-        self.raft.propose(SetSyncSet(node.name, epoch, new), done)
-
     def status(self) -> dict[str, Any]:
         state = self.raft.snapshot()
         lock = state.lock
@@ -496,4 +467,5 @@ class ControlLoop(OperatorRequests):
                          "reason": r.reason, "time": r.wall_time} for r in state.history[-10:]],
             "raft": self.raft.raft_status(),
             "clock": self.clocks.status(),
+            "settings": self.settings_status(),
         }

@@ -1,4 +1,5 @@
-"""Operators' requests to the consensus layer: switchover, failover, membership, pause.
+"""Operators' requests to the consensus layer: switchover, failover, membership, pause, and
+the dynamic configuration (changed here, and taken on by every node's loop).
 
 Owns ``OperatorRequests``, the part of the control loop an operator (through the admin API or
 the CLI) calls: each request is checked against the same eligibility rule the loop elects by
@@ -6,7 +7,8 @@ the CLI) calls: each request is checked against the same eligibility rule the lo
 reason and changes nothing, an outcome Raft did not decide in time raises ``NotCommitted``.
 Like Patroni's API it records intent and lets the loop act — except a switchover, which the
 primary itself carries out (shut the gate, wait for the successor, release naming it). It must
-never promote anyone itself, nor let a refused request leave the gate shut.
+never promote anyone itself, nor let a refused request leave the gate shut, nor record a
+dynamic change that does not validate against this node's file (``dynamic.effective``).
 """
 
 from __future__ import annotations
@@ -14,16 +16,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from hacluster.config import ClusterConfig
+from hacluster.config import ClusterConfig, ConfigError
+from hacluster.config.dynamic import check_key, check_value, effective, merge, values
+from hacluster.consensus import settings
 from hacluster.consensus.eligibility import failover_refusal, successors
-from hacluster.consensus.errors import NotCommitted, RequestRefused
+from hacluster.consensus.errors import NotCommitted, RequestRefused, SettingsInvalid
 from hacluster.consensus.model import Policy
 from hacluster.consensus.ports import NodePort
 from hacluster.consensus.raft import RaftNode
 from hacluster.consensus.reports import ReportTracker
-from hacluster.consensus.state import Command, Forget, Release, SetFailover, SetPaused
+from hacluster.consensus.state import (
+    ClusterState,
+    Command,
+    Forget,
+    Release,
+    SetFailover,
+    SetPaused,
+    SetSettings,
+)
 
 log = logging.getLogger("hacluster.consensus.loop")
 
@@ -38,6 +51,11 @@ class OperatorRequests:
     reports: ReportTracker
     switching: bool
     _loop: asyncio.AbstractEventLoop | None
+    timing: Any
+    quorum_window: float
+    file_cfg: ClusterConfig          # the file's config: what the Raft overrides lie over
+    settings_version = 0             # the dynamic configuration's version in effect here
+    settings_error: str | None = None   # why the latest version is not in effect here
 
     async def switchover(self, target: str | None, timeout: float = 5.0) -> str:
         """Hand the primary role over with no acknowledged write lost; returns the successor.
@@ -194,4 +212,77 @@ class OperatorRequests:
     async def set_paused(self, paused: bool, timeout: float = 5.0) -> bool | None:
         """Record the maintenance flag in Raft; None if it could not be committed in time."""
         return await self._propose_and_wait(SetPaused(paused), timeout)
+
+    async def set_settings(self, changes: Iterable[tuple[str, Any]], by: str,
+                           expected_version: int | None = None, timeout: float = 5.0) -> int:
+        """Validate and record a change of the dynamic configuration; its new version.
+
+        ``changes``: (key, value) pairs, None to go back to the file's value. Refused
+        (RequestRefused, naming the key and the reason) when a key is not dynamic, the result
+        does not validate as a file would, the change is unsafe, or the configuration moved
+        past ``expected_version`` meanwhile (an edit made from a stale read).
+        """
+        state = self.raft.snapshot()
+        if expected_version is not None and expected_version != state.settings_version:
+            raise RequestRefused(f"the dynamic configuration is at version "
+                                 f"{state.settings_version}, not {expected_version}: it "
+                                 "changed meanwhile; read it again")
+        try:
+            pairs = tuple((check_key(k), check_value(k, v)) for k, v in changes)
+            if not pairs:
+                raise SettingsInvalid("no change given")
+            new = effective(self.file_cfg, dict(merge(state.settings, pairs)))
+        except ConfigError as exc:
+            raise SettingsInvalid(str(exc)) from None
+        unsafe = settings.unsafe_change(self.cfg, new)
+        if unsafe is not None:
+            raise RequestRefused(unsafe)
+        try:
+            cmd = SetSettings(state.settings_version, pairs, by, time.time())
+        except ValueError as exc:
+            raise SettingsInvalid(str(exc)) from None
+        ok = await self._propose_and_wait(cmd, timeout)
+        if ok is None:
+            raise NotCommitted("the configuration change was not committed in time (no quorum?)")
+        if not ok:
+            raise RequestRefused("the dynamic configuration changed meanwhile; read it again")
+        log.warning("%s: dynamic configuration version %d recorded (by %s): %s", self.node.name,
+                    state.settings_version + 1, by,
+                    ", ".join(f"{k}={'(file)' if v is None else v}" for k, v in pairs))
+        self._take_settings(self.raft.snapshot())
+        return state.settings_version + 1
+
+    def _take_settings(self, state: ClusterState) -> None:
+        """Put the replicated dynamic configuration in effect here, once per version: the
+        file's config with the overrides, validated again against this node's file."""
+        version = state.settings_version
+        if version == self.settings_version:
+            return
+        self.settings_version = version
+        try:
+            new = effective(self.file_cfg, dict(state.settings))
+        except ConfigError as exc:
+            self.settings_error = f"version {version} is not in effect here: {exc}"
+            log.error("%s: dynamic configuration %s; keeping the settings in effect",
+                      self.node.name, self.settings_error)
+            return
+        self.settings_error = None
+        before, file_values = values(self.cfg), values(self.file_cfg)
+        self.node.apply_settings(new)
+        self.cfg = new
+        self.policy = settings.policy(new)
+        self.timing = self.policy.timing
+        self.quorum_window = settings.quorum_window(new)
+        diff = [f"{k}={v}" + (f" (the file says {file_values[k]})" if file_values.get(k) != v
+                              else "") for k, v in values(new).items() if before.get(k) != v]
+        log.warning("%s: dynamic configuration version %d in effect%s", self.node.name, version,
+                    (": " + ", ".join(diff)) if diff else " (no change here)")
+
+    def settings_status(self) -> dict[str, Any]:
+        """The dynamic configuration as this node has it, for /status and the CLI."""
+        state = self.raft.snapshot()
+        overrides = dict(state.settings)
+        return {"version": state.settings_version, "in_effect": self.settings_version,
+                "error": self.settings_error, "overrides": overrides,
+                "values": values(self.cfg), "file": values(self.file_cfg)}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from hacluster.config import ClusterConfig
 from hacluster.consensus.model import ReplicaView
 
 
@@ -85,6 +86,11 @@ class NodePort(Protocol):
 
     async def stop_following(self) -> int:
         """Stop applying; returns the seq it stopped at."""
+        ...
+
+    def apply_settings(self, cfg: ClusterConfig) -> None:
+        """Take the dynamic sections of ``cfg`` (the file's config with the Raft overrides,
+        validated by the loop) from the next action on."""
         ...
 
     async def recover_disk(self) -> bool:

@@ -38,6 +38,7 @@ from hacluster.consensus.state import (
     Report,
     SetFailover,
     SetPaused,
+    SetSettings,
     SetSyncSet,
     apply_command,
 )
@@ -88,6 +89,8 @@ def encode_command(cmd: Command) -> tuple[Any, ...]:
         return ("failover", cmd.candidate, cmd.expected_epoch, cmd.force)
     if isinstance(cmd, Forget):
         return ("forget", cmd.name)
+    if isinstance(cmd, SetSettings):
+        return ("settings", cmd.expected_version, cmd.changes, cmd.by, cmd.wall_time)
     return ("pause", cmd.paused)
 
 
@@ -121,6 +124,9 @@ def decode_command(raw: Any) -> Command:
         if kind == "forget":
             (name,) = args
             return Forget(name)
+        if kind == "settings":
+            expected, changes, by, wall_time = args
+            return SetSettings(expected, tuple(tuple(c) for c in changes), by, wall_time)
         if kind == "failover":
             candidate, epoch, force = args
             return SetFailover(candidate, epoch, bool(force))

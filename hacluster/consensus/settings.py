@@ -34,3 +34,30 @@ def raft_timing(cfg: Config) -> RaftTiming:
                       heartbeat_s=c.raft_heartbeat_s,
                       compaction_min_entries=c.log_compaction_min_entries,
                       compaction_min_time_s=c.log_compaction_min_time_s)
+
+
+def quorum_window(cfg: Config) -> float:
+    """How recent a commit of this node's must be for it to count on a quorum."""
+    c = cfg.consensus
+    return max(3 * c.report_interval_s, 3 * c.renew_interval_s)
+
+
+def unsafe_change(old: Config, new: Config) -> str | None:
+    """Why a dynamic change from ``old`` to ``new`` is refused although both validate.
+
+    A lease that a Raft election outlasts would stop writes at every Raft leader change
+    (no renewal commits while Raft has no leader): refused, naming the keys. Checked only
+    when the change touches the lease timings, so a file that already breaks it does not
+    block every other change.
+    """
+    o, n = old.consensus, new.consensus
+    if (o.lease_s, o.renew_interval_s) == (n.lease_s, n.renew_interval_s):
+        return None
+    needed = n.election_max_s + n.renew_interval_s
+    if n.lease_s * (1 - n.drift) < needed:
+        return (f"consensus.lease_s: {n.lease_s} s (less drift: {n.lease_s * (1 - n.drift):.3f}"
+                f" s) is shorter than a Raft election (election_max_s {n.election_max_s} s) "
+                f"plus one renewal (renew_interval_s {n.renew_interval_s} s): every Raft "
+                "leader change would stop writes")
+    return None
+

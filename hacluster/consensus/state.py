@@ -2,7 +2,8 @@
 
 Owns what every node agrees on through Raft: the primary lock (holder, epoch, lease length, a
 renewal counter), the members and their reported replication positions, the epoch history, the
-synchronous standby set and the maintenance flag — and the only ways to change them
+synchronous standby set, the maintenance flag and the dynamic configuration (overrides of the
+file's cluster-wide settings, with a version and their history) — and the only ways to change them
 (``apply_command``). Pure: no clock, no I/O, no randomness, so every node that applies the same
 log reaches the same state. It must never read the time (the state machine would diverge), and
 never grant the lock except by compare-and-set on the epoch: whether a lease has expired is a
@@ -16,12 +17,15 @@ import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
+from hacluster.config.dynamic import check_key, check_value, merge
+from hacluster.config.model import ConfigError
 from hacluster.consensus.epochs import conflict
 
 MAX_MEMBERS = 64
 MAX_HISTORY = 100
 MAX_URL = 256
 MAX_TAGS = 8
+MAX_SETTINGS_CHANGES = 32      # keys one SetSettings may change (there are fewer dynamic keys)
 KNOWN_TAGS = frozenset({"nofailover", "noloadbalance"})
 REASONS = frozenset({"bootstrap", "failover", "switchover", "manual failover", "restart"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -106,6 +110,17 @@ class FailoverRequest:
 
 @_loads_older_dumps
 @dataclass(frozen=True, slots=True)
+class SettingsChange:
+    """One committed change of the dynamic configuration, for ``/history``."""
+
+    version: int               # the settings' version this change produced
+    changes: tuple[tuple[str, Any], ...]   # (key, value); None: back to the file's value
+    by: str                    # who asked (the node that proposed it, and the operator's word)
+    wall_time: float           # proposer's wall clock; for operators, never for decisions
+
+
+@_loads_older_dumps
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     lock: Lock = field(default_factory=Lock)
     members: tuple[Member, ...] = ()
@@ -118,6 +133,12 @@ class ClusterState:
     # over: it would lack a write a client was told is done.
     acked_epoch: int = 0
     acked_seq: int = 0
+    # The dynamic configuration (``hacluster.config.dynamic``): overrides of the file's
+    # values, sorted by key, and a version bumped by each change (compare-and-set, like
+    # patronictl edit-config), with the last changes kept for /history.
+    settings: tuple[tuple[str, Any], ...] = ()
+    settings_version: int = 0
+    settings_history: tuple[SettingsChange, ...] = ()
 
     @property
     def failover_request(self) -> FailoverRequest | None:
@@ -283,7 +304,44 @@ class Forget:
         _check_name(self.name, "forget")
 
 
-Command = Acquire | Renew | Release | Report | SetSyncSet | SetPaused | SetFailover | Forget
+@dataclass(frozen=True, slots=True)
+class SetSettings:
+    """Change the dynamic configuration if it is still at ``expected_version``.
+
+    The proposer validated the whole resulting config (``dynamic.effective``); here only what
+    the log may hold is checked: known keys and scalar values. Each node validates the result
+    again against its own file before it applies it.
+    """
+
+    expected_version: int
+    changes: tuple[tuple[str, Any], ...]
+    by: str
+    wall_time: float
+
+    def __post_init__(self) -> None:
+        _check_epoch(self.expected_version, "settings")
+        if not isinstance(self.changes, tuple) or not 0 < len(self.changes) <= \
+                MAX_SETTINGS_CHANGES:
+            raise CommandError("settings: between 1 and "
+                               f"{MAX_SETTINGS_CHANGES} changes")
+        try:
+            for pair in self.changes:
+                if not isinstance(pair, tuple) or len(pair) != 2:
+                    raise CommandError(f"settings: not a (key, value) pair: {pair!r}")
+                check_value(check_key(pair[0]), pair[1])
+        except ConfigError as exc:
+            raise CommandError(f"settings: {exc}") from None
+        if len({k for k, _ in self.changes}) != len(self.changes):
+            raise CommandError("settings: a key changed twice in one change")
+        if not isinstance(self.by, str) or len(self.by) > MAX_URL:
+            raise CommandError("settings: bad author")
+        if (not isinstance(self.wall_time, int | float) or isinstance(self.wall_time, bool)
+                or not 0 <= self.wall_time < 1e12):
+            raise CommandError(f"settings: bad wall time {self.wall_time!r}")
+
+
+Command = (Acquire | Renew | Release | Report | SetSyncSet | SetPaused | SetFailover | Forget
+           | SetSettings)
 
 
 _KEEP: Any = object()
@@ -292,7 +350,8 @@ _KEEP: Any = object()
 def _next(s: ClusterState, *, lock: Lock = _KEEP, members: tuple[Member, ...] = _KEEP,
           history: tuple[EpochRecord, ...] = _KEEP, sync_set: frozenset[str] = _KEEP,
           paused: bool = _KEEP, failover: FailoverRequest | None = _KEEP,
-          acked_seq: int = _KEEP) -> ClusterState:
+          acked_seq: int = _KEEP, settings: tuple[tuple[str, Any], ...] = _KEEP,
+          settings_history: tuple[SettingsChange, ...] = _KEEP) -> ClusterState:
     """``s`` with the given fields changed. Not dataclasses.replace, which costs several
     times a constructor: every committed command goes through here (and the simulator
     commits hundreds of thousands a minute). A higher ``acked_seq`` raises the acknowledged
@@ -307,7 +366,10 @@ def _next(s: ClusterState, *, lock: Lock = _KEEP, members: tuple[Member, ...] = 
         s.sync_set if sync_set is _KEEP else sync_set,
         s.paused if paused is _KEEP else paused,
         s.failover if failover is _KEEP else failover,
-        floor_epoch, floor)
+        floor_epoch, floor,
+        s.settings if settings is _KEEP else settings,
+        s.settings_version if settings is _KEEP else s.settings_version + 1,
+        s.settings_history if settings_history is _KEEP else settings_history)
 
 
 def floor_refusal(state: ClusterState, seq: int, lag_allowance: int = 0) -> str | None:
@@ -410,4 +472,11 @@ def apply_command(state: ClusterState, cmd: Command) -> tuple[ClusterState, bool
         request = (None if cmd.candidate is None else
                    FailoverRequest(cmd.candidate, cmd.expected_epoch, cmd.force))
         return _next(state, failover=request), True
+    if isinstance(cmd, SetSettings):
+        if cmd.expected_version != state.settings_version:
+            return state, False
+        change = SettingsChange(state.settings_version + 1, cmd.changes, cmd.by,
+                                float(cmd.wall_time))
+        return _next(state, settings=merge(state.settings, cmd.changes),
+                     settings_history=(*state.settings_history, change)[-MAX_HISTORY:]), True
     raise CommandError(f"unknown command {cmd!r}")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from hacluster import logfields
 from hacluster.api import build_app
 from hacluster.api.counters import WatchStats
 from hacluster.config import ClusterConfig, NodeConfig
@@ -34,6 +35,8 @@ from hacluster.lineage.tails import (
     prune_divergence,
 )
 from hacluster.managed.options import ManagedDbError
+from hacluster.node.archiving import start_archiver, stop_archiver
+from hacluster.node.dynamic import DynamicSettings
 from hacluster.node.managed import ManagedRole
 from hacluster.node.reload import reload_credentials
 from hacluster.node.systemd import notify_systemd
@@ -63,7 +66,7 @@ GC_GEN0_THRESHOLD = 20_000
 CERT_WARN_DAYS = 30         # a certificate closer to its end is warned about at start
 
 
-class Node(WritePath, NodeViews, Upkeep, ManagedRole):
+class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
     """One node process (see the module docstring); the mixins hold the rest of it."""
 
     def __init__(self, cfg: ClusterConfig, name: str, role: Role) -> None:
@@ -111,6 +114,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole):
         # (TlsError names the file), never a fallback to plain HTTP.
         self.tls = Contexts.build(cfg.tls.for_node(name)) if cfg.tls.enabled else None
         self._managed_init()
+        logfields.attach(self)           # node, role, epoch, seq on every log line
 
     @property
     def is_primary(self) -> bool:
@@ -264,6 +268,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole):
         if self._janitor_task is not None:
             self._janitor_task.cancel()
         self._janitor_task = asyncio.get_running_loop().create_task(self._janitor())
+        start_archiver(self)        # backup.url set: the WAL goes to the archive too
         log.info("%s is primary: epoch %d, seq %d%s", self.name, self.role.epoch,
                  start_seq - 1, "" if store else " (managed: the service writes)")
 
@@ -330,6 +335,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole):
         self.feed = None
         self.source = None
         self.checkpoints = None
+        await stop_archiver(self)
         janitor, self._janitor_task = self._janitor_task, None
         if janitor is not None:
             janitor.cancel()
@@ -387,7 +393,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole):
                 if self.gate.refusal() is None:
                     self.gate.extend(proposed_at)   # a routine renewal
                 else:
-                    self.gate.open(epoch, proposed_at)
+                    self.gate.open(epoch, proposed_at, self._lock_lease_s(epoch))
                 return
             try:
                 self.watchdog.arm()     # before the gate opens, never after
@@ -416,7 +422,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole):
             # floor above every node's data would let no one be promoted (rule 2).
             self.acked_seq = 0
             self._start_primary(store, seq + 1)
-            self.gate.open(epoch, proposed_at)
+            self.gate.open(epoch, proposed_at, self._lock_lease_s(epoch))
             if self.service is not None:
                 await self.start_primary_service()
             self.hooks.fire("promote", role="primary", epoch=epoch, primary=self.name)

@@ -20,6 +20,8 @@ from hacluster.consensus.decide import Action
 from hacluster.consensus.model import ReplicaView
 from hacluster.consensus.ports import LocalState
 from hacluster.lineage.tails import list_divergent_tails
+from hacluster.node.archiving import backup_status
+from hacluster.replication.bootstrap import BootstrapProgress, progress_of
 from hacluster.role import VERSION
 from hacluster.store import has_database
 from hacluster.watchdog import WatchdogError
@@ -41,6 +43,19 @@ if TYPE_CHECKING:
     from hacluster.watchdog import Watchdog
 
 log = logging.getLogger("hacluster.node")
+
+
+def bootstrap_view(boot: BootstrapProgress | None, view: NodeView) -> dict[str, Any] | None:
+    """The newest bootstrap of this node as /status shows it; None when it never bootstrapped
+    since it started. Once installed, the phase says whether the replica has caught up since,
+    as the /replica probe judges it (its max_lag)."""
+    if boot is None:
+        return None
+    doc = boot.snapshot()
+    if doc["phase"] == "installed":
+        caught_up = probes.replica_refusal(view, view.max_lag) is None
+        doc["phase"] = "caught_up" if caught_up else "catching_up"
+    return doc
 
 
 class NodeViews:
@@ -225,6 +240,7 @@ class NodeViews:
                 "connects": st.connects, "batches_applied": st.batches_applied,
                 "ops_applied": st.ops_applied, "bootstraps": st.bootstraps,
                 "bootstrap_bytes": st.bootstrap_bytes,
+                "bootstrap": bootstrap_view(progress_of(self.data_dir), view),
             }
         if self.control:
             out["consensus"] = self.control.status()
@@ -232,5 +248,7 @@ class NodeViews:
             out["watchdog"] = self.watchdog.snapshot()
         if self.service is not None:
             out["service"] = self.service.status()
+        if (backup := backup_status(self)) is not None:
+            out["backup"] = backup
         out["divergent_tails"] = list_divergent_tails(self.data_dir)
         return out

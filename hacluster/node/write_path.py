@@ -80,6 +80,7 @@ class WritePath:
             log.error("%s: disk full, writes refused: %s", self.name, exc)
             raise DiskFull(self.disk_full) from None
         self.writes += 1
+        self.positions.written.note(applied.last_seq)    # lag in seconds (metrics)
         if self.feed:
             self.feed.notify()
         late = self.gate.refusal()

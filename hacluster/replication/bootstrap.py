@@ -2,10 +2,12 @@
 
 Owns the staging layout under ``<data_dir>/bootstrap`` (``manifest.json``, ``files/`` with
 ``*.part`` while a file is in flight, and the ``COMPLETE`` marker written only after every file
-verified), resuming per file after an interruption, and the atomic swap of ``files/`` into
-``<data_dir>/db``. It must never touch ``db/`` while RocksDB has it open (the caller closes the
-store first), never install an unverified file, and never leave ``db/`` half-installed: the swap
-is two renames guarded by ``COMPLETE``, which ``recover()`` finishes after a crash.
+verified), resuming per file after an interruption, the atomic swap of ``files/`` into
+``<data_dir>/db``, and each bootstrap's progress (``BootstrapProgress``: phase, bytes done of
+the total, start time), which ``/status`` and the CLI read. It must never touch ``db/`` while
+RocksDB has it open (the caller closes the store first), never install an unverified file, and
+never leave ``db/`` half-installed: the swap is two renames guarded by ``COMPLETE``, which
+``recover()`` finishes after a crash.
 """
 
 from __future__ import annotations
@@ -96,12 +98,61 @@ def install(data_dir: Path, db_dir: Path | None = None) -> int:
         fsync_path(lay.db.parent)
     shutil.rmtree(lay.staging, ignore_errors=True)
     shutil.rmtree(lay.old, ignore_errors=True)
+    report = progress_of(data_dir)
+    if report is not None and report.checkpoint_id == marker.get("id"):
+        report.phase, report.finished_at = "installed", time.time()
     log.info("installed checkpoint %s (seq %d) into %s", marker.get("id"), marker["seq"], lay.db)
     return int(marker["seq"])
 
 
+# Phases of one bootstrap as /status shows them: the primary making its checkpoint, the
+# download, the check of the staged files, then installed (or failed).
+PHASES = ("checkpoint", "downloading", "verifying", "installed", "failed")
+
+
+@dataclass
+class BootstrapProgress:
+    """How far one bootstrap got: read by ``/status`` and ``hacluster reinit|backup``."""
+
+    started_at: float                   # wall clock (time.time()), for people and other hosts
+    phase: str = "checkpoint"
+    bytes_total: int | None = None      # known once the primary answered with its manifest
+    bytes_done: int = 0                 # on disk, including what an earlier attempt left
+    bytes_resumed: int = 0              # of bytes_done, found from an earlier attempt
+    checkpoint_id: str | None = None
+    checkpoint_seq: int | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        elapsed = (self.finished_at or time.time()) - self.started_at
+        fetched = self.bytes_done - self.bytes_resumed
+        return {"phase": self.phase, "bytes_done": self.bytes_done,
+                "bytes_total": self.bytes_total, "bytes_resumed": self.bytes_resumed,
+                "started_at": round(self.started_at, 3),
+                "finished_at": None if self.finished_at is None else round(self.finished_at, 3),
+                "rate_bytes_s": round(fetched / elapsed) if elapsed > 0 else None,
+                "checkpoint_id": self.checkpoint_id, "checkpoint_seq": self.checkpoint_seq,
+                "error": self.error}
+
+
+# The newest bootstrap per data directory in this process. The follower creates the
+# Bootstrapper and keeps it only while it runs; /status reads the progress by the one thing
+# both share, the data directory, and still shows the last one after it ended.
+_LATEST: dict[Path, BootstrapProgress] = {}
+
+
+def progress_of(data_dir: Path) -> BootstrapProgress | None:
+    """The newest bootstrap into ``data_dir`` in this process, running or ended; None if none."""
+    return _LATEST.get(Path(data_dir).resolve())
+
+
 class _Progress:
-    def __init__(self, total: int, done: int) -> None:
+    """Counts the bytes of one fetch into its ``BootstrapProgress``; logs a line a second."""
+
+    def __init__(self, report: BootstrapProgress, total: int, done: int) -> None:
+        self.report = report
+        report.bytes_total, report.bytes_done, report.bytes_resumed = total, done, done
         self.total = total
         self.done = done
         self.started = time.monotonic()
@@ -110,6 +161,7 @@ class _Progress:
 
     def add(self, n: int, force: bool = False) -> None:
         self.done += n
+        self.report.bytes_done = self.done
         now = time.monotonic()
         if force or now - self.last >= PROGRESS_EVERY:
             self.last = now
@@ -122,6 +174,8 @@ class _Progress:
         """Bytes already on disk from an earlier attempt: done, but not transferred now."""
         self.done += n
         self.base += n
+        self.report.bytes_done = self.done
+        self.report.bytes_resumed += n
 
     @property
     def rate_mb_s(self) -> float:
@@ -143,6 +197,8 @@ class Bootstrapper:
         self.max_rate = max_rate_mb_s * 1e6
         self.bytes_downloaded = 0
         self.last_rate_mb_s = 0.0
+        self.progress = BootstrapProgress(started_at=time.time())
+        _LATEST[data_dir.resolve()] = self.progress
 
     async def fetch(self) -> dict[str, Any]:
         """Create a checkpoint on the primary and download it; returns the verified manifest."""
@@ -150,9 +206,16 @@ class Bootstrapper:
         # enough for the primary to checksum a large checkpoint before it answers.
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
         connector = aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None
-        async with aiohttp.ClientSession(timeout=timeout, read_bufsize=READ_BUFFER,
-                                         connector=connector) as session:
-            return await self._fetch(session)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, read_bufsize=READ_BUFFER,
+                                             connector=connector) as session:
+                return await self._fetch(session)
+        except BaseException as exc:
+            self.progress.phase = "failed"
+            self.progress.error = ("cancelled: replication stopped" if isinstance(
+                exc, asyncio.CancelledError) else f"{type(exc).__name__}: {exc}")
+            self.progress.finished_at = time.time()
+            raise
 
     async def _fetch(self, session: aiohttp.ClientSession) -> dict[str, Any]:
         url = f"{self.primary_url}/v1/replication/checkpoints"
@@ -164,9 +227,12 @@ class Bootstrapper:
         log.info("bootstrap: checkpoint %s from %s at seq %d, %d files, %.1f MB",
                  manifest["id"], self.primary_url, manifest["seq"], len(manifest["files"]),
                  manifest["total_bytes"] / 1e6)
+        self.progress.checkpoint_id, self.progress.checkpoint_seq = (manifest["id"],
+                                                                     manifest["seq"])
         self._prepare(manifest)
         done = sum(f["size"] for f in manifest["files"] if (self.lay.files / f["name"]).exists())
-        progress = _Progress(manifest["total_bytes"], done)
+        progress = _Progress(self.progress, manifest["total_bytes"], done)
+        self.progress.phase = "downloading"
         # A few files at once: one file's fsync (off the loop) overlaps the others' transfer.
         gate = asyncio.Semaphore(PARALLEL_FILES)
 
@@ -184,6 +250,7 @@ class Bootstrapper:
             raise failed.exceptions[0] from None
         progress.add(0, force=True)
         self.last_rate_mb_s = progress.rate_mb_s
+        self.progress.phase = "verifying"
         self._verify_all(manifest)
         marker = {"id": manifest["id"], "seq": manifest["seq"], "epoch": manifest["epoch"]}
         tmp = self.lay.staging / "COMPLETE.tmp"

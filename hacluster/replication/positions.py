@@ -9,13 +9,17 @@ itself: at most ``max_replicas`` records, the least recently heard one without a
 giving way to a new name, and ``PositionsFull`` when every one has a stream open. It must never
 move a replica's position backwards on a stale or reordered ack (a restarted replica may
 legitimately be at a lower position; opening a new stream resets it to what the replica asks
-for), and never drop the record of a replica whose stream is open.
+for), and never drop the record of a replica whose stream is open. Also ``SeqTimes``, the
+bounded record of when seqs were written that turns a lag in seqs into seconds; it must never
+cost the write path more than a clock read and two stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,6 +27,61 @@ from typing import Any, TypeVar
 # Far above any real cluster (members are named in the config or admitted to Raft); only a
 # bound on memory.
 MAX_REPLICAS = 64
+
+
+# SeqTimes: one entry per SEQ_TIME_RESOLUTION_S of writes at most, SEQ_TIME_ENTRIES of them:
+# 10 minutes of continuous writing, about 1 MB. A lag beyond that reads as a lower bound.
+SEQ_TIME_RESOLUTION_S = 0.05
+SEQ_TIME_ENTRIES = 12_000
+
+
+@dataclass
+class SeqTimes:
+    """When this node's newest seq reached each value: ``(seq, clock())`` pairs, newest last.
+
+    ``note(seq)`` says "by now the newest seq was ``seq``". Notes closer together than
+    ``resolution`` share one entry (the newest of them), so a write costs a clock read and two
+    stores, and a new entry is appended at most every ``resolution`` seconds. ``lag_s`` turns
+    a replica's applied seq into seconds: how long ago the first seq it lacks was written
+    (0 when it lacks none). The figure is low by at most ``resolution`` and, once the seq it
+    lacks is older than every entry, it is the age of the oldest entry: a lower bound.
+    """
+
+    clock: Callable[[], float] = time.monotonic
+    resolution: float = SEQ_TIME_RESOLUTION_S
+    entries: int = SEQ_TIME_ENTRIES
+    _ring: deque[tuple[int, float]] = field(default_factory=deque, repr=False)
+    _seq: int = -1                  # the open entry: newest seq noted, and when
+    _at: float = 0.0
+    _opened: float = float("-inf")  # when the open entry was started
+
+    def note(self, seq: int) -> None:
+        if seq <= self._seq:
+            if seq < self._seq:     # a history that went back (a re-bootstrap): start over
+                self._ring.clear()
+                self._seq, self._opened = -1, float("-inf")
+            else:
+                return
+        now = self.clock()
+        if now - self._opened >= self.resolution:
+            if self._seq >= 0:
+                if len(self._ring) >= self.entries:
+                    self._ring.popleft()
+                self._ring.append((self._seq, self._at))
+            self._opened = now
+        self._seq, self._at = seq, now
+
+    def lag_s(self, applied: int, latest: int) -> float | None:
+        """Seconds since the first seq above ``applied`` was written; None when no note
+        covers it (nothing noted up to ``latest`` yet)."""
+        if applied >= latest:
+            return 0.0
+        if self._seq <= applied:
+            return None
+        ring = self._ring
+        i = bisect.bisect_left(ring, applied + 1, key=lambda e: e[0])
+        at = ring[i][1] if i < len(ring) else self._at
+        return max(0.0, self.clock() - at)
 
 
 class PositionsFull(Exception):
@@ -45,9 +104,14 @@ class ReplicaPositions:
     clock: Callable[[], float] = time.monotonic
     replicas: dict[str, ReplicaPosition] = field(default_factory=dict)
     max_replicas: int = MAX_REPLICAS
+    # When this node (as primary) wrote its seqs: the lag of each replica in seconds.
+    written: SeqTimes = field(default_factory=SeqTimes)
     # Tasks in ``changed``: (woken, names they wait for or None for any, seq they wait for).
     _waiters: list[tuple[asyncio.Future[bool], Collection[str] | None, int]] = field(
         default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.written.clock = self.clock
 
     def _get(self, name: str) -> ReplicaPosition:
         rep = self.replicas.get(name)

@@ -19,13 +19,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hacluster import logfields
 from hacluster.config import ClusterConfig, ConfigError, load_config
 from hacluster.managed.options import ManagedDbError
 from hacluster.node import Node
 from hacluster.role import VERSION, Role
 from hacluster.security.tls import TlsError
 from hacluster.store import StoreError
-from hacluster.tools import credentials
+from hacluster.tools import backup_cli, config_cli, credentials
 
 log = logging.getLogger("hacluster")
 
@@ -74,7 +75,8 @@ def confirm(question: str, yes: bool) -> int | None:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {"ts": round(record.created, 3), "level": record.levelname,
-               "logger": record.name, "msg": record.getMessage()}
+               "logger": record.name, "msg": record.getMessage(),
+               **logfields.as_dict(record)}    # node, role, epoch, seq (NodeFields' filter)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
@@ -84,6 +86,7 @@ def setup_logging(level: str, fmt: str, node: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+        handler.addFilter(logfields.NodeFields(node))
     else:
         prefix = f"[{node}] " if node else ""
         handler.setFormatter(logging.Formatter(
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit",
                            description="Validate a config file; exit 0 if it is good.")
     check.add_argument("--config", help=CONFIG_HELP)
+    check.add_argument("--json", action="store_true",
+                       help='print the verdict as JSON: {"config", "ok", "error" or the nodes}')
 
     def ctl(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=description)
@@ -149,13 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("--json", action="store_true", help="print the epochs as JSON")
     ri = ctl("reinit", "wipe one replica and re-bootstrap it from the primary",
              "Remove a replica's database and copy it again from a checkpoint of the "
-             "primary; waits until it streams again.")
+             "primary; waits until it has caught up, showing the download (bytes, rate, "
+             "ETA) and then the catch-up to the primary's seq.")
     ri.add_argument("name", help="the replica to reinitialise")
+    ri.add_argument("--no-wait", action="store_true",
+                    help="return once the node accepted the reinit; do not wait for it")
     ri.add_argument("--yes", action="store_true", help="do not ask before wiping it")
     bk = ctl("backup", "copy a consistent checkpoint of the primary into a directory",
              "Create a checkpoint on the primary, download and verify every file, check it "
              "opens at the checkpoint's sequence number, and move it to DEST.")
-    bk.add_argument("dest", type=Path, help="a new directory for the backup (a RocksDB dir)")
+    bk.add_argument("dest", type=Path, help="a new directory for the backup (a RocksDB dir); "
+                    "or `now` (a base backup to backup.url) or `list` (what it holds)")
+    backup_cli.add_backup_options(bk)
     mem = ctl("member", "add or remove a node (Raft membership change)",
               "Add a node to the Raft membership before starting it for the first time, or "
               "remove one (not the primary) before retiring it. The node's raft address is "
@@ -165,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--raft", help="its raft address (host:port), when the config does not "
                                     "list it yet")
     mem.add_argument("--yes", action="store_true", help="do not ask before a remove")
+    config_cli.add_parser(ctl, CONFIG_HELP)     # config show | set | reset | edit
     demo = sub.add_parser(
         "demo", help="three local nodes, a steady writer, a SIGKILL of the primary, live",
         description="Start three nodes on loopback in a temporary directory, write a steady "
@@ -182,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="managed mode: each node runs examples/kvservice (from a source "
                            "checkout) under hacluster; writes go through the service")
     credentials.add_parsers(sub)
+    backup_cli.add_parsers(sub, CONFIG_HELP)        # restore, bootstrap-from
     return parser
 
 
@@ -196,21 +208,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in credentials.COMMANDS:
         return credentials.run(args)
     args.config, looked = config_path(args.config)
+    as_json = args.command == "check-config" and args.json
     if args.config is None:
         print(f"hacluster: no config file: {looked}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"config": None, "ok": False, "error": f"no config file: {looked}"}))
         return 2
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"hacluster: {exc}" + ("" if looked.startswith("--config") else
                                       f" (config from {looked})"), file=sys.stderr)
+        if as_json:
+            print(json.dumps({"config": args.config, "ok": False, "error": str(exc)}))
         return 2
+    if as_json:
+        print(json.dumps({"config": args.config, "ok": True, "cluster": cfg.name,
+                          "nodes": [n.name for n in cfg.nodes]}, indent=2))
+        return 0
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(cfg.nodes)} nodes)")
         return 0
     if args.command == "up":
         from hacluster.tools.local import run_local_cluster
         return run_local_cluster(cfg, args.config, args.log_level)
+    if args.command in backup_cli.COMMANDS:
+        return backup_cli.run(args, cfg)
     if args.command in CTL_COMMANDS:
         return _ctl(args, cfg)
     try:
@@ -248,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 CTL_COMMANDS = frozenset({"status", "switchover", "failover", "pause", "resume", "history",
-                          "reinit", "backup", "member"})
+                          "reinit", "backup", "member", "config"})
 
 
 def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
@@ -260,6 +283,8 @@ def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         return ctl.status(client, cfg, args.json)
     if args.command == "history":
         return ctl.history(client, args.json)
+    if args.command == "config":
+        return config_cli.run(client, args, confirm)
     if args.command == "switchover":
         return ctl.switchover(client, args.to)
     if args.command == "failover":
@@ -290,8 +315,11 @@ def _ctl(args: argparse.Namespace, cfg: ClusterConfig) -> int:
         if (refused := confirm(f"wipe {args.name}'s database and copy it again from the "
                                "primary?", args.yes)) is not None:
             return refused
-        return ctl.reinit(client, cfg, args.name)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")   # download progress
+        return ctl.reinit(client, cfg, args.name, wait_for_it=not args.no_wait)
+    # Warnings only: the download's progress is ctl's bar, not the bootstrap's log lines.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if str(args.dest) in backup_cli.ACTIONS:
+        return backup_cli.backup_action(args, cfg, client)
     return ctl.backup(client, cfg, args.dest)
 
 

@@ -40,6 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        help="a client certificate (for an operator's backups)")
     show = cs.add_parser("show", help="print a certificate's names and validity")
     show.add_argument("file", type=Path)
+    show.add_argument("--json", action="store_true", help="print them as a JSON document")
     t = sub.add_parser("token", help="make a role token",
                        description="Print a new token (once) and the auth.tokens entry that "
                                    "accepts it.")
@@ -71,7 +72,14 @@ def run(args: argparse.Namespace) -> int:
                                    client_only=args.client_only)
             print(f"{crt} and {key}: tls.cert_file and tls.key_file of {args.name}")
         else:
-            print(json.dumps(certs.describe(args.file), indent=1, default=str))
+            doc = certs.describe(args.file)
+            if args.json:
+                print(json.dumps(doc, indent=1, default=str))
+            else:
+                width = max(len(k) for k in doc)
+                for name, value in doc.items():
+                    text = ", ".join(map(str, value)) if isinstance(value, list) else value
+                    print(f"{name:<{width}}  {text}")
         return 0
     except certs.CertError as exc:
         print(f"hacluster: {exc}", file=sys.stderr)

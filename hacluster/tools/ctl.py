@@ -18,10 +18,15 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hacluster.client import Client, HaclusterError, NoLeader, RequestFailed
 from hacluster.config import ClusterConfig
+from hacluster.tools import catchup
+from hacluster.tools.progress import progress
+
+if TYPE_CHECKING:
+    from hacluster.replication.bootstrap import Bootstrapper
 
 WAIT_S = 30.0
 
@@ -102,9 +107,16 @@ def history(client: Client, as_json: bool) -> int:
     if as_json:
         print(json.dumps(records, indent=2))
         return 0
-    rows = [(r["epoch"], r["primary"], r["first_seq"],
-             datetime.fromtimestamp(r["start_time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-             if r["start_time"] else "", r["reason"]) for r in records]
+    def when(r: dict[str, Any]) -> str:
+        return (datetime.fromtimestamp(r["start_time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+                if r["start_time"] else "")
+
+    # Dynamic configuration changes sit among the epochs, in time order (GET /history).
+    rows = [(r["epoch"], r["primary"], r["first_seq"], when(r), r["reason"])
+            if r.get("kind", "epoch") == "epoch" else
+            (f"config v{r['version']}", "", "", when(r), ", ".join(
+                f"{k}={'(file)' if v is None else v}" for k, v in r["changes"].items()))
+            for r in records]
     print(table(["Epoch", "Primary", "First seq", "Started (UTC)", "Reason"], rows))
     return 0
 
@@ -158,38 +170,46 @@ def pause(client: Client, paused: bool) -> int:
     return 0
 
 
-def reinit(client: Client, cfg: ClusterConfig, name: str) -> int:
+def reinit(client: Client, cfg: ClusterConfig, name: str, wait_for_it: bool = True) -> int:
+    """Ask ``name`` to rebuild itself from a checkpoint of the primary; unless told not to,
+    follow it on its /status (download, then catch-up) until it has caught up."""
     url = cfg.node(name).api.url
+
+    def node_status() -> dict[str, Any] | None:
+        try:
+            doc = json.loads(client.request(url, "GET", "/status").body)
+        except (OSError, ValueError):     # restarting, or answering something else
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    before = catchup.previous_attempt(node_status())
     try:
         answer = client.request(url, "POST", "/v1/admin/reinit", b"{}")
     except OSError as exc:
         return _fail(f"{name} at {url} is not reachable: {exc}")
     if answer.status != 202:
         return _fail(f"reinit refused: {answer.body.decode(errors='replace')}")
-    print(f"{name}: database removed; bootstrapping from {answer.json()['from']}")
-    last = ""
-
-    def caught_up() -> bool:
-        nonlocal last
-        st = json.loads(client.request(url, "GET", "/status").body)
-        rep = st.get("replication") or {}
-        line = f"  {rep.get('state')}: seq {st.get('applied_seq')}, " \
-               f"{rep.get('bootstrap_bytes', 0) / 1e6:.1f} MB copied"
-        if line != last:
-            print(line)
-            last = line
-        return client.request(url, "GET", "/replica").status == 200
-
-    def caught_up_yet() -> bool:
-        try:
-            return caught_up()
-        except (OSError, ValueError):     # restarting, or answering something else
-            return False
-
-    if not wait(caught_up_yet, timeout=600):
-        return _fail(f"{name} has not caught up yet; follow it with `hacluster status`")
+    print(f"{name}: database removed; bootstrapping from {answer.json()['from']}", flush=True)
+    if not wait_for_it:
+        print(f"not waiting (--no-wait); follow it with `hacluster status` or {url}/status")
+        return 0
+    stuck = catchup.follow(name, node_status, before)
+    if stuck is not None:
+        return _fail(f"{stuck}; follow it with `hacluster status`")
     print(f"{name}: reinitialised and streaming")
     return 0
+
+
+async def _fetch_with_progress(fetcher: Bootstrapper, desc: str) -> dict[str, Any]:
+    """``fetcher.fetch()``, its bytes shown as they arrive (a bar on a terminal)."""
+    task = asyncio.create_task(fetcher.fetch())
+    report = fetcher.progress
+    with progress(None, desc) as bar:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.2)
+            bar.set_total(report.bytes_total)
+            bar.set(report.bytes_done)
+    return task.result()
 
 
 def backup(client: Client, cfg: ClusterConfig, dest: Path) -> int:
@@ -211,7 +231,7 @@ def backup(client: Client, cfg: ClusterConfig, dest: Path) -> int:
         else {}, "backup", cfg.replication.bootstrap_chunk_bytes,
         ssl=client.ssl if str(leader["url"]).startswith("https:") else None)
     try:
-        manifest = asyncio.run(fetcher.fetch())
+        manifest = asyncio.run(_fetch_with_progress(fetcher, "backup: checkpoint"))
     except (bootstrap.BootstrapError, OSError) as exc:
         return _fail(f"backup failed (the partial copy stays in {staging} and is resumed by "
                      f"the next run): {exc}")

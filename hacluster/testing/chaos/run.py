@@ -38,8 +38,10 @@ class ChaosRun(PowerFaults, Judging):
     def __init__(self, root: Path, *, nodes: int = 3, mode: str = "sync", seed: int = 1,
                  kinds: tuple[str, ...] = KINDS, cover: bool = True,
                  storage: dict[str, Any] | None = None,
-                 say: Callable[[str], None] = print) -> None:
+                 say: Callable[[str], None] = print,
+                 on_fault: Callable[[ChaosRun, Fault], None] | None = None) -> None:
         self.root = root
+        self.on_fault = on_fault      # after each fault has healed and the cluster recovered
         self.rng = random.Random(seed)
         self.seed = seed
         self.mode = mode
@@ -363,6 +365,8 @@ class ChaosRun(PowerFaults, Judging):
                      f"held {fault.healed - fault.start:.1f} s, recovered "
                      f"{max(0.0, fault.recovered - fault.healed):.1f} s after healing"
                      + (f" ({fault.note})" if fault.note else ""))
+            if self.on_fault is not None:
+                self.on_fault(self, fault)
             time.sleep(self.rng.uniform(0.3, 1.0))
         time.sleep(1.0)
         history = self._stop_writers()

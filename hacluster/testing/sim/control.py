@@ -38,7 +38,7 @@ class Control(Core):
     # -- the pass -------------------------------------------------------------------------
 
     def schedule_pass(self, n: SimNode, first: bool = False) -> None:
-        interval = self.policy.timing.renew_interval_s / (1 + n.rate)
+        interval = self.pol(n).timing.renew_interval_s / (1 + n.rate)
         self.after(self.rng.uniform(0, interval) if first else interval,
                    lambda: self.control_pass(n), n)
 
@@ -90,7 +90,7 @@ class Control(Core):
                                    self.unfit(n) is None and n.disk_full is None, frozenset(),
                                    n.entries[-1][0] if seq else 0, clock=now))
         state = self.states[n.log_index]
-        d = decide(state, self.observe(n, state, now), self.policy)
+        d = decide(state, self.observe(n, state, now), self.pol(n))
         prev = n.last
         n.last = d
         # Traced when the decision changes, ignoring the figures in it (seconds left, ago).
@@ -152,6 +152,8 @@ class Control(Core):
             n.gate_reason = n.fencing_failed[1]
             return
         n.gate_reason = None
+        lock = self.states[n.log_index].lock      # Node._lock_lease_s
+        n.gate_lock_lease = lock.lease_s if lock.epoch == epoch and lock.lease_s > 0 else None
         n.gate_proposed_at = max(proposed_at, n.gate_proposed_at or proposed_at)
         self.gate_opened(n)
 
@@ -205,7 +207,7 @@ class Control(Core):
         n.following = None              # stop applying first: the epoch starts after it
         n.synced = n.seq                # ControlLoop._acquire: make_durable(start - 1)
         start = n.seq + 1
-        cmd = Acquire(n.name, lock.epoch, lock.renewals, start, self.policy.timing.lease_s,
+        cmd = Acquire(n.name, lock.epoch, lock.renewals, start, self.pol(n).timing.lease_s,
                       effect.reason, 0.0, n.label(start - 1), effect.lag_allowance,
                       effect.force)
         n.claimed_epoch, n.claimed_start, n.claim_confirmed = epoch, start, False
@@ -234,7 +236,7 @@ class Control(Core):
         if not (n.primary_epoch is not None and lock.held and lock.holder == n.name):
             n.switching = False
             return
-        choices = successors(state, n.name, self.policy, n.reports.seen, self.local(n),
+        choices = successors(state, n.name, self.pol(n), n.reports.seen, self.local(n),
                              target)
         if not choices:
             n.switching = False

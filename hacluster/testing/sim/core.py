@@ -48,6 +48,9 @@ class Config:
     client_timeout_s: float = 1.0
     fault_every_s: tuple[float, float] = (1.0, 7.0)
     faults: bool = True          # False: only what a scenario scripts
+    # Dynamic changes of consensus.lease_s among the faults, each reaching the nodes at
+    # different times (as each applies the Raft entry): the lease cap must hold across them.
+    lease_changes: bool = False
     settle_s: float = 15.0       # faults healed, writers stopped: time to converge
 
     @classmethod
@@ -93,6 +96,8 @@ class SimNode:
     primary_epoch: int | None = None     # role: primary of this epoch (serves the stream)
     gate_reason: str | None = "starting"  # why writes are refused; None: the gate is open
     gate_proposed_at: float | None = None
+    gate_lock_lease: float | None = None  # the lease the lock records for its gate's epoch
+    policy: Policy | None = None          # its dynamic configuration; None: the cluster's first
     fencing_failed: tuple[int, str] | None = None
     switching: bool = False
     handover_epoch: int | None = None
@@ -172,6 +177,10 @@ class Core:
         self.now = 0.0
         self._queue: list[tuple[float, int, SimNode | None, int, Callable[[], None]]] = []
         self._order = 0
+
+    def pol(self, n: SimNode) -> Policy:
+        """The settings node ``n`` has in effect (a dynamic change reaches each in its time)."""
+        return n.policy or self.policy
 
     # -- time and events ----------------------------------------------------------------
 

@@ -52,7 +52,8 @@ class Data(Control):
             return n.gate_reason
         if n.disk_full is not None:
             return n.disk_full
-        if self.local(n) >= holder_lease_end(n.gate_proposed_at, self.policy.timing):
+        if self.local(n) >= holder_lease_end(n.gate_proposed_at, self.pol(n).timing,
+                                             n.gate_lock_lease):
             return "lease expired"
         return None
 

@@ -1,5 +1,6 @@
 """Faults drawn from the seed: crashes, power loss, partitions, one-way loss, full disks,
-switchovers — and an aftershock that often strikes a new primary early.
+switchovers, and (``Config.lease_changes``) dynamic changes of the lease that reach each node
+at its own time — and an aftershock that often strikes a new primary early.
 
 Owns the fault schedule: every few simulated seconds (``Config.fault_every_s``) one fault,
 aimed at the primary more often than not, undone after a while; a power loss drops every
@@ -12,8 +13,10 @@ world's state, and never undo a fault by reaching into the core's decisions.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+from hacluster.consensus.model import Policy
 from hacluster.testing.sim.core import SimNode
 from hacluster.testing.sim.data import Data
 
@@ -40,6 +43,8 @@ class Faults(Data):
         victim = (primary if primary is not None and rng.random() < 0.6
                   else rng.choice(self.nodes))
         kind = rng.choice(KINDS)
+        if self.cfg.lease_changes and rng.random() < 0.3:
+            kind = "lease"
         back = rng.uniform(0.3, 4.0)
         if kind == "partition" or kind == "mute":
             if self.cut or self.muted:
@@ -56,7 +61,30 @@ class Faults(Data):
             return
         self.strike(victim, kind, back)
 
+    def change_lease(self) -> None:
+        """An operator's ``hacluster config set consensus.lease_s``: committed now (a node
+        started from now on has it), taken on by each running node within its own delay."""
+        t = self.policy.timing
+        lease = t.renew_interval_s * self.rng.choice([3, 4, 6, 10, 20])
+        new = dataclasses.replace(self.policy, timing=dataclasses.replace(t, lease_s=lease))
+        for n in self.nodes:
+            n.policy = self.pol(n)              # each keeps what it has until it applies
+        self.policy = new
+        self.say(f"fault: dynamic configuration: consensus.lease_s {t.lease_s:.2f} -> "
+                 f"{lease:.2f} s")
+        for n in self.nodes:
+            self.after((0.0, 2.0), self._taker(n, new), n)
+
+    def _taker(self, n: SimNode, new: Policy) -> Callable[[], None]:
+        def take() -> None:
+            if self.policy is new:              # not overtaken by a later change
+                n.policy = new
+        return take
+
     def strike(self, victim: SimNode, kind: str, back: float) -> None:
+        if kind == "lease":
+            self.change_lease()
+            return
         if kind == "switchover":
             if victim.primary_epoch is not None and not victim.switching:
                 self.say(f"fault: operator switchover from {victim.name}")
