@@ -205,6 +205,10 @@ class Cluster:
         self.addresses = dict(zip(names, ports[:len(names)], strict=True))
         self.hosts = {n: (hosts or {}).get(n, "127.0.0.1") for n in names}
         self.nodes: dict[str, NodeProc] = {}
+        for port in self.addresses.values():
+            # A port an earlier TLS cluster used is this cluster's now: plain HTTP unless
+            # this one has TLS too (else a request to it would speak TLS to plain HTTP).
+            TLS_PORTS.pop(port, None)
         if tls is not None:
             client = ssl.create_default_context(cafile=tls["ca_file"])
             for port in self.addresses.values():
