@@ -263,13 +263,17 @@ class Cluster:
         return [n for name, n in self.nodes.items() if name != self.primary_name]
 
     def start(self) -> None:
-        if self.consensus:
-            for node in self.nodes.values():
+        order = (list(self.nodes.values()) if self.consensus
+                 else [self.primary, *self.replicas])
+        try:
+            for node in order:
                 node.start()
-            return
-        self.primary.start()
-        for node in self.replicas:
-            node.start()
+        except BaseException:
+            # A node that did not come up fails the test; the ones that did must not outlive
+            # it: strays share the test Raft password and would talk to later clusters.
+            for node in order:
+                node.kill()
+            raise
 
     def writable_primary(self, among: Iterable[NodeProc] | None = None) -> NodeProc | None:
         """The node that says it is primary and its write gate is open (consensus mode)."""
