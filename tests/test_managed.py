@@ -330,6 +330,9 @@ def test_a_paused_primary_s_tail_is_saved_when_it_returns(tmp_path: Path) -> Non
         others = [n for n in cluster.nodes.values() if n is not old]
         for r in others:
             wait_for(lambda r=r: (r.status().get("applied_seq") or 0) >= top, 20, "catch-up")
+        # Sync mode: without a recorded synchronous standby nobody may take over (rightly),
+        # and a replica that caught up within the first pass is not recorded yet.
+        wait_for(lambda: old.status()["consensus"]["sync_set"], 15, "a synchronous standby")
         service_pid = old.status()["service"]["pid"]
         old.signal(signal.SIGSTOP)
         try:
