@@ -43,6 +43,7 @@ import operator
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,15 +123,50 @@ def _load(port: int, seconds: float, clients: int, batch: int, prefix: str, out:
     out.put(asyncio.run(main()))
 
 
+class CpuWindow:
+    """CPU seconds that named processes spend between 20 % and 90 % of a load phase (past the
+    load process's start-up, before its end), sampled from a timer thread."""
+
+    def __init__(self, pids: dict[str, int], seconds: float) -> None:
+        self.seconds = 0.7 * seconds
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._first: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+        self._timers = [threading.Timer(0.2 * seconds, self._sample, (self._first,)),
+                        threading.Timer(0.9 * seconds, self._sample, (self.used,))]
+        for t in self._timers:
+            t.start()
+
+    def _sample(self, into: dict[str, float]) -> None:
+        for name, proc in self._procs.items():
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            into[name] = times.user + times.system - self._first.get(name, 0.0)
+
+    def per_request_us(self, requests_s: float) -> dict[str, float]:
+        """Microseconds of CPU per acknowledged request, per process (the phase's rate)."""
+        for t in self._timers:
+            t.join()
+        done = requests_s * self.seconds
+        return {name: round(1e6 * used / done, 1) for name, used in self.used.items()
+                if name in self._first and done}
+
+
 def run_load(port: int, seconds: float, batch: int, prefix: str,
-             ca_file: str | None = None) -> dict[str, Any]:
+             ca_file: str | None = None, cpu_of: dict[str, int] | None = None
+             ) -> dict[str, Any]:
     """The figures of one load phase. ``rate`` counts acknowledged requests (times ``batch``
     ops); p50 and p99 are over every request, failed ones included (``failed_p99_ms`` shows
-    the failed ones apart)."""
+    the failed ones apart). ``cpu_us`` is the CPU each process of ``cpu_of`` (name: pid) and
+    the load process spent per acknowledged request."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_load, args=(port, seconds, CLIENTS, batch, prefix, q, ca_file))
     p.start()
+    assert p.pid is not None
+    cpu = CpuWindow({**(cpu_of or {}), "load": p.pid}, seconds)
     result = q.get(timeout=seconds + 120)
     p.join(30)
     ok, failed = result["latencies"], sorted(result["failed"])
@@ -140,6 +176,7 @@ def run_load(port: int, seconds: float, batch: int, prefix: str,
                            f"{result['statuses']})")
     per_request = len(ok) / result["seconds"]
     return {"rate": per_request * (batch or 1), "requests_s": per_request,
+            "cpu_us": cpu.per_request_us(per_request),
             "p50_ms": 1000 * statistics.median(every), "p99_ms": 1000 * _p99(every),
             "errors": len(failed), "statuses": result["statuses"],
             "error_samples": result["samples"],
@@ -200,15 +237,18 @@ class Run:
     phases: list[dict[str, Any]] = field(default_factory=list)
     idle_rss_mb: list[float] = field(default_factory=list)
     ceilings: list[float] = field(default_factory=list)
+    ceiling_cpu: list[dict[str, float]] = field(default_factory=list)
+    sync_cpu: dict[str, float] = field(default_factory=dict)
 
     def log(self, text: str) -> None:
         print(text, flush=True)
 
     def load(self, name: str, mode: str | None, port: int, seconds: float, batch: int = 0,
-             ca_file: str | None = None, **about: Any) -> dict[str, Any]:
+             ca_file: str | None = None, cpu_of: dict[str, int] | None = None,
+             **about: Any) -> dict[str, Any]:
         """One load phase, recorded (with its ``mode``, None when no replication is involved)
         under ``phases`` in the JSON; its failed requests count toward ``errors``."""
-        result = run_load(port, seconds, batch, name.replace(" ", "-"), ca_file)
+        result = run_load(port, seconds, batch, name.replace(" ", "-"), ca_file, cpu_of)
         self.phases.append({"name": name, "mode": mode, **about, "batch": batch,
                             **{k: round(v, 3) if isinstance(v, float) else v
                                for k, v in result.items()}})
@@ -244,8 +284,10 @@ def cluster_phase(run: Run, mode: str, with_batch: bool, durability: str = "fsyn
         warm = run.load(f"warm {mode} {label}", mode, primary.port, min(1.0, seconds / 3),
                         ca_file=ca_file, **about)
         log(f"{mode}: warm-up {warm['rate']:.0f} puts/s")
+        pids = {("primary" if n is primary else f"replica {n.name}"): n.proc.pid
+                for n in cluster.nodes.values() if n.proc is not None}
         puts = run.load(f"put {mode} {label}", mode, primary.port, seconds, ca_file=ca_file,
-                        **about)
+                        cpu_of=pids, **about)
         log(f"{mode}: {puts['rate']:.0f} acknowledged PUTs/s with {CLIENTS} clients, "
             f"p50 {puts['p50_ms']:.2f} ms, p99 {puts['p99_ms']:.2f} ms, "
             f"{puts['errors']} errors")
@@ -310,13 +352,16 @@ def phase_http_ceiling(run: Run) -> None:
                 conn.close()
 
         wait_for(up, 20, "the bare aiohttp server")
-        bare = run.load("http ceiling", None, port, run.seconds / 2)
+        assert server.pid is not None
+        bare = run.load("http ceiling", None, port, run.seconds / 2,
+                        cpu_of={"server": server.pid})
     finally:
         server.terminate()
         server.join(10)
     run.log(f"HTTP ceiling: {bare['rate']:.0f} PUTs/s from a bare aiohttp handler, "
             f"p99 {bare['p99_ms']:.2f} ms")
     run.ceilings.append(bare["rate"])
+    run.ceiling_cpu.append(bare["cpu_us"])
     run.figures["http_ceiling_rate"] = round(statistics.mean(run.ceilings), 1)
     run.figures["http_ceiling_rates"] = [round(r, 1) for r in run.ceilings]
     run.figures["http_ceiling_p99_ms"] = round(bare["p99_ms"], 3)
@@ -329,6 +374,7 @@ def phase_sync(run: Run) -> None:
         "put_rate_sync": round(s["rate"], 1), "put_p50_ms_sync": round(s["p50_ms"], 3),
         "put_p99_ms_sync": round(s["p99_ms"], 3),
         "batch_ops_rate_sync": round(sync["batch"]["rate"], 1)})
+    run.sync_cpu = s["cpu_us"]
     c = sync["clients"]
     run.figures.update({
         "cas_rate": round(c["cas_rate"], 1), "cas_p99_ms": round(c["cas_p99_ms"] or 0, 3),
@@ -340,6 +386,28 @@ def phase_sync(run: Run) -> None:
         # The load generator's rate per keep-alive connection (32 of them): the issue's baseline
         # for one client thread.
         "put_rate_per_connection_sync": round(s["rate"] / CLIENTS, 1)})
+
+
+def cpu_figures(put: dict[str, float], ceiling: list[dict[str, float]]) -> dict[str, Any]:
+    """Where the CPU of one acknowledged sync PUT goes, against one request to the bare
+    handler. On a machine whose cores the load and every node share, the rates' ratio follows
+    the CPU ratio (``cpu_ceiling_ratio_sync``); on separate servers the primary's own cost
+    against the bare handler's (``primary_cpu_bare_ratio``) bounds the primary's rate."""
+    out: dict[str, Any] = {}
+    replicas = sum(v for k, v in put.items() if k.startswith("replica"))
+    if "primary" in put and "load" in put:
+        out["cpu_us_per_put_sync"] = {"primary": put["primary"],
+                                      "replicas": round(replicas, 1), "load": put["load"]}
+    bare = [c for c in ceiling if "server" in c and "load" in c]
+    if bare and "cpu_us_per_put_sync" in out:
+        server = statistics.mean(c["server"] for c in bare)
+        load = statistics.mean(c["load"] for c in bare)
+        out["cpu_us_per_request_ceiling"] = {"server": round(server, 1),
+                                             "load": round(load, 1)}
+        out["cpu_ceiling_ratio_sync"] = round(
+            (server + load) / (put["primary"] + replicas + put["load"]), 3)
+        out["primary_cpu_bare_ratio"] = round(server / put["primary"], 3)
+    return out
 
 
 def phase_async(run: Run) -> None:
@@ -429,6 +497,7 @@ def main() -> int:
             phase(run)
     figures = dict(run.figures)
     figures.update(ratios(figures))
+    figures.update(cpu_figures(run.sync_cpu, run.ceiling_cpu))
     if run.idle_rss_mb:
         figures["idle_rss_mb"] = round(max(run.idle_rss_mb), 1)
     figures["errors"] = run.errors

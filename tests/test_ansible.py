@@ -103,8 +103,26 @@ def run_playbook(tmp: Path, playbook: str, inventory: Path, log_name: str,
                               stderr=subprocess.STDOUT, timeout=timeout, check=False)
     text = log.read_text(errors="replace")
     assert proc.returncode == rc, (f"ansible-playbook {playbook} exited {proc.returncode} "
-                                  f"(full output: {log}):\n{text[-6000:]}")
+                                  f"(full output: {log}):\n{failure_summary(tmp, text)}"
+                                  f"\n--- the output's end ---\n{text[-3000:]}")
     return text
+
+
+def failure_summary(tmp: Path, text: str) -> str:
+    """What failed, first: each failed task with its message, then the end of every node's
+    log (CI shows only the start of a long assertion message)."""
+    lines = text.splitlines()
+    parts: list[str] = []
+    task = ""
+    for line in lines:
+        if line.startswith("TASK ["):
+            task = line.rstrip("* ")
+        elif line.startswith(("fatal:", "failed:")) or "FAILED!" in line:
+            parts.append(f"{task}\n  {line[:1500]}")
+    for node_log in sorted(tmp.glob("hosts/*/log/*.log")):
+        tail = node_log.read_text(errors="replace").splitlines()[-12:]
+        parts.append(f"--- {node_log.relative_to(tmp)} ---\n" + "\n".join(t[:300] for t in tail))
+    return "\n".join(parts)
 
 
 def entry(e: TokenEntry) -> dict[str, str]:

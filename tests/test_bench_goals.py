@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import bench.api as bench_api
 import bench.clock_faults as bench_clock
 import bench.failover_managed as bench_failover_managed
 import bench.raft as bench_raft
@@ -82,3 +83,16 @@ def test_managed_failover_goals(changes: dict[str, Any], words: list[str]) -> No
     assert len(missed) == len(words)
     for sentence, start in zip(missed, words, strict=True):
         assert sentence.startswith(start), missed
+
+
+def test_api_cpu_figures_split_a_put_and_compare_it_with_the_bare_handler() -> None:
+    put = {"primary": 300.0, "replica n2": 100.0, "replica n3": 120.0, "load": 200.0}
+    ceiling = [{"server": 80.0, "load": 120.0}, {"server": 100.0, "load": 140.0}]
+    out = bench_api.cpu_figures(put, ceiling)
+    assert out["cpu_us_per_put_sync"] == {"primary": 300.0, "replicas": 220.0, "load": 200.0}
+    assert out["cpu_us_per_request_ceiling"] == {"server": 90.0, "load": 130.0}
+    assert out["cpu_ceiling_ratio_sync"] == round(220 / 720, 3)
+    assert out["primary_cpu_bare_ratio"] == 0.3
+    # A process whose CPU could not be read leaves the figure out rather than guessing it.
+    assert bench_api.cpu_figures({"load": 200.0}, ceiling) == {}
+    assert "cpu_ceiling_ratio_sync" not in bench_api.cpu_figures(put, [{"load": 1.0}])
