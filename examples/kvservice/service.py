@@ -13,7 +13,9 @@ read, and refuses writes). hacluster ships the WAL this process writes to the re
 
 Environment: HACLUSTER_ROLE, HACLUSTER_DB_PATH, HACLUSTER_API_URL (set by hacluster);
 KVSERVICE_PORT (or --port), KVSERVICE_WAIT=1, KVSERVICE_WAIT_TIMEOUT_MS (default 5000),
-KVSERVICE_TOKEN (a Bearer token for hacluster's API), KVSERVICE_FSYNC=1 (or --fsync).
+KVSERVICE_TOKEN (a Bearer token for hacluster's API), KVSERVICE_FSYNC=1 (or --fsync);
+KVSERVICE_RECYCLE_LOG_FILE_NUM=N (N > 0: a misconfigured service, for tests: the primary opens
+its database with WAL recycling, which hacluster refuses).
 SIGTERM or SIGINT: the database is closed and the process exits 0.
 """
 
@@ -43,6 +45,13 @@ def open_db(role: str, path: str) -> tuple[Rdict, str | None]:
     opts.set_wal_ttl_seconds(3600)
     opts.set_wal_size_limit_mb(1024)
     opts.set_recycle_log_file_num(0)
+    recycle = int(os.environ.get("KVSERVICE_RECYCLE_LOG_FILE_NUM", "0"))
+    if recycle > 0 and role == "primary":
+        # Misconfigured on purpose (tests). RocksDB drops recycling while archived logs are
+        # kept, so retention goes too: the OPTIONS file then says recycle_log_file_num=N.
+        opts.set_wal_ttl_seconds(0)
+        opts.set_wal_size_limit_mb(0)
+        opts.set_recycle_log_file_num(recycle)
     if role == "primary":
         opts.create_if_missing(True)
         return Rdict(path, opts), None

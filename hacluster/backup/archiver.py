@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from hacluster.aiotasks import cancel_and_wait
 from hacluster.backup import BackupError, base, plan
 from hacluster.backup.history import as_records, live_history, read_history, write_history
 from hacluster.backup.layout import (
@@ -128,13 +129,7 @@ class Archiver:
 
     async def stop(self) -> None:
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         for fut in self._base_waiters:
             if not fut.done():
                 fut.set_exception(BackupError(f"{self.node.name} stopped being the primary"))

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Any
 
+from hacluster.aiotasks import cancel_and_wait
 from hacluster.config import ClusterConfig
 from hacluster.consensus import settings
 from hacluster.consensus.clock import BEYOND, OK, ClockPolicy, ClockWatch, describe
@@ -119,12 +120,7 @@ class ControlLoop(OperatorRequests, SyncSetProposals):
         self._task = self._loop.create_task(self._run(), name="control-loop")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait([self._task])
         await asyncio.to_thread(self.raft.stop)
 
     async def _run(self) -> None:

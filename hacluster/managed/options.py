@@ -130,13 +130,14 @@ def _int(opts: ServiceOptions, key: str) -> int:
         raise ManagedDbError(f"{opts.path}: {key}={value!r} is not a number") from None
 
 
-def check_service_options(db_path: Path) -> None:
+def check_service_options(db_path: Path, options_file: Path | None = None) -> None:
     """Refuse a service database whose options make its WAL unshippable or unreplayable.
 
-    Reads the newest ``OPTIONS-NNNNNN`` file (RocksDB rewrites it at every open, and at every
-    SetOptions / column-family change, so it describes the service's last open).
+    Reads ``options_file``, by default the newest ``OPTIONS-NNNNNN`` file (RocksDB rewrites it
+    at every open, and at every SetOptions / column-family change, so it describes the
+    service's last open).
     """
-    path = latest_options_file(db_path)
+    path = options_file or latest_options_file(db_path)
     if path is None:
         raise ManagedDbError(f"{db_path}: no OPTIONS file: not a RocksDB database, or one "
                              "never opened")

@@ -2,9 +2,11 @@
 
 Owns ``Supervisor``: the role wanted (primary, replica or none), restarting a service that exits
 on its own (after ``policy.backoff_s``), giving up after ``max_restarts`` exits within
-``restart_window_s`` and telling the node (which then lets another node take over), and the
-service's state for ``/status``. It must never restart a service the node stopped or fenced,
-and never block the node's fencing (``fence`` is synchronous and never raises).
+``restart_window_s`` — or at once when the node says the service cannot run (``give_up``: its
+database's options are refused) — and telling the node (which then lets another node take
+over), and the service's state for ``/status``. It must never restart a service the node
+stopped, fenced or gave up on, and never block the node's fencing (``fence`` is synchronous
+and never raises).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Supervisor:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._callbacks: set[asyncio.Task[None]] = set()
+        # Set by the node: why the service's database options were refused on the primary.
+        self.options_error: str | None = None
 
     # -- the node's side ----------------------------------------------------------------------
 
@@ -114,6 +118,17 @@ class Supervisor:
         except Exception:   # the kill is what matters
             self.log.exception("%s: fencing the supervisor failed", self.node)
 
+    def give_up(self, reason: str) -> None:
+        """Give up on the wanted role now, as after too many exits: the service is stopped and
+        not started in that role again within ``restart_window_s``, and ``on_give_up`` is
+        told (``reason`` is its argument; the caller logs it). For a service the node found
+        cannot run (its database's options); nothing if no role is wanted."""
+        role = self._wanted or self.service.role
+        if role is None or self.given_up:
+            return
+        self._give_up(role, reason)
+        self._changed.set()             # the loop stops it
+
     def reset(self) -> None:
         """Forget the failures and a give-up: try the wanted role again."""
         self._given_up_role, self._failures = None, []
@@ -148,7 +163,8 @@ class Supervisor:
         svc = self.service
         return {"state": self._state, "wanted": self._wanted, "pid": svc.pid, "role": svc.role,
                 "restarts": self.restarts, "last_exit_code": svc.last_exit_code,
-                "since": self._since, "reason": self._reason}
+                "since": self._since, "reason": self._reason,
+                "options_error": self.options_error}
 
     async def close(self, reason: str = "shutdown") -> None:
         """Stop the service and the supervising task."""
@@ -207,7 +223,8 @@ class Supervisor:
                 self._set_state("stopped")
             await self._changed.wait()
         elif action == "stop":
-            await svc.stop(f"wanted {self._wanted or 'stopped'}")
+            await svc.stop("given up" if self.given_up
+                           else f"wanted {self._wanted or 'stopped'}")
         elif action == "start" and self._wanted is not None:
             await self._start(self._wanted, dict(self._env))
         elif action == "watch":
@@ -230,7 +247,7 @@ class Supervisor:
                 changed.cancel()
                 if not health.done():
                     self._changed.clear()
-                    if self._wanted != role:
+                    if self._wanted != role or self.given_up:
                         return              # the loop stops it
         finally:
             health.cancel()
@@ -259,20 +276,17 @@ class Supervisor:
             await self._failed(role, f"exited unexpectedly: {describe_exit(exit_.result())}")
 
     async def _failed(self, role: Role, reason: str) -> None:
+        if self.given_up:
+            return      # given up meanwhile (``give_up``): nothing to restart, no one to tell
         now = time.monotonic()
         window = self.spec.restart_window_s
         self._failures = [t for t in self._failures if now - t <= window] + [now]
         node = self.service.node
         if restart_decision(self._failures, now, self.spec.max_restarts, window) == "give_up":
-            self._given_up_role, self._given_up_at = role, now
             why = (f"service ({role}) {reason}; {len(self._failures)} failures within "
                    f"{window:g} s, giving up")
-            self._set_state("given_up", why)
             self.log.error("%s: %s", node, why)
-            # Its own task: a callback that awaits this supervisor must not wait on itself.
-            told = asyncio.get_running_loop().create_task(self._tell_give_up(why))
-            self._callbacks.add(told)
-            told.add_done_callback(self._callbacks.discard)
+            self._give_up(role, why)
             return
         delay = backoff_s(len(self._failures))
         self._failed_role = role
@@ -281,6 +295,14 @@ class Supervisor:
         await asyncio.sleep(delay)
         if self._wanted == role:
             self.restarts += 1
+
+    def _give_up(self, role: Role, why: str) -> None:
+        self._given_up_role, self._given_up_at = role, time.monotonic()
+        self._set_state("given_up", why)
+        # Its own task: a callback that awaits this supervisor must not wait on itself.
+        told = asyncio.get_running_loop().create_task(self._tell_give_up(why))
+        self._callbacks.add(told)
+        told.add_done_callback(self._callbacks.discard)
 
     async def _tell_give_up(self, why: str) -> None:
         if self.on_give_up is None:

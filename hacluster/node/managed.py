@@ -5,12 +5,15 @@ before anything opens the service's database (its directory, who holds its lock,
 options), handing the database to the service when this node becomes primary (the replica
 handle closed first, the service started only once the write gate is open), taking it back
 when the role is lost (the service stopped first), the lease watch that stops the service
-when its lease runs low without a renewal and SIGKILLs it when the lease ends, the WAL sync
-and the seq a managed primary reports, and ``wait_held`` behind ``GET /v1/wait``.
+when its lease runs low without a renewal and SIGKILLs it when the lease ends, the check of
+every new OPTIONS file the service writes while it runs as primary (a refusal stops the WAL
+stream and gives the primary role up, as a crash loop does), the WAL sync and the seq a
+managed primary reports, and ``wait_held`` behind ``GET /v1/wait``.
 
 It must never let the service run as primary without a valid lease (past the lease end it is
 killed, before a successor's lease wait can end), never open the database while the service
-has it open, and never start the service as primary before the gate is open.
+has it open, never start the service as primary before the gate is open, and never answer a
+``/v1/wait`` while the newest OPTIONS file of the service's database is unchecked or refused.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from hacluster.managed.options import (
     lock_holder,
     refuse_if_in_use,
 )
+from hacluster.managed.options_watch import OptionsWatch
 from hacluster.managed.policy import ServiceSpec
+from hacluster.managed.repair import give_db_back
 from hacluster.managed.supervisor import Supervisor
 from hacluster.managed.wal_sync import sync_live_wal
 from hacluster.node_errors import NotWritable, OutcomeUnknown, WaitTimeout
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
     from hacluster.consensus.loop import ControlLoop
     from hacluster.fencing import WriteGate
     from hacluster.groupsync import GroupSync
+    from hacluster.lineage.labels import Lineage
     from hacluster.replication.feed import WalFeed
     from hacluster.replication.positions import ReplicaPositions
     from hacluster.role import Role
@@ -53,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hacluster.node")
 
 LEASE_WATCH_S = 0.01          # how often a managed primary looks at its lease
+OPTIONS_LOOK_S = 0.1          # how often it looks for a new OPTIONS file (a stat of the dir)
+OPTIONS_LIST_S = 1.0          # and lists the directory whatever its mtime says
 LOCK_RELEASE_WAIT_S = 5.0     # a stopped service's LOCK is the kernel's to release: not long
 PID_FILE = "service.pid"
 LAUNCHER = Path(__file__).resolve().parent.parent / "managed" / "launch.py"
@@ -88,6 +96,8 @@ class ManagedRole:
 
     service: Supervisor | None = None
     _lease_task: asyncio.Task[None] | None = None
+    options_watch: OptionsWatch | None = None    # while the service runs as primary
+    _reopen_due = False           # options refused: reopen the database once the service stops
 
     if TYPE_CHECKING:
         cfg: ClusterConfig
@@ -101,6 +111,7 @@ class ManagedRole:
         wal_sync: GroupSync
         data_dir: Path
         db_dir: Path
+        lineage: Lineage | None
         acked_seq: int
         _stopping: bool
 
@@ -202,6 +213,9 @@ class ManagedRole:
     async def start_primary_service(self) -> None:
         """The gate is open: the service may write."""
         assert self.service is not None
+        # A new spell: the options of whatever the service opens from now on are checked.
+        self.options_watch = OptionsWatch(self.db_dir)
+        self.service.options_error = None
         await self.service.want("primary", self.service_env("primary"))
         self._record_service_pid()
         if self.service.given_up:
@@ -218,6 +232,7 @@ class ManagedRole:
         if self._lease_task is not None:
             self._lease_task.cancel()
             self._lease_task = None
+        self.options_watch = None
         app = self.cfg.application
         assert app is not None
         await self.service.stop(reason, timeout_s=max(0.0, min(app.stop_timeout_s, lease_left)))
@@ -232,6 +247,11 @@ class ManagedRole:
                 raise ManagedDbError(f"{self.db_dir}: still locked by pid {holder} after the "
                                      "service stopped: another process uses the database")
             await asyncio.sleep(0.02)
+        if self._reopen_due:
+            self._reopen_due = False
+            st = self.cfg.storage
+            await asyncio.to_thread(give_db_back, self.name, self.db_dir, self.lineage,
+                                    st.wal_ttl_seconds, st.wal_size_limit_mb)
 
     async def start_replica_service(self) -> None:
         """Following a primary: the read-only service, when the config has one."""
@@ -269,9 +289,14 @@ class ManagedRole:
         lease_end = time.monotonic() + self.gate.lease_left()
         stopping: asyncio.Future[Any] | None = None
         frozen: int | None = None
+        looked = listed = 0.0
         while self.is_primary and not self._stopping:
             await asyncio.sleep(LEASE_WATCH_S)
             now = time.monotonic()
+            if now - looked >= OPTIONS_LOOK_S:
+                looked, list_anyway = now, now - listed >= OPTIONS_LIST_S
+                listed = now if list_anyway else listed
+                self.options_refusal(list_anyway=list_anyway)   # refused: the gate shuts
             is_open = self.gate.refusal() is None
             if is_open:
                 lease_end = now + self.gate.lease_left()
@@ -321,9 +346,41 @@ class ManagedRole:
             while self.feed.poll():
                 pass
 
+    def options_refusal(self, *, list_anyway: bool = False) -> str | None:
+        """Why the service's database options are refused, if they are: a new OPTIONS file is
+        checked (``OptionsWatch``), and a refusal acted on (``_refuse_options``)."""
+        watch = self.options_watch
+        if watch is None or self.service is None:
+            return None
+        try:
+            refusal = watch.look(list_anyway=list_anyway)
+        except OSError as exc:
+            log.warning("%s: cannot look for the service's OPTIONS file in %s: %s", self.name,
+                        self.db_dir, exc)
+            return None
+        if refusal is not None and self.service.options_error is None:
+            self._refuse_options(refusal)
+        return refusal
+
+    def _refuse_options(self, why: str) -> None:
+        """The service opened its database with options hacluster cannot replicate: stop
+        shipping its WAL, and give the primary role up as for a service that keeps exiting
+        (the supervisor stops it and starts it as primary again only after its restart
+        window; the gate closes and the lock is released)."""
+        assert self.service is not None
+        self.service.options_error = why
+        self._reopen_due = True
+        if self.feed is not None and self.feed.error is None:
+            # Every stream ends with this error, and /v1/wait answers 503 from now on.
+            self.feed.error = f"the service's database options are refused: {why}"
+            self.feed.notify()
+        self.service.give_up(f"the service's database options cannot be replicated: {why}")
+
     def _service_gave_up(self, reason: str) -> None:
         """A service that keeps exiting on the primary: hand the role over to a replica."""
         log.error("%s: %s: giving up the primary role", self.name, reason)
+        if self.service is not None and self.service.options_error is not None:
+            reason = "its database options cannot be replicated"    # logged once, in full
         if self.control is not None and self.is_primary:
             self.control.fencing_failed(self.role.epoch, f"service gave up: {reason}")
             self.gate.close(f"service gave up: {reason}")
@@ -361,6 +418,8 @@ class ManagedRole:
         OutcomeUnknown otherwise. Recorded as acknowledged (the service answers its client
         next), so a release carries it as the floor no successor may be below."""
         refusal = self.gate.refusal() if self.is_primary else f"{self.name} is not the primary"
+        # The seq is in a database whose options may be new: never held before they are seen.
+        refusal = refusal or self.options_refusal()
         if refusal is not None or self.feed is None:
             raise NotWritable(refusal or "no WAL feed")
         try:
@@ -379,7 +438,7 @@ class ManagedRole:
         except TimeoutError:
             raise WaitTimeout(f"seq {seq} not held within {timeout:.3f} s (it may be later)"
                               ) from None
-        late = self.gate.refusal()
+        late = self.gate.refusal() or self.options_refusal()
         if late is not None:
             raise OutcomeUnknown(f"seq {seq} reached the replicas but not acknowledged: {late}")
         self.acked_seq = max(self.acked_seq, seq)

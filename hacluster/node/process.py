@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from hacluster import logfields
+from hacluster.aiotasks import cancel_and_wait
 from hacluster.api import build_app
 from hacluster.api.counters import WatchStats
 from hacluster.config import ClusterConfig, NodeConfig
@@ -317,12 +318,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
         if self.follower is None:
             return
         self.follower.stop()
-        if self._follower_task:
-            self._follower_task.cancel()
-            try:
-                await self._follower_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait([self._follower_task])
         self.follower.detach_store()      # the store stays in this node's slot
         self.follower = None
         self._follower_task = None
@@ -481,13 +477,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
             await self.control.stop()
         await self._stop_follower()
         await self._stop_primary_parts()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         if self._runner:
             await self._runner.cleanup()
         if self.store:
