@@ -117,6 +117,8 @@ class NodeViews:
             return "replication diverged"
         if self.service is not None and self.service.primary_given_up:
             # Until its restart window passes: electing it again would start the same loop.
+            if self.service.options_error is not None:
+                return "its service's database options cannot be replicated"
             return "its service kept exiting as primary"
         usable = self.watchdog.usable()
         if usable != self._watchdog_usable:
