@@ -252,6 +252,21 @@ def test_a_crash_looping_service_makes_the_lock_move(tmp_path: Path) -> None:
         cluster.stop()
 
 
+def good_db(path: Path, *, recycle: int = 0, key: bytes = b"a") -> Path:
+    """A database as the example service leaves it (with ``recycle``: WAL recycling on and no
+    WAL retention, which RocksDB needs to keep recycling on); its newest OPTIONS file."""
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    if recycle:
+        opts.set_recycle_log_file_num(recycle)
+    else:
+        opts.set_wal_ttl_seconds(3600)
+    db = rocksdict.Rdict(str(path), opts)
+    db.put(key, b"v" if recycle else b"b")
+    db.close()
+    return max(path.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
 @pytest.mark.parametrize("option, line", [
     ("recycle_log_file_num", "recycle_log_file_num=2"),
     ("WAL_ttl_seconds", "WAL_ttl_seconds=0"),         # no retention: both limits 0
@@ -264,14 +279,8 @@ def test_a_database_hacluster_cannot_ship_is_refused_at_start(
     cluster, _ = managed_cluster(tmp_path)
     node = cluster.nodes["n2"]
     db = tmp_path / "svc" / "n2" / "db"
-    opts = rocksdict.Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.set_wal_ttl_seconds(3600)
-    rdb = rocksdict.Rdict(str(db), opts)
-    rdb.put(b"a", b"b")
-    rdb.close()
     # As a service with these options would have left it (rocksdict cannot set them all).
-    newest = max(db.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    newest = good_db(db)
     text = newest.read_text()
     key = line.split("=")[0]
     text = "\n".join(line if f.strip().startswith(key + "=") else f

@@ -31,7 +31,7 @@ from hacluster.managed.options_watch import SETTLE_NS, OptionsWatch, must_list, 
 from hacluster.managed.supervisor import Supervisor
 from hacluster.testing.harness import NodeProc, wait_for
 from hacluster.testing.history import check_all
-from tests.test_managed import Writer, managed_cluster
+from tests.test_managed import Writer, good_db, managed_cluster
 from tests.test_managed_service import LOG, SLEEP, eventually, make_spec, py
 
 # -- the decisions ----------------------------------------------------------------------------
@@ -58,17 +58,6 @@ def test_the_directory_is_listed_again_only_when_it_may_have_changed() -> None:
     # may have left the mtime as it was.
     assert must_list((t, t + SETTLE_NS - 1), t)
     assert must_list((t, t - 10**9), t)                       # the wall clock was set back
-
-
-def good_db(path: Path) -> Path:
-    """A database as the example service leaves it; its newest OPTIONS file."""
-    opts = rocksdict.Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.set_wal_ttl_seconds(3600)
-    db = rocksdict.Rdict(str(path), opts)
-    db.put(b"a", b"b")
-    db.close()
-    return max(path.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
 
 
 def write_options(newest: Path, number: int, line: str) -> Path:
@@ -143,12 +132,7 @@ def test_a_refused_database_is_reopened_with_hacluster_s_options(tmp_path: Path)
     WAL retention) is opened once with hacluster's options: the newest OPTIONS file passes the
     check, and the data is still there."""
     db = tmp_path / "db"
-    opts = rocksdict.Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.set_recycle_log_file_num(4)
-    rdb = rocksdict.Rdict(str(db), opts)
-    rdb.put(b"k", b"v")
-    rdb.close()
+    good_db(db, recycle=4, key=b"k")
     with pytest.raises(ManagedDbError, match="recycle_log_file_num=4"):
         check_service_options(db)
     (tmp_path / "data").mkdir()
