@@ -370,10 +370,9 @@ class ManagedRole:
         assert self.service is not None
         self.service.options_error = why
         self._reopen_due = True
-        if self.feed is not None and self.feed.error is None:
+        if self.feed is not None:
             # Every stream ends with this error, and /v1/wait answers 503 from now on.
-            self.feed.error = f"the service's database options are refused: {why}"
-            self.feed.notify()
+            self.feed.fail(f"the service's database options are refused: {why}")
         self.service.give_up(f"the service's database options cannot be replicated: {why}")
 
     def _service_gave_up(self, reason: str) -> None:

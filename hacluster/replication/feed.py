@@ -117,6 +117,13 @@ class WalFeed:
             while self.poll():
                 await asyncio.sleep(0)  # more to read: let writes and streams run in between
 
+    def fail(self, reason: str) -> None:
+        """Stop for good: every stream ends with ``reason`` and nothing more is read (the
+        first reason stays; the caller logs it)."""
+        if self.error is None:
+            self.error = reason
+        self._signal()
+
     def poll(self) -> bool:
         """Read what the WAL has now into the ring; return True if the read hit a bound."""
         if self.error:
@@ -125,9 +132,8 @@ class WalFeed:
             batches = self._reader.read(max_batches=READ_BATCHES_PER_TURN,
                                         max_bytes=READ_BYTES_PER_TURN)
         except (WalError, WalGone) as exc:
-            self.error = str(exc)
             log.error("WAL feed stopped: %s", exc)
-            self._signal()
+            self.fail(str(exc))
             return False
         if not batches:
             return False
