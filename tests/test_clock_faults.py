@@ -80,7 +80,11 @@ def test_four_percent_fast_is_a_warning_and_a_failover_loses_nothing(
     primary = cluster.wait_primary()
     if primary.name != "n1":
         # The unsafe direction is a fast observer judging a slower holder's lease: make n1
-        # the holder, so that n2 (fast) and n3 are the replicas and n2 the standby.
+        # the holder, so that n2 (fast) and n3 are the replicas and n2 the standby. A
+        # switchover names only a member that has reported (409 before): wait for n1's report.
+        wait_for(lambda: any(m["name"] == "n1" and m["state"] == "running"
+                             for m in primary.get("/cluster").json()["members"]),
+                 20, "n1's first report")
         resp = primary.post("/v1/admin/switchover", {"to": "n1"})
         assert resp.status == 200, resp.body
         primary = cluster.wait_primary()
