@@ -194,3 +194,14 @@ def test_keep_prints_the_write_and_read_through_the_replicas_of_the_moment(
     assert re.search(rf"Bearer \$HACLUSTER_TOKEN\" {re.escape(urls['n3'])}/v1/kv/greeting",
                      text), text
     assert f"{urls['n2']}/v1/kv" not in text
+
+
+def test_ctrl_c_while_the_keep_lines_are_printed_is_a_clean_stop() -> None:
+    """A user (or the test above) may press Ctrl-C as soon as the last line appears, before
+    the print returns: that is the stop ``--keep`` waits for, not an interrupted demo (130)."""
+    from hacluster.tools.demo import Demo
+
+    def show() -> None:
+        raise KeyboardInterrupt
+
+    Demo.hold_until_interrupted(show)       # raises if Ctrl-C escaped

@@ -237,14 +237,16 @@ class Demo:
                     " (async mode: loss is bounded by lag; see divergent tails in /status)"))
         good = ok and converged and (not lost or self.mode == "async")
         if keep:
-            self.show_keep()
-            self.hold_until_interrupted()
+            self.hold_until_interrupted(self.show_keep)
         return 0 if good else 1
 
     @staticmethod
-    def hold_until_interrupted() -> None:
-        """``--keep``: the cluster runs until Ctrl-C."""
+    def hold_until_interrupted(show: Callable[[], None]) -> None:
+        """``--keep``: show how to use the cluster, which runs until Ctrl-C."""
+        # The lines are printed inside the ``try``: a user (or a script) reading them may
+        # press Ctrl-C at once, before the print returns, and that is a clean stop too.
         try:
+            show()
             while True:
                 time.sleep(1)
         except KeyboardInterrupt:

@@ -168,8 +168,7 @@ class ManagedDemo(Demo):
         self.say("acknowledged writes lost: 0" if not wrong else
                  f"acknowledged writes lost: {len(wrong)}")
         if keep:
-            self.show_keep_managed()
-            self.hold_until_interrupted()
+            self.hold_until_interrupted(self.show_keep_managed)
         return 0 if good else 1
 
     def _wait(self, predicate: Any, timeout: float, what: str) -> bool:
