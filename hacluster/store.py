@@ -317,13 +317,16 @@ class Store:
             log.info("created column family %s in %s, as on the primary", name, self.db_dir)
 
     def prepare(self, wb: bytes, handles: Mapping[int, rocksdict.ColumnFamily],
-                where: str = "?") -> rocksdict.WriteBatch:
-        """Decode a replicated serialized WriteBatch into a rocksdict WriteBatch (not written).
+                where: str = "?", into: rocksdict.WriteBatch | None = None
+                ) -> rocksdict.WriteBatch:
+        """Decode a replicated serialized WriteBatch into a rocksdict WriteBatch (not written):
+        a new one, or appended to ``into`` (a replica writes a run of frames as one batch).
 
         Raises WalError if the bytes are malformed or hold an unsupported entry, KeyError for
-        a column-family id missing from ``handles``; nothing is written either way.
+        a column-family id missing from ``handles``; nothing is written either way (``into``
+        may then hold part of ``wb``: do not commit it).
         """
-        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch = rocksdict.WriteBatch(raw_mode=True) if into is None else into
         replay_batch(wb, batch.put, batch.delete, batch.delete_range, handles, where=where)
         return batch
 

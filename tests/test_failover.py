@@ -278,3 +278,29 @@ def test_sync_mode_loses_no_acknowledged_write_when_the_primary_is_killed(
     verdict = check_all(history, contents["default"])   # no acknowledged write lost, no overlap
     assert verdict.ok, str(verdict)
     assert verdict.epochs == [1, 2], str(verdict)
+
+
+def test_a_switchover_to_a_configured_node_not_heard_from_yet_waits_for_it(
+        tmp_path: Path) -> None:
+    # n3 is in the configuration but has not started: no report of it in Raft. A switchover
+    # naming it is not refused as a stranger at once (right after a start or an election a
+    # member's report may be a moment away); it waits for it, as for an unnamed successor,
+    # and only then says no one qualifies. A name nobody configured is refused at once.
+    cluster = Cluster(tmp_path, consensus=True, replication={"mode": "async"})
+    try:
+        for name in ("n1", "n2"):
+            cluster.nodes[name].start()
+        old = cluster.wait_primary()
+        started = time.monotonic()
+        resp = old.post("/v1/admin/switchover", {"to": "n3"})
+        waited = time.monotonic() - started
+        assert resp.status == 409, resp.body
+        assert "no healthy replica named n3 qualifies as successor" in resp.json()["error"]
+        assert waited >= 4.0, waited
+        started = time.monotonic()
+        resp = old.post("/v1/admin/switchover", {"to": "n9"})
+        assert resp.status == 409 and "'n9' is not a member" in resp.json()["error"]
+        assert time.monotonic() - started < 4.0
+        put(old, "still-primary")
+    finally:
+        cluster.stop()

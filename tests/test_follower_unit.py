@@ -25,6 +25,7 @@ from hacluster.replication.follower import Follower
 from hacluster.store import Store
 from hacluster.wal import batch as wal
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, Op
+from hacluster.wal.reader import WalReader
 
 CFS = ["default", "users"]
 TOKEN = "s3cret-token"
@@ -438,7 +439,7 @@ async def test_a_batch_that_verifies_but_cannot_be_applied_applies_nothing_of_it
 
     assert r.follower.status.error is not None
     assert r.follower.status.error.startswith("batch at seq 2 cannot be applied: ")
-    assert r.follower.status.error.endswith("; nothing applied")
+    assert r.follower.status.error.endswith("; nothing of it applied")
     assert (r.seq(), r.contents(), r.contents("users")) == (1, values("a"), {})
 
 
@@ -455,6 +456,58 @@ async def test_verified_frames_before_a_corrupt_one_in_the_same_chunk_are_applie
     assert r.follower.status.error is not None
     assert "frame #4 at stream offset" in r.follower.status.error
     assert (r.seq(), r.contents()) == (2, values("a", "b"))
+
+
+async def test_the_batches_of_one_read_are_one_write_here_with_the_same_seqs(
+        tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
+    # Eight frames in one chunk: one RocksDB write (one WAL record here) that ends at the
+    # same seq as eight writes would, with every op where each frame put it.
+    chunk = hello(seq=15) + b"".join(puts(1 + 2 * i, f"k{i}a", f"k{i}b") for i in range(8))
+    primary.scripts = [primary.send(chunk, then="hold", hb=(1, 16))]
+    r = Replica(tmp_path, primary)
+    replicas.append(r)
+    r.start()
+    await wait_until(lambda: primary.acked() == 16, why="an ack of seq 16")
+    assert r.contents() == values(*(f"k{i}{x}" for i in range(8) for x in "ab"))
+    st = r.follower.status
+    assert (st.batches_applied, st.ops_applied) == (8, 16)
+    records = [(b.seq, b.count) for b in WalReader(r.db_dir, 1).read()]
+    assert records == [(1, 16)], records
+
+
+async def test_a_run_cut_by_a_batch_that_cannot_be_applied_writes_the_batches_before_it(
+        tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
+    # In one chunk: two good batches, then one naming a column family that is not in the
+    # hello. The good ones land (as they would one by one); nothing of the bad one does,
+    # although the decoder had already taken its first op when it met the unknown family.
+    bad = batch(5, [(PUT, 0, b"x", b"1"), (PUT, 7, b"y", b"2")])
+    chunk = hello(seq=6) + puts(1, "a", "b") + puts(3, "c", "d") + bad
+    primary.scripts = [primary.send(chunk, then="hold")]
+    r = Replica(tmp_path, primary, cfg=SLOW)
+    replicas.append(r)
+    r.start()
+    await wait_until(lambda: r.follower.status.state == "backoff")
+    assert r.follower.status.error is not None
+    assert r.follower.status.error.startswith("batch at seq 5 cannot be applied: ")
+    assert (r.seq(), r.contents()) == (4, values("a", "b", "c", "d"))
+    assert [(b.seq, b.count) for b in WalReader(r.db_dir, 1).read()] == [(1, 4)]
+
+
+async def test_an_epoch_change_inside_one_read_is_recorded_before_its_first_batch(
+        tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
+    # Two runs from one chunk: the lineage gets epoch 3's first seq, and epoch 2's batches
+    # and epoch 3's are separate writes (a run never spans two epochs).
+    chunk = (hello(epoch=2, seq=4) + puts(1, "a", epoch=2) + puts(2, "b", epoch=2)
+             + puts(3, "c", epoch=3) + puts(4, "d", epoch=3))
+    primary.scripts = [primary.send(chunk, then="hold", hb=(3, 4))]
+    r = Replica(tmp_path, primary, known_epoch=2, lineage=True)
+    replicas.append(r)
+    r.start()
+    await wait_until(lambda: primary.acked() == 4, why="an ack of seq 4")
+    assert r.lineage is not None
+    assert Lineage(tmp_path).transitions == [(2, 1), (3, 3)]
+    assert [(b.seq, b.count) for b in WalReader(r.db_dir, 1).read()] == [(1, 2), (3, 2)]
+    assert r.contents() == values("a", "b", "c", "d")
 
 
 async def test_a_truncated_stream_stops_applying_and_says_how_much_of_the_frame_came(

@@ -69,11 +69,16 @@ class OperatorRequests:
         lock = state.lock
         if not (node.is_primary and lock.held and lock.holder == node.name):
             raise RequestRefused(f"{node.name} is not the primary")
-        if target is not None and state.member(target) is None:
+        # A configured node that has not reported yet (just started, or an election just
+        # happened) is waited for like an unnamed successor; only a name nobody knows is
+        # refused at once.
+        if (target is not None and state.member(target) is None
+                and all(n.name != target for n in self.cfg.nodes)):
             raise RequestRefused(f"{target!r} is not a member of this cluster")
         deadline = time.monotonic() + timeout
         while not (choices := self._successors(target)):
-            # Just after an election, reports may not have been seen yet: give them a moment.
+            # Just after an election or a start, reports may not have been seen yet: give
+            # them a moment.
             if time.monotonic() > deadline:
                 raise RequestRefused(f"no healthy replica "
                                       f"{'named ' + target + ' ' if target else ''}"

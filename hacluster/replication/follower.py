@@ -27,8 +27,10 @@ from hacluster.config import ReplicationConfig
 from hacluster.groupsync import GroupSync
 from hacluster.lineage.labels import Lineage
 from hacluster.replication import frames
+from hacluster.replication.acks import AckSender
 from hacluster.replication.applier import Verdict, check_frame
 from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
+from hacluster.replication.runs import split_runs
 from hacluster.store import DivergenceError, Store, StoreError, StoreSlot, has_database, no_space
 from hacluster.wal.errors import WalError
 
@@ -50,8 +52,6 @@ class NotPrimaryYet(StreamError):
 # new primary is usually ready within tens of milliseconds, and in sync mode no write is
 # acknowledged until a replica streams from it.
 NOT_PRIMARY_YET_RETRY_S = 0.02
-# After a failed ack (or a dropped ack channel): the pause before trying again.
-ACK_RETRY_S = 0.2
 
 
 class Diverged(Exception):
@@ -90,127 +90,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.current = self.low
-
-
-class AckSender:
-    """Sends the newest applied seq to the primary; coalesces, only the newest seq is sent.
-
-    Over the ack channel (``GET /v1/replication/acks``, a WebSocket: one text frame per ack, no
-    answer awaited) while the primary has one; a primary of an older version answers 404 or
-    405 there, and then every ack is a ``POST /v1/replication/ack`` (one in flight) for the
-    life of this sender, which is the life of following that primary. A channel that drops is
-    opened again after ACK_RETRY_S and sends the newest seq at once: a frame lost with the
-    connection is made good by the next one, since a position only moves forward.
-    """
-
-    def __init__(self, follower: Follower) -> None:
-        self.f = follower
-        self.seq = -1
-        self.sent = -1
-        self.event = asyncio.Event()
-        self.channel: aiohttp.ClientWebSocketResponse | None = None
-        self._watcher: asyncio.Future[None] | None = None
-        self.channel_opens = 0
-        self.legacy = False           # the primary has no ack channel: POST each ack
-
-    def update(self, seq: int) -> None:
-        self.seq = seq
-        self.event.set()
-
-    async def run(self, session: aiohttp.ClientSession) -> None:
-        try:
-            while True:
-                await self.event.wait()
-                self.event.clear()
-                if self.f.cfg.ack_interval:
-                    await asyncio.sleep(self.f.cfg.ack_interval)
-                seq = self.seq
-                if seq == self.sent and self._open():
-                    continue
-                if self.f.durable:
-                    # An acknowledgement counts toward a client's (rule 5): on disk first, one
-                    # sync for every batch applied since the last acknowledgement.
-                    try:
-                        await self.f.wal_sync.through(seq)
-                    except Exception as exc:
-                        log.error("%s: WAL sync failed, seq %d not acknowledged: %s",
-                                  self.f.node, seq, exc)
-                        await asyncio.sleep(ACK_RETRY_S)
-                        self.event.set()
-                        continue
-                try:
-                    await self._send(session, seq)
-                    self.sent = seq
-                except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
-                    log.debug("ack of seq %d failed: %s", seq, exc)
-                    await self._drop()
-                    await asyncio.sleep(ACK_RETRY_S)
-                    self.event.set()
-        finally:
-            await self._drop()
-
-    def _open(self) -> bool:
-        """Whether what was sent stands: POSTs were answered; a channel must still be open
-        (else the newest seq goes again over a new one: the last frame may have been lost)."""
-        return self.legacy or (self.channel is not None and not self.channel.closed)
-
-    async def _send(self, session: aiohttp.ClientSession, seq: int) -> None:
-        if not self.legacy and (self.channel is None or self.channel.closed):
-            await self._connect(session)
-        if self.channel is not None:
-            await self.channel.send_str(str(seq))
-            return
-        async with session.post(f"{self.f.primary_url}/v1/replication/ack",
-                                json={"node": self.f.node, "seq": seq},
-                                headers=self.f.headers) as resp:
-            await resp.read()
-
-    async def _connect(self, session: aiohttp.ClientSession) -> None:
-        await self._drop()
-        try:
-            # The ping (every `heartbeat`, a pong expected within half of it) finds a primary
-            # that vanished without a reset: sends into a dead socket would not fail.
-            channel = await session.ws_connect(
-                f"{self.f.primary_url}/v1/replication/acks", params={"node": self.f.node},
-                headers=self.f.headers, heartbeat=max(2.0, 4 * self.f.cfg.heartbeat_interval),
-                autoclose=True, autoping=True, max_msg_size=1024,
-                # Closing waits this long at most for the primary's close frame (a stopping
-                # follower must not hang on a primary that went silent).
-                timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status in (404, 405):
-                log.info("%s: %s has no ack channel (HTTP %d): acknowledging with one "
-                         "request each", self.f.node, self.f.primary_url, exc.status)
-                self.legacy = True
-                return
-            raise
-        self.channel = channel
-        self.channel_opens += 1
-        # Nothing comes back on the channel but control frames and its close; reading them
-        # is what notices a close, which wakes the sender to open a new channel.
-        self._watcher = asyncio.ensure_future(self._watch(channel))
-
-    async def _watch(self, channel: aiohttp.ClientWebSocketResponse) -> None:
-        try:
-            async for _ in channel:
-                pass
-        except Exception as exc:      # anything: the channel is done either way
-            log.debug("ack channel ended: %s", exc)
-        finally:
-            if channel is self.channel:
-                log.debug("%s: ack channel closed (%s)", self.f.node, channel.close_code)
-                self.event.set()
-
-    async def _drop(self) -> None:
-        channel, self.channel = self.channel, None
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-        if channel is not None and not channel.closed:
-            try:
-                await channel.close()
-            except Exception:
-                pass
 
 
 class LowSpace(Exception):
@@ -404,49 +283,90 @@ class Follower:
                 try:
                     received = decoder.feed(chunk)
                 except frames.FrameError as exc:
-                    for frame in exc.good:     # verified before the bad one: apply them
-                        self._handle(frame)
+                    self._handle_all(exc.good)     # verified before the bad one: apply them
                     raise
-                for frame in received:
-                    self._handle(frame)
+                self._handle_all(received)
             if decoder.pending:
                 raise frames.FrameError(f"stream ended inside a frame ({decoder.where()}, "
                                         f"{decoder.pending} bytes of it received)")
         raise StreamError("primary closed the stream")
 
-    def _handle(self, frame: frames.Frame) -> None:
+    def _handle_all(self, received: list[frames.Frame]) -> None:
+        """The frames of one read, in order; consecutive batches as one write (``runs``)."""
+        if received:
+            self.status.last_frame_at = time.monotonic()
+        for item in split_runs(received, self.cfg.max_frame_bytes):
+            if isinstance(item, list):
+                self._apply_run(item)
+            else:
+                self._handle(item)
+
+    def _apply_run(self, run: list[frames.BatchFrame]) -> None:
+        """Apply the batches of ``run`` that follow this node's position as one RocksDB write;
+        a frame refused by ``check_frame`` or by the decoder stops the run, and what came
+        before it is written first (as if each had been written on its own)."""
         store = self.store
         assert store is not None
-        self.status.last_frame_at = time.monotonic()
-        if isinstance(frame, frames.BatchFrame):
-            low = self.space_low()
-            if low:
-                # The node's disk reserve is for Raft and recovery, not for more data.
-                raise LowSpace(low)
-            applied = store.latest_seq()
+        low = self.space_low()
+        if low:
+            # The node's disk reserve is for Raft and recovery, not for more data.
+            raise LowSpace(low)
+        applied = store.latest_seq()
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        taken: list[frames.BatchFrame] = []
+        refused: Exception | None = None
+        for frame in run:
             decision = check_frame(applied, self.known_epoch, frame)
             if decision.verdict is Verdict.SKIP:
-                return
-            if decision.verdict is Verdict.OVERLAP:
-                raise Diverged(decision.reason)
+                continue
             if decision.verdict is not Verdict.APPLY:
-                raise StreamError(decision.reason)
+                refused = (Diverged(decision.reason) if decision.verdict is Verdict.OVERLAP
+                           else StreamError(decision.reason))
+                break
             try:
-                batch = store.prepare(frame.wb, self._handles, where=f"batch at seq {frame.seq}")
+                store.prepare(frame.wb, self._handles, where=f"batch at seq {frame.seq}",
+                              into=batch)
             except (WalError, KeyError) as exc:
-                raise frames.FrameError(f"batch at seq {frame.seq} cannot be applied: {exc}; "
-                                        "nothing applied") from None
-            if self.lineage is not None:
-                # Durable before the batch: from here on the data is frame.epoch's.
-                self.lineage.record(frame.epoch, frame.seq)
-            store.commit(batch, frame.seq, frame.count, sync=self.cfg.fsync_on_apply)
-            if self.status.primary_seq is None or frame.last_seq > self.status.primary_seq:
-                self.status.primary_seq = frame.last_seq
-            self.status.batches_applied += 1
-            self.status.ops_applied += frame.count
-            self._acks.update(frame.last_seq)
-            if self._trace:
-                self._trace.write(f"{frame.last_seq} {time.monotonic_ns()}\n")
+                refused = frames.FrameError(f"batch at seq {frame.seq} cannot be applied: "
+                                            f"{exc}; nothing of it applied")
+                # The decoder may have added part of this frame: the batch is built again
+                # from the frames before it, which decoded whole.
+                batch = rocksdict.WriteBatch(raw_mode=True)
+                for good in taken:
+                    store.prepare(good.wb, self._handles, into=batch)
+                break
+            taken.append(frame)
+            applied = frame.last_seq
+        if taken:
+            self._commit(store, batch, taken)
+        if refused is not None:
+            raise refused
+
+    def _commit(self, store: Store, batch: rocksdict.WriteBatch,
+                taken: list[frames.BatchFrame]) -> None:
+        first, last = taken[0], taken[-1]
+        if self.lineage is not None:
+            # Durable before the batch: from here on the data is this epoch's (a run never
+            # holds two epochs).
+            self.lineage.record(first.epoch, first.seq)
+        # One proof for the run: RocksDB must end exactly at the last frame's last seq.
+        store.commit(batch, first.seq, last.last_seq - first.seq + 1,
+                     sync=self.cfg.fsync_on_apply)
+        if self.status.primary_seq is None or last.last_seq > self.status.primary_seq:
+            self.status.primary_seq = last.last_seq
+        self.status.batches_applied += len(taken)
+        self.status.ops_applied += sum(f.count for f in taken)
+        self._acks.update(last.last_seq)
+        if self._trace:
+            now = time.monotonic_ns()
+            self._trace.write("".join(f"{f.last_seq} {now}\n" for f in taken))
+
+    def _handle(self, frame: frames.Frame) -> None:
+        """A frame that is not a batch: hello, heartbeat or error."""
+        store = self.store
+        assert store is not None
+        if isinstance(frame, frames.BatchFrame):
+            self._apply_run([frame])
         elif isinstance(frame, frames.Heartbeat):
             if frame.epoch < self.known_epoch:
                 raise StreamError(f"heartbeat from epoch {frame.epoch}, older than epoch "
