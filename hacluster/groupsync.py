@@ -87,6 +87,11 @@ class GroupSync:
             running = self._running
             await asyncio.shield(running)
 
+    def covered(self, seq: int) -> None:
+        """Every seq through ``seq`` is on disk already: a write synced itself
+        (``WriteOptions.sync``, as a replica writes under ``storage.durability: fsync``)."""
+        self.synced_seq = max(self.synced_seq, seq)
+
     async def _one(self) -> None:
         target = self._latest_seq()      # read before the sync starts: it covers this much
         try:
