@@ -88,8 +88,8 @@ class GroupSync:
             await asyncio.shield(running)
 
     def covered(self, seq: int) -> None:
-        """Every seq through ``seq`` is on disk already: a write synced itself
-        (``WriteOptions.sync``, as a replica writes under ``storage.durability: fsync``)."""
+        """Every seq through ``seq`` is on disk already, synced by the caller itself (a replica
+        syncs each run it applies under ``storage.durability: fsync``)."""
         self.synced_seq = max(self.synced_seq, seq)
 
     async def _one(self) -> None:

@@ -769,7 +769,7 @@ async def test_durable_acks_follow_the_sync_of_the_run_they_name(
     r.start()
     await wait_until(lambda: primary.acked() == 5)
     assert synced_at_ack and all(synced >= seq for seq, synced in synced_at_ack)
-    # Each run's write synced itself (WriteOptions.sync): no separate WAL sync was needed,
+    # Each run was synced right after its write, on the loop: no group-commit round was needed,
     # neither for the acks nor for the stream's start at seq 0.
     assert (r.follower.wal_sync.syncs, r.follower.wal_sync.synced_seq) == (0, 5)
 

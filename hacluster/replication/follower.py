@@ -350,13 +350,16 @@ class Follower:
             # holds two epochs).
             self.lineage.record(first.epoch, first.seq)
         # One proof for the run: RocksDB must end exactly at the last frame's last seq.
-        # With durable acks the write syncs itself, here on the event loop: the ack waits
-        # for that sync anyway, and a hand-off to the sync thread and back would cost more
-        # CPU than the sync (two thread switches and a wake-up of this loop per run). What
-        # the primary sends meanwhile waits in the socket and makes the next run longer.
-        sync = self.durable or self.cfg.fsync_on_apply
-        store.commit(batch, first.seq, last.last_seq - first.seq + 1, sync=sync)
-        if sync:
+        store.commit(batch, first.seq, last.last_seq - first.seq + 1,
+                     sync=self.cfg.fsync_on_apply)
+        if self.durable and not self.cfg.fsync_on_apply:
+            # The ack waits for this sync anyway: it runs here, on the event loop, not handed
+            # to the sync thread and back (two thread switches and a wake-up of this loop per
+            # run cost more CPU than the sync). FlushWAL lets other threads (Raft) run while
+            # it waits for the disk; a write with WriteOptions.sync would hold them up. What
+            # the primary sends meanwhile waits in the socket and makes the next run longer.
+            store.sync_wal()
+        if self.durable or self.cfg.fsync_on_apply:
             self.wal_sync.covered(last.last_seq)
         if self.status.primary_seq is None or last.last_seq > self.status.primary_seq:
             self.status.primary_seq = last.last_seq
