@@ -257,6 +257,17 @@ async def replicas(tmp_path: Path) -> AsyncIterator[list[Replica]]:
         await r.stop()
 
 
+async def until_backoff(tmp_path: Path, primary: FakePrimary,
+                        replicas: list[Replica]) -> Replica:
+    """A replica that reconnects only after a minute, run until it backs off (the first
+    stream it got ended in an error)."""
+    r = Replica(tmp_path, primary, cfg=SLOW)
+    replicas.append(r)
+    r.start()
+    await wait_until(lambda: r.follower.status.state == "backoff")
+    return r
+
+
 def applied(r: Replica, batches: int) -> Callable[[], Awaitable[None]]:
     """A script step: wait until the follower has applied ``batches`` batches in all."""
     async def step() -> None:
@@ -432,10 +443,7 @@ async def test_a_batch_that_verifies_but_cannot_be_applied_applies_nothing_of_it
         hello(seq=4), puts(1, "a"),
         batch(2, [(PUT, 0, b"b", b"v-b"), (PUT, 1, b"u", b"1"), (PUT, 7, b"x", b"y")]),
         then="hold")]
-    r = Replica(tmp_path, primary, cfg=SLOW)
-    replicas.append(r)
-    r.start()
-    await wait_until(lambda: r.follower.status.state == "backoff")
+    r = await until_backoff(tmp_path, primary, replicas)
 
     assert r.follower.status.error is not None
     assert r.follower.status.error.startswith("batch at seq 2 cannot be applied: ")
@@ -449,10 +457,7 @@ async def test_verified_frames_before_a_corrupt_one_in_the_same_chunk_are_applie
     bad[-12] ^= 0x01
     chunk = hello(seq=3) + puts(1, "a") + puts(2, "b") + bytes(bad)
     primary.scripts = [primary.send(chunk, then="hold")]          # one write, one chunk
-    r = Replica(tmp_path, primary, cfg=SLOW)
-    replicas.append(r)
-    r.start()
-    await wait_until(lambda: r.follower.status.state == "backoff")
+    r = await until_backoff(tmp_path, primary, replicas)
     assert r.follower.status.error is not None
     assert "frame #4 at stream offset" in r.follower.status.error
     assert (r.seq(), r.contents()) == (2, values("a", "b"))
@@ -483,10 +488,7 @@ async def test_a_run_cut_by_a_batch_that_cannot_be_applied_writes_the_batches_be
     bad = batch(5, [(PUT, 0, b"x", b"1"), (PUT, 7, b"y", b"2")])
     chunk = hello(seq=6) + puts(1, "a", "b") + puts(3, "c", "d") + bad
     primary.scripts = [primary.send(chunk, then="hold")]
-    r = Replica(tmp_path, primary, cfg=SLOW)
-    replicas.append(r)
-    r.start()
-    await wait_until(lambda: r.follower.status.state == "backoff")
+    r = await until_backoff(tmp_path, primary, replicas)
     assert r.follower.status.error is not None
     assert r.follower.status.error.startswith("batch at seq 5 cannot be applied: ")
     assert (r.seq(), r.contents()) == (4, values("a", "b", "c", "d"))
@@ -515,10 +517,7 @@ async def test_a_truncated_stream_stops_applying_and_says_how_much_of_the_frame_
     good = [hello(seq=3), puts(1, "a"), puts(2, "b")]
     cut = puts(3, "c")[:-5]
     primary.scripts = [primary.send(*good, cut)]     # ends cleanly, inside the fourth frame
-    r = Replica(tmp_path, primary, cfg=SLOW)
-    replicas.append(r)
-    r.start()
-    await wait_until(lambda: r.follower.status.state == "backoff")
+    r = await until_backoff(tmp_path, primary, replicas)
 
     offset = sum(len(f) for f in good)
     assert r.follower.status.error == (
@@ -668,10 +667,7 @@ async def test_an_error_frame_from_the_primary_stops_the_stream(
     primary.scripts = [primary.send(hello(seq=2), puts(1, "a"),
                                     frames.encode_error("corrupt WAL record at seq 2"),
                                     puts(2, "b"), then="hold")]
-    r = Replica(tmp_path, primary, cfg=SLOW)
-    replicas.append(r)
-    r.start()
-    await wait_until(lambda: r.follower.status.state == "backoff")
+    r = await until_backoff(tmp_path, primary, replicas)
     assert r.follower.status.error == "primary reported: corrupt WAL record at seq 2"
     assert (r.seq(), r.contents()) == (1, values("a"))
 
@@ -679,10 +675,7 @@ async def test_an_error_frame_from_the_primary_stops_the_stream(
 async def test_a_refused_stream_request_is_reported_with_its_status(
         tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
     primary.scripts = [primary.answer(500, {"error": "p1 broke"})]
-    r = Replica(tmp_path, primary, cfg=SLOW)
-    replicas.append(r)
-    r.start()
-    await wait_until(lambda: r.follower.status.state == "backoff")
+    r = await until_backoff(tmp_path, primary, replicas)
     assert r.follower.status.error == 'stream request failed: HTTP 500: {"error": "p1 broke"}'
     assert r.seq() == 0
 
@@ -719,10 +712,7 @@ async def test_a_column_family_missing_here_is_refused_at_the_hello(
         tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
     primary.scripts = [primary.send(hello(seq=1, cfs=("default", "users", "orders")),
                                     puts(1, "a"), then="hold")]
-    r = Replica(tmp_path, primary, cfg=SLOW)
-    replicas.append(r)
-    r.start()
-    await wait_until(lambda: r.follower.status.state == "backoff")
+    r = await until_backoff(tmp_path, primary, replicas)
     assert r.follower.status.error is not None
     assert "column families ['orders'] exist on the primary but not here" in \
         r.follower.status.error
