@@ -70,8 +70,9 @@ class AckSender:
                 if seq == self.sent and self._open():
                     continue
                 if self.f.durable:
-                    # An acknowledgement counts toward a client's (rule 5): on disk first, one
-                    # sync for every batch applied since the last acknowledgement.
+                    # An acknowledgement counts toward a client's (rule 5): on disk first.
+                    # The follower syncs each run it applies, so this rarely waits; a position
+                    # not covered yet (a stream's start) gets one sync.
                     try:
                         await self.f.wal_sync.through(seq)
                     except Exception as exc:

@@ -371,7 +371,7 @@ class Follower:
             self._trace.write("".join(f"{f.last_seq} {now}\n" for f in taken))
 
     def _handle(self, frame: frames.Frame) -> None:
-        """A frame that is not a batch: hello, heartbeat or error."""
+        """One frame: hello, heartbeat or error (a batch here is a run of one)."""
         store = self.store
         assert store is not None
         if isinstance(frame, frames.BatchFrame):
