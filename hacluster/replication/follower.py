@@ -30,7 +30,7 @@ from hacluster.replication import frames
 from hacluster.replication.acks import AckSender
 from hacluster.replication.applier import Verdict, check_frame
 from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
-from hacluster.replication.runs import split_runs
+from hacluster.replication.runs import ControlFrame, split_runs
 from hacluster.store import DivergenceError, Store, StoreError, StoreSlot, has_database, no_space
 from hacluster.wal.errors import WalError
 
@@ -370,13 +370,11 @@ class Follower:
             now = time.monotonic_ns()
             self._trace.write("".join(f"{f.last_seq} {now}\n" for f in taken))
 
-    def _handle(self, frame: frames.Frame) -> None:
-        """One frame: hello, heartbeat or error (a batch here is a run of one)."""
+    def _handle(self, frame: ControlFrame) -> None:
+        """A frame that is not a batch: hello, heartbeat or error (batches go in runs)."""
         store = self.store
         assert store is not None
-        if isinstance(frame, frames.BatchFrame):
-            self._apply_run([frame])
-        elif isinstance(frame, frames.Heartbeat):
+        if isinstance(frame, frames.Heartbeat):
             if frame.epoch < self.known_epoch:
                 raise StreamError(f"heartbeat from epoch {frame.epoch}, older than epoch "
                                   f"{self.known_epoch} this node knows")

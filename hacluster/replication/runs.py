@@ -12,16 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hacluster.replication.frames import BatchFrame, Frame
+from hacluster.replication.frames import BatchFrame, ErrorFrame, Frame, Heartbeat, Hello
+
+# Any frame but a batch: what stands alone between runs.
+ControlFrame = Hello | Heartbeat | ErrorFrame
 
 
-def split_runs(received: Sequence[Frame], max_bytes: int) -> list[list[BatchFrame] | Frame]:
+def split_runs(received: Sequence[Frame],
+               max_bytes: int) -> list[list[BatchFrame] | ControlFrame]:
     """``received`` in order, each batch frame in a run (a list), each other frame alone.
 
     A run is cut at a non-batch frame, at an epoch change and before the frame that would take
     its WriteBatches past ``max_bytes`` (a single larger frame is a run of its own).
     """
-    out: list[list[BatchFrame] | Frame] = []
+    out: list[list[BatchFrame] | ControlFrame] = []
     run: list[BatchFrame] = []
     size = 0
     for frame in received:
