@@ -158,6 +158,12 @@ def test_switchover_pause_resume_and_forced_failover(cluster: Cluster) -> None:
     assert done.returncode == 0, done.stderr
     assert f"switchover done: {target.name} is primary" in done.stdout
     assert cluster.wait_primary() is target
+    # Asked again (a retry whose first answer was lost, a re-run playbook): the state holds,
+    # nothing is switched and nothing refused.
+    again = cli("switchover", "--config", config(cluster), "--to", target.name)
+    assert again.returncode == 0, again.stderr
+    assert f"{target.name} is already the primary: nothing to do" in again.stdout
+    assert cluster.wait_primary() is target
     assert target.put("after-switchover", b"v").status == 200
     cluster.wait_converged()
     # No automatic failover in pause mode; an operator names the successor.

@@ -128,14 +128,35 @@ def _leader_is(client: Client, name: str) -> bool:
         return False
 
 
+def _handed_over(client: Client, before: str | None, to: str | None) -> str | None:
+    """Who is primary now, if not ``before`` (and, with ``to``, only if it is ``to``)."""
+    try:
+        now = client.leader()["leader"]
+    except HaclusterError:
+        return None
+    return now if now != before and (to is None or now == to) else None
+
+
 def switchover(client: Client, to: str | None) -> int:
     try:
         before = client.leader()["leader"]
-        result = client.admin("switchover", {"to": to} if to else {}, on_primary=True)
-    except RequestFailed as exc:
-        return _fail(f"switchover refused: {exc}")
     except HaclusterError as exc:
         return _fail(f"switchover needs a healthy primary: {exc}")
+    if to is not None and before == to:
+        # Asked again after it happened (a retry whose first answer was lost, a re-run
+        # playbook): the state asked for holds.
+        print(f"{to} is already the primary: nothing to do")
+        return 0
+    try:
+        result = client.admin("switchover", {"to": to} if to else {}, on_primary=True)
+    except HaclusterError as exc:
+        # The client retries a POST whose answer was lost; when the first one did hand over,
+        # the retry reaches the new primary and is refused. What counts is who is primary.
+        done = _handed_over(client, before, to)
+        if done is None:
+            why = "refused" if isinstance(exc, RequestFailed) else "needs a healthy primary"
+            return _fail(f"switchover {why}: {exc}")
+        result = {"switched_over_to": done}
     successor = result["switched_over_to"]
     print(f"{before} handed over to {successor}; waiting for it to accept writes")
     if not wait(lambda: _leader_is(client, successor)):
