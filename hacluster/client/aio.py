@@ -129,12 +129,13 @@ class AsyncClient(ClientBase):
             self.nodes, self.settings, req.method, req.path, req.body,
             self._headers(req.headers), write=write, deadline=self._deadline(deadline)))
 
-    async def _any(self, req: ops.Req, url: str | None = None) -> Answer:
+    async def _any(self, req: ops.Req, url: str | None = None, write: bool = False) -> Answer:
         s = Settings(min(self.settings.timeout, rules.ANY_TIMEOUT_S),
-                     self.settings.connect_timeout, self.settings.deadline)
+                     self.settings.connect_timeout, self.settings.deadline,
+                     self.settings.retry_unknown)
         return await self._drive(rules.on_any(
             self.nodes, s, req.method, req.path, req.body,
-            self._headers(req.headers), url=url, deadline=self._deadline(None)))
+            self._headers(req.headers), url=url, deadline=self._deadline(None), write=write))
 
     # -- the leader -----------------------------------------------------------------------
 
@@ -285,10 +286,12 @@ class AsyncClient(ClientBase):
         return result
 
     async def admin(self, action: str, body: dict[str, Any] | None = None,
-                    on_primary: bool = False) -> dict[str, Any]:
+                    on_primary: bool = False, idempotent: bool = False) -> dict[str, Any]:
+        """POST ``/v1/admin/<action>``, as ``Client.admin`` (OutcomeUnknown unless
+        ``idempotent`` when sent without an answer)."""
         req = ops.Req("POST", f"/v1/admin/{action}", json.dumps(body or {}).encode(),
                       {"Content-Type": "application/json"})
-        answer = (await self._primary(req, write=False) if on_primary
-                  else await self._any(req))
+        answer = (await self._primary(req, write=not idempotent) if on_primary
+                  else await self._any(req, write=not idempotent))
         result: dict[str, Any] = ops.json_of(answer, (200, 202))
         return result

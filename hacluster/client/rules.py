@@ -291,8 +291,13 @@ def deposed(nodes: Nodes, url: str, headers: dict[str, str]) -> Generator[Send, 
 
 
 def on_any(nodes: Nodes, s: Settings, method: str, path: str, body: bytes | None,
-           headers: dict[str, str], *, url: str | None, deadline: float) -> Call:
-    """One request to ``url``, or to the first node that answers (the primary first)."""
+           headers: dict[str, str], *, url: str | None, deadline: float,
+           write: bool = False) -> Call:
+    """One request to ``url``, or to the first node that answers (the primary first).
+
+    ``write``: the request changes something and doing it twice is not the same as once (a
+    failover, a backup): once sent without an answer it is OutcomeUnknown, not sent to the
+    next node, unless the caller opted into ``retry_unknown``."""
     errors = []
     for u in [url.rstrip("/")] if url else nodes.order():
         timeout, connect = _timeouts(s, deadline, nodes.clock())
@@ -302,5 +307,7 @@ def on_any(nodes: Nodes, s: Settings, method: str, path: str, body: bytes | None
             return got
         assert isinstance(got, Failure)
         nodes.failed(u)
+        if got.sent and write and not s.retry_unknown:
+            raise OutcomeUnknown(f"{method} {path} to {u}: {got.error}")
         errors.append(f"{u}: {got.error}")
     raise HaclusterError(f"no node answered {path}: {'; '.join(errors)}")

@@ -142,7 +142,8 @@ class Client(ClientBase):
         """Calls any node may answer wait at most ANY_TIMEOUT_S unless told otherwise: they
         have no primary to probe, and another node can answer instead."""
         return Settings(min(self.settings.timeout, rules.ANY_TIMEOUT_S) if timeout is None
-                        else timeout, self.settings.connect_timeout, self.settings.deadline)
+                        else timeout, self.settings.connect_timeout, self.settings.deadline,
+                        self.settings.retry_unknown)
 
     def _primary(self, req: ops.Req, *, write: bool, deadline: float | None = None,
                  timeout: float | None = None) -> Answer:
@@ -153,11 +154,12 @@ class Client(ClientBase):
             self.nodes, s, req.method, req.path, req.body, self._headers(req.headers),
             write=write, deadline=self._deadline(deadline)))
 
-    def _any(self, req: ops.Req, url: str | None = None, timeout: float | None = None) -> Answer:
+    def _any(self, req: ops.Req, url: str | None = None, timeout: float | None = None,
+             write: bool = False) -> Answer:
         s = self._any_settings(timeout)
         return self._drive(rules.on_any(
             self.nodes, s, req.method, req.path, req.body, self._headers(req.headers),
-            url=url, deadline=self._deadline(None)))
+            url=url, deadline=self._deadline(None), write=write))
 
     def request(self, url: str, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float | None = None) -> Answer:
@@ -340,13 +342,18 @@ class Client(ClientBase):
         return result
 
     def admin(self, action: str, body: dict[str, Any] | None = None,
-              on_primary: bool = False, timeout: float = 30.0) -> dict[str, Any]:
-        """POST ``/v1/admin/<action>`` to the primary or to the first node that answers."""
+              on_primary: bool = False, timeout: float = 30.0,
+              idempotent: bool = False) -> dict[str, Any]:
+        """POST ``/v1/admin/<action>`` to the primary or to the first node that answers.
+
+        Unless ``idempotent`` (pause, resume: twice is once), a request sent without an
+        answer raises OutcomeUnknown rather than being sent again: a second switchover or
+        backup is not the first one retried."""
         req = ops.Req("POST", f"/v1/admin/{action}", json.dumps(body or {}).encode(),
                       {"Content-Type": "application/json"})
-        answer = (self._primary(req, write=False, timeout=timeout,
+        answer = (self._primary(req, write=not idempotent, timeout=timeout,
                                 deadline=max(timeout, self.settings.deadline))
-                  if on_primary else self._any(req, timeout=timeout))
+                  if on_primary else self._any(req, timeout=timeout, write=not idempotent))
         result: dict[str, Any] = ops.json_of(answer, (200, 202))
         return result
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hacluster.client import Client, HaclusterError, NoLeader, RequestFailed
+from hacluster.client import Client, HaclusterError, NoLeader, OutcomeUnknown, RequestFailed
 from hacluster.config import ClusterConfig
 from hacluster.tools import catchup
 from hacluster.tools.progress import progress
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from hacluster.replication.bootstrap import Bootstrapper
 
 WAIT_S = 30.0
+# How long a switchover whose answer was lost is given to show itself (one takes ~5 s at most).
+HANDOVER_WAIT_S = 10.0
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -149,9 +151,18 @@ def switchover(client: Client, to: str | None) -> int:
         return 0
     try:
         result = client.admin("switchover", {"to": to} if to else {}, on_primary=True)
+    except OutcomeUnknown as exc:
+        # Sent, answer lost (the old primary steps down as it answers): not sent again — a
+        # second switchover would move the primary once more. Who leads says what happened.
+        print(f"the switchover's answer was lost ({exc}); waiting to see whether it happened")
+        done = wait(lambda: _handed_over(client, before, to), HANDOVER_WAIT_S)
+        if done is None:
+            return _fail(f"switchover outcome unknown: {before} is still primary after "
+                         f"{HANDOVER_WAIT_S} s; see `hacluster status` before asking again")
+        result = {"switched_over_to": done}
     except HaclusterError as exc:
-        # The client retries a POST whose answer was lost; when the first one did hand over,
-        # the retry reaches the new primary and is refused. What counts is who is primary.
+        # A refusal after the handover (a playbook's retry reaching the new primary): what
+        # counts is who is primary.
         done = _handed_over(client, before, to)
         if done is None:
             why = "refused" if isinstance(exc, RequestFailed) else "needs a healthy primary"
@@ -170,6 +181,10 @@ def failover(client: Client, to: str, force: bool) -> int:
         result = client.admin("failover", {"to": to, "force": force})
     except RequestFailed as exc:
         return _fail(f"failover refused: {exc}")
+    except OutcomeUnknown as exc:
+        # Not sent again: a second forced failover is not the first one retried.
+        print(f"the failover's answer was lost ({exc}); waiting to see whether {to} leads")
+        result = {"after_epoch": "unknown"}
     except HaclusterError as exc:
         return _fail(str(exc))
     print(f"failover to {to} requested (after epoch {result['after_epoch']}"
@@ -183,7 +198,7 @@ def failover(client: Client, to: str, force: bool) -> int:
 
 def pause(client: Client, paused: bool) -> int:
     try:
-        client.admin("pause" if paused else "resume")
+        client.admin("pause" if paused else "resume", idempotent=True)
     except HaclusterError as exc:
         return _fail(str(exc))
     print("maintenance mode on: no automatic failover" if paused else
