@@ -11,6 +11,7 @@ otherwise.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -27,13 +28,18 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs need
 SIZE_MB = 64
 
 
-def fill(node: NodeProc) -> Path:
+def fill(node: NodeProc, leave_mb: int = 0) -> Path:
+    """Fill the node's disk with a ballast file, to the last byte or until ``leave_mb`` are
+    left. Low (not full) stays low even when the node releases its reserve while this writes:
+    the reserve would otherwise go to the ballast too, and the node's Raft journal then finds
+    the disk full — another test's case."""
     ballast = node.data_dir / "ballast"
     chunk = b"\0" * (1 << 20)
     try:
         with open(ballast, "wb") as f:
-            while True:
+            while not leave_mb or shutil.disk_usage(node.data_dir).free > (leave_mb + 1) << 20:
                 f.write(chunk)
+                f.flush()
     except OSError:
         pass
     return ballast
@@ -78,7 +84,7 @@ def test_primary_low_on_space_hands_over_and_rejoins_when_space_returns(
         old = cluster.wait_primary()
         writer = writer_for(cluster).start()
         writer.wait_acked(100, 20)
-        ballast = fill(old)
+        ballast = fill(old, leave_mb=4)
         others = [n for n in cluster.nodes.values() if n is not old]
         new = cluster.wait_primary(30, among=others)
         assert "handing the primary role over" in old.log()
