@@ -444,6 +444,12 @@ class Deployment:
             "hacluster_pip_extra_args": f"--no-index --find-links {house}",
             "hacluster_wait_timeout": 60,
             "hacluster_hooks": {"on_role_change": "true", "timeout_s": 5},
+            # The playbooks must hand over by switchover only (step 10 checks the history);
+            # the default lease (0.6 s) lapsed once while pip installed n4's package on two
+            # busy cores (Raft elections, then a failover). Timings a busy CI machine keeps.
+            "hacluster_consensus": {"lease_s": 2.0, "renew_interval_s": 0.2,
+                                    "election_min_s": 0.5, "election_max_s": 1.0,
+                                    "raft_heartbeat_s": 0.1},
         }
         if not dedicated_user:
             self.group_vars |= {"hacluster_manage_user": False, "hacluster_user": "root",
