@@ -244,9 +244,13 @@ def test_a_fresh_database_with_wal_recycling_is_refused_on_the_primary(tmp_path:
         assert (tmp_path / "svc" / node.name / "db" / options_file).exists()
         # One ERROR line of the node's own says it all (a replica's stream ends with the
         # reason too, logged by its follower).
-        lines = [line for line in node.log().splitlines()
-                 if " ERROR " in line and "recycle_log_file_num=4" in line
-                 and "hacluster.replication" not in line]
+        def refusal_lines() -> list[str]:
+            return [line for line in node.log().splitlines()
+                    if " ERROR " in line and "recycle_log_file_num=4" in line
+                    and "hacluster.replication" not in line]
+
+        wait_for(refusal_lines, 10, "the refusal's log line")   # /status may say it first
+        lines = refusal_lines()
         assert len(lines) == 1, lines
         assert options_file in lines[0] and "giving up the primary role" in lines[0], lines
         # Not a writable primary any more, its service stopped, the lock released.
