@@ -177,6 +177,17 @@ def test_a_restore_starts_from_the_newest_base_backup_at_or_before_the_target() 
     assert p.base.seq == 0 and p.target == 100
 
 
+def test_a_restore_to_a_time_never_starts_from_a_base_of_that_same_second() -> None:
+    # A base named for second 20 was taken somewhere in [20, 21): at 20.5 it may hold writes
+    # made after 20.4 (a CI-like run restored seq 240 for a time before seq 161 was written).
+    bases = [base(0, created=10), base(150, created=20)]
+    segments = [seg(1, 100, t0=11, t1=12), seg(101, 200, t0=19.9, t1=20.6)]
+    assert restore_plan(bases, segments, [], to_time=20.4).base.seq == 0
+    assert restore_plan(bases, segments, [], to_time=21).base.seq == 150
+    with pytest.raises(BackupError, match="no base backup at or before that time"):
+        restore_plan(bases, segments, [], to_time=10.5)
+
+
 def test_a_restore_across_a_gap_is_refused_naming_the_range() -> None:
     bases = [base(0)]
     segments = [seg(1, 100), seg(151, 200)]

@@ -148,7 +148,10 @@ def restore_plan(bases: Sequence[BaseRef], segments: Sequence[SegmentRef],
             raise BackupError(f"no base backup at or before seq {to_seq} (the oldest kept "
                               f"is at seq {min(b.seq for b in usable)})")
     elif to_time is not None:
-        candidates = [b for b in usable if b.created <= to_time]
+        # A base's time is its name's, whole seconds rounded down: one named 12:00:14 may have
+        # been taken at 12:00:14.9 and hold writes made after 12:00:14.05. Only a base whose
+        # whole second ended by ``to_time`` is certainly from before it.
+        candidates = [b for b in usable if b.created + 1 <= to_time]
         if not candidates:
             raise BackupError(f"no base backup at or before that time (the oldest kept was "
                               f"taken at {min(b.created for b in usable):.0f})")
