@@ -282,8 +282,9 @@ class Cluster:
                 node.launch()
                 if not at_once:
                     node.wait_serving()
-            for node in order:
-                node.wait_serving()
+            if at_once:
+                for node in order:
+                    node.wait_serving()
         except BaseException:
             # A node that did not come up fails the test; the ones that did must not outlive
             # it: strays share the test Raft password and would talk to later clusters.
