@@ -6,21 +6,34 @@ by the primary, or to the primary by a replica — its seq must be covered by a 
 ``Store.sync_wal()`` (RocksDB's FlushWAL(sync): every live WAL file and its directory). A sync
 covers every seq that was in the DB when it *started*; callers that arrive while one runs wait
 for the next, which then covers them all: one sync per round of writers, not one per write.
-The sync runs in a worker thread (RocksDB releases the GIL), so the event loop keeps taking
-writes meanwhile: one long-lived thread per process that does nothing else (handing it a sync
-is a queue put, where a thread-pool job costs twice the CPU on every round). It must never
-report a seq synced that was written after its sync began.
+The sync never runs on the event loop, which keeps taking writes meanwhile. Where the C module
+``hacluster._walsync`` is built (the normal install), a native thread per database fsyncs the
+WAL files RocksDB wrote and their directory, and reports on an eventfd: no Python thread, so no
+GIL hand-off on the loop's thread (each cost several futex calls and a switch per round on a
+busy primary). Otherwise, or after a failed native fsync, RocksDB's FlushWAL(sync) runs in one
+long-lived Python thread per process that does nothing else. It must never report a seq synced
+that was written after its sync began.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+try:
+    from hacluster import _walsync  # type: ignore[attr-defined]
+except ImportError:  # the optional C module was not built: FlushWAL in a Python thread
+    _walsync = None
 
 log = logging.getLogger(__name__)
+
+NATIVE = _walsync is not None
 
 _Job = tuple[Callable[[], None], asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
@@ -71,10 +84,88 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
 _SYNC_THREAD = _SyncThread()
 
 
+class NativeWalSync:
+    """One open database's WAL fsync in a native thread (``hacluster._walsync``): a round is
+    started from the event loop and reported on an eventfd the loop watches, with no Python
+    thread and so no GIL hand-off on the loop's thread. Made by the ``Store`` that owns the
+    directory's handle and closed with it (a checkpoint installed later is a new directory:
+    a new syncer). After a failed fsync it reports every later round failed too, and
+    ``failed`` says why: callers go back to RocksDB's own FlushWAL, which sees the error too.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        assert _walsync is not None
+        self._c: Any = _walsync.Syncer(str(directory))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: asyncio.Future[None] | None = None
+        self._next: asyncio.Future[None] | None = None   # asked for while one ran
+        self.failed: str | None = None
+
+    def round(self) -> asyncio.Future[None]:
+        """A future that ends once every WAL byte written before this call is on disk.
+
+        One round runs at a time; a call while one runs gets the next round, begun when the
+        current one ends (the current one may have started before the caller's write)."""
+        if self._running is None:
+            loop = asyncio.get_running_loop()
+            if self._loop is not loop:
+                self._unwatch()
+                loop.add_reader(self._c.fileno(), self._finished)
+                self._loop = loop
+            self._running = loop.create_future()
+            self._c.start()
+            return self._running
+        if self._next is None:
+            self._next = self._running.get_loop().create_future()
+        return self._next
+
+    def _finished(self) -> None:
+        outcome = self._c.finish()
+        if outcome is False:
+            return          # nothing finished (a spurious wake-up)
+        if outcome is not True:
+            errno, what = outcome
+            if self.failed is None:
+                log.error("WAL sync failed (%s: %s); later syncs go through RocksDB",
+                          what, os.strerror(errno))
+            self.failed = f"{what}: {os.strerror(errno)}"
+        done, self._running = self._running, None
+        if done is not None and not done.done():
+            if self.failed is None:
+                done.set_result(None)
+            else:
+                done.set_exception(OSError(f"WAL sync failed, {self.failed}"))
+        waiting, self._next = self._next, None
+        if waiting is not None and not waiting.done():
+            if self.failed is not None:
+                waiting.set_exception(OSError(f"WAL sync failed, {self.failed}"))
+                return
+            self._running = waiting
+            self._c.start()
+
+    def _unwatch(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._c.fileno())
+        self._loop = None
+
+    def close(self) -> None:
+        """Stop the thread (after its round, if one runs) and close its files; a round still
+        waited for fails: the database is closing."""
+        self._unwatch()
+        self._c.close()
+        for done in (self._running, self._next):
+            if done is not None and not done.done():
+                done.set_exception(OSError("the database was closed during a WAL sync"))
+        self._running = self._next = None
+
+
 class GroupSync:
-    def __init__(self, latest_seq: Callable[[], int], sync: Callable[[], None]) -> None:
+    def __init__(self, latest_seq: Callable[[], int], sync: Callable[[], None],
+                 native: Callable[[], NativeWalSync | None] | None = None) -> None:
         self._latest_seq = latest_seq
         self._sync = sync
+        # The current database's native syncer, when there is one and it has not failed.
+        self._native = native
         self.synced_seq = 0              # every seq up to this one is on disk
         self.syncs = 0
         self._running: asyncio.Future[None] | None = None
@@ -95,7 +186,11 @@ class GroupSync:
     async def _one(self) -> None:
         target = self._latest_seq()      # read before the sync starts: it covers this much
         try:
-            await _SYNC_THREAD.run(self._sync)
+            native = self._native() if self._native is not None else None
+            if native is not None and native.failed is None:
+                await native.round()
+            else:
+                await _SYNC_THREAD.run(self._sync)
             self.syncs += 1
             self.synced_seq = max(self.synced_seq, target)
         finally:

@@ -28,6 +28,7 @@ import crc32c
 import rocksdict
 
 from hacluster.config import StorageConfig
+from hacluster.groupsync import NATIVE, NativeWalSync
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE, replay_batch
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ class Store:
     def __init__(self, db_dir: Path, column_families: Sequence[str], storage: StorageConfig,
                  *, sync_writes: bool = False, managed: bool = False) -> None:
         self.db_dir = db_dir
+        self._native_sync: NativeWalSync | None = None
+        self._native_ok = True
         self._storage = storage
         # Managed mode: the database is a service's; its column families are the ones it
         # made (no ``SEQ_CF``, none from the config), adopted from the primary in its order.
@@ -366,6 +369,18 @@ class Store:
                 raise StoreError(f"unknown op kind {kind}")
         return batch
 
+    def native_wal_sync(self) -> NativeWalSync | None:
+        """This handle's native WAL syncer (made on first use, closed with the handle), or
+        None when the C module is not built or the database is closed."""
+        if self._native_sync is None and NATIVE and self._db is not None and self._native_ok:
+            try:
+                self._native_sync = NativeWalSync(self.db_dir)
+            except OSError as exc:      # e.g. out of inotify instances: RocksDB's FlushWAL
+                self._native_ok = False
+                log.warning("%s: WAL syncs go through RocksDB's FlushWAL in a Python thread: "
+                            "no native syncer (%s)", self.db_dir, exc)
+        return self._native_sync
+
     def sync_wal(self) -> None:
         """Make every write so far durable (FlushWAL with sync: live WAL files and their dir).
 
@@ -398,6 +413,9 @@ class Store:
     def close(self) -> None:
         if self._db is None:
             return
+        if self._native_sync is not None:
+            self._native_sync.close()
+            self._native_sync = None
         try:
             self._db.flush_wal(True)
         except Exception:  # a failing disk must not keep the handle open

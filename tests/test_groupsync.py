@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from hacluster.config import StorageConfig
-from hacluster.groupsync import GroupSync
+from hacluster.groupsync import NATIVE, GroupSync
 from hacluster.store import Store
 from hacluster.wal.batch import PUT
 
@@ -74,3 +76,87 @@ async def test_rule_5_a_failed_sync_is_raised_to_every_waiter_and_retried(
     assert group.synced_seq == 0
     await group.through(7)
     assert group.synced_seq == 7 and calls == 2
+
+
+# -- the native syncer (hacluster._walsync), as built by the normal install ----------------
+
+needs_native = pytest.mark.skipif(not NATIVE, reason="hacluster._walsync is not built")
+
+
+@needs_native
+async def test_rule_5_native_rounds_are_shared_and_never_use_the_python_thread(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "db", ["default"], StorageConfig(write_buffer_size_mb=1))
+    flush_wal_calls = 0
+
+    def flush_wal() -> None:
+        nonlocal flush_wal_calls
+        flush_wal_calls += 1
+        store.sync_wal()
+
+    try:
+        group = GroupSync(store.latest_seq, flush_wal, store.native_wal_sync)
+
+        async def writer(i: int) -> int:
+            seq = store.write([(PUT, "default", b"k%d" % i, b"v")]).last_seq
+            await group.through(seq)
+            return seq
+
+        seqs = await asyncio.gather(*(writer(i) for i in range(200)))
+        native = store.native_wal_sync()
+        assert native is not None
+        rounds = native._c.stats()["rounds"]
+        assert max(seqs) == store.latest_seq() == group.synced_seq
+        assert flush_wal_calls == 0 and 1 <= group.syncs == rounds < 20
+    finally:
+        store.close()
+
+
+@needs_native
+async def test_rule_5_native_rounds_follow_the_wal_to_each_new_log(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db", ["default"], StorageConfig(write_buffer_size_mb=1))
+    try:
+        group = GroupSync(store.latest_seq, store.sync_wal, store.native_wal_sync)
+        await group.through(store.write([(PUT, "default", b"a", b"v")]).last_seq)
+        native = store.native_wal_sync()
+        assert native is not None
+        first = native._c.stats()["newest_log"]
+        for i in range(3):
+            store.flush()                  # a memtable flush rolls the WAL to a new log
+            await group.through(store.write([(PUT, "default", b"b%d" % i, b"v")]).last_seq)
+        after = native._c.stats()
+        # RocksDB's file numbers grow; the syncer holds only the log that takes writes now.
+        assert after["newest_log"] > first and after["open_logs"] == 1
+        assert (tmp_path / "db" / f"{after['newest_log']:06d}.log").exists()
+    finally:
+        store.close()
+
+
+@needs_native
+async def test_native_round_asked_while_one_runs_gets_the_next_one(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db", ["default"], StorageConfig(write_buffer_size_mb=1))
+    try:
+        native = store.native_wal_sync()
+        assert native is not None
+        first = native.round()
+        store.write([(PUT, "default", b"late", b"v")])
+        second = native.round()         # the first may have begun before that write
+        assert second is not first and native.round() is second
+        await asyncio.gather(first, second)
+        assert native._c.stats()["rounds"] == 2
+    finally:
+        store.close()
+
+
+@needs_native
+async def test_native_rounds_still_waited_for_fail_when_the_store_closes(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "db", ["default"], StorageConfig(write_buffer_size_mb=1))
+    native = store.native_wal_sync()
+    assert native is not None
+    running, following = native.round(), native.round()
+    store.close()
+    for waited in (running, following):
+        with pytest.raises(OSError, match="closed during a WAL sync"):
+            await waited
+    assert store.native_wal_sync() is None

@@ -29,7 +29,7 @@ from hacluster.api.counters import WatchStats
 from hacluster.config import ClusterConfig, NodeConfig
 from hacluster.consensus import settings
 from hacluster.fencing import WriteGate
-from hacluster.groupsync import GroupSync
+from hacluster.groupsync import GroupSync, NativeWalSync
 from hacluster.hooks import Hooks
 from hacluster.lineage.labels import Lineage
 from hacluster.lineage.tails import (
@@ -106,7 +106,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
         # The highest seq acknowledged to a client by this process (rule 2: renewals and
         # releases carry it into Raft as the floor no successor may be below).
         self.acked_seq = 0
-        self.wal_sync = GroupSync(self.latest_seq, self._sync_wal)
+        self.wal_sync = GroupSync(self.latest_seq, self._sync_wal, self._native_wal_sync)
         self.disk_full: str | None = None     # set by a RocksDB space error, until reopened
         self._stopping = False                # stop() began: no write waits for replicas
         st = cfg.storage
@@ -173,6 +173,10 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
             store.sync_wal()
         elif self.service is not None and self.feed is not None:
             self.sync_service_wal()
+
+    def _native_wal_sync(self) -> NativeWalSync | None:
+        store = self.store
+        return store.native_wal_sync() if store is not None else None
 
     @property
     def durable_acks(self) -> bool:
