@@ -13,11 +13,12 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from hacluster.client import AsyncClient, Client, HaclusterError, OutcomeUnknown
-from hacluster.tools import ctl
+from hacluster.tools import config_cli, ctl
 
 
 class HangUpServer:
@@ -60,16 +61,34 @@ class HangUpServer:
                     if not chunk:
                         return
                     rest += chunk
-                data = rest[length:]
+                body_in, data = rest[:length], rest[length:]
                 if method == "POST":
                     self.posts.append(path)
                     if self.state["after_post"]:
                         self.state["leader"] = self.state["after_post"]
                     return              # hang up: the request was sent, no answer came
-                body = json.dumps({"leader": self.state["leader"], "url": self.url,
+                if method == "PATCH":
+                    self.posts.append(f"PATCH {path}")
+                    self._apply(json.loads(body_in)["changes"])
+                    return
+                body = json.dumps(self.state["config"] if path == "/v1/admin/config" else
+                                  {"leader": self.state["leader"], "url": self.url,
                                    "epoch": 3}).encode()
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def _apply(self, changes: dict[str, object]) -> None:
+        """A config change the server takes (``apply_patch``) or not, before hanging up;
+        ``also`` is another change made right after it by someone else."""
+        config = self.state["config"]
+        for change in ([changes] if self.state["apply_patch"] else []) + (
+                [self.state["also"]] if self.state["also"] else []):
+            config["version"] += 1
+            for key, value in change.items():
+                if value is None:
+                    config["overrides"].pop(key, None)
+                else:
+                    config["overrides"][key] = value
 
     def close(self) -> None:
         self.sock.close()
@@ -78,7 +97,8 @@ class HangUpServer:
 @pytest.fixture
 def servers() -> Iterator[list[HangUpServer]]:
     log: list[str] = []
-    state: dict[str, str | None] = {"leader": "x", "after_post": None}
+    state: dict[str, Any] = {"leader": "x", "after_post": None, "apply_patch": False,
+                             "also": None, "config": {"version": 4, "overrides": {}}}
     pair = [HangUpServer(log, state), HangUpServer(log, state)]
     yield pair
     for s in pair:
@@ -151,3 +171,37 @@ def test_hacluster_switchover_judges_a_lost_answer_by_who_leads_after(
         assert ctl.switchover(client, None) == 0
         assert "switchover done: y is primary" in capsys.readouterr().out
         assert posts(servers) == ["/v1/admin/switchover"] * 2
+
+
+def test_a_config_change_whose_answer_is_lost_is_outcome_unknown_and_sent_once(
+        servers: list[HangUpServer]) -> None:
+    with (Client([s.url for s in servers], "t", timeout=2.0, failover_timeout=3.0) as client,
+          pytest.raises(OutcomeUnknown)):
+        client.change_cluster_config({"replication.sync_timeout_s": 4}, 4)
+    assert posts(servers) == ["PATCH /v1/admin/config"]
+
+    async def main() -> None:
+        async with AsyncClient([s.url for s in servers], "t", timeout=2.0,
+                               failover_timeout=3.0) as client:
+            with pytest.raises(OutcomeUnknown):
+                await client.change_cluster_config({"replication.sync_timeout_s": 4})
+
+    asyncio.run(main())
+    assert posts(servers) == ["PATCH /v1/admin/config"] * 2
+
+
+@pytest.mark.parametrize(("applied", "also", "code", "says"), [
+    (True, None, 0, "(the answer was lost; read back: applied"),
+    (False, None, 1, "not applied: the answer was lost"),
+    (True, {"failover.max_lag": 9}, 1, "outcome unknown"),
+    (False, {"replication.sync_timeout_s": 7}, 1, "outcome unknown"),
+])
+def test_hacluster_config_set_judges_a_lost_answer_by_reading_the_config_back(
+        servers: list[HangUpServer], capsys: pytest.CaptureFixture[str], applied: bool,
+        also: dict[str, Any] | None, code: int, says: str) -> None:
+    servers[0].state.update(apply_patch=applied, also=also)
+    with Client([s.url for s in servers], "t", timeout=2.0, failover_timeout=3.0) as client:
+        assert config_cli.change(client, {"replication.sync_timeout_s": 4}, None) == code
+    out = capsys.readouterr()
+    assert says in (out.out if code == 0 else out.err)
+    assert posts(servers) == ["PATCH /v1/admin/config"]     # never sent a second time

@@ -280,8 +280,9 @@ class AsyncClient(ClientBase):
 
     async def change_cluster_config(self, changes: Mapping[str, Any],
                               expected_version: int | None = None) -> dict[str, Any]:
-        """Change dynamic settings, as ``Client.change_cluster_config``."""
-        answer = await self._any(ops.change_settings(changes, expected_version))
+        """Change dynamic settings, as ``Client.change_cluster_config`` (OutcomeUnknown when
+        sent without an answer)."""
+        answer = await self._any(ops.change_settings(changes, expected_version), write=True)
         result: dict[str, Any] = ops.json_of(answer)
         return result
 

@@ -336,8 +336,12 @@ class Client(ClientBase):
     def change_cluster_config(self, changes: Mapping[str, Any],
                         expected_version: int | None = None) -> dict[str, Any]:
         """Change dynamic settings (None: back to the file's value); RequestFailed with the
-        key and the reason when refused (400 invalid, 409 unsafe or changed meanwhile)."""
-        answer = self._any(ops.change_settings(changes, expected_version), timeout=30.0)
+        key and the reason when refused (400 invalid, 409 unsafe or changed meanwhile).
+        OutcomeUnknown (unless ``retry_unknown``) when it was sent and no answer came: it may
+        have been applied, and sending it again would apply it twice or, with
+        ``expected_version``, be refused although the first one took effect."""
+        answer = self._any(ops.change_settings(changes, expected_version), timeout=30.0,
+                           write=True)
         result: dict[str, Any] = ops.json_of(answer)
         return result
 

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from hacluster.client import Client
-from hacluster.client.errors import HaclusterError
+from hacluster.client.errors import HaclusterError, OutcomeUnknown
 from hacluster.config import ConfigError
 from hacluster.config.dynamic import DYNAMIC_KEYS, check_key, parse_value
 from hacluster.tools.ctl import table
@@ -104,11 +104,45 @@ def _text(value: Any) -> str:
 
 
 def change(client: Client, changes: dict[str, Any], expected: int | None) -> int:
-    doc = client.change_cluster_config(changes, expected)
     described = ", ".join(f"{k}={'(file value)' if v is None else v}" for k, v in
                           changes.items())
+    before = expected
+    if before is None:
+        before = client.cluster_config()["version"]
+    try:
+        doc = client.change_cluster_config(changes, expected)
+    except OutcomeUnknown as exc:
+        # Sent, no answer: never sent again (a repeat could apply twice, or be refused as
+        # "changed meanwhile" although it was ours). The configuration itself says.
+        return _judge_lost_answer(client, changes, before, described, exc)
     print(f"dynamic configuration version {doc['changed_to_version']}: {described}")
     return 0
+
+
+def _judge_lost_answer(client: Client, changes: dict[str, Any], before: int,
+                       described: str, lost: OutcomeUnknown) -> int:
+    """After a change sent without an answer: read the configuration back and say whether
+    it took effect (0: one version later, with the values asked for), did not (1: the same
+    version, safe to run again) or cannot be told (1: more versions, or other values)."""
+    try:
+        after = client.cluster_config()
+    except HaclusterError as exc:
+        return _fail(f"config change outcome unknown ({lost}); reading the configuration "
+                     f"back failed too: {exc}; see hacluster config show before asking again")
+    if after["version"] == before:
+        return _fail(f"config change not applied: the answer was lost ({lost}) and the "
+                     f"configuration is still version {before}; it is safe to run it again")
+    overrides = after["overrides"]
+    ours = all((key not in overrides) if value is None else overrides.get(key) == value
+               for key, value in changes.items())
+    if ours and after["version"] == before + 1:
+        print(f"dynamic configuration version {after['version']}: {described} (the answer "
+              "was lost; read back: applied, these values are in effect)")
+        return 0
+    return _fail(f"config change outcome unknown: the answer was lost ({lost}) and the "
+                 f"configuration moved from version {before} to {after['version']}"
+                 f"{'' if ours else ' with other values'}; see hacluster config show before "
+                 "asking again")
 
 
 def editable(doc: dict[str, Any]) -> str:
