@@ -160,6 +160,11 @@ class NativeWalSync:
 
 
 class GroupSync:
+    """Rounds of syncs, each covering every seq written before it started. A caller waits on
+    a future of its own, settled by the round that covers it; when a round ends and callers
+    still wait, the next one starts then and there: no task per round, no hop through the
+    event loop between one round and the next."""
+
     def __init__(self, latest_seq: Callable[[], int], sync: Callable[[], None],
                  native: Callable[[], NativeWalSync | None] | None = None) -> None:
         self._latest_seq = latest_seq
@@ -168,30 +173,62 @@ class GroupSync:
         self._native = native
         self.synced_seq = 0              # every seq up to this one is on disk
         self.syncs = 0
-        self._running: asyncio.Future[None] | None = None
+        self._target: int | None = None  # what the running round covers; None: none runs
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
 
     async def through(self, seq: int) -> None:
         """Return once ``seq`` is durable (raises what the sync raised, e.g. an I/O error)."""
-        while self.synced_seq < seq:
-            if self._running is None:
-                self._running = asyncio.ensure_future(self._one())
-            running = self._running
-            await asyncio.shield(running)
+        if self.synced_seq >= seq:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((seq, done))
+        if self._target is None:
+            self._start()
+        await done
 
     def covered(self, seq: int) -> None:
         """Every seq through ``seq`` is on disk already, synced by the caller itself (a replica
         syncs each run it applies under ``storage.durability: fsync``)."""
         self.synced_seq = max(self.synced_seq, seq)
 
-    async def _one(self) -> None:
-        target = self._latest_seq()      # read before the sync starts: it covers this much
+    def _start(self) -> None:
+        self._target = self._latest_seq()   # read before the sync starts: it covers this much
         try:
             native = self._native() if self._native is not None else None
             if native is not None and native.failed is None:
-                await native.round()
+                running = native.round()
             else:
-                await _SYNC_THREAD.run(self._sync)
-            self.syncs += 1
-            self.synced_seq = max(self.synced_seq, target)
-        finally:
-            self._running = None
+                running = _SYNC_THREAD.run(self._sync)
+        except Exception as exc:
+            self._target = None
+            self._settle(exc)
+            return
+        running.add_done_callback(self._ended)
+
+    def _ended(self, running: asyncio.Future[None]) -> None:
+        target, self._target = self._target, None
+        error = (OSError("the WAL sync was cancelled") if running.cancelled()
+                 else running.exception())
+        if error is not None or target is None:
+            self._settle(error or RuntimeError("a WAL sync round ended without a target"))
+            return
+        self.syncs += 1
+        self.synced_seq = max(self.synced_seq, target)
+        self._settle(None)
+        if self._waiting:
+            self._start()               # written while that round ran: the next one, now
+
+    def _settle(self, error: BaseException | None) -> None:
+        """Wake every caller the last round covered; on an error every caller (the next call
+        starts a new round)."""
+        keep = []
+        for seq, done in self._waiting:
+            if done.done():
+                continue                # its caller gave up (cancelled)
+            if error is not None:
+                done.set_exception(error)
+            elif seq <= self.synced_seq:
+                done.set_result(None)
+            else:
+                keep.append((seq, done))
+        self._waiting = keep
