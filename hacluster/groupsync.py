@@ -99,6 +99,9 @@ class NativeWalSync:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: asyncio.Future[None] | None = None
         self._next: asyncio.Future[None] | None = None   # asked for while one ran
+        # Called with each ended round's future in the turn the eventfd is seen, before the
+        # future's own callbacks (which the loop runs a turn later).
+        self.on_round_end: Callable[[asyncio.Future[None]], None] | None = None
         self.failed: str | None = None
 
     def round(self) -> asyncio.Future[None]:
@@ -135,6 +138,8 @@ class NativeWalSync:
                 done.set_result(None)
             else:
                 done.set_exception(OSError(f"WAL sync failed, {self.failed}"))
+            if self.on_round_end is not None:
+                self.on_round_end(done)
         waiting, self._next = self._next, None
         if waiting is not None and not waiting.done():
             if self.failed is not None:
@@ -174,6 +179,7 @@ class GroupSync:
         self.synced_seq = 0              # every seq up to this one is on disk
         self.syncs = 0
         self._target: int | None = None  # what the running round covers; None: none runs
+        self._round: asyncio.Future[None] | None = None   # the running round
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
 
     async def through(self, seq: int) -> None:
@@ -197,15 +203,28 @@ class GroupSync:
             native = self._native() if self._native is not None else None
             if native is not None and native.failed is None:
                 running = native.round()
+                # The GroupSync that started the last round hears of its end first (another
+                # sharing the store still hears through its future's callback).
+                native.on_round_end = self._native_ended
             else:
                 running = _SYNC_THREAD.run(self._sync)
         except Exception as exc:
             self._target = None
             self._settle(exc)
             return
+        self._round = running
         running.add_done_callback(self._ended)
 
+    def _native_ended(self, running: asyncio.Future[None]) -> None:
+        # The native syncer reports in the turn it sees the round end: waiters are woken a
+        # turn sooner than through the future's callback (which then finds nothing to do).
+        if running is self._round:
+            self._ended(running)
+
     def _ended(self, running: asyncio.Future[None]) -> None:
+        if running is not self._round:
+            return                      # already handled (_native_ended), or not ours
+        self._round = None
         target, self._target = self._target, None
         error = (OSError("the WAL sync was cancelled") if running.cancelled()
                  else running.exception())

@@ -1,7 +1,9 @@
 """The write path's per-request savings keep their guarantees (issue 13, item 4).
 
 - The live feed reads the WAL once per event-loop turn however many writes the turn had, and a
-  stream that looks right after a write still sees it.
+  stream that looks right after a write still sees it. A caught-up stream is sent the new
+  frames by the read itself without its task waking; never while its task writes or looks,
+  never when the link is full (its task is woken instead), never a stream behind.
 - A write waiting for the synchronous set is woken by a member reaching its seq, not by other
   replicas' acks; a waiter that timed out or was cancelled is forgotten.
 - The free-space check asks the file system at most every ``SPACE_RECHECK_S`` while there is
@@ -24,7 +26,7 @@ from hacluster.groupsync import GroupSync
 from hacluster.node.write_path import SPACE_RECHECK_S, WritePath
 from hacluster.node_errors import DiskFull
 from hacluster.replication import frames
-from hacluster.replication.feed import WalFeed
+from hacluster.replication.feed import LiveStream, WalFeed
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.store import Store
 from hacluster.wal.batch import PUT
@@ -75,6 +77,61 @@ async def test_feed_reads_once_per_turn_and_a_look_sees_the_write_at_once(
         feed.notify()
         await asyncio.sleep(0)                   # nobody looked: the callback read it
         assert reads == 2 and feed.next_seq == store.latest_seq() + 1
+    finally:
+        await feed.stop()
+        store.close()
+
+
+async def test_feed_sends_a_caught_up_stream_its_frames_without_waking_it(
+        tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    feed = WalFeed(tmp_path / "db", 1, lambda: 1)
+    feed.start()
+    sent: list[bytes] = []
+    link_full = False
+
+    def send(data: bytes) -> bool:
+        if link_full:
+            return False
+        sent.append(data)
+        return True
+
+    live = LiveStream(1, send)
+    behind = LiveStream(1, send)             # not at the feed's position: never sent to
+    behind.next_seq = 0
+    feed.subscribe(live)
+    feed.subscribe(behind)
+    try:
+        waiting = asyncio.ensure_future(feed.wait(5, live))
+        await asyncio.sleep(0)
+        first = store.write([(PUT, "default", b"a", b"v")]).last_seq
+        store.write([(PUT, "default", b"b", b"v")])
+        feed.notify()
+        await asyncio.sleep(0)               # the feed reads: both batches, in one chunk
+        assert len(sent) == 1 and [f.seq for f in decoded(sent[0])] == [1, first + 1]
+        assert live.next_seq == store.latest_seq() + 1 == feed.next_seq
+        await asyncio.sleep(0.05)
+        assert not waiting.done()            # sent what was new: nothing for its task
+
+        # Its task is writing (or looking): nothing is sent around it; it is woken instead.
+        live.busy = True
+        c = store.write([(PUT, "default", b"c", b"v")]).first_seq
+        feed.notify()
+        await asyncio.wait_for(waiting, 1)
+        assert len(sent) == 1 and live.next_seq == c      # still to be sent, by the task
+        live.busy = False
+
+        # A full link refuses: the task is woken to send (and wait for the link) itself.
+        state = feed.look(live.next_seq)
+        live.next_seq = state.next_seq
+        link_full = True
+        waiting = asyncio.ensure_future(feed.wait(5, live))
+        await asyncio.sleep(0)
+        d = store.write([(PUT, "default", b"d", b"v")]).first_seq
+        feed.notify()
+        await asyncio.wait_for(waiting, 1)
+        assert len(sent) == 1 and live.next_seq == d
+        assert behind.next_seq == 0
     finally:
         await feed.stop()
         store.close()

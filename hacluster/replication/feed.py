@@ -3,9 +3,12 @@
 Owns a ring of recently encoded batch frames and the wake-up of streams waiting for new data.
 Woken by the write path on every local write (so replicas see a batch one loop turn after it is
 written, not after a poll interval; the WAL is read once per turn however many writes it had)
-and by a slow safety poll. It must never block the event
-loop for long (reads are bounded per call), never reorder or drop a batch, and never serve a
-stream from a position the ring does not hold: such streams catch up from disk on their own.
+and by a slow safety poll. A stream that is caught up (a ``LiveStream`` at exactly the feed's
+position, its task not writing) is sent the new frames by the read itself, in that turn,
+without waking its task; any other stream is woken to look. It must never block the event
+loop for long (reads are bounded per call), never reorder, repeat or drop a batch on a stream,
+and never serve a stream from a position the ring does not hold: such streams catch up from
+disk on their own.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hacluster.replication import frames
-from hacluster.replication.positions import wait_listed
+from hacluster.replication.positions import expire_wait, wait_listed
 from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader
 
@@ -27,6 +30,19 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.2
 READ_BYTES_PER_TURN = 4 << 20
 READ_BATCHES_PER_TURN = 1000
+
+
+@dataclass(eq=False, slots=True)
+class LiveStream:
+    """A stream the feed writes new frames to itself, in the turn it reads them, while the
+    stream is caught up: no wake-up of its task per batch. ``send`` writes a chunk if the
+    link takes it now (False: too much unsent, or closing — the stream's task sends it)."""
+
+    next_seq: int
+    send: Callable[[bytes], bool]
+    last_sent: float = 0.0
+    waiter: asyncio.Future[bool] | None = None
+    busy: bool = False      # its task is writing: nothing may be sent around it meanwhile
 
 
 @dataclass(slots=True)
@@ -52,6 +68,7 @@ class WalFeed:
         self._size = 0
         self._start = start_seq          # ring covers [first of _seqs or _start, next_seq)
         self._waiting: list[asyncio.Future[bool]] = []   # streams in ``wait``
+        self._live: list[LiveStream] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,7 +110,8 @@ class WalFeed:
         if self._dirty:
             return
         self._dirty = True
-        self._signal()
+        # Live streams are not woken here: the read sends them what it finds, or wakes them.
+        self._signal(wake_live=False)
         if self._loop is not None:
             self._loop.call_soon(self._catch_up)
         else:
@@ -139,15 +157,40 @@ class WalFeed:
             return False
         epoch = self._epoch()
         size = 0
+        new: list[bytes] = []
         for b in batches:
             data = frames.encode_batch(epoch, b.seq, b.count, b.payload)
             self._seqs.append(b.seq)
-            self._frames.append(data)
+            new.append(data)
             size += len(data)
+        self._frames.extend(new)
         self._size += size
         self._trim()
-        self._signal()
+        self._signal(self._push(batches[0].seq, new))
         return size >= READ_BYTES_PER_TURN or len(batches) >= READ_BATCHES_PER_TURN
+
+    def _push(self, first: int, new: list[bytes]) -> list[LiveStream]:
+        """Write the frames just read to every live stream that was waiting for exactly them;
+        the streams pushed to."""
+        pushed: list[LiveStream] = []
+        chunk = b""
+        for live in self._live:
+            if live.next_seq != first or live.busy:
+                continue
+            chunk = chunk or b"".join(new)
+            if live.send(chunk):
+                live.next_seq = self._reader.next_seq
+                pushed.append(live)
+        return pushed
+
+    def subscribe(self, live: LiveStream) -> None:
+        self._live.append(live)
+
+    def unsubscribe(self, live: LiveStream) -> None:
+        try:
+            self._live.remove(live)
+        except ValueError:
+            pass
 
     def _trim(self) -> None:
         if self._size <= self._ring_bytes:
@@ -161,11 +204,18 @@ class WalFeed:
         del self._frames[:drop]
         self._size -= freed
 
-    def _signal(self) -> None:
+    def _signal(self, pushed: list[LiveStream] | None = None, wake_live: bool = True) -> None:
         waiting, self._waiting = self._waiting, []
         for woken in waiting:
             if not woken.done():
                 woken.set_result(True)
+        if not wake_live:
+            return
+        for live in self._live:
+            # A stream that was just sent what was read has nothing to do: not woken.
+            if live.waiter is not None and not live.waiter.done() and (
+                    pushed is None or live not in pushed):
+                live.waiter.set_result(True)
 
     def look(self, next_seq: int, max_bytes: int = 1 << 20) -> FeedState:
         """Frames from ``next_seq`` on, as far as the ring holds them (bounded by max_bytes)."""
@@ -189,7 +239,17 @@ class WalFeed:
         nxt = self._seqs[j] if j < len(self._seqs) else self._reader.next_seq
         return FeedState(b"".join(out), nxt, behind=False)
 
-    async def wait(self, timeout: float) -> None:
-        """Wait until the ring changes (or ``timeout`` passes)."""
+    async def wait(self, timeout: float, live: LiveStream | None = None) -> None:
+        """Wait until the ring changes (or ``timeout`` passes); a live stream is not woken
+        by a change the feed sent it itself."""
         woken: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        await wait_listed(self._waiting, woken, woken, timeout)
+        if live is None:
+            await wait_listed(self._waiting, woken, woken, timeout)
+            return
+        live.waiter = woken
+        timer = asyncio.get_running_loop().call_later(timeout, expire_wait, woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            live.waiter = None

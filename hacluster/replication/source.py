@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from hacluster.replication import frames
-from hacluster.replication.feed import WalFeed
+from hacluster.replication.feed import LiveStream, WalFeed
 from hacluster.replication.positions import PositionsFull, ReplicaPositions
 from hacluster.security.access import PRINCIPAL
 from hacluster.wal.errors import WalError, WalGone
@@ -35,6 +35,35 @@ CATCHUP_BYTES = 4 << 20
 SEND_BYTES = 1 << 20
 # An ack message is a decimal seq: 20 digits hold any int64. Anything longer is refused.
 ACK_MESSAGE_MAX = 20
+
+
+def _never(data: bytes) -> bool:
+    return False
+
+
+def _chunk_sender(live: LiveStream, transport: asyncio.Transport,
+                  loop: asyncio.AbstractEventLoop) -> Callable[[bytes], bool]:
+    """What the feed calls to send a caught-up stream the frames it just read, in that turn:
+    one HTTP/1.1 chunk written to the connection — unless much is unsent already or the
+    connection is closing, when the stream's task sends them (waiting for the link)."""
+
+    def send(data: bytes) -> bool:
+        if transport.is_closing() or transport.get_write_buffer_size() > SEND_BYTES:
+            return False
+        transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        live.last_sent = loop.time()
+        return True
+
+    return send
+
+
+async def _write(resp: web.StreamResponse, live: LiveStream, data: bytes) -> None:
+    """The stream's own write: the feed sends nothing to it until this one is out."""
+    live.busy = True
+    try:
+        await resp.write(data)
+    finally:
+        live.busy = False
 
 
 class ReplicationSource:
@@ -155,7 +184,13 @@ class ReplicationSource:
                 self.epoch(), self.node_name, latest, tuple(self.column_families()))))
             if first_chunk:
                 await resp.write(first_chunk)
-            await self._pump(resp, replica, next_seq, private)
+            # The headers are out (with the first chunk): from here the feed may write chunks
+            # to the connection itself, when the response is chunked (HTTP/1.1).
+            chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
+            transport = request.transport
+            await self._pump(resp, replica, next_seq, private,
+                             transport if chunked and isinstance(transport, asyncio.Transport)
+                             else None)
         except (ConnectionResetError, asyncio.CancelledError):
             log.info("%s stream closed", replica)
         finally:
@@ -174,15 +209,32 @@ class ReplicationSource:
         return b"".join(out), next_seq
 
     async def _pump(self, resp: web.StreamResponse, replica: str, next_seq: int,
-                    private: WalReader | None) -> None:
+                    private: WalReader | None, transport: asyncio.Transport | None) -> None:
         loop = asyncio.get_running_loop()
-        last_sent = loop.time()
+        live = LiveStream(next_seq, _never, loop.time())
+        if transport is not None:
+            live.send = _chunk_sender(live, transport, loop)
+        self.feed.subscribe(live)
+        try:
+            await self._pump_live(resp, replica, live, private, loop)
+        finally:
+            self.feed.unsubscribe(live)
+
+    async def _pump_live(self, resp: web.StreamResponse, replica: str, live: LiveStream,
+                         private: WalReader | None, loop: asyncio.AbstractEventLoop) -> None:
         while not self.closing.is_set():
             if self.feed.error:
-                await resp.write(frames.encode_error(f"primary WAL feed stopped: "
-                                                     f"{self.feed.error}"))
+                await _write(resp, live, frames.encode_error(
+                    f"primary WAL feed stopped: {self.feed.error}"))
                 return
-            state = self.feed.look(next_seq, SEND_BYTES)
+            next_seq = live.next_seq
+            # A look may read the WAL (and so push): not to this stream, whose look returns
+            # what was read.
+            live.busy = True
+            try:
+                state = self.feed.look(next_seq, SEND_BYTES)
+            finally:
+                live.busy = False
             data = state.data
             if state.behind:
                 if private is None:
@@ -194,26 +246,27 @@ class ReplicationSource:
                         raise WalGone(f"no retained log holds seq {next_seq}")
                 except (WalError, WalGone) as exc:
                     log.error("stream to %s stopped: %s", replica, exc)
-                    await resp.write(frames.encode_error(str(exc)))
+                    await _write(resp, live, frames.encode_error(str(exc)))
                     return
             elif private is not None:
                 private.close()
                 private = None
             if data:
-                await resp.write(data)
-                next_seq = state.next_seq
-                last_sent = loop.time()
+                live.next_seq = state.next_seq
+                live.last_sent = loop.time()
+                await _write(resp, live, data)
                 continue
             if state.behind:
                 # The ring moved on while we read; the next turn reads on from disk.
                 await asyncio.sleep(0.01)
                 continue
-            wait = self.heartbeat_interval - (loop.time() - last_sent)
+            wait = self.heartbeat_interval - (loop.time() - live.last_sent)
             if wait <= 0:
-                await resp.write(frames.encode_heartbeat(self.epoch(), self.latest_seq()))
-                last_sent = loop.time()
+                await _write(resp, live, frames.encode_heartbeat(self.epoch(),
+                                                                 self.latest_seq()))
+                live.last_sent = loop.time()
                 continue
-            await self.feed.wait(wait)
+            await self.feed.wait(wait, live)
 
     async def handle_ack(self, request: web.Request) -> web.Response:
         try:
