@@ -197,8 +197,10 @@ def test_a_config_change_whose_answer_is_lost_is_outcome_unknown_and_sent_once(
     (False, {"replication.sync_timeout_s": 7}, 1, "outcome unknown"),
 ])
 def test_hacluster_config_set_judges_a_lost_answer_by_reading_the_config_back(
-        servers: list[HangUpServer], capsys: pytest.CaptureFixture[str], applied: bool,
-        also: dict[str, Any] | None, code: int, says: str) -> None:
+        servers: list[HangUpServer], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, applied: bool, also: dict[str, Any] | None,
+        code: int, says: str) -> None:
+    monkeypatch.setattr(config_cli, "SETTLE_S", 0.5)
     servers[0].state.update(apply_patch=applied, also=also)
     with Client([s.url for s in servers], "t", timeout=2.0, failover_timeout=3.0) as client:
         assert config_cli.change(client, {"replication.sync_timeout_s": 4}, None) == code

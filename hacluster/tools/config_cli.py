@@ -17,6 +17,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from hacluster.config.dynamic import DYNAMIC_KEYS, check_key, parse_value
 from hacluster.tools.ctl import table
 
 Confirm = Callable[[str, bool], "int | None"]
+
+# How long a change whose answer was lost is watched for: longer than a node waits for its
+# Raft proposal to commit (5 s), after which the proposal is either in or refused.
+SETTLE_S = 6.0
 
 
 def add_parser(ctl: Callable[[str, str, str], argparse.ArgumentParser],
@@ -124,14 +129,21 @@ def _judge_lost_answer(client: Client, changes: dict[str, Any], before: int,
     """After a change sent without an answer: read the configuration back and say whether
     it took effect (0: one version later, with the values asked for), did not (1: the same
     version, safe to run again) or cannot be told (1: more versions, or other values)."""
-    try:
-        after = client.cluster_config()
-    except HaclusterError as exc:
-        return _fail(f"config change outcome unknown ({lost}); reading the configuration "
-                     f"back failed too: {exc}; see hacluster config show before asking again")
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        try:
+            after = client.cluster_config()
+        except HaclusterError as exc:
+            return _fail(f"config change outcome unknown ({lost}); reading the configuration "
+                         f"back failed too: {exc}; see hacluster config show before asking "
+                         "again")
+        if after["version"] != before or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)     # the proposal may still be committing
     if after["version"] == before:
         return _fail(f"config change not applied: the answer was lost ({lost}) and the "
-                     f"configuration is still version {before}; it is safe to run it again")
+                     f"configuration is still version {before} after {SETTLE_S:g} s; it is "
+                     "safe to run it again")
     overrides = after["overrides"]
     ours = all((key not in overrides) if value is None else overrides.get(key) == value
                for key, value in changes.items())
