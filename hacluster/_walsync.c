@@ -59,7 +59,7 @@ typedef struct {
     int nlogs;
     int error;          /* sticky errno of a failed fsync (0: none), under mu */
     char error_where[96];
-    int pending_error;  /* a failed fsync outside a round's loop (thread-only) */
+    int pending_error;  /* a failure outside a round's fsyncs (thread-only; sticky) */
     char pending_where[96];
     unsigned long long rounds;      /* under mu, as the two below */
     int open_logs;
@@ -82,6 +82,16 @@ log_number(const char *name)
     return v;
 }
 
+/* A failure outside a round's fsyncs: every round from now on reports it. */
+static void
+note_failure(Syncer *s, int error, const char *what, const char *name)
+{
+    if (s->pending_error != 0)
+        return;
+    s->pending_error = error;
+    snprintf(s->pending_where, sizeof s->pending_where, what, name);
+}
+
 /* Called by the thread during a round, or before the thread starts. */
 static void
 add_log(Syncer *s, const char *name, unsigned long long number)
@@ -92,7 +102,10 @@ add_log(Syncer *s, const char *name, unsigned long long number)
     int fd = openat(s->dir_fd, name, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         /* Gone from the directory already: RocksDB only archives a log whose data is in
-         * an SST file, or deletes one it never used; either way nothing here to sync. */
+         * an SST file, or deletes one it never used; either way nothing here to sync. Any
+         * other failure (no fd left, say) would leave a log unsynced: the rounds fail. */
+        if (errno != ENOENT)
+            note_failure(s, errno, "opening %s", name);
         return;
     }
     if (s->nlogs == MAX_LOGS) {
@@ -117,10 +130,13 @@ static void
 list_directory(Syncer *s)
 {
     int fd = fcntl(s->dir_fd, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0)
+    if (fd < 0) {
+        note_failure(s, errno, "listing the %s", "directory");
         return;
+    }
     DIR *d = fdopendir(fd);
     if (d == NULL) {
+        note_failure(s, errno, "listing the %s", "directory");
         close(fd);
         return;
     }
@@ -141,6 +157,8 @@ drain_inotify(Syncer *s)
     char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
     for (;;) {
         ssize_t len = read(s->inotify_fd, buf, sizeof buf);
+        if (len < 0 && errno != EAGAIN && errno != EINTR)
+            note_failure(s, errno, "reading the %s", "inotify queue");
         if (len <= 0)
             break;
         for (char *p = buf; p < buf + len;) {
