@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,36 @@ async def test_native_rounds_still_waited_for_fail_when_the_store_closes(
         with pytest.raises(OSError, match="closed during a WAL sync"):
             await waited
     assert store.native_wal_sync() is None
+
+
+@needs_native
+async def test_a_log_the_native_syncer_cannot_open_fails_its_rounds_and_rocksdb_syncs_after(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "db", ["default"], StorageConfig(write_buffer_size_mb=1))
+    flush_wal_calls = 0
+
+    def flush_wal() -> None:
+        nonlocal flush_wal_calls
+        flush_wal_calls += 1
+        store.sync_wal()
+
+    # A socket named like a log: it appears (inotify) but cannot be opened (ENXIO), as a log
+    # the process has no descriptor left for could not: the syncer must not pass it over.
+    odd = tmp_path / "db" / "999999.log"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        group = GroupSync(store.latest_seq, flush_wal, store.native_wal_sync)
+        await group.through(store.write([(PUT, "default", b"a", b"v")]).last_seq)
+        sock.bind(str(odd))
+        seq = store.write([(PUT, "default", b"b", b"v")]).last_seq
+        with pytest.raises(OSError, match=r"opening 999999\.log"):
+            await group.through(seq)
+        native = store.native_wal_sync()
+        assert native is not None and native.failed is not None
+        assert group.synced_seq < seq and flush_wal_calls == 0
+        await group.through(seq)            # from now on through RocksDB's FlushWAL
+        assert group.synced_seq == seq and flush_wal_calls == 1
+    finally:
+        sock.close()
+        odd.unlink(missing_ok=True)
+        store.close()
