@@ -84,17 +84,27 @@ async def test_rule_5_a_failed_sync_is_raised_to_every_waiter_and_retried(
 needs_native = pytest.mark.skipif(not NATIVE, reason="hacluster._walsync is not built")
 
 
+class CountingFlushWal:
+    """RocksDB's FlushWAL as group commit's fallback, counting its calls."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.store.sync_wal()
+
+
+def store_counting_flush_wal(tmp_path: Path) -> tuple[Store, CountingFlushWal]:
+    store = Store(tmp_path / "db", ["default"], StorageConfig(write_buffer_size_mb=1))
+    return store, CountingFlushWal(store)
+
+
 @needs_native
 async def test_rule_5_native_rounds_are_shared_and_never_use_the_python_thread(
         tmp_path: Path) -> None:
-    store = Store(tmp_path / "db", ["default"], StorageConfig(write_buffer_size_mb=1))
-    flush_wal_calls = 0
-
-    def flush_wal() -> None:
-        nonlocal flush_wal_calls
-        flush_wal_calls += 1
-        store.sync_wal()
-
+    store, flush_wal = store_counting_flush_wal(tmp_path)
     try:
         group = GroupSync(store.latest_seq, flush_wal, store.native_wal_sync)
 
@@ -108,7 +118,7 @@ async def test_rule_5_native_rounds_are_shared_and_never_use_the_python_thread(
         assert native is not None
         rounds = native._c.stats()["rounds"]
         assert max(seqs) == store.latest_seq() == group.synced_seq
-        assert flush_wal_calls == 0 and 1 <= group.syncs == rounds < 20
+        assert flush_wal.calls == 0 and 1 <= group.syncs == rounds < 20
     finally:
         store.close()
 
@@ -166,14 +176,7 @@ async def test_native_rounds_still_waited_for_fail_when_the_store_closes(
 @needs_native
 async def test_a_log_the_native_syncer_cannot_open_fails_its_rounds_and_rocksdb_syncs_after(
         tmp_path: Path) -> None:
-    store = Store(tmp_path / "db", ["default"], StorageConfig(write_buffer_size_mb=1))
-    flush_wal_calls = 0
-
-    def flush_wal() -> None:
-        nonlocal flush_wal_calls
-        flush_wal_calls += 1
-        store.sync_wal()
-
+    store, flush_wal = store_counting_flush_wal(tmp_path)
     # A socket named like a log: it appears (inotify) but cannot be opened (ENXIO), as a log
     # the process has no descriptor left for could not: the syncer must not pass it over.
     odd = tmp_path / "db" / "999999.log"
@@ -187,9 +190,9 @@ async def test_a_log_the_native_syncer_cannot_open_fails_its_rounds_and_rocksdb_
             await group.through(seq)
         native = store.native_wal_sync()
         assert native is not None and native.failed is not None
-        assert group.synced_seq < seq and flush_wal_calls == 0
+        assert group.synced_seq < seq and flush_wal.calls == 0
         await group.through(seq)            # from now on through RocksDB's FlushWAL
-        assert group.synced_seq == seq and flush_wal_calls == 1
+        assert group.synced_seq == seq and flush_wal.calls == 1
     finally:
         sock.close()
         odd.unlink(missing_ok=True)
