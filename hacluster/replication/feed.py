@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hacluster.replication import frames
-from hacluster.replication.positions import expire_wait, wait_listed
+from hacluster.replication.positions import wait_listed
 from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader
 
@@ -41,7 +41,6 @@ class LiveStream:
     next_seq: int
     send: Callable[[bytes], bool]
     last_sent: float = 0.0
-    waiter: asyncio.Future[bool] | None = None
     busy: bool = False      # its task is writing: nothing may be sent around it meanwhile
 
 
@@ -67,7 +66,8 @@ class WalFeed:
         self._frames: list[bytes] = []
         self._size = 0
         self._start = start_seq          # ring covers [first of _seqs or _start, next_seq)
-        self._waiting: list[asyncio.Future[bool]] = []   # streams in ``wait``
+        # Callers in ``wait``: their future, and the live stream waiting (None: any other).
+        self._waiting: list[tuple[asyncio.Future[bool], LiveStream | None]] = []
         self._live: list[LiveStream] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -205,17 +205,18 @@ class WalFeed:
         self._size -= freed
 
     def _signal(self, pushed: list[LiveStream] | None = None, wake_live: bool = True) -> None:
-        waiting, self._waiting = self._waiting, []
-        for woken in waiting:
-            if not woken.done():
+        """Wake the callers in ``wait``; live streams only with ``wake_live``, and not those
+        just sent what was read (``pushed``): they have nothing to do."""
+        keep = []
+        for entry in self._waiting:
+            woken, live = entry
+            if woken.done():
+                continue
+            if live is None or (wake_live and (pushed is None or live not in pushed)):
                 woken.set_result(True)
-        if not wake_live:
-            return
-        for live in self._live:
-            # A stream that was just sent what was read has nothing to do: not woken.
-            if live.waiter is not None and not live.waiter.done() and (
-                    pushed is None or live not in pushed):
-                live.waiter.set_result(True)
+            else:
+                keep.append(entry)
+        self._waiting = keep
 
     def look(self, next_seq: int, max_bytes: int = 1 << 20) -> FeedState:
         """Frames from ``next_seq`` on, as far as the ring holds them (bounded by max_bytes)."""
@@ -243,13 +244,4 @@ class WalFeed:
         """Wait until the ring changes (or ``timeout`` passes); a live stream is not woken
         by a change the feed sent it itself."""
         woken: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        if live is None:
-            await wait_listed(self._waiting, woken, woken, timeout)
-            return
-        live.waiter = woken
-        timer = asyncio.get_running_loop().call_later(timeout, expire_wait, woken)
-        try:
-            await woken
-        finally:
-            timer.cancel()
-            live.waiter = None
+        await wait_listed(self._waiting, (woken, live), woken, timeout)

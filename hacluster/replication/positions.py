@@ -217,7 +217,7 @@ class ReplicaPositions:
 T = TypeVar("T")
 
 
-def expire_wait(woken: asyncio.Future[bool]) -> None:
+def _expire(woken: asyncio.Future[bool]) -> None:
     if not woken.done():
         woken.set_result(False)
 
@@ -229,7 +229,7 @@ async def wait_listed(waiting: list[T], entry: T, woken: asyncio.Future[bool],
     under ``wait_for`` would cost. Timed out or cancelled, ``entry`` is still listed unless
     a signal came meanwhile: it is taken off here."""
     waiting.append(entry)
-    timer = asyncio.get_running_loop().call_later(timeout, expire_wait, woken)
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, woken)
     try:
         await woken
     finally:
