@@ -56,6 +56,9 @@ def archived(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         # restore to that round's seq has one to start from.
         wait_for(lambda: any((archive / "base").glob("*/manifest.json")), 30,
                  "the first base backup")
+        # A base's time is its name's whole second, and a restore to a time only starts from
+        # a base whose second had ended by then: the rounds' times must come after it.
+        time.sleep(1.05)
         seqs = []
         times = []
         for round_ in range(3):
