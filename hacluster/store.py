@@ -29,7 +29,15 @@ import rocksdict
 
 from hacluster.config import StorageConfig
 from hacluster.groupsync import NATIVE, NativeWalSync
-from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE, replay_batch
+from hacluster.wal.batch import (
+    DELETE,
+    DELETE_RANGE,
+    PUT,
+    SINGLE_DELETE,
+    Op,
+    WalBatch,
+    replay_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,38 @@ UNRECORDED_SEQ = 1
 
 def seq_key(cf: str, key: bytes) -> bytes:
     return cf.encode() + b"\0" + key
+
+
+def writes_in(batch: WalBatch, seq_cf: int) -> list[tuple[int, list[Op]]]:
+    """The writes one WAL record holds, each as (its last seq, its ops without their seq
+    records), in order.
+
+    On the node that made them a record is one write. A replica applies a run of the
+    primary's writes as one record, so once it has been promoted a record of its WAL may hold
+    several, and their seqs (what a client was answered, what a compare-and-set tests) are
+    only found again through ``Store.write``'s layout: a write's n ops, then their n seq
+    records in ``seq_cf``. A record not in that layout (written by a managed service, or
+    before seqs were recorded) is taken as one write.
+    """
+    ops = batch.ops
+    n = len(ops)
+    if n != batch.count or seq_cf < 0:
+        return [(batch.last_seq, [op for op in ops if op[1] != seq_cf])]
+    out: list[tuple[int, list[Op]]] = []
+    i = 0
+    while i < n:
+        j = i
+        while j < n and ops[j][1] != seq_cf:
+            j += 1
+        k = j
+        while k < n and ops[k][1] == seq_cf:
+            k += 1
+        if j == i or k - j != j - i:
+            return [(batch.last_seq, [op for op in ops if op[1] != seq_cf])]
+        # Every op takes one seq: the write ends with its last seq record's.
+        out.append((batch.seq + k - 1, ops[i:j]))
+        i = k
+    return out
 
 
 class StoreError(Exception):

@@ -58,6 +58,7 @@ from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.security.tokens import Role, new_token
 from hacluster.store import SEQ_CF, NamedOp, Store, StoreError
+from hacluster.wal.reader import WalReader
 from hacluster.writes import CBOR_TYPE
 
 TOKEN = "unit-token"
@@ -1061,6 +1062,44 @@ async def test_a_watch_delivers_changes_under_its_prefix_from_a_seq(primary: Fak
                                                          "start": b"w/", "end": b"w0"}]},
                      {"seq": 12, "epoch": 3,
                       "events": [{"type": "put", "key": b"w/late", "value": b"4"}]}]
+    resp.close()
+
+
+async def test_a_watch_on_a_promoted_replica_gives_each_write_of_a_run_its_own_line(
+        primary: FakeNode, serve: Serve, tmp_path: Path) -> None:
+    """A replica writes a run of the primary's writes as one WAL record; once it is the
+    primary, a watch still sees each write once, under the seq its writer was answered."""
+    origin = Store(tmp_path / "origin", CFS, StorageConfig())
+    writes: list[list[NamedOp]] = [
+        [(1, "default", b"w/a", b"1"), (1, "users", b"w/u", b"2")],
+        [(1, "default", b"x/other", b"3")], [(2, "default", b"w/a", b"")],
+        [(4, "default", b"w/", b"w0")]]
+    answered = [origin.write(ops).last_seq for ops in writes]
+    with WalReader(origin.db_dir, 1, decode_ops=False) as reader:
+        batches = reader.read()
+    origin.close()
+    store = primary.store
+    assert store is not None
+    handles = store.handles_for(store.column_families)
+    run = None
+    for b in batches:
+        run = store.prepare(b.payload, handles, into=run)
+    assert run is not None
+    store.commit(run, 1, answered[-1], sync=False)
+    with WalReader(store.db_dir, 1) as reader:
+        assert len(reader.read()) == 1             # one record holds all four writes
+    client = await serve(primary)
+    resp = await client.get("/v1/watch?prefix=w/&since_seq=1", headers=AUTH)
+    assert await read_lines(resp, 3) == [
+        {"seq": answered[0], "epoch": 3, "events": [{"type": "put", "key": "w/a",
+                                                     "value": "1"}]},
+        {"seq": answered[2], "epoch": 3, "events": [{"type": "delete", "key": "w/a"}]},
+        {"seq": answered[3], "epoch": 3, "events": [{"type": "delete_range", "start": "w/",
+                                                     "end": "w0"}]}]
+    resp.close()
+    # Resumed after the first write (inside the record): nothing of it again.
+    resp = await client.get(f"/v1/watch?prefix=w/&since_seq={answered[0] + 1}", headers=AUTH)
+    assert [line["seq"] for line in await read_lines(resp, 2)] == answered[2:]
     resp.close()
 
 

@@ -9,17 +9,21 @@ from pathlib import Path
 
 import pytest
 import rocksdict
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hacluster.config import StorageConfig
 from hacluster.store import (
     SEQ_CF,
     AppliedRange,
     DivergenceError,
+    NamedOp,
     Store,
     StoreError,
     check_wal_options,
     has_database,
     latest_options_file,
+    writes_in,
 )
 from hacluster.wal.batch import (
     DELETE,
@@ -28,9 +32,12 @@ from hacluster.wal.batch import (
     SINGLE_DELETE,
     TAG_CF_MERGE,
     TAG_MERGE,
+    WalBatch,
     encode_batch,
 )
 from hacluster.wal.errors import WalCorruption, WalUnsupported
+from hacluster.wal.reader import WalReader
+from tests.fuzzing import fuzz_settings
 
 CFS = ["default", "users", "events"]
 STORAGE = StorageConfig(write_buffer_size_mb=1)
@@ -403,3 +410,63 @@ def test_a_managed_store_adopts_the_primary_s_column_families_in_order(
     with pytest.raises(StoreError, match="not those of the primary"):
         store.handles_for(["default", "users", "events", "more"])
     assert store.column_families == ["default", "events", "users"]
+
+
+_op_kinds = st.sampled_from([PUT, DELETE, DELETE_RANGE])
+_named_op = st.tuples(_op_kinds, st.sampled_from(CFS), st.binary(min_size=1, max_size=4),
+                      st.binary(max_size=4)).map(
+    lambda t: (t[0], t[1], t[2], t[2] + b"\xff" if t[0] == DELETE_RANGE else
+               (t[3] if t[0] == PUT else b"")))
+
+
+@fuzz_settings(25)
+@given(writes=st.lists(st.lists(_named_op, min_size=1, max_size=4), min_size=1, max_size=12),
+       cuts=st.lists(st.integers(1, 5), min_size=12, max_size=12))
+def test_writes_in_finds_each_write_of_a_replica_s_runs_again(
+        tmp_path_factory: pytest.TempPathFactory, writes: list[list[NamedOp]],
+        cuts: list[int]) -> None:
+    """Whatever runs a replica wrote the primary's writes in, each comes back with the seq its
+    writer was answered and its ops (their seq records left out)."""
+    root = tmp_path_factory.mktemp("runs")
+    origin, replica = Store(root / "origin", CFS, STORAGE), Store(root / "replica", CFS, STORAGE)
+    try:
+        answered = [origin.write(ops).last_seq for ops in writes]
+        with WalReader(origin.db_dir, 1, decode_ops=False) as reader:
+            batches = reader.read()
+        handles = replica.handles_for(origin.column_families)
+        i = 0
+        for size in cuts:
+            run = batches[i:i + size]
+            if not run:
+                break
+            wb = None
+            for b in run:
+                wb = replica.prepare(b.payload, handles, into=wb)
+            assert wb is not None
+            replica.commit(wb, run[0].seq, run[-1].last_seq - run[0].seq + 1, sync=False)
+            i += size
+        while i < len(batches):            # more writes than cuts: the rest one each
+            b = batches[i]
+            replica.commit(replica.prepare(b.payload, handles), b.seq, b.count, sync=False)
+            i += 1
+        seq_cf = replica.column_families.index(SEQ_CF)
+        with WalReader(replica.db_dir, 1) as reader:
+            found = [w for record in reader.read() for w in writes_in(record, seq_cf)]
+        ids = {name: n for n, name in enumerate(replica.column_families)}
+        assert found == [(last, [(k, ids[cf], key, value) for k, cf, key, value in ops])
+                         for last, ops in zip(answered, writes, strict=True)]
+    finally:
+        origin.close()
+        replica.close()
+
+
+def test_a_record_not_in_the_store_s_layout_is_one_write() -> None:
+    """A managed service's record, or one from before seqs were recorded: one write."""
+    ops = [(PUT, 0, b"a", b"1"), (PUT, 0, b"b", b"2"), (DELETE, 1, b"c", b"")]
+    record = WalBatch(7, 3, ops, 1, 0)
+    assert writes_in(record, 3) == [(9, ops)]
+    assert writes_in(record, -1) == [(9, ops)]
+    # Seq records that do not pair with the ops before them: not Store.write's layout.
+    odd = WalBatch(7, 3, [(PUT, 0, b"a", b"1"), (PUT, 3, b"\0a", b"x"), (PUT, 3, b"\0b", b"y")],
+                   1, 0)
+    assert writes_in(odd, 3) == [(9, [(PUT, 0, b"a", b"1")])]

@@ -2,11 +2,14 @@
 
 Owns one client's watch: reading the primary's WAL from the asked seq on (a private reader per
 watch; the part older than the live feed's ring is read off the event loop), choosing the
-changes under the prefix, holding back what is not yet acknowledged per the replication mode
-(``Node.acknowledged_through``), the progress lines, and cutting a watcher that stops reading.
+changes under the prefix, one line per client write (a WAL record of a promoted replica holds
+a run of the former primary's writes: ``store.writes_in`` finds each again), holding back what
+is not yet acknowledged per the replication mode (``Node.acknowledged_through``), the progress
+lines, and cutting a watcher that stops reading.
 It must never deliver a change above ``acknowledged_through`` (in sync mode a failover could
-take it back), never deliver a batch twice or out of order within one stream, never hold more
-than one bounded read per watcher, and never make a write wait for a watcher.
+take it back), never deliver a write twice, out of order or under another write's seq within
+one stream, never hold more than one bounded read per watcher, and never make a write wait for
+a watcher.
 
 Query: ``prefix`` (or ``prefix_b64``), ``cf`` (default ``default``), ``since_seq`` (the first
 seq wanted; default: the next change), ``epoch`` (optional: the epoch of the last line the
@@ -31,7 +34,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +43,8 @@ from aiohttp import web
 
 from hacluster.api.common import error, to_primary
 from hacluster.api.counters import WatchStats
-from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE, WalBatch
+from hacluster.store import SEQ_CF, writes_in
+from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE, Op, WalBatch
 from hacluster.wal.errors import WalError, WalGone, WalNotAtBoundary
 from hacluster.wal.reader import WalReader
 from hacluster.writes import CBOR_TYPE, BadRequest, check_cf, parse_seq
@@ -75,13 +79,13 @@ def _prefix_of(query: Mapping[str, str]) -> bytes:
     return query.get("prefix", "").encode("utf-8")
 
 
-def select(batch: WalBatch, cf_id: int, prefix: bytes) -> list[tuple[int, bytes, bytes]]:
-    """The ops of ``batch`` in column family ``cf_id`` that touch keys under ``prefix``.
+def select(ops: Sequence[Op], cf_id: int, prefix: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The ops in column family ``cf_id`` that touch keys under ``prefix``.
 
     A range delete is kept when its range meets the prefix's range.
     """
     out = []
-    for kind, cf, key, value in batch.ops:
+    for kind, cf, key, value in ops:
         if cf != cf_id:
             continue
         if kind == DELETE_RANGE:
@@ -205,6 +209,8 @@ class Watch:
         if store is None:
             raise WatchEnded(503, "no database open")
         cf_id = store.column_families.index(self.cf)
+        names = store.column_families
+        seq_cf = names.index(SEQ_CF) if SEQ_CF in names else -1
         last_line = time.monotonic()
         while True:
             why = self.refusal()
@@ -219,11 +225,14 @@ class Watch:
                 batches, self.pending = self.pending[:ready], self.pending[ready:]
                 lines = []
                 for b in batches:
-                    events = select(b, cf_id, self.prefix)
-                    if events:
-                        lines.append({"seq": b.last_seq, "epoch": node.role.epoch,
-                                      "events": [_event(k, key, v, self.binary)
-                                                 for k, key, v in events]})
+                    for last, ops in writes_in(b, seq_cf):
+                        if last < self.next_seq:
+                            continue        # delivered before: resumed inside this record
+                        events = select(ops, cf_id, self.prefix)
+                        if events:
+                            lines.append({"seq": last, "epoch": node.role.epoch,
+                                          "events": [_event(k, key, v, self.binary)
+                                                     for k, key, v in events]})
                 if lines:
                     await self.send(resp, *lines)
                     self.delivered += len(lines)
