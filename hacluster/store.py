@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import crc32c
 import rocksdict
@@ -57,9 +57,16 @@ def seq_key(cf: str, key: bytes) -> bytes:
     return cf.encode() + b"\0" + key
 
 
-def writes_in(batch: WalBatch, seq_cf: int) -> list[tuple[int, list[Op]]]:
-    """The writes one WAL record holds, each as (its last seq, its ops without their seq
-    records), in order.
+class Write(NamedTuple):
+    """One write found in a WAL record: its seqs, and its ops without their seq records."""
+
+    first_seq: int
+    last_seq: int
+    ops: list[Op]
+
+
+def writes_in(batch: WalBatch, seq_cf: int) -> list[Write]:
+    """The writes one WAL record holds, in order.
 
     On the node that made them a record is one write. A replica applies a run of the
     primary's writes as one record, so once it has been promoted a record of its WAL may hold
@@ -70,9 +77,10 @@ def writes_in(batch: WalBatch, seq_cf: int) -> list[tuple[int, list[Op]]]:
     """
     ops = batch.ops
     n = len(ops)
+    whole = [Write(batch.seq, batch.last_seq, [op for op in ops if op[1] != seq_cf])]
     if n != batch.count or seq_cf < 0:
-        return [(batch.last_seq, [op for op in ops if op[1] != seq_cf])]
-    out: list[tuple[int, list[Op]]] = []
+        return whole
+    out: list[Write] = []
     i = 0
     while i < n:
         j = i
@@ -82,9 +90,9 @@ def writes_in(batch: WalBatch, seq_cf: int) -> list[tuple[int, list[Op]]]:
         while k < n and ops[k][1] == seq_cf:
             k += 1
         if j == i or k - j != j - i:
-            return [(batch.last_seq, [op for op in ops if op[1] != seq_cf])]
-        # Every op takes one seq: the write ends with its last seq record's.
-        out.append((batch.seq + k - 1, ops[i:j]))
+            return whole
+        # Every op takes one seq.
+        out.append(Write(batch.seq + i, batch.seq + k - 1, ops[i:j]))
         i = k
     return out
 

@@ -60,6 +60,7 @@ from hacluster.security.tokens import Role, new_token
 from hacluster.store import SEQ_CF, NamedOp, Store, StoreError
 from hacluster.wal.reader import WalReader
 from hacluster.writes import CBOR_TYPE
+from tests.replica_runs import apply_as_runs
 
 TOKEN = "unit-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -1075,17 +1076,10 @@ async def test_a_watch_on_a_promoted_replica_gives_each_write_of_a_run_its_own_l
         [(1, "default", b"x/other", b"3")], [(2, "default", b"w/a", b"")],
         [(4, "default", b"w/", b"w0")]]
     answered = [origin.write(ops).last_seq for ops in writes]
-    with WalReader(origin.db_dir, 1, decode_ops=False) as reader:
-        batches = reader.read()
-    origin.close()
     store = primary.store
     assert store is not None
-    handles = store.handles_for(store.column_families)
-    run = None
-    for b in batches:
-        run = store.prepare(b.payload, handles, into=run)
-    assert run is not None
-    store.commit(run, 1, answered[-1], sync=False)
+    apply_as_runs(origin, store)
+    origin.close()
     with WalReader(store.db_dir, 1) as reader:
         assert len(reader.read()) == 1             # one record holds all four writes
     client = await serve(primary)

@@ -35,6 +35,7 @@ from hacluster.store import Store
 from hacluster.testing.harness import Cluster
 from hacluster.testing.history import divergent_tail_keys
 from hacluster.wal.batch import DELETE, PUT
+from tests.replica_runs import apply_as_runs
 
 CFS = ["default", "users"]
 DAY = 86_400.0
@@ -268,3 +269,22 @@ async def test_a_node_saves_its_tail_off_the_event_loop(tmp_path: Path) -> None:
     assert not list(data_dir.glob("db.diverged-*"))     # complete: the old DB is not kept
     assert node.lineage.transitions == [(0, 1)]
     await node.stop()
+
+
+def test_a_tail_inside_a_run_this_node_applied_as_a_replica_keeps_each_write(
+        tmp_path: Path) -> None:
+    """A replica writes a run of the primary's writes as one record; the next epoch may have
+    begun inside it. The tail is the rest of that record, each write on its own."""
+    origin = make_store(tmp_path / "origin", 6)            # 6 writes of 2 ops: seqs 1..24
+    replica = Store(tmp_path / "db", CFS, StorageConfig())
+    try:
+        apply_as_runs(origin, replica)
+        saved = save_divergent_tail(tmp_path, "n2", replica, Divergence(1, 13, 24))
+    finally:
+        origin.close()
+        replica.close()
+    assert (saved.complete, saved.ops, saved.saved_last_seq, saved.error) == (True, 6, 24, None)
+    batches = list(iter_tail_batches(saved.path))
+    assert [b["seq"] for b in batches] == [13, 17, 21]
+    assert batches[0]["ops"] == [["put", "default", b"k3-0", b"\x03" * 16],
+                                 ["delete", "users", b"u3", b""]]

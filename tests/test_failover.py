@@ -17,6 +17,8 @@ import pytest
 
 from hacluster.store import SEQ_CF
 from hacluster.testing.harness import Cluster, FaultyProxy, NodeProc, wait_for
+from hacluster.wal.errors import WalNotAtBoundary
+from hacluster.wal.reader import WalReader
 
 
 @pytest.fixture
@@ -304,4 +306,78 @@ def test_a_switchover_to_a_configured_node_not_heard_from_yet_waits_for_it(
         assert time.monotonic() - started < 4.0
         put(old, "still-primary")
     finally:
+        cluster.stop()
+
+
+def archived_through(node: NodeProc) -> int:
+    return int((node.status().get("backup") or {}).get("archived_seq") or 0)
+
+
+def test_a_replica_and_the_archive_behind_inside_a_run_of_the_new_primary_go_on_from_there(
+        tmp_path: Path) -> None:
+    """The new primary applied the old one's writes as a replica, several in one WAL record;
+    the other replica, and the archive, had only the first of them. After the failover both
+    go on from their position inside that record: the replica gets the record's rest (no 410,
+    no checkpoint copy) and so does the archive (no gap, no new base backup)."""
+    archive = tmp_path / "archive"
+    # Heartbeats far apart: none comes between the runner's frames while it is stopped (a
+    # replica's run ends at any frame but a batch).
+    cluster = Cluster(tmp_path, consensus=True,
+                      replication={"mode": "async", "heartbeat_interval": 5.0},
+                      extra={"backup": {"url": f"file://{archive}", "archive_interval_s": 1.0,
+                                        "base_backup_interval_s": 0}})
+    n3 = cluster.nodes["n3"]
+    proxies = {n: FaultyProxy(cluster.addresses[n]) for n in ("n1", "n2")}
+    try:
+        tags = {"n3": ["nofailover"]}            # the first and the next primary: n1 or n2
+        for name in cluster.nodes:
+            cluster.write_config(name, tags=tags, **({"addresses": dict(
+                cluster.addresses, **{n: p.port for n, p in proxies.items()})}
+                if name == "n3" else {}))
+        cluster.start()
+        old = cluster.wait_primary()
+        runner = next(n for n in cluster.nodes.values() if n not in (old, n3))
+        for i in range(10):
+            put(old, f"warm-{i}")
+        warm = old.status()["applied_seq"]
+        wait_for(lambda: all(n.status()["applied_seq"] == warm and n.status()["replication"]
+                             ["state"] == "streaming" for n in (runner, n3)), 20,
+                 "both replicas streaming")
+        runner.signal(signal.SIGSTOP)            # it will take what follows in one read
+        try:
+            for i in range(10):
+                put(old, f"a-{i}")
+            behind = old.status()["applied_seq"]
+            wait_for(lambda: n3.status()["applied_seq"] == behind, 20, "n3 to apply a-*")
+            wait_for(lambda: archived_through(old) == behind, 20, "the archive to hold a-*")
+            # The next segment is a second away: what follows stays out of the archive.
+            proxies[old.name].mode = "drop"      # n3 stays in Raft's quorum, gets no data
+            for i in range(10):
+                put(old, f"b-{i}")
+        finally:
+            runner.signal(signal.SIGCONT)
+        top = old.status()["applied_seq"]
+        wait_for(lambda: runner.status()["applied_seq"] == top, 20, "the runner to catch up")
+        # What the test is about: n3's position is inside one of the runner's records.
+        with pytest.raises(WalNotAtBoundary), \
+                WalReader(runner.data_dir / "db", behind + 1, decode_ops=False) as reader:
+            reader.read()
+        seen = len(n3.log())
+        old.signal(signal.SIGKILL)
+        old.proc.wait(10)  # type: ignore[union-attr]
+        assert archived_through(runner) == 0 and len(list(archive.glob("base/*"))) == 1
+        assert cluster.wait_primary(among=[runner, n3]) is runner
+        put(runner, "after")
+        top = runner.status()["applied_seq"]
+        wait_for(lambda: n3.status()["applied_seq"] == top, 30, "n3 to follow the new primary")
+        assert n3.hash() == runner.hash()
+        assert f"n3 streaming from seq {behind + 1}" in runner.log()
+        assert "bootstrap" not in n3.log()[seen:] and "bootstrap needed" not in runner.log()
+        wait_for(lambda: archived_through(runner) == top, 30, "the archive to go on")
+        assert f"continues at seq {behind + 1}" in runner.log()
+        assert "the archive has a gap" not in runner.log()
+        assert len(list(archive.glob("base/*"))) == 1
+    finally:
+        for p in proxies.values():
+            p.close()
         cluster.stop()

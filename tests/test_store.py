@@ -35,9 +35,10 @@ from hacluster.wal.batch import (
     WalBatch,
     encode_batch,
 )
-from hacluster.wal.errors import WalCorruption, WalUnsupported
+from hacluster.wal.errors import WalCorruption, WalNotAtBoundary, WalUnsupported
 from hacluster.wal.reader import WalReader
 from tests.fuzzing import fuzz_settings
+from tests.replica_runs import apply_as_runs
 
 CFS = ["default", "users", "events"]
 STORAGE = StorageConfig(write_buffer_size_mb=1)
@@ -431,29 +432,13 @@ def test_writes_in_finds_each_write_of_a_replica_s_runs_again(
     origin, replica = Store(root / "origin", CFS, STORAGE), Store(root / "replica", CFS, STORAGE)
     try:
         answered = [origin.write(ops).last_seq for ops in writes]
-        with WalReader(origin.db_dir, 1, decode_ops=False) as reader:
-            batches = reader.read()
-        handles = replica.handles_for(origin.column_families)
-        i = 0
-        for size in cuts:
-            run = batches[i:i + size]
-            if not run:
-                break
-            wb = None
-            for b in run:
-                wb = replica.prepare(b.payload, handles, into=wb)
-            assert wb is not None
-            replica.commit(wb, run[0].seq, run[-1].last_seq - run[0].seq + 1, sync=False)
-            i += size
-        while i < len(batches):            # more writes than cuts: the rest one each
-            b = batches[i]
-            replica.commit(replica.prepare(b.payload, handles), b.seq, b.count, sync=False)
-            i += 1
+        apply_as_runs(origin, replica, cuts)
         seq_cf = replica.column_families.index(SEQ_CF)
         with WalReader(replica.db_dir, 1) as reader:
             found = [w for record in reader.read() for w in writes_in(record, seq_cf)]
         ids = {name: n for n, name in enumerate(replica.column_families)}
-        assert found == [(last, [(k, ids[cf], key, value) for k, cf, key, value in ops])
+        assert found == [(last - 2 * len(ops) + 1, last,
+                          [(k, ids[cf], key, value) for k, cf, key, value in ops])
                          for last, ops in zip(answered, writes, strict=True)]
     finally:
         origin.close()
@@ -464,9 +449,34 @@ def test_a_record_not_in_the_store_s_layout_is_one_write() -> None:
     """A managed service's record, or one from before seqs were recorded: one write."""
     ops = [(PUT, 0, b"a", b"1"), (PUT, 0, b"b", b"2"), (DELETE, 1, b"c", b"")]
     record = WalBatch(7, 3, ops, 1, 0)
-    assert writes_in(record, 3) == [(9, ops)]
-    assert writes_in(record, -1) == [(9, ops)]
+    assert writes_in(record, 3) == [(7, 9, ops)]
+    assert writes_in(record, -1) == [(7, 9, ops)]
     # Seq records that do not pair with the ops before them: not Store.write's layout.
     odd = WalBatch(7, 3, [(PUT, 0, b"a", b"1"), (PUT, 3, b"\0a", b"x"), (PUT, 3, b"\0b", b"y")],
                    1, 0)
-    assert writes_in(odd, 3) == [(9, [(PUT, 0, b"a", b"1")])]
+    assert writes_in(odd, 3) == [(7, 9, [(PUT, 0, b"a", b"1")])]
+
+
+def test_a_replica_at_a_write_inside_a_run_record_continues_from_its_rest(
+        tmp_path: Path, opened: list[Store]) -> None:
+    """After a failover the new primary's WAL holds runs it applied as one record; a replica
+    that had applied only the first writes of such a run gets the rest of the record from its
+    position (``cut_at_start``) and ends with the same contents and seq — no bootstrap."""
+    origin = open_store(opened, tmp_path / "origin")
+    promoted = open_store(opened, tmp_path / "promoted")
+    behind = open_store(opened, tmp_path / "behind")
+    for i in range(5):
+        origin.write([(PUT, "default", b"k%d" % i, b"v%d" % i), (DELETE, "users", b"u", b"")])
+    apply_as_runs(origin, promoted)
+    apply_as_runs(origin, behind, [1, 1, 0])
+    handles = behind.handles_for(origin.column_families)
+    at = behind.latest_seq() + 1
+    with pytest.raises(WalNotAtBoundary), \
+            WalReader(promoted.db_dir, at, decode_ops=False) as reader:
+        reader.read()
+    with WalReader(promoted.db_dir, at, decode_ops=False, cut_at_start=True) as reader:
+        (rest,) = reader.read()
+    assert (rest.seq, rest.last_seq) == (at, promoted.latest_seq())
+    behind.commit(behind.prepare(rest.payload, handles), rest.seq, rest.count, sync=False)
+    assert behind.latest_seq() == promoted.latest_seq() == origin.latest_seq()
+    assert behind.content_hash() == origin.content_hash()

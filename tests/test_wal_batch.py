@@ -16,6 +16,7 @@ from hacluster.wal.batch import (
     SINGLE_DELETE,
     Op,
     WalBatch,
+    cut_batch,
     decode_batch,
     encode_batch,
 )
@@ -252,3 +253,36 @@ def test_errors_pickle() -> None:
         assert type(clone) is type(exc)
         assert str(clone) == str(exc)
         assert (clone.path, clone.offset) == (exc.path, exc.offset)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(seq=st.integers(min_value=1, max_value=2**56), ops=st.lists(_op(), min_size=2,
+                                                                    max_size=30),
+       data=st.data())
+def test_a_cut_batch_is_the_rest_of_the_batch_from_its_seq(seq: int, ops: list[Op],
+                                                           data: st.DataObject) -> None:
+    """What a reader starting inside a record sends: the ops from there, as RocksDB would
+    have written them alone; checked (and with no ops decoded) as well as decoded."""
+    skip = data.draw(st.integers(1, len(ops) - 1))
+    whole = decode_batch(encode_batch(seq, ops), offset=5, log_number=3)
+    cut = cut_batch(whole, seq + skip)
+    assert cut == WalBatch(seq + skip, len(ops) - skip, ops[skip:], 3, 5)
+    assert cut.payload == encode_batch(seq + skip, ops[skip:])
+    bare = WalBatch(seq, len(ops), [], 3, 5, encode_batch(seq, ops))
+    assert cut_batch(bare, seq + skip).payload == cut.payload
+
+
+def test_a_cut_skips_log_data_before_its_seq_and_keeps_what_follows() -> None:
+    payload = _raw(100, 3, b"\x03" + _slice(b"hello"), b"\x01" + _slice(b"a") + _slice(b"1"),
+                   b"\x03" + _slice(b"mid"), b"\x0e" + _varint(300) + _slice(b"b") + _slice(b"c"),
+                   b"\x03" + _slice(b"end"), b"\x00" + _slice(b"d"))
+    cut = cut_batch(decode_batch(payload), 101)
+    assert cut.payload == _raw(101, 2, b"\x0e" + _varint(300) + _slice(b"b") + _slice(b"c"),
+                               b"\x03" + _slice(b"end"), b"\x00" + _slice(b"d"))
+    assert cut.ops == [(DELETE_RANGE, 300, b"b", b"c"), (DELETE, 0, b"d", b"")]
+    for outside in (99, 100, 103):
+        with pytest.raises(ValueError):
+            cut_batch(decode_batch(payload), outside)
+    short = WalBatch(100, 3, [], 0, 0, payload[:30])
+    with pytest.raises(WalCorruption):
+        cut_batch(short, 102)

@@ -225,12 +225,12 @@ class Watch:
                 batches, self.pending = self.pending[:ready], self.pending[ready:]
                 lines = []
                 for b in batches:
-                    for last, ops in writes_in(b, seq_cf):
-                        if last < self.next_seq:
+                    for w in writes_in(b, seq_cf):
+                        if w.last_seq < self.next_seq:
                             continue        # delivered before: resumed inside this record
-                        events = select(ops, cf_id, self.prefix)
+                        events = select(w.ops, cf_id, self.prefix)
                         if events:
-                            lines.append({"seq": last, "epoch": node.role.epoch,
+                            lines.append({"seq": w.last_seq, "epoch": node.role.epoch,
                                           "events": [_event(k, key, v, self.binary)
                                                      for k, key, v in events]})
                 if lines:

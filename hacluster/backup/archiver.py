@@ -248,7 +248,12 @@ class Archiver:
     def _read(self) -> list[tuple[int, int, float, bytes]]:
         assert self.next_seq is not None
         if self._reader is None:
-            self._reader = WalReader(self.node.db_dir, self.next_seq, decode_ops=False)
+            # With consensus the archive's next seq follows a write of this node's history:
+            # after a failover it may be inside a record that holds a run this node applied
+            # as a replica, and archiving goes on from its rest. Without an epoch history
+            # (static mode) such a position may be another history's: a gap, then a base.
+            self._reader = WalReader(self.node.db_dir, self.next_seq, decode_ops=False,
+                                     cut_at_start=self.node.cfg.uses_consensus)
         try:
             batches = self._reader.read(max_batches=READ_BATCHES, max_bytes=READ_BYTES)
         finally:

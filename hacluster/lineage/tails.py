@@ -36,7 +36,7 @@ import cbor2
 
 from hacluster.fsutil import fsync_path
 from hacluster.lineage.labels import Divergence
-from hacluster.store import SEQ_CF, Store
+from hacluster.store import SEQ_CF, Store, writes_in
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE
 from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader
@@ -110,21 +110,24 @@ def save_divergent_tail(data_dir: Path, node: str, store: Store, div: Divergence
         f.write(cbor2.dumps("batches"))
         at_count = f.tell()
         f.write(b"\x9b" + struct.pack(">Q", 0))     # an array; its length is filled in below
-        reader = WalReader(store.db_dir, div.first_seq)
+        # first_seq is where the next epoch began, the end of a write of this epoch: a run
+        # this node applied as a replica in one record may straddle it (keep its rest).
+        reader = WalReader(store.db_dir, div.first_seq, cut_at_start=True)
         try:
             while error is None and reader.next_seq <= div.last_seq:
                 got = reader.read(max_batches=READ_BATCHES, max_bytes=READ_BYTES)
                 if not got:
                     error = f"the WAL ended at seq {reader.next_seq - 1}"
                     break
-                for b in got:
-                    if b.seq > div.last_seq:
+                for w in (w for b in got for w in writes_in(b, seq_cf)):
+                    if w.first_seq > div.last_seq:
                         break
-                    # The writes themselves: their keys' seq records (SEQ_CF) say nothing an
-                    # operator replaying the tail could use.
+                    # The writes themselves, each on its own (a run this node applied as a
+                    # replica is one record): their keys' seq records (SEQ_CF) say nothing
+                    # an operator replaying the tail could use.
                     kept = [[KIND_NAMES[kind], names[cf] if cf < len(names) else cf, key, value]
-                            for kind, cf, key, value in b.ops if cf != seq_cf]
-                    item = cbor2.dumps({"seq": b.seq, "ops": kept})
+                            for kind, cf, key, value in w.ops]
+                    item = cbor2.dumps({"seq": w.first_seq, "ops": kept})
                     if f.tell() + len(item) + TRAILER_RESERVE > max_bytes:
                         error = (f"the file reached storage.divergent_max_mb "
                                  f"({max_bytes / (1 << 20):g} MB) after seq {saved_last}: "
@@ -133,7 +136,7 @@ def save_divergent_tail(data_dir: Path, node: str, store: Store, div: Divergence
                     f.write(item)
                     count += 1
                     ops += len(kept)
-                    saved_last = max(saved_last, b.last_seq)
+                    saved_last = max(saved_last, w.last_seq)
                 del got
         except (WalError, WalGone) as exc:
             error = f"the WAL no longer held all of them: {exc}"

@@ -260,7 +260,8 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
             latest_seq=self.latest_seq, column_families=column_families,
             epoch=lambda: self.role.epoch,
             heartbeat_interval=self.cfg.replication.heartbeat_interval,
-            is_member=self.is_member, history_refusal=self.history_refusal)
+            is_member=self.is_member,
+            history_refusal=self.history_refusal if self.cfg.uses_consensus else None)
         self.checkpoints = CheckpointService(
             self.data_dir / "checkpoints", create=create,
             epoch=lambda: self.role.epoch, column_families=column_families,

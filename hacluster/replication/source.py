@@ -149,7 +149,14 @@ class ReplicationSource:
         private: WalReader | None = None
         first_chunk = b""
         if self.feed.look(next_seq).behind:
-            private = WalReader(self.db_dir, next_seq, decode_ops=False)
+            # A replica on this primary's history is at the end of one of its writes. If a
+            # record here straddles that position, this node wrote it as a replica (a run of
+            # the former primary's writes applied as one): the stream starts with its rest.
+            # Unchecked (no epoch, or no consensus history), a straddled position may be
+            # another history's: 410 and a bootstrap, never half a write.
+            private = WalReader(self.db_dir, next_seq, decode_ops=False,
+                                cut_at_start=label is not None
+                                and self.history_refusal is not None)
             try:
                 first_chunk, next_seq = await asyncio.to_thread(
                     self._read_private, private, next_seq)

@@ -42,6 +42,7 @@ __all__ = [
     "SINGLE_DELETE",
     "Op",
     "WalBatch",
+    "cut_batch",
     "decode_batch",
     "encode_batch",
     "tag_name",
@@ -259,6 +260,51 @@ def check_batch(
         raise WalCorruption(path, offset, "WriteBatch rejected by the C decoder but not by the "
                             "Python one; refusing it")  # a decoder bug; never forward
     return decode_batch(payload, path=path, offset=offset, log_number=log_number)
+
+
+def cut_batch(batch: WalBatch, from_seq: int) -> WalBatch:
+    """The part of ``batch`` from ``from_seq`` on: its entries from the one that takes
+    ``from_seq`` (LogData before it dropped), under a header that starts there.
+
+    For a record that holds several writes — a replica applies a run of the primary's batches
+    as one — and a reader that must start after the first of them. Whether ``from_seq`` is
+    where one of those writes starts is the caller's to know: cut elsewhere, the part would
+    be half a write. ``batch`` was validated when it was read; ``ops``, if decoded, are cut
+    alike.
+    """
+    skip = from_seq - batch.seq
+    if not 0 < skip < batch.count:
+        raise ValueError(f"seq {from_seq} is not inside batch [{batch.seq}, {batch.last_seq}] "
+                         "past its first seq")
+    p = batch.payload
+    at = HEADER_SIZE
+    counted = 0
+    try:
+        while True:
+            tag = p[at]
+            if counted == skip and tag != 0x3:
+                break
+            at += 1
+            if tag in _CF_TAGS:
+                _, at = _varint32(p, at)
+            size, at = _varint32(p, at)
+            at += size
+            if tag in _TWO_SLICE_TAGS:
+                size, at = _varint32(p, at)
+                at += size
+            if tag != 0x3:
+                counted += 1
+    except (IndexError, _TooLong):
+        raise WalCorruption("?", batch.offset, f"WriteBatch at seq {batch.seq} ends before "
+                            f"its entry for seq {from_seq}") from None
+    cut: WalBatch = _new_object(WalBatch)
+    _set_seq(cut, from_seq)
+    _set_count(cut, batch.count - skip)
+    _set_ops(cut, batch.ops[skip:] if batch.ops else [])
+    _set_log_number(cut, batch.log_number)
+    _set_offset(cut, batch.offset)
+    _set_payload(cut, _HEADER.pack(from_seq, batch.count - skip) + p[at:])
+    return cut
 
 
 def _ignore(*args: object) -> None:

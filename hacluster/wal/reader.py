@@ -27,7 +27,7 @@ from pathlib import Path
 import crc32c
 
 from hacluster.wal.batch import HEADER_SIZE as BATCH_HEADER_SIZE
-from hacluster.wal.batch import WalBatch, check_batch, decode_batch
+from hacluster.wal.batch import WalBatch, check_batch, cut_batch, decode_batch
 from hacluster.wal.errors import (
     WalCorruption,
     WalError,
@@ -98,15 +98,20 @@ class WalReader:
     """
 
     def __init__(self, db_dir: str | os.PathLike[str], start_seq: int, *,
-                 decode_ops: bool = True) -> None:
+                 decode_ops: bool = True, cut_at_start: bool = False) -> None:
         """``decode_ops=False``: batches are validated but only their ``payload`` is kept (a
-        stream forwards the bytes; decoding every op on the primary would be wasted work)."""
+        stream forwards the bytes; decoding every op on the primary would be wasted work).
+
+        ``start_seq`` inside a record: ``WalNotAtBoundary``, or with ``cut_at_start`` the
+        record's part from ``start_seq`` on (``cut_batch``) — for a caller that knows
+        ``start_seq`` begins a write of that record (a run a replica applied as one)."""
         if start_seq < 1:
             raise ValueError(
                 f"start_seq must be >= 1 (RocksDB numbers writes from 1), got {start_seq}"
             )
         self._dir = Path(db_dir)
         self._decode = decode_batch if decode_ops else check_batch
+        self._cut_at_start = cut_at_start
         self._start_seq = start_seq
         self._next_seq = start_seq
         self._rr: LogRecordReader | None = None
@@ -359,7 +364,11 @@ class WalReader:
                 try:
                     batch = self._decode(payload, path=path, offset=offset, log_number=number)
                     if batch.seq != self._next_seq:
-                        self._sequence_error(batch, path)
+                        if (self._cut_at_start and not self._found_start
+                                and batch.seq < self._next_seq <= batch.last_seq):
+                            batch = cut_batch(batch, self._next_seq)
+                        else:
+                            self._sequence_error(batch, path)
                 except (WalError, WalGone):
                     # The reader has already moved past this record; position
                     # must still name it.
