@@ -111,10 +111,11 @@ add_log(Syncer *s, const char *name, unsigned long long number)
     if (s->nlogs == MAX_LOGS) {
         /* Cannot happen with one writer (older logs are closed every round), but never
          * drop a log silently: sync and close the oldest now. */
-        if (fdatasync(s->logs[0].fd) != 0 && s->pending_error == 0) {
-            s->pending_error = errno;
-            snprintf(s->pending_where, sizeof s->pending_where, "fdatasync of %06llu.log",
-                     s->logs[0].number);
+        if (fdatasync(s->logs[0].fd) != 0) {
+            int error = errno;
+            char oldest[32];
+            snprintf(oldest, sizeof oldest, "%06llu.log", s->logs[0].number);
+            note_failure(s, error, "fdatasync of %s", oldest);
         }
         close(s->logs[0].fd);
         memmove(&s->logs[0], &s->logs[1], sizeof(LogFile) * (MAX_LOGS - 1));

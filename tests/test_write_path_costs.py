@@ -1,7 +1,8 @@
 """The write path's per-request savings keep their guarantees (issue 13, item 4).
 
 - The live feed reads the WAL once per event-loop turn however many writes the turn had, and a
-  stream that looks right after a write still sees it. A caught-up stream is sent the new
+  stream that looks right after a write still sees it; while other writes wait for their acks
+  it reads a little later, once for the writes of several turns. A caught-up stream is sent the new
   frames by the read itself without its task waking; never while its task writes or looks,
   never when the link is full (its task is woken instead), never a stream behind.
 - A write waiting for the synchronous set is woken by a member reaching its seq, not by other
@@ -26,7 +27,7 @@ from hacluster.groupsync import GroupSync
 from hacluster.node.write_path import SPACE_RECHECK_S, WritePath
 from hacluster.node_errors import DiskFull
 from hacluster.replication import frames
-from hacluster.replication.feed import LiveStream, WalFeed
+from hacluster.replication.feed import BUSY_READ_DELAY_S, LiveStream, WalFeed
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.store import Store
 from hacluster.wal.batch import PUT
@@ -80,6 +81,43 @@ async def test_feed_reads_once_per_turn_and_a_look_sees_the_write_at_once(
     finally:
         await feed.stop()
         store.close()
+
+
+async def test_while_other_writes_wait_the_feed_reads_later_and_sends_several_turns_at_once(
+        tmp_path: Path) -> None:
+    """A write while others wait for their acks is read ``BUSY_READ_DELAY_S`` later, with the
+    writes of the turns in between: one chunk to a caught-up replica, not one per turn. A
+    lone writer's write is read on the next turn."""
+    store = open_store(tmp_path)
+    feed = WalFeed(tmp_path / "db", 1, lambda: 1)
+    feed.start()
+    sent: list[bytes] = []
+    live = LiveStream(1, lambda data: sent.append(data) is None)
+    feed.subscribe(live)
+    try:
+        store.write([(PUT, "default", b"lone", b"v")])
+        feed.notify(others_waiting=False)
+        await asyncio.sleep(0)
+        assert len(sent) == 1                    # the next turn
+
+        began = time.monotonic()
+        for turn in range(3):                    # a write in each of three turns
+            store.write([(PUT, "default", b"k%d" % turn, b"v")])
+            feed.notify(others_waiting=True)
+            await asyncio.sleep(0)
+        assert len(sent) == 1                    # not yet: the others wait anyway
+        await asyncio.wait_for(_until(lambda: len(sent) == 2), 1)
+        assert time.monotonic() - began >= BUSY_READ_DELAY_S
+        assert [f.seq for f in decoded(sent[1])] == [3, 5, 7]     # one chunk, three turns
+        assert live.next_seq == feed.next_seq == store.latest_seq() + 1
+    finally:
+        await feed.stop()
+        store.close()
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.0001)
 
 
 async def test_feed_sends_a_caught_up_stream_its_frames_without_waking_it(

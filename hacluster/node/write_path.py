@@ -37,6 +37,7 @@ SPACE_RECHECK_S = 0.01
 
 class WritePath:
     _space_seen_ok: float = float("-inf")   # monotonic time of the last look that found room
+    acks_pending = 0            # writes waiting in acknowledge now
 
     if TYPE_CHECKING:
         cfg: ClusterConfig
@@ -82,7 +83,7 @@ class WritePath:
         self.writes += 1
         self.positions.written.note(applied.last_seq)    # lag in seconds (metrics)
         if self.feed:
-            self.feed.notify()
+            self.feed.notify(others_waiting=self.acks_pending > 0)
         late = self.gate.refusal()
         if late:
             raise OutcomeUnknown(f"written locally at seq {applied.last_seq} but not "
@@ -97,13 +98,17 @@ class WritePath:
         else OutcomeUnknown. Records ``seq`` as acknowledged (rule 2) with no await between the
         last check and the record, so a release after the gate shut sees every ack.
         """
-        if self.durable_acks:
-            try:
-                await self.wal_sync.through(seq)
-            except Exception as exc:
-                raise OutcomeUnknown(f"written locally at seq {seq} but the WAL sync failed: "
-                                     f"{exc}") from None
-        await self.confirm(seq)
+        self.acks_pending += 1
+        try:
+            if self.durable_acks:
+                try:
+                    await self.wal_sync.through(seq)
+                except Exception as exc:
+                    raise OutcomeUnknown(f"written locally at seq {seq} but the WAL sync "
+                                         f"failed: {exc}") from None
+            await self.confirm(seq)
+        finally:
+            self.acks_pending -= 1
         late = self.gate.refusal()
         if late:
             raise OutcomeUnknown(f"written at seq {seq} but not acknowledged: {late}; it may "
