@@ -324,7 +324,7 @@ def test_a_replica_and_the_archive_behind_inside_a_run_of_the_new_primary_go_on_
     # replica's run ends at any frame but a batch).
     cluster = Cluster(tmp_path, consensus=True,
                       replication={"mode": "async", "heartbeat_interval": 5.0},
-                      extra={"backup": {"url": f"file://{archive}", "archive_interval_s": 1.0,
+                      extra={"backup": {"url": f"file://{archive}", "archive_interval_s": 2.0,
                                         "base_backup_interval_s": 0}})
     n3 = cluster.nodes["n3"]
     proxies = {n: FaultyProxy(cluster.addresses[n]) for n in ("n1", "n2")}
@@ -350,7 +350,7 @@ def test_a_replica_and_the_archive_behind_inside_a_run_of_the_new_primary_go_on_
             behind = old.status()["applied_seq"]
             wait_for(lambda: n3.status()["applied_seq"] == behind, 20, "n3 to apply a-*")
             wait_for(lambda: archived_through(old) == behind, 20, "the archive to hold a-*")
-            # The next segment is a second away: what follows stays out of the archive.
+            # The next segment is two seconds away: what follows stays out of the archive.
             proxies[old.name].mode = "drop"      # n3 stays in Raft's quorum, gets no data
             for i in range(10):
                 put(old, f"b-{i}")
@@ -363,6 +363,7 @@ def test_a_replica_and_the_archive_behind_inside_a_run_of_the_new_primary_go_on_
                 WalReader(runner.data_dir / "db", behind + 1, decode_ops=False) as reader:
             reader.read()
         seen = len(n3.log())
+        assert archived_through(old) == behind, "slower than archive_interval_s: b-* archived"
         old.signal(signal.SIGKILL)
         old.proc.wait(10)  # type: ignore[union-attr]
         assert archived_through(runner) == 0 and len(list(archive.glob("base/*"))) == 1
