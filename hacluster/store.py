@@ -77,9 +77,8 @@ def writes_in(batch: WalBatch, seq_cf: int) -> list[Write]:
     """
     ops = batch.ops
     n = len(ops)
-    whole = [Write(batch.seq, batch.last_seq, [op for op in ops if op[1] != seq_cf])]
     if n != batch.count or seq_cf < 0:
-        return whole
+        return _one_write(batch, seq_cf)
     out: list[Write] = []
     i = 0
     while i < n:
@@ -90,11 +89,15 @@ def writes_in(batch: WalBatch, seq_cf: int) -> list[Write]:
         while k < n and ops[k][1] == seq_cf:
             k += 1
         if j == i or k - j != j - i:
-            return whole
+            return _one_write(batch, seq_cf)
         # Every op takes one seq.
         out.append(Write(batch.seq + i, batch.seq + k - 1, ops[i:j]))
         i = k
     return out
+
+
+def _one_write(batch: WalBatch, seq_cf: int) -> list[Write]:
+    return [Write(batch.seq, batch.last_seq, [op for op in batch.ops if op[1] != seq_cf])]
 
 
 class StoreError(Exception):

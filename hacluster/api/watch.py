@@ -208,8 +208,8 @@ class Watch:
         store = node.store
         if store is None:
             raise WatchEnded(503, "no database open")
-        cf_id = store.column_families.index(self.cf)
         names = store.column_families
+        cf_id = names.index(self.cf)
         seq_cf = names.index(SEQ_CF) if SEQ_CF in names else -1
         last_line = time.monotonic()
         while True:

@@ -282,7 +282,7 @@ def cut_batch(batch: WalBatch, from_seq: int) -> WalBatch:
     try:
         while True:
             tag = p[at]
-            if counted == skip and tag != 0x3:
+            if counted == skip and tag != TAG_LOG_DATA:
                 break
             at += 1
             if tag in _CF_TAGS:
@@ -292,7 +292,7 @@ def cut_batch(batch: WalBatch, from_seq: int) -> WalBatch:
             if tag in _TWO_SLICE_TAGS:
                 size, at = _varint32(p, at)
                 at += size
-            if tag != 0x3:
+            if tag != TAG_LOG_DATA:
                 counted += 1
     except (IndexError, _TooLong):
         raise WalCorruption("?", batch.offset, f"WriteBatch at seq {batch.seq} ends before "
