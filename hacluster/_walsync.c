@@ -26,12 +26,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define MAX_LOGS 64
@@ -64,6 +66,8 @@ typedef struct {
     unsigned long long rounds;      /* under mu, as the two below */
     int open_logs;
     unsigned long long newest_log;
+    long thread_id;     /* the thread's kernel id, once it runs (under mu) */
+    int policy;         /* its scheduling policy, once it runs (under mu) */
 } Syncer;
 
 /* The number of a file named "<digits>.log", or 0 if the name is not a WAL file's. */
@@ -223,7 +227,21 @@ static void *
 serve(void *arg)
 {
     Syncer *s = (Syncer *)arg;
+    /* Woken by start(), this thread only issues fsyncs and sleeps in them: under the default
+     * policy the wake-up preempts the event loop that called start() (a switch away and back
+     * per round, in the middle of the loop's turn). SCHED_BATCH wakes it without preempting:
+     * it runs on an idle CPU at once, or when the loop blocks or its slice ends. A policy the
+     * operator chose for the process (realtime, SCHED_IDLE) is kept as it is. */
+    int policy;
+    struct sched_param param;
+    if (pthread_getschedparam(pthread_self(), &policy, &param) == 0 && policy == SCHED_OTHER) {
+        param.sched_priority = 0;
+        if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &param) == 0)
+            policy = SCHED_BATCH;
+    }
     pthread_mutex_lock(&s->mu);
+    s->thread_id = (long)syscall(SYS_gettid);
+    s->policy = policy;
     for (;;) {
         while (!s->requested && !s->stopping)
             pthread_cond_wait(&s->cv, &s->mu);
@@ -416,9 +434,11 @@ Syncer_stats(Syncer *s, PyObject *Py_UNUSED(ignored))
     unsigned long long rounds = s->rounds;
     int nlogs = s->open_logs;
     unsigned long long newest = s->newest_log;
+    long thread_id = s->thread_id;
+    int policy = s->policy;
     pthread_mutex_unlock(&s->mu);
-    return Py_BuildValue("{s:K,s:i,s:K}", "rounds", rounds, "open_logs", nlogs,
-                         "newest_log", newest);
+    return Py_BuildValue("{s:K,s:i,s:K,s:l,s:i}", "rounds", rounds, "open_logs", nlogs,
+                         "newest_log", newest, "thread_id", thread_id, "policy", policy);
 }
 
 static PyMethodDef Syncer_methods[] = {
@@ -429,7 +449,9 @@ static PyMethodDef Syncer_methods[] = {
      "wake-up, else (errno, what failed)."},
     {"fileno", (PyCFunction)Syncer_fileno, METH_NOARGS, "The eventfd to watch."},
     {"close", (PyCFunction)Syncer_close, METH_NOARGS, "Stop the thread, close every fd."},
-    {"stats", (PyCFunction)Syncer_stats, METH_NOARGS, "Rounds done and logs held open."},
+    {"stats", (PyCFunction)Syncer_stats, METH_NOARGS,
+     "Rounds done, logs held open, the thread's kernel id (0 until it runs) and its scheduling "
+     "policy."},
     {NULL, NULL, 0, NULL},
 };
 

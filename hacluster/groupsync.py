@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hacluster.background import yield_to_event_loop
+
 try:
     from hacluster import _walsync  # type: ignore[attr-defined]
 except ImportError:  # the optional C module was not built: FlushWAL in a Python thread
@@ -59,6 +61,7 @@ class _SyncThread:
         return done
 
     def _serve(self) -> None:
+        yield_to_event_loop("wal-sync")
         while True:
             fn, loop, done = self._jobs.get()
             error: BaseException | None = None

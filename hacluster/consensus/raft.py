@@ -24,6 +24,7 @@ from cryptography.fernet import MultiFernet
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.encryptor import getEncryptor
 
+from hacluster.background import yield_to_event_loop
 from hacluster.config import ConsensusConfig
 from hacluster.consensus.raft_journal import install_patches
 from hacluster.consensus.raft_journal_format import applying_index, journal_stats, received_at
@@ -216,6 +217,7 @@ class RaftNode:
         self.tick_error: str | None = None
         self._leader_seen: str | None = None
         self._thread: threading.Thread | None = None
+        self.thread_batch: bool | None = None   # the tick thread's policy set (None: not yet)
         conf = SyncObjConf(
             password=password, autoTick=False, commandsWaitLeader=False,
             journalFile=str(data_dir / "raft.journal"),
@@ -271,6 +273,7 @@ class RaftNode:
         self._thread.start()
 
     def _tick(self) -> None:
+        self.thread_batch = yield_to_event_loop("raft")
         failing_since: float | None = None
         last_failure = 0.0
         while not self._stop.is_set():
