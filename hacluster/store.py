@@ -229,6 +229,12 @@ class Store:
         """Names in column-family-id order: index i is the CF whose WAL id is i."""
         return list(self._cf_ids)
 
+    @property
+    def seq_cf_id(self) -> int:
+        """The WAL id of the column family holding each key's last-written seq (``SEQ_CF``),
+        or -1 where there is none (a managed service's database): what ``writes_in`` takes."""
+        return self._cf_ids.index(SEQ_CF) if SEQ_CF in self._cf_ids else -1
+
     def latest_seq(self) -> int:
         return int(self._db.latest_sequence_number())
 

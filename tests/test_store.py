@@ -81,6 +81,7 @@ def test_reopen_keeps_ids_and_appends_new_families(tmp_path: Path, opened: list[
     # SEQ_CF was created on the first open, so the new family comes after it
     assert store.column_families == ["default", "users", "events", SEQ_CF, "meta"]
     assert store.column_families == list_cf(db)
+    assert store.seq_cf_id == 3     # its WAL id, not the end of the list
 
 
 def test_column_family_data_survives_reopen(tmp_path: Path, opened: list[Store]) -> None:
@@ -405,6 +406,7 @@ def test_a_managed_store_adopts_the_primary_s_column_families_in_order(
     store = Store(db_dir, ["ignored"], STORAGE, managed=True)
     opened.append(store)
     assert store.column_families == ["default"]          # nothing created
+    assert store.seq_cf_id == -1                         # so every WAL record is one write
     handles = store.handles_for(["default", "events", "users"])
     assert store.column_families == ["default", "events", "users"] == list_cf(db_dir)
     assert set(handles) == {0, 1, 2}

@@ -43,7 +43,7 @@ from aiohttp import web
 
 from hacluster.api.common import error, to_primary
 from hacluster.api.counters import WatchStats
-from hacluster.store import SEQ_CF, writes_in
+from hacluster.store import writes_in
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE, Op, WalBatch
 from hacluster.wal.errors import WalError, WalGone, WalNotAtBoundary
 from hacluster.wal.reader import WalReader
@@ -210,7 +210,7 @@ class Watch:
             raise WatchEnded(503, "no database open")
         names = store.column_families
         cf_id = names.index(self.cf)
-        seq_cf = names.index(SEQ_CF) if SEQ_CF in names else -1
+        seq_cf = store.seq_cf_id
         last_line = time.monotonic()
         while True:
             why = self.refusal()

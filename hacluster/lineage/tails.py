@@ -36,7 +36,7 @@ import cbor2
 
 from hacluster.fsutil import fsync_path
 from hacluster.lineage.labels import Divergence
-from hacluster.store import SEQ_CF, Store, writes_in
+from hacluster.store import Store, writes_in
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE
 from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader
@@ -84,7 +84,7 @@ def save_divergent_tail(data_dir: Path, node: str, store: Store, div: Divergence
     store meanwhile. Memory holds one WAL read (``READ_BYTES``) at a time, whatever the tail.
     """
     names = store.column_families
-    seq_cf = names.index(SEQ_CF) if SEQ_CF in names else -1
+    seq_cf = store.seq_cf_id
     folder = data_dir / "divergent"
     folder.mkdir(exist_ok=True)
     path = folder / f"epoch{div.epoch}-seq{div.first_seq}-{div.last_seq}.cbor"
