@@ -12,8 +12,8 @@ What the handlers use of ``Node`` (hacluster/api/*.py and the metrics collector 
   admin uses ``set_paused``, ``switchover``, ``request_failover``, ``add_member``,
   ``remove_member``, ``compact_raft_log``, ``raft_status``, ``raft_members``),
   ``source`` and ``checkpoints`` (replication routes), ``unknown_outcomes`` (incremented by
-  the write handler), and for /metrics ``writes``, ``gate.refusal()``, ``gate.closes``,
-  ``positions.snapshot()``, ``follower``, ``data_dir``;
+  the write handler), and for /metrics ``writes``, ``wal_sync.syncs``, ``gate.refusal()``,
+  ``gate.closes``, ``positions.snapshot()``, ``follower``, ``data_dir``;
 - config: ``cfg.token``, ``cfg.limits`` (all of it), ``cfg.nodes`` (name, api.url, tags,
   raft), ``cfg.source``, ``cfg.replication.max_frame_bytes``, ``.min_seq_wait_s``, ``.mode``;
 - properties and methods: ``is_primary``, ``column_families``, ``store``,
@@ -54,6 +54,7 @@ from hacluster.config import (
     TlsConfig,
 )
 from hacluster.consensus.errors import NotCommitted, RequestRefused
+from hacluster.groupsync import GroupSync
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.security.tokens import Role, new_token
@@ -181,6 +182,7 @@ class FakeNode:
         self.gate = FakeGate()
         self.writes = 0
         self.unknown_outcomes = 0
+        self.wal_sync = GroupSync(lambda: 0, lambda: None)   # /metrics reads its rounds
         self.watches = WatchStats()
         self.service = None          # not managed mode
         self.unconfirmed_from: int | None = None

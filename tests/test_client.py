@@ -25,6 +25,7 @@ from hacluster.client import (
     OutcomeUnknown,
     PreconditionFailed,
 )
+from hacluster.groupsync import NATIVE
 from hacluster.testing.harness import TOKEN, Cluster, NodeProc, request, wait_for
 
 
@@ -282,6 +283,12 @@ def test_keep_alive_connections_are_reused_for_thousands_of_requests(
     # 3,000 requests: one connection for the blocking client and eight for the asyncio one
     # per node they had to use (a failover moves them), and this test's status requests.
     assert made <= 3 * (1 + 8) + 2 * 3, f"{made} connections for 3000 requests"
+    # Every acknowledged write waited for a group-commit round (storage.durability: fsync,
+    # the default), on the native syncer where the C module is built.
+    primary = cluster.wait_primary()
+    synced = primary.status()["wal_sync"]
+    assert synced["native"] is NATIVE and synced["native_error"] is None, synced
+    assert synced["rounds"] >= 1 and synced["synced_seq"] >= 1, synced
 
 
 def test_bad_conditional_writes_and_watches_are_refused(cluster: Cluster) -> None:

@@ -505,3 +505,77 @@ def test_native_wal_sync_survives_a_power_loss_across_a_new_log(fs: LazyFS) -> N
             assert store.get_with_seq(f"unsynced-{i}".encode(), "default")[0] is None
     finally:
         store.close()
+
+
+# A managed service: its own process writes its own database (plain rocksdict, no hacluster),
+# one step per line read from stdin.
+SERVICE_WRITER = textwrap.dedent("""
+    import sys
+    import rocksdict
+
+    db = rocksdict.Rdict(sys.argv[1], rocksdict.Options(raw_mode=True))
+
+    def put(kind):
+        for i in range(20):
+            db.put(f"{kind}-{i}".encode(), b"v" * 100)
+        print(db.latest_sequence_number(), flush=True)
+
+    put("first-log")
+    sys.stdin.readline()
+    db.flush()              # the WAL moves on to a new log file, made after the syncer began
+    put("new-log")
+    sys.stdin.readline()
+    put("unsynced")
+    sys.stdin.readline()
+""")
+
+
+def test_the_native_syncer_makes_another_process_s_wal_durable(fs: LazyFS) -> None:
+    """A managed primary's group commit: hacluster fsyncs the service's logs through its own
+    descriptors, the new one learnt from inotify, and what it synced survives a power loss."""
+    import asyncio
+
+    from hacluster.groupsync import NATIVE, GroupSync, NativeWalSync
+
+    if not NATIVE:
+        pytest.skip("hacluster._walsync is not built")
+    path = fs.mount / "svc"
+    service = subprocess.Popen([sys.executable, "-c", SERVICE_WRITER, str(path)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert service.stdin is not None and service.stdout is not None
+    syncer: NativeWalSync | None = None
+    try:
+        int(service.stdout.readline())
+        syncer = NativeWalSync(path)      # as a managed primary starts: the database exists
+        service.stdin.write("\n")
+        service.stdin.flush()
+        synced = int(service.stdout.readline())
+
+        async def one_round(native: NativeWalSync) -> GroupSync:
+            group = GroupSync(lambda: synced, lambda: pytest.fail("the Python sync was used"),
+                              lambda: native)
+            await group.through(synced)
+            return group
+
+        group = asyncio.run(one_round(syncer))
+        assert group.syncs == 1 and group.synced_seq == synced
+        service.stdin.write("\n")
+        service.stdin.flush()
+        written = int(service.stdout.readline())
+        assert written > synced
+    finally:
+        service.kill()
+        service.wait()
+        if syncer is not None:
+            syncer.close()
+    loss = fs.power_loss()
+    assert loss.bytes_dropped > 0
+    db = rocksdict.Rdict(str(path), rocksdict.Options(raw_mode=True))
+    try:
+        assert db.latest_sequence_number() == synced
+        for i in range(20):
+            assert db.get(f"new-log-{i}".encode()) == b"v" * 100
+            assert db.get(f"first-log-{i}".encode()) == b"v" * 100
+            assert db.get(f"unsynced-{i}".encode()) is None
+    finally:
+        db.close()

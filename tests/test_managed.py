@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import rocksdict
 
+from hacluster.groupsync import NATIVE
 from hacluster.testing.harness import TOKEN, Cluster, NodeProc, free_ports, request, wait_for
 from hacluster.testing.history import History, Op, acked_after, check_all, lost_acked
 from hacluster.testing.netns import Netns, namespaces_unavailable
@@ -193,8 +194,14 @@ def test_acknowledged_writes_survive_sigkill_of_the_primary(tmp_path: Path) -> N
             assert code == 200, (code, body)
             acked[key] = value
         # Replicas follow: their databases reach the primary's seq.
-        top = old.status()["applied_seq"]
+        status = old.status()
+        top = status["applied_seq"]
         assert top >= 200
+        # Each /v1/wait waited for a group-commit round of the service's WAL; with the C
+        # module built, on the native syncer (no Python thread listing the logs each round).
+        synced = status["wal_sync"]
+        assert synced["native"] is NATIVE and synced["native_error"] is None, synced
+        assert 1 <= synced["rounds"] <= 200 and synced["synced_seq"] >= body["seq"], synced
         for r in (n for n in cluster.nodes.values() if n is not old):
             wait_for(lambda r=r: (r.status().get("applied_seq") or 0) >= top, 20,
                      f"{r.name} to apply seq {top}")

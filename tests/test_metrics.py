@@ -150,6 +150,10 @@ def test_conventional_names_and_standard_collectors(cluster: Cluster) -> None:
     assert "hacluster_http_request_duration_seconds_bucket" in got
     assert "hacluster_http_request_seconds_bucket" not in got
     assert "hacluster_raft_log_entries" in got and "hacluster_raft_commit_index" in got
+    # The PUT waited for a group-commit round (storage.durability: fsync, the default).
+    syncs = value(got, "hacluster_wal_syncs_total")
+    writes = value(got, "hacluster_writes_total")
+    assert syncs is not None and writes is not None and syncs >= 1, (syncs, writes)
     # Counters end in _total, and no name carries a unit the guide does not use.
     for name in got:
         assert not name.endswith(("_ms", "_milliseconds", "_mb", "_kb")), name

@@ -98,6 +98,10 @@ class NodeCollector(Collector):
         yield CounterMetricFamily("hacluster_unknown_outcomes", "writes answered 'outcome "
                                   "unknown' (written, but the lease or sync ack ran out)",
                                   value=node.unknown_outcomes)
+        yield CounterMetricFamily("hacluster_wal_syncs", "group-commit rounds: WAL syncs "
+                                  "that acknowledgements waited for (storage.durability: "
+                                  "fsync), each covering every write before it",
+                                  value=node.wal_sync.syncs)
         lag = GaugeMetricFamily("hacluster_replication_lag_seqs", "sequence numbers a "
                                 "replica is behind the primary (primary: each replica; "
                                 "replica: itself, as its stream reports)", labels=["replica"])

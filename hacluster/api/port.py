@@ -15,6 +15,7 @@ from hacluster.api.probes import NodeView
 from hacluster.config import ClusterConfig
 from hacluster.consensus.loop import ControlLoop
 from hacluster.fencing import WriteGate
+from hacluster.groupsync import GroupSync
 from hacluster.managed.supervisor import Supervisor
 from hacluster.replication.checkpoints import CheckpointService
 from hacluster.replication.follower import Follower
@@ -36,6 +37,7 @@ class ServedNode(Protocol):
     gate: WriteGate
     writes: int
     unknown_outcomes: int
+    wal_sync: GroupSync                # the group commit (storage.durability: fsync)
     watches: WatchStats
     service: Supervisor | None         # managed mode: the service's supervisor
 

@@ -29,7 +29,7 @@ from hacluster.api.counters import WatchStats
 from hacluster.config import ClusterConfig, NodeConfig
 from hacluster.consensus import settings
 from hacluster.fencing import WriteGate
-from hacluster.groupsync import GroupSync, NativeWalSync
+from hacluster.groupsync import NATIVE, GroupSync, NativeWalSync
 from hacluster.hooks import Hooks
 from hacluster.lineage.labels import Lineage
 from hacluster.lineage.tails import (
@@ -107,6 +107,8 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
         # releases carry it into Raft as the floor no successor may be below).
         self.acked_seq = 0
         self.wal_sync = GroupSync(self.latest_seq, self._sync_wal, self._native_wal_sync)
+        # A managed primary's native syncer of the service's WAL (while primary only).
+        self._service_syncer: NativeWalSync | None = None
         self.disk_full: str | None = None     # set by a RocksDB space error, until reopened
         self._stopping = False                # stop() began: no write waits for replicas
         st = cfg.storage
@@ -176,7 +178,25 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
 
     def _native_wal_sync(self) -> NativeWalSync | None:
         store = self.store
-        return store.native_wal_sync() if store is not None else None
+        return store.native_wal_sync() if store is not None else self._service_syncer
+
+    def _open_service_syncer(self) -> None:
+        """A managed primary syncs the service's WAL through the native syncer: it fsyncs
+        the logs the feed read (written before the round began, by the service) and learns of
+        new ones from inotify. Without the C module, or when it cannot start (out of inotify
+        instances, say), the Python thread lists and fsyncs them each round."""
+        if not NATIVE or self._service_syncer is not None:
+            return
+        try:
+            self._service_syncer = NativeWalSync(self.db_dir)
+        except OSError as exc:
+            log.warning("%s: the native WAL syncer cannot watch %s (%s); the service's WAL "
+                        "is synced from a Python thread", self.name, self.db_dir, exc)
+
+    def _close_service_syncer(self) -> None:
+        syncer, self._service_syncer = self._service_syncer, None
+        if syncer is not None:
+            syncer.close()
 
     @property
     def durable_acks(self) -> bool:
@@ -253,6 +273,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
             column_families = self.service_column_families
             create = self.service_checkpoint
             poll = app.poll_interval_ms / 1000
+            self._open_service_syncer()
         self.feed = WalFeed(self.db_dir, start_seq, lambda: self.role.epoch, poll_interval=poll)
         self.feed.start()
         self.source = ReplicationSource(
@@ -334,6 +355,9 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
         if self.feed:
             await self.feed.stop()
         self.feed = None
+        # Made again by the next _start_primary: a reinit may have put another database
+        # directory under the same path.
+        self._close_service_syncer()
         self.source = None
         self.checkpoints = None
         await stop_archiver(self)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from hacluster.config import ClusterConfig, NodeConfig
     from hacluster.consensus.loop import ControlLoop
     from hacluster.fencing import WriteGate
+    from hacluster.groupsync import GroupSync, NativeWalSync
     from hacluster.managed.supervisor import Supervisor
     from hacluster.replication.feed import WalFeed
     from hacluster.replication.follower import Follower
@@ -69,6 +70,7 @@ class NodeViews:
         gate: WriteGate
         space: SpaceGuard
         positions: ReplicaPositions
+        wal_sync: GroupSync
         control: ControlLoop | None
         follower: Follower | None
         feed: WalFeed | None
@@ -93,6 +95,9 @@ class NodeViews:
         def latest_seq(self) -> int: ...
         def api_url_of(self, name: str) -> str | None: ...
         def write_refusal(self) -> str | None: ...
+        def _native_wal_sync(self) -> NativeWalSync | None: ...
+        @property
+        def durable_acks(self) -> bool: ...
 
     # -- the control loop's port (consensus.ports.NodePort) ----------------------------------
 
@@ -210,6 +215,15 @@ class NodeViews:
             return store.latest_seq()
         return self.latest_seq() if self.feed is not None else None
 
+    def wal_sync_status(self) -> dict[str, Any]:
+        """The group commit (``storage.durability: fsync``): rounds so far, the seq every
+        acknowledgement may rely on, and whether rounds run on the native syncer (False: in
+        RocksDB's FlushWAL or, managed, the Python listing, from a Python thread)."""
+        native = self._native_wal_sync()
+        return {"rounds": self.wal_sync.syncs, "synced_seq": self.wal_sync.synced_seq,
+                "native": native is not None and native.failed is None,
+                "native_error": native.failed if native is not None else None}
+
     def status(self) -> dict[str, Any]:
         store = self.store
         seq = self.held_seq()
@@ -234,6 +248,8 @@ class NodeViews:
             out["replicas"] = self.positions.snapshot(seq or 0)
             out["writes"] = self.writes
             out["wal_feed_error"] = self.feed.error if self.feed else None
+            if self.durable_acks:
+                out["wal_sync"] = self.wal_sync_status()
         if self.follower:
             st = self.follower.status
             out["replication"] = {
