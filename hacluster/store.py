@@ -22,20 +22,19 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import crc32c
 import rocksdict
 
 from hacluster.config import StorageConfig
 from hacluster.groupsync import NATIVE, NativeWalSync
+from hacluster.key_seqs import SEQ_CF, SEQ_VALUE, UNRECORDED_SEQ, seq_key
 from hacluster.wal.batch import (
     DELETE,
     DELETE_RANGE,
     PUT,
     SINGLE_DELETE,
-    Op,
-    WalBatch,
     replay_batch,
 )
 
@@ -43,61 +42,6 @@ log = logging.getLogger(__name__)
 
 # An op as the store takes it: (kind, column family name, key, value or range end or b"").
 NamedOp = tuple[int, str, bytes, bytes]
-
-
-# The per-key last-written seq: key ``cf name + NUL + key``, value the seq as 8 bytes big-endian.
-# Column-family names cannot hold NUL, and a fixed prefix keeps a range of keys a range here.
-SEQ_CF = "_hacluster.key_seq"
-_SEQ = struct.Struct(">Q")
-# A key present without a recorded seq was written before seqs were recorded: it reports 1.
-UNRECORDED_SEQ = 1
-
-
-def seq_key(cf: str, key: bytes) -> bytes:
-    return cf.encode() + b"\0" + key
-
-
-class Write(NamedTuple):
-    """One write found in a WAL record: its seqs, and its ops without their seq records."""
-
-    first_seq: int
-    last_seq: int
-    ops: list[Op]
-
-
-def writes_in(batch: WalBatch, seq_cf: int) -> list[Write]:
-    """The writes one WAL record holds, in order.
-
-    On the node that made them a record is one write. A replica applies a run of the
-    primary's writes as one record, so once it has been promoted a record of its WAL may hold
-    several, and their seqs (what a client was answered, what a compare-and-set tests) are
-    only found again through ``Store.write``'s layout: a write's n ops, then their n seq
-    records in ``seq_cf``. A record not in that layout (written by a managed service, or
-    before seqs were recorded) is taken as one write.
-    """
-    ops = batch.ops
-    n = len(ops)
-    if n != batch.count or seq_cf < 0:
-        return _one_write(batch, seq_cf)
-    out: list[Write] = []
-    i = 0
-    while i < n:
-        j = i
-        while j < n and ops[j][1] != seq_cf:
-            j += 1
-        k = j
-        while k < n and ops[k][1] == seq_cf:
-            k += 1
-        if j == i or k - j != j - i:
-            return _one_write(batch, seq_cf)
-        # Every op takes one seq.
-        out.append(Write(batch.seq + i, batch.seq + k - 1, ops[i:j]))
-        i = k
-    return out
-
-
-def _one_write(batch: WalBatch, seq_cf: int) -> list[Write]:
-    return [Write(batch.seq, batch.last_seq, [op for op in batch.ops if op[1] != seq_cf])]
 
 
 class StoreError(Exception):
@@ -267,7 +211,7 @@ class Store:
             return None, 0
         stamp = self.view(SEQ_CF).get(seq_key(cf, key))
         return bytes(value), (UNRECORDED_SEQ if stamp is None
-                              else int(_SEQ.unpack(bytes(stamp))[0]))
+                              else int(SEQ_VALUE.unpack(bytes(stamp))[0]))
 
     def items(self, cf: str = "default") -> Iterable[tuple[bytes, bytes]]:
         for key, value in self.view(cf).items():
@@ -334,7 +278,7 @@ class Store:
         before = self.latest_seq()
         last = before + 2 * len(ops)
         batch = self._build(ops)
-        stamp = _SEQ.pack(last)
+        stamp = SEQ_VALUE.pack(last)
         seqs = self._handles[SEQ_CF]
         for kind, cf, key, value in ops:
             if kind == PUT:

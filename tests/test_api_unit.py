@@ -55,10 +55,11 @@ from hacluster.config import (
 )
 from hacluster.consensus.errors import NotCommitted, RequestRefused
 from hacluster.groupsync import GroupSync
+from hacluster.key_seqs import SEQ_CF
 from hacluster.node_errors import DiskFull, NotWritable, OutcomeUnknown
 from hacluster.replication.positions import ReplicaPositions
 from hacluster.security.tokens import Role, new_token
-from hacluster.store import SEQ_CF, NamedOp, Store, StoreError
+from hacluster.store import NamedOp, Store, StoreError
 from hacluster.wal.reader import WalReader
 from hacluster.writes import CBOR_TYPE
 from tests.replica_runs import apply_as_runs

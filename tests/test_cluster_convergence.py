@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hacluster.store import SEQ_CF
+from hacluster.key_seqs import SEQ_CF
 from hacluster.testing.harness import CFS, Cluster, read_db
 
 Model = dict[str, dict[bytes, bytes]]

@@ -15,7 +15,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from hacluster.store import SEQ_CF
+from hacluster.key_seqs import SEQ_CF
 from hacluster.testing.harness import Cluster, FaultyProxy, NodeProc, wait_for
 from hacluster.wal.errors import WalNotAtBoundary
 from hacluster.wal.reader import WalReader

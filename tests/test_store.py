@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hacluster.config import StorageConfig
+from hacluster.key_seqs import SEQ_CF, writes_in
 from hacluster.store import (
-    SEQ_CF,
     AppliedRange,
     DivergenceError,
     NamedOp,
@@ -23,7 +23,6 @@ from hacluster.store import (
     check_wal_options,
     has_database,
     latest_options_file,
-    writes_in,
 )
 from hacluster.wal.batch import (
     DELETE,

@@ -3,7 +3,7 @@
 Owns one client's watch: reading the primary's WAL from the asked seq on (a private reader per
 watch; the part older than the live feed's ring is read off the event loop), choosing the
 changes under the prefix, one line per client write (a WAL record of a promoted replica holds
-a run of the former primary's writes: ``store.writes_in`` finds each again), holding back what
+a run of the former primary's writes: ``key_seqs.writes_in`` finds each again), holding back what
 is not yet acknowledged per the replication mode (``Node.acknowledged_through``), the progress
 lines, and cutting a watcher that stops reading.
 It must never deliver a change above ``acknowledged_through`` (in sync mode a failover could
@@ -43,7 +43,7 @@ from aiohttp import web
 
 from hacluster.api.common import error, to_primary
 from hacluster.api.counters import WatchStats
-from hacluster.store import writes_in
+from hacluster.key_seqs import writes_in
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE, Op, WalBatch
 from hacluster.wal.errors import WalError, WalGone, WalNotAtBoundary
 from hacluster.wal.reader import WalReader

@@ -36,7 +36,8 @@ from hacluster.backup.layout import (
 )
 from hacluster.backup.objects import Archive
 from hacluster.config.model import StorageConfig
-from hacluster.store import SEQ_CF, Store, StoreError
+from hacluster.key_seqs import SEQ_CF
+from hacluster.store import Store, StoreError
 from hacluster.wal.errors import WalError
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,9 @@ from typing import IO, Any
 import cbor2
 
 from hacluster.fsutil import fsync_path
+from hacluster.key_seqs import writes_in
 from hacluster.lineage.labels import Divergence
-from hacluster.store import Store, writes_in
+from hacluster.store import Store
 from hacluster.wal.batch import DELETE, DELETE_RANGE, PUT, SINGLE_DELETE
 from hacluster.wal.errors import WalError, WalGone
 from hacluster.wal.reader import WalReader

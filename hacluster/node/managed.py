@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import rocksdict
 
+from hacluster.groupsync import NATIVE, NativeWalSync
 from hacluster.managed.checkpoint import create_foreign_checkpoint, verify_continuation
 from hacluster.managed.options import (
     ManagedDbError,
@@ -98,6 +99,8 @@ class ManagedRole:
     _lease_task: asyncio.Task[None] | None = None
     options_watch: OptionsWatch | None = None    # while the service runs as primary
     _reopen_due = False           # options refused: reopen the database once the service stops
+    _service_syncer: NativeWalSync | None = None     # the service's WAL, while primary
+    _syncer_refused = False
 
     if TYPE_CHECKING:
         cfg: ClusterConfig
@@ -410,6 +413,29 @@ class ManagedRole:
 
     def sync_service_wal(self) -> None:
         sync_live_wal(self.db_dir)
+
+    def service_syncer(self) -> NativeWalSync | None:
+        """A managed primary's native syncer of the service's WAL, made on first use once the
+        service has made its database directory: a round fsyncs the logs the feed read (the
+        service wrote them before it began), new ones learnt from inotify. None without the C
+        module or when it could not watch the directory: ``sync_service_wal`` then runs in the
+        Python sync thread."""
+        if (self._service_syncer is None and NATIVE and self.cfg.managed
+                and self.feed is not None and not self._syncer_refused
+                and self.db_dir.is_dir()):
+            try:
+                self._service_syncer = NativeWalSync(self.db_dir)
+            except OSError as exc:
+                self._syncer_refused = True
+                log.warning("%s: the native WAL syncer cannot watch %s (%s); the service's "
+                            "WAL is synced from a Python thread", self.name, self.db_dir, exc)
+        return self._service_syncer
+
+    def _close_service_syncer(self) -> None:
+        self._syncer_refused = False
+        syncer, self._service_syncer = self._service_syncer, None
+        if syncer is not None:
+            syncer.close()
 
     async def wait_held(self, seq: int, timeout: float) -> dict[str, Any]:
         """``GET /v1/wait``: return once ``seq`` is durable here and held per the mode (sync:

@@ -29,8 +29,9 @@ from hacluster.api.counters import WatchStats
 from hacluster.config import ClusterConfig, NodeConfig
 from hacluster.consensus import settings
 from hacluster.fencing import WriteGate
-from hacluster.groupsync import NATIVE, GroupSync, NativeWalSync
+from hacluster.groupsync import GroupSync, NativeWalSync
 from hacluster.hooks import Hooks
+from hacluster.key_seqs import SEQ_CF
 from hacluster.lineage.labels import Lineage
 from hacluster.lineage.tails import (
     prune_divergence,
@@ -54,7 +55,7 @@ from hacluster.role import Role
 from hacluster.security import certs
 from hacluster.security.tls import Contexts
 from hacluster.space import SpaceGuard
-from hacluster.store import SEQ_CF, Store, StoreSlot, has_database
+from hacluster.store import Store, StoreSlot, has_database
 from hacluster.watchdog import Watchdog, WatchdogError
 
 if TYPE_CHECKING:
@@ -107,8 +108,6 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
         # releases carry it into Raft as the floor no successor may be below).
         self.acked_seq = 0
         self.wal_sync = GroupSync(self.latest_seq, self._sync_wal, self._native_wal_sync)
-        # A managed primary's native syncer of the service's WAL (while primary only).
-        self._service_syncer: NativeWalSync | None = None
         self.disk_full: str | None = None     # set by a RocksDB space error, until reopened
         self._stopping = False                # stop() began: no write waits for replicas
         st = cfg.storage
@@ -178,25 +177,7 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
 
     def _native_wal_sync(self) -> NativeWalSync | None:
         store = self.store
-        return store.native_wal_sync() if store is not None else self._service_syncer
-
-    def _open_service_syncer(self) -> None:
-        """A managed primary syncs the service's WAL through the native syncer: it fsyncs
-        the logs the feed read (written before the round began, by the service) and learns of
-        new ones from inotify. Without the C module, or when it cannot start (out of inotify
-        instances, say), the Python thread lists and fsyncs them each round."""
-        if not NATIVE or self._service_syncer is not None:
-            return
-        try:
-            self._service_syncer = NativeWalSync(self.db_dir)
-        except OSError as exc:
-            log.warning("%s: the native WAL syncer cannot watch %s (%s); the service's WAL "
-                        "is synced from a Python thread", self.name, self.db_dir, exc)
-
-    def _close_service_syncer(self) -> None:
-        syncer, self._service_syncer = self._service_syncer, None
-        if syncer is not None:
-            syncer.close()
+        return store.native_wal_sync() if store is not None else self.service_syncer()
 
     @property
     def durable_acks(self) -> bool:
@@ -273,7 +254,6 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
             column_families = self.service_column_families
             create = self.service_checkpoint
             poll = app.poll_interval_ms / 1000
-            self._open_service_syncer()
         self.feed = WalFeed(self.db_dir, start_seq, lambda: self.role.epoch, poll_interval=poll)
         self.feed.start()
         self.source = ReplicationSource(
