@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +47,21 @@ class Trio:
 
     def stop(self, i: int) -> None:
         self.nodes.pop(i).stop()
+
+    def propose_all(self, i: int, cmds: dict[int, object], timeout: float = 30.0) -> list[int]:
+        """Propose every command at once; the keys of those not committed (None answers)."""
+        answered: dict[int, bool | None] = {}
+        all_done = threading.Event()
+
+        def done(k: int, ok: bool | None, proposed_at: float) -> None:
+            answered[k] = ok
+            if len(answered) == len(cmds):
+                all_done.set()
+
+        for k, cmd in cmds.items():
+            self.nodes[i].propose(cmd, functools.partial(done, k))  # type: ignore[arg-type]
+        assert all_done.wait(timeout), f"{len(answered)} of {len(cmds)} proposals answered"
+        return sorted(k for k, ok in answered.items() if ok is None)
 
     def propose_and_wait(self, i: int, cmd: object, timeout: float = 10.0) -> bool:
         done = threading.Event()
@@ -183,8 +199,14 @@ def test_log_is_compacted_into_a_dump_and_a_restart_replays_it(tmp_path: Path) -
             partners = [a for j, a in enumerate(t.addrs) if j != i]
             t.nodes[i] = RaftNode(t.addrs[i], partners, tmp_path / f"n{i}", PASSWORD, timing)
             t.nodes[i].start()
-        for k in range(120):
-            assert t.propose_and_wait(0, Report("n0", "http://n0", k, "replica", True))
+        assert t.propose_and_wait(0, Report("n0", "http://n0", 0, "replica", True))
+        # The rest in flight together (one at a time took 12 s); any not committed goes again,
+        # and the last one only after all others, so it is the one the state keeps.
+        pending = list(range(1, 119))
+        while pending:
+            pending = t.propose_all(0, {k: Report("n0", "http://n0", k, "replica", True)
+                                        for k in pending})
+        assert t.propose_and_wait(0, Report("n0", "http://n0", 119, "replica", True))
         # Past 30 entries each node dumps its state and drops the log it covers.
         wait_for(lambda: all(n.raft_status()["log_len"] < 60 for n in t.nodes.values()), 15,
                  "every node to compact its log")
