@@ -335,8 +335,8 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
         if self.feed:
             await self.feed.stop()
         self.feed = None
-        # Made again by the next _start_primary: a reinit may have put another database
-        # directory under the same path.
+        # Made again on the first round after the next promotion: a reinit may have put
+        # another database directory under the same path.
         self._close_service_syncer()
         self.source = None
         self.checkpoints = None
