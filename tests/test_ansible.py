@@ -97,11 +97,15 @@ def run_playbook(tmp: Path, playbook: str, inventory: Path, log_name: str,
     exits with ``rc``."""
     assert ANSIBLE_PLAYBOOK is not None
     log = tmp / log_name
+    started = time.monotonic()
+    # The log_path copy has a timestamp on every line: where a slow run spent its time.
+    env = ansible_env(tmp) | {"ANSIBLE_LOG_PATH": str(log.with_suffix(".timed.log"))}
     with open(log, "wb") as out:
         proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(inventory), playbook, *extra],
-                              cwd=ANSIBLE_DIR, env=ansible_env(tmp), stdout=out,
+                              cwd=ANSIBLE_DIR, env=env, stdout=out,
                               stderr=subprocess.STDOUT, timeout=timeout, check=False)
     text = log.read_text(errors="replace")
+    print(f"{log_name}: {playbook} took {time.monotonic() - started:.1f} s")
     assert proc.returncode == rc, (f"ansible-playbook {playbook} exited {proc.returncode} "
                                   f"(full output: {log}):\n{failure_summary(tmp, text)}"
                                   f"\n--- the output's end ---\n{text[-3000:]}")
@@ -616,11 +620,9 @@ def test_site_then_rolling_upgrade_then_add_and_remove_a_node_lose_no_write(
     data = first / "data"
     assert (data.owner(), data.stat().st_mode & 0o777) == (deploy.user, 0o750)
 
-    # 2. A second run changes nothing and restarts nothing.
-    again = recap(run_playbook(tmp_path, "site.yml", deploy.inventory, "site-2.log"))
-    assert set(again) == set(NAMES), again
-    assert all(row["changed"] == 0 and row["failed"] == 0 for row in again.values()), again
-    assert deploy.pids() == pids
+    # 2. That a second run changes nothing and restarts nothing is checked once, in step 9,
+    # on the upgraded, rotated cluster: the same playbook on the same hosts (a run here cost
+    # 25 s of the suite and found nothing step 9 would not).
 
     # 3. site.yml does not upgrade a running node: that is the rolling upgrade's job.
     deploy.write_inventory(hacluster_package_file=str(upgrade_wheel))
@@ -704,9 +706,7 @@ def test_site_then_rolling_upgrade_then_add_and_remove_a_node_lose_no_write(
             hacluster_admin_token=NEW_ADMIN_TOKEN,
             hacluster_replication_token=NEW_REPLICATION_TOKEN,
             hacluster_raft_password_next=NEXT_RAFT_PASSWORD)
-        started = time.monotonic()
         rotated = run_playbook(tmp_path, "rotate-secrets.yml", deploy.inventory, "rotate.log")
-        rotation_s = time.monotonic() - started
         assert "move hacluster_raft_password_next into hacluster_raft_password" in rotated, \
             rotated[-3000:]
         deploy.admin_token = NEW_ADMIN_TOKEN
@@ -741,12 +741,12 @@ def test_site_then_rolling_upgrade_then_add_and_remove_a_node_lose_no_write(
                                                   NEW_REPLICATION_ENTRY)],
             hacluster_retired_token_ids=[])
         again = recap(run_playbook(tmp_path, "site.yml", deploy.inventory, "site-5.log"))
+        assert set(again) == set(deploy.names), again
         assert all(row["changed"] == 0 and row["failed"] == 0 for row in again.values()), again
         assert deploy.pids() == rotated_pids
         writer.wait_acked(100, 30, since=time.monotonic())
     finally:
         history = writer.stop()
-    print(f"rotate-secrets.yml took {rotation_s:.0f} s")
 
     # 10. Every node has the primary's data; only switchovers, no failover; no request of the
     # writer refused for its credentials.
