@@ -29,7 +29,7 @@ from typing import Any
 from hacluster.background import yield_to_event_loop
 
 try:
-    from hacluster import _walsync  # type: ignore[attr-defined]
+    from hacluster import _walsync
 except ImportError:  # the optional C module was not built: FlushWAL in a Python thread
     _walsync = None
 

@@ -20,15 +20,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hacluster.client import Client
 from hacluster.client.errors import HaclusterError, OutcomeUnknown
 from hacluster.config import ConfigError
 from hacluster.config.dynamic import DYNAMIC_KEYS, check_key, parse_value
 from hacluster.tools.ctl import table
+
+if TYPE_CHECKING:
+    from hacluster.client import Client
 
 Confirm = Callable[[str, bool], "int | None"]
 

@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hacluster.client import Client, HaclusterError, NoLeader, OutcomeUnknown, RequestFailed
+from hacluster.client.errors import HaclusterError, NoLeader, OutcomeUnknown, RequestFailed
 from hacluster.config import ClusterConfig
 from hacluster.tools import catchup
 from hacluster.tools.progress import progress
 
 if TYPE_CHECKING:
+    from hacluster.client import Client
     from hacluster.replication.bootstrap import Bootstrapper
 
 WAIT_S = 30.0

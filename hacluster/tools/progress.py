@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 # Plain lines: often enough that a log shows work going on, rarely enough not to flood it.
 PLAIN_INTERVAL_S = 5.0
@@ -208,6 +209,8 @@ def progress(total: int | None, desc: str, unit: str = "B", stream: TextIO | Non
     when it ends with an exception (then as "stopped after")."""
     out = sys.stderr if stream is None else stream
     if is_terminal(out):
+        from tqdm import tqdm  # only for a terminal: every node process imports this module
+
         # tqdm writes "12.3MB" but "12seq": words get their space.
         bar = tqdm(total=total, desc=desc, unit=unit if unit == "B" else f" {unit}",
                    unit_scale=unit == "B", file=out, mininterval=0.2, leave=True,
