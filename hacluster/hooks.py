@@ -49,7 +49,8 @@ class Hooks:
             log.error("%s: %s hook %r could not start: %s", self.node, event, command, exc)
             return
         try:
-            _, err = await asyncio.wait_for(proc.communicate(), self.cfg.timeout_s)
+            async with asyncio.timeout(self.cfg.timeout_s):
+                _, err = await proc.communicate()
         except TimeoutError:
             # The whole process group: the shell's children go too.
             with contextlib.suppress(ProcessLookupError):

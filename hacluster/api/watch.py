@@ -330,8 +330,9 @@ def add_routes(app: web.Application, node: ServedNode, stats: WatchStats) -> Non
                 stats.count_end(str(exc.status))
                 log.info("watch from %s ended at seq %d: %s", who, w.next_seq, exc)
                 try:
-                    await asyncio.wait_for(resp.write(w.encode(
-                        {"error": str(exc), "status": exc.status, **exc.extra})), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await resp.write(w.encode(
+                            {"error": str(exc), "status": exc.status, **exc.extra}))
                 except (TimeoutError, ConnectionError):
                     pass
         except ConnectionError:

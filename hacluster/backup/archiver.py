@@ -374,7 +374,8 @@ class Archiver:
                 continue
             self._base_wake.clear()
             try:
-                await asyncio.wait_for(self._base_wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._base_wake.wait()
             except TimeoutError:
                 pass
 

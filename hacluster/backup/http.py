@@ -43,7 +43,10 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
                               "starting)")
         fut = archiver.request_base()
         try:
-            summary = await asyncio.wait_for(asyncio.shield(fut), wait_s) if wait_s else None
+            summary = None
+            if wait_s:
+                async with asyncio.timeout(wait_s):
+                    summary = await asyncio.shield(fut)
         except TimeoutError:
             summary = None
         except BackupError as exc:

@@ -142,7 +142,8 @@ class ControlLoop(OperatorRequests, SyncSetProposals):
                 await self._watch_standbys(state, now + delay)
             else:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
             self._wake.clear()
@@ -159,8 +160,8 @@ class ControlLoop(OperatorRequests, SyncSetProposals):
             if ready() - known:
                 return
             try:
-                await asyncio.wait_for(self._wake.wait(),
-                                       min(SYNC_WATCH_EVERY_S, until - time.monotonic()))
+                async with asyncio.timeout(min(SYNC_WATCH_EVERY_S, until - time.monotonic())):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -138,7 +138,8 @@ class OperatorRequests:
 
         start(lambda ok: loop.call_soon_threadsafe(settle, ok))
         try:
-            return await asyncio.wait_for(result, timeout)
+            async with asyncio.timeout(timeout):
+                return await result
         except TimeoutError:
             return None
 

@@ -151,7 +151,8 @@ class Service:
                 with contextlib.suppress(OSError):
                     os.killpg(proc.pid, self.spec.stop_signal)
             try:
-                await asyncio.wait_for(exited.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await exited.wait()
                 how = (f"stopped by {sig} in {time.monotonic() - began:.1f} s"
                        if not self._killed else "already killed")
             except TimeoutError:
@@ -213,7 +214,8 @@ class Service:
             if not self.running or exited is None or left <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(exited.wait(), min(self.spec.health_interval_s, left))
+                async with asyncio.timeout(min(self.spec.health_interval_s, left)):
+                    await exited.wait()
 
     async def _url_ok(self, url: str) -> bool:
         try:
@@ -236,7 +238,8 @@ class Service:
             return False
         finished = False
         try:
-            code = await asyncio.wait_for(proc.wait(), HEALTH_COMMAND_TIMEOUT_S)
+            async with asyncio.timeout(HEALTH_COMMAND_TIMEOUT_S):
+                code = await proc.wait()
             finished = True
             return code == 0
         except TimeoutError:

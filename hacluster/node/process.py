@@ -450,6 +450,8 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
         self.gate.close(f"following {primary}" if primary else "no primary")
         self.watchdog.disarm("demoted" if self.is_primary else "not the primary")
         async with self._role_lock:
+            if self._stopping:
+                return                  # stop() takes the parts down; nothing new starts
             if self.role == Role(primary, epoch) and (
                     primary is None or self.follower is not None):
                 return
