@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import hacluster
+from hacluster.testing import harness
 
 # Modules whose tests need root (namespaces, mounts, a system user) and nothing CI lacks.
 NEEDS_ROOT = {
@@ -51,3 +52,22 @@ def pytest_runtest_makereport(item: pytest.Item,
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid} was skipped under CI=true, where it must run: "
                            f"{reason}")
+
+
+@pytest.fixture(autouse=True)
+def _nodes_stop_on_sigterm() -> Generator[None, None, None]:
+    """A node the test stopped must have exited on SIGTERM, not been killed after
+    harness.STOP_TIMEOUT_S: a hang on stop is a bug (a rolling restart would stall on it), and
+    it costs the suite the whole wait."""
+    before = len(harness.STOP_HANGS)
+    yield
+    hangs = harness.STOP_HANGS[before:]
+    if hangs:
+        pytest.fail("a node did not stop on SIGTERM: " + "; ".join(hangs), pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Module- and session-scoped clusters stop after the last test's check above.
+    if harness.STOP_HANGS and exitstatus == 0:
+        print("\nnodes that did not stop on SIGTERM:\n  " + "\n  ".join(harness.STOP_HANGS))
+        session.exitstatus = 1
