@@ -292,6 +292,7 @@ class ManagedRole:
         lease_end = time.monotonic() + self.gate.lease_left()
         stopping: asyncio.Future[Any] | None = None
         frozen: int | None = None
+        fenced = False                  # killed at the lease's end; started again on renewal
         looked = listed = 0.0
         while self.is_primary and not self._stopping:
             await asyncio.sleep(LEASE_WATCH_S)
@@ -308,6 +309,7 @@ class ManagedRole:
             if left <= 0:
                 if pid is not None:
                     self.service.fence(f"the lease of epoch {self.role.epoch} ended")
+                    fenced = True
                 frozen = None
                 continue
             if not is_open:
@@ -331,10 +333,12 @@ class ManagedRole:
                 _signal_group(frozen, signal.SIGCONT)
                 log.info("%s: lease renewed (%.3f s left): service resumed", self.name, left)
                 frozen = None
-            if stopping is not None and stopping.done() and not self.service.running:
+            # Stopped (gate closed) or killed (lease over), then renewed: the lock is ours.
+            if ((fenced or (stopping is not None and stopping.done()))
+                    and not self.service.running):
                 log.info("%s: lease renewed (%.3f s left): starting the service again",
                          self.name, left)
-                stopping = None
+                stopping, fenced = None, False
                 await self.service.want("primary", self.service_env("primary"))
                 self._record_service_pid()
 
