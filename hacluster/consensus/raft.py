@@ -286,7 +286,10 @@ class RaftNode:
                 now = last_failure = time.monotonic()
                 if failing_since is None:
                     failing_since = now
-                    log.error("Raft ticks failing (retrying): %s: %s", type(exc).__name__, exc)
+                    # The first failure with its traceback: where a tick broke (a borrow error
+                    # of a Rust-backed object once, with no clue to which).
+                    log.error("Raft ticks failing (retrying): %s: %s", type(exc).__name__, exc,
+                              exc_info=True)
                 self.tick_error = f"{type(exc).__name__}: {exc}"
                 self._shed_leadership(now)
                 self._run_calls()
