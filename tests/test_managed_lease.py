@@ -21,6 +21,7 @@ import pytest
 from hacluster.managed.policy import ServiceSpec
 from hacluster.managed.supervisor import Supervisor
 from hacluster.node.managed import ManagedRole
+from hacluster.testing.harness import process_state
 
 LEASE_S = 0.6
 
@@ -61,14 +62,6 @@ class Primary(ManagedRole):
         return None
 
 
-def state_of(pid: int) -> str | None:
-    """The process's state letter (T: stopped), or None once it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
 async def until(check: Any, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -91,18 +84,18 @@ def test_the_lease_watch_freezes_thaws_and_ends_the_service(tmp_path: Path, endi
         watch = asyncio.get_running_loop().create_task(node._lease_watch())
         try:
             await asyncio.sleep(0.05)
-            assert state_of(pid) in ("S", "R")
+            assert process_state(pid) in ("S", "R")
             node.gate.left = 0.15                       # type: ignore[attr-defined]
-            await until(lambda: state_of(pid) == "T")   # frozen: it cannot write
+            await until(lambda: process_state(pid) == "T")   # frozen: it cannot write
             node.gate.left = 0.5                        # type: ignore[attr-defined]
-            await until(lambda: state_of(pid) in ("S", "R"))
+            await until(lambda: process_state(pid) in ("S", "R"))
             assert node.service.pid == pid and node.service.running   # thawed, not restarted
             if ending == "lease over":
                 node.gate.left = 0.0                    # type: ignore[attr-defined]
             else:
                 node.gate.left = 0.4                    # type: ignore[attr-defined]
                 node.gate.closed = "switchover to n2"   # type: ignore[attr-defined]
-            await until(lambda: state_of(pid) is None or state_of(pid) == "Z")
+            await until(lambda: process_state(pid) is None or process_state(pid) == "Z")
             await until(lambda: not node.service.running)       # type: ignore[union-attr]
             code = node.service.service.last_exit_code
             # Gone by SIGKILL at the lease's end, or by its stop signal while the lease ran.

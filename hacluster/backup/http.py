@@ -42,13 +42,13 @@ def add_routes(app: web.Application, node: ServedNode) -> None:
             return error(503, f"no archiver runs on {node.name} (managed mode, or it is "
                               "starting)")
         fut = archiver.request_base()
+        summary = None              # none yet: answered 202, the base backup goes on
         try:
-            summary = None
             if wait_s:
                 async with asyncio.timeout(wait_s):
                     summary = await asyncio.shield(fut)
         except TimeoutError:
-            summary = None
+            pass
         except BackupError as exc:
             return error(503, f"base backup failed: {exc}")
         if summary is None:

@@ -34,13 +34,17 @@ STOP_TIMEOUT_S = 20.0
 STOP_HANGS: list[str] = []
 
 
-def _paused(pid: int) -> bool:
-    """The process is stopped (SIGSTOP): its state in /proc is T or t."""
+def process_state(pid: int) -> str | None:
+    """The process's state letter in /proc (T: stopped by a signal), or None once it is gone."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
-    return state in ("T", "t")
+        return None
+
+
+def _paused(pid: int) -> bool:
+    """The process is stopped (SIGSTOP)."""
+    return process_state(pid) in ("T", "t")
 
 
 def free_ports(n: int) -> list[int]:
