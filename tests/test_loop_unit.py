@@ -89,6 +89,14 @@ class FakeNode:
         self.passes: list[Pass] = []
         self._current = Pass()
         self.queries = 0
+        # Port calls made off the event loop's thread (Raft callbacks run on Raft's thread):
+        # must stay empty. The node's state, its store above all, belongs to the loop.
+        self.loop_thread = threading.get_ident()
+        self.off_loop: list[str] = []
+
+    def _on_loop(self, what: str) -> None:
+        if threading.get_ident() != self.loop_thread:
+            self.off_loop.append(f"{what} on thread {threading.current_thread().name}")
 
     def attach(self, loop: ControlLoop) -> None:
         self.control = loop
@@ -105,9 +113,11 @@ class FakeNode:
 
     @property
     def is_primary(self) -> bool:
+        self._on_loop("is_primary")
         return self.primary
 
     def local_state(self) -> LocalState:
+        self._on_loop("local_state")
         self.queries += 1
         return LocalState(
             seq=self.seq, has_database=self.has_database, is_primary=self.primary,
@@ -117,17 +127,21 @@ class FakeNode:
             acked_seq=self.acked, replicas=())
 
     def latest_seq(self) -> int:
+        self._on_loop("latest_seq")
         return self.seq or 0
 
     def lineage_label(self, seq: int) -> int:
+        self._on_loop("lineage_label")
         if seq <= 0:
             return 0
         return max((e for e, start in self.lineage if start <= seq), default=0)
 
     def leader(self) -> str | None:
+        self._on_loop("leader")
         return self._name if self.primary and self.gate_open else None
 
     def lease_left(self) -> float:
+        self._on_loop("lease_left")
         return LEASE_LEFT if self.primary else 0.0
 
     def close_gate(self, reason: str) -> None:
@@ -218,6 +232,7 @@ class Harness:
         self.root = root
         self.cfg = write_config(root)
         self.loops: list[ControlLoop] = []
+        self.fakes: list[FakeNode] = []
 
     async def start(self, fake: FakeNode | None = None) -> tuple[ControlLoop, FakeNode]:
         fake = fake or FakeNode()
@@ -225,6 +240,7 @@ class Harness:
         fake.attach(loop)
         loop.start()
         self.loops.append(loop)
+        self.fakes.append(fake)
         await until(loop.raft.ready.is_set, "the Raft log to be replayed")
         return loop, fake
 
@@ -239,6 +255,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Harness]:
     yield h
     for loop in list(h.loops):
         await h.stop(loop)
+    # Every test: the loop never reached into its node from Raft's thread.
+    for fake in h.fakes:
+        assert not fake.off_loop, fake.off_loop[:5]
 
 
 async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hacluster.aiotasks import cancel_and_wait
@@ -178,9 +179,14 @@ class ControlLoop(OperatorRequests, SyncSetProposals):
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_raft(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` on the event loop (Raft callbacks arrive on the Raft thread)."""
+        """Run the coroutine ``fn(*args)`` on the event loop (Raft callbacks arrive on the Raft
+        thread)."""
+        self._on_loop(lambda: self._loop_task(fn(*args)))
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Call ``fn(*args)`` on the event loop, from the Raft thread."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(fn(*args)))
+        self._loop.call_soon_threadsafe(fn, *args)
 
     def _observe(self, state: ClusterState, now: float, me: LocalState) -> Observation:
         # Read after the snapshot was taken, so a clock sample is never timed before the
@@ -396,18 +402,28 @@ class ControlLoop(OperatorRequests, SyncSetProposals):
         node = self.node
 
         def renewed(ok: bool | None, proposed_at: float) -> None:
-            if ok and self._claimed_epoch == epoch and \
-                    node.latest_seq() == self._claimed_start - 1:
-                # Renewed as ours while we held exactly the data it starts after: ours from
-                # now on, whatever this node writes in it.
-                self._claim_confirmed = True
-            # During a switchover, or once fencing failed in this epoch, the lease is kept but
-            # the gate stays shut (the node checks both again under its role lock).
-            if ok and not self.switching and self.fencing_refusal(epoch) is None:
-                self._on_raft(node.become_primary, epoch, proposed_at)
+            # On the Raft thread: nothing of the node is touched here. Its store may be
+            # closing on the loop this very moment (a managed node handing its database to
+            # the service), and a Rust-backed handle used from two threads raises
+            # "Already mutably borrowed" — inside Raft's tick, which then fails.
+            if ok:
+                self._on_loop(self._renewed, epoch, proposed_at)
 
         me = node.local_state()
         self.raft.propose(Renew(node.name, epoch, me.seq or 0, me.acked_seq), renewed)
+
+    def _renewed(self, epoch: int, proposed_at: float) -> None:
+        """On the event loop, after a renewal of ``epoch`` committed (proposed at
+        ``proposed_at``): the node reads its own state on its own thread."""
+        node = self.node
+        if self._claimed_epoch == epoch and node.latest_seq() == self._claimed_start - 1:
+            # Renewed as ours while we held exactly the data it starts after: ours from now
+            # on, whatever this node writes in it.
+            self._claim_confirmed = True
+        # During a switchover, or once fencing failed in this epoch, the lease is kept but the
+        # gate stays shut (the node checks both again under its role lock).
+        if not self.switching and self.fencing_refusal(epoch) is None:
+            self._loop_task(node.become_primary(epoch, proposed_at))
 
     async def _acquire(self, effect: ProposeAcquire, state: ClusterState) -> None:
         node, lock, epoch = self.node, state.lock, effect.epoch
