@@ -475,7 +475,7 @@ async def test_the_batches_of_one_read_are_one_write_here_with_the_same_seqs(
     await wait_until(lambda: primary.acked() == 16, why="an ack of seq 16")
     assert r.contents() == values(*(f"k{i}{x}" for i in range(8) for x in "ab"))
     st = r.follower.status
-    assert (st.batches_applied, st.ops_applied) == (8, 16)
+    assert (st.batches_applied, st.runs_applied, st.ops_applied) == (8, 1, 16)
     records = [(b.seq, b.count) for b in WalReader(r.db_dir, 1).read()]
     assert records == [(1, 16)], records
 

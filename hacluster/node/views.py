@@ -256,8 +256,8 @@ class NodeViews:
                 "state": st.state, "error": st.error, "primary_seq": st.primary_seq,
                 "lag": probes.lag(view),
                 "connects": st.connects, "batches_applied": st.batches_applied,
-                "ops_applied": st.ops_applied, "bootstraps": st.bootstraps,
-                "bootstrap_bytes": st.bootstrap_bytes,
+                "runs_applied": st.runs_applied, "ops_applied": st.ops_applied,
+                "bootstraps": st.bootstraps, "bootstrap_bytes": st.bootstrap_bytes,
                 "bootstrap": bootstrap_view(progress_of(self.data_dir), view),
             }
         if self.control:

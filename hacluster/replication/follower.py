@@ -69,6 +69,7 @@ class FollowerStatus:
     primary_seq: int | None = None
     connects: int = 0
     batches_applied: int = 0
+    runs_applied: int = 0     # RocksDB writes the batches went in (several per run)
     ops_applied: int = 0
     bootstraps: int = 0
     bootstrap_bytes: int = 0
@@ -364,6 +365,7 @@ class Follower:
         if self.status.primary_seq is None or last.last_seq > self.status.primary_seq:
             self.status.primary_seq = last.last_seq
         self.status.batches_applied += len(taken)
+        self.status.runs_applied += 1
         self.status.ops_applied += sum(f.count for f in taken)
         self._acks.update(last.last_seq)
         if self._trace:
