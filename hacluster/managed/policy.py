@@ -1,26 +1,33 @@
 """What the managed service is and the supervisor's decisions, as pure functions.
 
 Owns ``ServiceSpec`` (the commands, signals, timeouts and health check of the operator's
-service), ``restart_decision`` (restart after an unexpected exit, or give up after
-``max_restarts`` within ``restart_window_s``), ``backoff_s``, ``reconcile`` (the next step from
-what is wanted and what runs) and ``child_env`` (the node's environment minus the secrets). It
-must never start, signal or wait for a process: that is ``service``'s and ``supervisor``'s.
+service) and ``service_spec`` (a node's, from the config), ``restart_decision`` (restart after
+an unexpected exit, or give up after ``max_restarts`` within ``restart_window_s``),
+``backoff_s``, ``reconcile`` (the next step from what is wanted and what runs) and ``child_env``
+(the node's environment minus the secrets). It must never start, signal or wait for a process:
+that is ``service``'s and ``supervisor``'s.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hacluster.config import SECRET_ENVS
+
+if TYPE_CHECKING:
+    from hacluster.config import ApplicationConfig
 
 Role = Literal["primary", "replica"]
 ROLES: tuple[Role, ...] = ("primary", "replica")
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
+LAUNCHER = Path(__file__).resolve().parent / "launch.py"
 
 
 class ServiceError(RuntimeError):
@@ -45,6 +52,30 @@ class ServiceSpec:
 
     def command(self, role: Role) -> tuple[str, ...] | None:
         return self.primary_command if role == "primary" else self.replica_command
+
+
+def service_spec(app: ApplicationConfig, node: str, log_dir: Path) -> ServiceSpec:
+    """The spec of ``node``'s service from the config: commands wrapped in ``launch`` so that
+    the service dies with this process (a SIGKILLed hacluster leaves no writer behind)."""
+    def wrapped(role: str) -> tuple[str, ...] | None:
+        argv = app.command_for(role, node)
+        if argv is None:
+            return None
+        # By path, not ``-m``: importing the hacluster package would add half a second to
+        # every start (and so to every failover).
+        return (sys.executable, "-I", str(LAUNCHER), str(os.getpid()), "--", *argv)
+
+    primary = wrapped("primary")
+    assert primary is not None
+    health_url = app.health_url.replace("{node}", node) if app.health_url else None
+    return ServiceSpec(
+        primary_command=primary, replica_command=wrapped("replica"),
+        stop_signal=int(signal.Signals[app.stop_signal]), stop_timeout_s=app.stop_timeout_s,
+        start_timeout_s=app.start_timeout_s, health_url=health_url,
+        health_command=app.health_command, health_interval_s=app.health_interval_s,
+        env=dict(app.env), cwd=app.cwd, max_restarts=app.max_restarts,
+        restart_window_s=app.restart_window_s,
+        log_file=app.log_file_for(node) or log_dir / "service.log")
 
 
 # -- decisions --------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,7 @@ from hacluster.managed.options import (
     refuse_if_in_use,
 )
 from hacluster.managed.options_watch import OptionsWatch
-from hacluster.managed.policy import ServiceSpec
+from hacluster.managed.policy import service_spec
 from hacluster.managed.repair import give_db_back
 from hacluster.managed.supervisor import Supervisor
 from hacluster.managed.wal_sync import sync_live_wal
@@ -47,7 +46,7 @@ from hacluster.node_errors import NotWritable, OutcomeUnknown, WaitTimeout
 from hacluster.store import has_database
 
 if TYPE_CHECKING:
-    from hacluster.config import ApplicationConfig, ClusterConfig, NodeConfig
+    from hacluster.config import ClusterConfig, NodeConfig
     from hacluster.consensus.loop import ControlLoop
     from hacluster.fencing import WriteGate
     from hacluster.groupsync import GroupSync
@@ -64,31 +63,6 @@ OPTIONS_LOOK_S = 0.1          # how often it looks for a new OPTIONS file (a sta
 OPTIONS_LIST_S = 1.0          # and lists the directory whatever its mtime says
 LOCK_RELEASE_WAIT_S = 5.0     # a stopped service's LOCK is the kernel's to release: not long
 PID_FILE = "service.pid"
-LAUNCHER = Path(__file__).resolve().parent.parent / "managed" / "launch.py"
-
-
-def service_spec(app: ApplicationConfig, node: str, log_dir: Path) -> ServiceSpec:
-    """The supervisor's view of the config: commands wrapped in ``launch`` so that the
-    service dies with this process (a SIGKILLed hacluster leaves no writer behind)."""
-    def wrapped(role: str) -> tuple[str, ...] | None:
-        argv = app.command_for(role, node)
-        if argv is None:
-            return None
-        # By path, not ``-m``: importing the hacluster package would add half a second to
-        # every start (and so to every failover).
-        return (sys.executable, "-I", str(LAUNCHER), str(os.getpid()), "--", *argv)
-
-    primary = wrapped("primary")
-    assert primary is not None
-    health_url = app.health_url.replace("{node}", node) if app.health_url else None
-    return ServiceSpec(
-        primary_command=primary, replica_command=wrapped("replica"),
-        stop_signal=int(signal.Signals[app.stop_signal]), stop_timeout_s=app.stop_timeout_s,
-        start_timeout_s=app.start_timeout_s, health_url=health_url,
-        health_command=app.health_command, health_interval_s=app.health_interval_s,
-        env=dict(app.env), cwd=app.cwd, max_restarts=app.max_restarts,
-        restart_window_s=app.restart_window_s,
-        log_file=app.log_file_for(node) or log_dir / "service.log")
 
 
 class ManagedRole:
@@ -97,6 +71,7 @@ class ManagedRole:
 
     service: Supervisor | None = None
     _lease_task: asyncio.Task[None] | None = None
+    _service_waiter: asyncio.Task[None] | None = None   # starts the replica service later
     options_watch: OptionsWatch | None = None    # while the service runs as primary
     _reopen_due = False           # options refused: reopen the database once the service stops
     _service_syncer: NativeWalSync | None = None     # the service's WAL, while primary
@@ -264,14 +239,17 @@ class ManagedRole:
             await self.service.want(None, {})
         elif has_database(self.db_dir):
             await self.service.want("replica", self.service_env("replica"))
-        else:
-            # A secondary instance needs a database to open: after the bootstrap.
-            asyncio.get_running_loop().create_task(self._replica_service_after_bootstrap())
+        elif self._service_waiter is None or self._service_waiter.done():
+            # A secondary instance needs a database to open: after the bootstrap (one waiter,
+            # however often the node follows meanwhile; a reference, or it could be collected).
+            self._service_waiter = asyncio.get_running_loop().create_task(
+                self._replica_service_after_bootstrap())
         self._record_service_pid()
 
     async def _replica_service_after_bootstrap(self) -> None:
         assert self.service is not None
-        while not self.is_primary and self.role.primary is not None:
+        # Not once stop() began: it stopped the service first, and must not find it running.
+        while not self.is_primary and self.role.primary is not None and not self._stopping:
             if has_database(self.db_dir) and self.store is not None:
                 await self.service.want("replica", self.service_env("replica"))
                 self._record_service_pid()
