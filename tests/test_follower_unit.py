@@ -10,6 +10,8 @@ in ``tmp_path``; assertions read the store's contents and ``latest_seq()`` and t
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,7 @@ class FakePrimary:
         self.on_ack: Callable[[dict[str, Any]], None] | None = None
         self.closing = asyncio.Event()
         self.server: TestServer | None = None
+        self.checkpoint_requests = 0    # each answered 503, as by a node that is not primary
 
     @property
     def url(self) -> str:
@@ -85,7 +88,13 @@ class FakePrimary:
         app.router.add_get("/v1/replication/stream", self._stream)
         app.router.add_post("/v1/replication/ack", self._ack)
         app.router.add_get("/v1/replication/acks", self._channel)
+        app.router.add_post("/v1/replication/checkpoints", self._checkpoint)
         return app
+
+    async def _checkpoint(self, request: web.Request) -> web.Response:
+        self.checkpoint_requests += 1
+        return web.json_response({"error": "n1 is not the primary", "primary": None},
+                                 status=503)
 
     async def _channel(self, request: web.Request) -> web.StreamResponse:
         if not self.channel:
@@ -369,7 +378,9 @@ async def test_an_older_primary_without_the_ack_channel_gets_one_post_per_ack(
 
 
 async def test_resumes_after_the_stream_ends_from_the_seq_it_holds(
-        tmp_path: Path, primary: FakePrimary, replicas: list[Replica]) -> None:
+        tmp_path: Path, primary: FakePrimary, replicas: list[Replica],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hacluster.replication.follower")
     r = Replica(tmp_path, primary)
     replicas.append(r)
 
@@ -389,6 +400,27 @@ async def test_resumes_after_the_stream_ends_from_the_seq_it_holds(
     st = r.follower.status
     assert (st.connects, st.batches_applied, st.ops_applied) == (2, 3, 6)
     assert (st.state, st.error) == ("streaming", None)   # the hello cleared the old error
+    # A clean end (a primary stopping or stepping down) is a warning, never an error.
+    ended = [rec for rec in caplog.records if "primary closed the stream" in rec.getMessage()]
+    assert [rec.levelno for rec in ended] == [logging.WARNING], ended
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+
+
+async def test_a_checkpoint_refused_with_503_is_asked_again_and_warned_not_errored(
+        tmp_path: Path, primary: FakePrimary, replicas: list[Replica],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A node that lost the primary role (or has not opened its sources yet) answers 503:
+    # in a failover a bootstrapping replica meets it as a matter of course.
+    caplog.set_level(logging.INFO, logger="hacluster.replication.follower")
+    r = Replica(tmp_path, primary)
+    shutil.rmtree(r.db_dir)                 # nothing to stream from: it must bootstrap
+    replicas.append(r)
+    r.start()
+    await wait_until(lambda: primary.checkpoint_requests >= 3, why="three checkpoint requests")
+    assert r.follower.status.state in ("backoff", "bootstrapping"), r.follower.status
+    refused = [rec for rec in caplog.records if "HTTP 503" in rec.getMessage()]
+    assert refused and {rec.levelno for rec in refused} == {logging.WARNING}, refused
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
 
 
 async def test_resumes_after_the_connection_drops_mid_frame(

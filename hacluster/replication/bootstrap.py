@@ -40,6 +40,11 @@ class BootstrapError(Exception):
     """The checkpoint could not be fetched or did not verify; nothing was installed."""
 
 
+class CheckpointUnavailable(BootstrapError):
+    """The node asked answered 503: it is not (or no longer, or not yet) the primary, or it
+    cannot make a checkpoint now (busy, its service's database not there yet). Try again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     data_dir: Path
@@ -221,8 +226,9 @@ class Bootstrapper:
         url = f"{self.primary_url}/v1/replication/checkpoints"
         async with session.post(url, json={"node": self.node}, headers=self.headers) as resp:
             if resp.status != 200:
-                raise BootstrapError(f"checkpoint request to {url} failed: HTTP {resp.status} "
-                                     f"{(await resp.text())[:200]}")
+                refused = CheckpointUnavailable if resp.status == 503 else BootstrapError
+                raise refused(f"checkpoint request to {url} failed: HTTP {resp.status} "
+                              f"{(await resp.text())[:200]}")
             manifest: dict[str, Any] = await resp.json()
         log.info("bootstrap: checkpoint %s from %s at seq %d, %d files, %.1f MB",
                  manifest["id"], self.primary_url, manifest["seq"], len(manifest["files"]),

@@ -29,7 +29,12 @@ from hacluster.lineage.labels import Lineage
 from hacluster.replication import frames
 from hacluster.replication.acks import AckSender
 from hacluster.replication.applier import Verdict, check_frame
-from hacluster.replication.bootstrap import BootstrapError, Bootstrapper, install
+from hacluster.replication.bootstrap import (
+    BootstrapError,
+    Bootstrapper,
+    CheckpointUnavailable,
+    install,
+)
 from hacluster.replication.runs import ControlFrame, split_runs
 from hacluster.store import DivergenceError, Store, StoreError, StoreSlot, has_database, no_space
 from hacluster.wal.errors import WalError
@@ -41,6 +46,11 @@ APPLY_TRACE_ENV = "HACLUSTER_APPLY_TRACE"
 
 class StreamError(Exception):
     """The stream ended or carried something we refuse; reconnect after a backoff."""
+
+
+class StreamEnded(StreamError):
+    """The primary ended the stream cleanly: it stopped, stepped down or restarts. Not an
+    error of the data: reconnect (to whichever node is primary by then)."""
 
 
 class NotPrimaryYet(StreamError):
@@ -193,6 +203,12 @@ class Follower:
                 self._fail("backoff", str(exc))
                 log.info("%s: %s", self.node, exc)
                 not_yet = True
+            except (StreamEnded, CheckpointUnavailable) as exc:
+                # Every switchover and restart of a primary ends its streams, and a node that
+                # lost the role meanwhile answers 503: warnings, not errors an operator's
+                # alerting would page on.
+                self._fail("backoff", str(exc))
+                log.warning("%s: %s; trying again", self.node, exc)
             except (StreamError, frames.FrameError, BootstrapError, StoreError) as exc:
                 self._fail("backoff", str(exc))
                 log.error("%s: replication stopped: %s", self.node, exc)
@@ -290,7 +306,7 @@ class Follower:
             if decoder.pending:
                 raise frames.FrameError(f"stream ended inside a frame ({decoder.where()}, "
                                         f"{decoder.pending} bytes of it received)")
-        raise StreamError("primary closed the stream")
+        raise StreamEnded("primary closed the stream")
 
     def _handle_all(self, received: list[frames.Frame]) -> None:
         """The frames of one read, in order; consecutive batches as one write (``runs``)."""
