@@ -7,7 +7,11 @@ every latency, failed requests' included. Then the same clients send ``POST /v1/
 100 ops per request (sync mode). The baselines are measured in the same run: the HTTP ceiling
 (the same load process against a bare aiohttp handler that reads the PUT's body and answers a
 small JSON body, in its own process, for half a phase right before and half right after the
-sync phase), raw local rocksdict puts in this process, and the idle RSS of a node process.
+sync phase), the durable ceiling (the same handler appending each body to a file and answering
+once a group-committed fdatasync covers it: what fsync alone costs an HTTP PUT here; reported as
+``http_durable_ceiling_rate``, ``durable_ceiling_ratio`` and
+``put_durable_ceiling_ratio_sync``, without goals), raw local rocksdict puts in this process,
+and the idle RSS of a node process.
 
 On the sync cluster three more phases run (``bench/client_phases.py``): compare-and-set PUTs
 (``?if_seq=``) from the same load generator (``cas_rate``); the watch lag, write acknowledged
@@ -40,6 +44,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import operator
+import os
 import statistics
 import sys
 import tempfile
@@ -201,13 +206,57 @@ def raw_put_rate(root: Path, seconds: float) -> float:
     return rate
 
 
-def _bare_server(port: int) -> None:
+def _bare_server(port: int, durable_dir: str | None = None) -> None:
     """Runs in its own process: the least an aiohttp server does to answer a PUT (read the
-    body, answer a small JSON body), no middleware. The ceiling the node's PUT is held to."""
+    body, answer a small JSON body), no middleware. The ceiling the node's PUT is held to.
+
+    With ``durable_dir``, the least it does to answer a *durable* PUT: the body appended to a
+    file there, answered once an fdatasync begun after the append returned — group commit,
+    one sync in one thread for every PUT that arrived while the last one ran. What fsync
+    costs an HTTP PUT on this machine, with no database, replication or consensus."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from aiohttp import web
 
+    fd = (os.open(os.path.join(durable_dir, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                  0o600) if durable_dir else -1)
+    waiting: list[asyncio.Future[None]] = []
+    syncing = False
+    pool = ThreadPoolExecutor(1)
+
+    def start_round(loop: asyncio.AbstractEventLoop) -> None:
+        nonlocal syncing
+        covered = waiting[:]
+        waiting.clear()
+        syncing = True
+        loop.run_in_executor(pool, os.fdatasync, fd).add_done_callback(
+            lambda done: ended(loop, covered, done))
+
+    def ended(loop: asyncio.AbstractEventLoop, covered: list[asyncio.Future[None]],
+              done: asyncio.Future[None]) -> None:
+        nonlocal syncing
+        syncing = False
+        error = done.exception()
+        for w in covered:
+            if w.done():
+                continue
+            if error is None:
+                w.set_result(None)
+            else:
+                w.set_exception(error)
+        if waiting:
+            start_round(loop)
+
     async def put(request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
+        if fd >= 0:
+            os.write(fd, body)
+            loop = asyncio.get_running_loop()
+            synced: asyncio.Future[None] = loop.create_future()
+            waiting.append(synced)
+            if not syncing:
+                start_round(loop)
+            await synced
         return web.Response(text='{"seq": 1, "epoch": 1}', content_type="application/json")
 
     app = web.Application()
@@ -333,12 +382,12 @@ def phase_raw(run: Run) -> None:
     run.figures["raw_put_rate"] = round(raw, 1)
 
 
-def phase_http_ceiling(run: Run) -> None:
-    """The same load process against a bare aiohttp PUT handler, for half a phase: run right
-    before and right after the sync phase, so that a machine whose load drifts during the run
-    weighs on both sides of ``put_ceiling_ratio_sync`` alike (the mean is the ceiling)."""
+def bare_load(run: Run, name: str, durable_dir: str | None = None) -> dict[str, Any]:
+    """Half a phase of the load process against a bare aiohttp PUT handler (durable or not),
+    in a process of its own."""
     port = free_ports(1)[0]
-    server = mp.get_context("spawn").Process(target=_bare_server, args=(port,), daemon=True)
+    server = mp.get_context("spawn").Process(target=_bare_server, args=(port, durable_dir),
+                                             daemon=True)
     server.start()
     try:
         import http.client
@@ -353,11 +402,17 @@ def phase_http_ceiling(run: Run) -> None:
 
         wait_for(up, 20, "the bare aiohttp server")
         assert server.pid is not None
-        bare = run.load("http ceiling", None, port, run.seconds / 2,
-                        cpu_of={"server": server.pid})
+        return run.load(name, None, port, run.seconds / 2, cpu_of={"server": server.pid})
     finally:
         server.terminate()
         server.join(10)
+
+
+def phase_http_ceiling(run: Run) -> None:
+    """The same load process against a bare aiohttp PUT handler, for half a phase: run right
+    before and right after the sync phase, so that a machine whose load drifts during the run
+    weighs on both sides of ``put_ceiling_ratio_sync`` alike (the mean is the ceiling)."""
+    bare = bare_load(run, "http ceiling")
     run.log(f"HTTP ceiling: {bare['rate']:.0f} PUTs/s from a bare aiohttp handler, "
             f"p99 {bare['p99_ms']:.2f} ms")
     run.ceilings.append(bare["rate"])
@@ -365,6 +420,18 @@ def phase_http_ceiling(run: Run) -> None:
     run.figures["http_ceiling_rate"] = round(statistics.mean(run.ceilings), 1)
     run.figures["http_ceiling_rates"] = [round(r, 1) for r in run.ceilings]
     run.figures["http_ceiling_p99_ms"] = round(bare["p99_ms"], 3)
+
+
+def phase_durable_ceiling(run: Run) -> None:
+    """The bare handler again, each PUT appended to a file and group-committed with fdatasync
+    before its answer (half a phase, after the second ceiling): what fsync alone costs an HTTP
+    PUT here. Reported, no goal: the sync PUT's rate against it is what durability leaves
+    of the ceiling for the node's own work."""
+    with tempfile.TemporaryDirectory(prefix="durable-", dir=run.root) as where:
+        bare = bare_load(run, "http durable ceiling", where)
+    run.log(f"durable HTTP ceiling: {bare['rate']:.0f} PUTs/s from the bare handler with a "
+            f"group-committed fdatasync per PUT, p99 {bare['p99_ms']:.2f} ms")
+    run.figures["http_durable_ceiling_rate"] = round(bare["rate"], 1)
 
 
 def phase_sync(run: Run) -> None:
@@ -432,8 +499,8 @@ def phase_tls(run: Run) -> None:
 
 
 PHASES: list[Callable[[Run], None]] = [
-    phase_raw, phase_http_ceiling, phase_sync, phase_http_ceiling, phase_async,
-    phase_os_buffer, phase_tls]
+    phase_raw, phase_http_ceiling, phase_sync, phase_http_ceiling, phase_durable_ceiling,
+    phase_async, phase_os_buffer, phase_tls]
 
 
 def ratios(f: dict[str, Any]) -> dict[str, Any]:
@@ -451,6 +518,8 @@ def ratios(f: dict[str, Any]) -> dict[str, Any]:
     ratio("tls_plain_rate_ratio", "put_rate_sync_tls", "put_rate_sync")
     ratio("put_raw_ratio_async", "put_rate_async", "raw_put_rate", 4)
     ratio("put_ceiling_ratio_sync", "put_rate_sync", "http_ceiling_rate")
+    ratio("durable_ceiling_ratio", "http_durable_ceiling_rate", "http_ceiling_rate")
+    ratio("put_durable_ceiling_ratio_sync", "put_rate_sync", "http_durable_ceiling_rate")
     ratio("cas_put_ratio_sync", "cas_rate", "put_rate_sync")
     ratio("client_per_connection_ratio", "client_put_rate_sync", "put_rate_per_connection_sync")
     ratio("client_raw_1conn_ratio", "client_put_rate_sync", "raw_put_rate_1conn")

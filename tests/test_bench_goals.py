@@ -96,3 +96,42 @@ def test_api_cpu_figures_split_a_put_and_compare_it_with_the_bare_handler() -> N
     # A process whose CPU could not be read leaves the figure out rather than guessing it.
     assert bench_api.cpu_figures({"load": 200.0}, ceiling) == {}
     assert "cpu_ceiling_ratio_sync" not in bench_api.cpu_figures(put, [{"load": 1.0}])
+
+
+def test_api_durable_bare_handler_answers_once_each_body_is_in_its_synced_file(
+        tmp_path: Path) -> None:
+    """The durable ceiling's server: every answered PUT's body is in the file (appended before
+    the sync its answer waited for), whatever number of PUTs shared a sync."""
+    import http.client
+    import multiprocessing as mp
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hacluster.testing.harness import free_ports, wait_for
+
+    port = free_ports(1)[0]
+    server = mp.get_context("spawn").Process(target=bench_api._bare_server,
+                                             args=(port, str(tmp_path)), daemon=True)
+    server.start()
+
+    def put(body: bytes) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("PUT", "/v1/kv/k", body=body)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        wait_for(lambda: put(b"first;") == 200, 20, "the durable bare server")
+        bodies = [b"body-%02d;" % i for i in range(20)]
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(put, bodies)) == [200] * 20
+        written = (tmp_path / "log").read_bytes().split(b";")
+        assert sorted(written[:-1]) == sorted([b"first", *(b[:-1] for b in bodies)])
+    finally:
+        server.terminate()
+        server.join(10)
+    figures = {"put_rate_sync": 3000.0, "http_ceiling_rate": 10000.0,
+               "http_durable_ceiling_rate": 6000.0}
+    out = bench_api.ratios(figures)
+    assert out["durable_ceiling_ratio"] == 0.6 and out["put_durable_ceiling_ratio_sync"] == 0.5
