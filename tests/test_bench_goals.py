@@ -131,10 +131,16 @@ def test_api_durable_bare_handler_answers_once_each_body_is_in_its_synced_file(
     finally:
         server.terminate()
         server.join(10)
+
+
+def test_api_ratios_against_the_two_ceilings_and_without_fsync() -> None:
+    """The durable ceiling against the ceiling, the sync PUT against each, and the os_buffer
+    cluster against the ceiling; a figure whose input was not measured is left out."""
     figures = {"put_rate_sync": 3000.0, "http_ceiling_rate": 10000.0,
                "http_durable_ceiling_rate": 6000.0, "put_rate_sync_os_buffer": 4500.0}
     out = bench_api.ratios(figures)
     assert out["durable_ceiling_ratio"] == 0.6 and out["put_durable_ceiling_ratio_sync"] == 0.5
+    assert out["put_ceiling_ratio_sync"] == 0.3
     assert out["put_ceiling_ratio_sync_os_buffer"] == 0.45
     # Without an os_buffer phase the figure is left out, not guessed.
     del figures["put_rate_sync_os_buffer"]
