@@ -24,6 +24,12 @@ A third cluster runs sync mode with ``storage.durability: os_buffer`` (acknowled
 page cache), to show what the default ``fsync`` (acknowledged once on disk, group commit) costs;
 against the ceiling, ``put_ceiling_ratio_sync_os_buffer`` (reported, no goal) is what the node's
 own work leaves of it, apart from durability.
+The sync cluster also takes half a phase of 128 clients, and the bare handler half a phase of
+128 clients after its other phases: at 32 clients the bare handler is saturated but the sync
+cluster, whose acknowledgements take about three times as long, is not. Reported, no goal:
+``put_rate_sync_128_clients`` and ``put_ceiling_ratio_sync_128_clients``, against the higher of
+the two ceilings (32 or 128 clients), so that the ceiling's own fall with more connections
+cannot flatter the cluster.
 A fourth runs sync mode with TLS on every channel (https for the clients' keep-alive
 connections, mutual TLS between the nodes), to show what TLS costs.
 
@@ -68,6 +74,11 @@ from hacluster.security import certs
 from hacluster.testing.harness import TOKEN, Cluster, free_ports, wait_for
 
 CLIENTS = 32
+# The saturation point (reported, no goal): four times the clients, against the sync cluster
+# and the bare handler alike. At 32 clients the bare handler's load generator is saturated but
+# the sync cluster is not (its acknowledgements take ~3x as long, so fewer requests are in
+# flight per unit of work); at 128 both are.
+SATURATION_CLIENTS = 128
 
 
 def _load(port: int, seconds: float, clients: int, batch: int, prefix: str, out: Any,
@@ -162,15 +173,15 @@ class CpuWindow:
 
 
 def run_load(port: int, seconds: float, batch: int, prefix: str,
-             ca_file: str | None = None, cpu_of: dict[str, int] | None = None
-             ) -> dict[str, Any]:
+             ca_file: str | None = None, cpu_of: dict[str, int] | None = None,
+             clients: int = CLIENTS) -> dict[str, Any]:
     """The figures of one load phase. ``rate`` counts acknowledged requests (times ``batch``
     ops); p50 and p99 are over every request, failed ones included (``failed_p99_ms`` shows
     the failed ones apart). ``cpu_us`` is the CPU each process of ``cpu_of`` (name: pid) and
     the load process spent per acknowledged request."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_load, args=(port, seconds, CLIENTS, batch, prefix, q, ca_file))
+    p = ctx.Process(target=_load, args=(port, seconds, clients, batch, prefix, q, ca_file))
     p.start()
     assert p.pid is not None
     cpu = CpuWindow({**(cpu_of or {}), "load": p.pid}, seconds)
@@ -296,11 +307,13 @@ class Run:
 
     def load(self, name: str, mode: str | None, port: int, seconds: float, batch: int = 0,
              ca_file: str | None = None, cpu_of: dict[str, int] | None = None,
-             **about: Any) -> dict[str, Any]:
+             clients: int = CLIENTS, **about: Any) -> dict[str, Any]:
         """One load phase, recorded (with its ``mode``, None when no replication is involved)
         under ``phases`` in the JSON; its failed requests count toward ``errors``."""
-        result = run_load(port, seconds, batch, name.replace(" ", "-"), ca_file, cpu_of)
+        result = run_load(port, seconds, batch, name.replace(" ", "-"), ca_file, cpu_of,
+                          clients)
         self.phases.append({"name": name, "mode": mode, **about, "batch": batch,
+                            "clients": clients,
                             **{k: round(v, 3) if isinstance(v, float) else v
                                for k, v in result.items()}})
         return result
@@ -344,6 +357,13 @@ def cluster_phase(run: Run, mode: str, with_batch: bool, durability: str = "fsyn
             f"{puts['errors']} errors")
         result: dict[str, Any] = {"puts": puts, "idle_rss_mb": rss}
         if with_batch:
+            saturated = run.load(f"put {mode} {label} {SATURATION_CLIENTS} clients", mode,
+                                 primary.port, seconds / 2, ca_file=ca_file, cpu_of=pids,
+                                 clients=SATURATION_CLIENTS, **about)
+            log(f"{mode}: {saturated['rate']:.0f} acknowledged PUTs/s with "
+                f"{SATURATION_CLIENTS} clients, p50 {saturated['p50_ms']:.2f} ms, "
+                f"p99 {saturated['p99_ms']:.2f} ms, {saturated['errors']} errors")
+            result["saturated"] = saturated
             batch = run.load(f"batch {mode} {label}", mode, primary.port, seconds, 100,
                              ca_file=ca_file, **about)
             log(f"{mode}: {batch['rate']:.0f} ops/s through POST /v1/batch (100 ops each, "
@@ -384,7 +404,8 @@ def phase_raw(run: Run) -> None:
     run.figures["raw_put_rate"] = round(raw, 1)
 
 
-def bare_load(run: Run, name: str, durable_dir: str | None = None) -> dict[str, Any]:
+def bare_load(run: Run, name: str, durable_dir: str | None = None,
+              clients: int = CLIENTS) -> dict[str, Any]:
     """Half a phase of the load process against a bare aiohttp PUT handler (durable or not),
     in a process of its own."""
     port = free_ports(1)[0]
@@ -404,7 +425,8 @@ def bare_load(run: Run, name: str, durable_dir: str | None = None) -> dict[str, 
 
         wait_for(up, 20, "the bare aiohttp server")
         assert server.pid is not None
-        return run.load(name, None, port, run.seconds / 2, cpu_of={"server": server.pid})
+        return run.load(name, None, port, run.seconds / 2, cpu_of={"server": server.pid},
+                        clients=clients)
     finally:
         server.terminate()
         server.join(10)
@@ -436,6 +458,16 @@ def phase_durable_ceiling(run: Run) -> None:
     run.figures["http_durable_ceiling_rate"] = round(bare["rate"], 1)
 
 
+def phase_saturated_ceiling(run: Run) -> None:
+    """The bare handler with the saturation point's clients (half a phase): the other side
+    of ``put_ceiling_ratio_sync_128_clients``."""
+    bare = bare_load(run, f"http ceiling {SATURATION_CLIENTS} clients",
+                     clients=SATURATION_CLIENTS)
+    run.log(f"HTTP ceiling with {SATURATION_CLIENTS} clients: {bare['rate']:.0f} PUTs/s, "
+            f"p99 {bare['p99_ms']:.2f} ms")
+    run.figures["http_ceiling_rate_128_clients"] = round(bare["rate"], 1)
+
+
 def phase_sync(run: Run) -> None:
     sync = cluster_phase(run, "sync", True)
     s = sync["puts"]
@@ -443,6 +475,11 @@ def phase_sync(run: Run) -> None:
         "put_rate_sync": round(s["rate"], 1), "put_p50_ms_sync": round(s["p50_ms"], 3),
         "put_p99_ms_sync": round(s["p99_ms"], 3),
         "batch_ops_rate_sync": round(sync["batch"]["rate"], 1)})
+    top = sync["saturated"]
+    run.figures.update({
+        "put_rate_sync_128_clients": round(top["rate"], 1),
+        "put_p50_ms_sync_128_clients": round(top["p50_ms"], 3),
+        "put_p99_ms_sync_128_clients": round(top["p99_ms"], 3)})
     run.sync_cpu = s["cpu_us"]
     c = sync["clients"]
     run.figures.update({
@@ -502,7 +539,7 @@ def phase_tls(run: Run) -> None:
 
 PHASES: list[Callable[[Run], None]] = [
     phase_raw, phase_http_ceiling, phase_sync, phase_http_ceiling, phase_durable_ceiling,
-    phase_async, phase_os_buffer, phase_tls]
+    phase_saturated_ceiling, phase_async, phase_os_buffer, phase_tls]
 
 
 def ratios(f: dict[str, Any]) -> dict[str, Any]:
@@ -523,6 +560,12 @@ def ratios(f: dict[str, Any]) -> dict[str, Any]:
     # The same sync path acknowledged from the page cache (no fsync on any node): what the
     # node's own work leaves of the ceiling, apart from what durability costs.
     ratio("put_ceiling_ratio_sync_os_buffer", "put_rate_sync_os_buffer", "http_ceiling_rate")
+    # At the saturation point, against the higher of the two ceilings: the bare handler's own
+    # rate falls with more connections, and that fall must not flatter the cluster.
+    ceilings = [f[k] for k in ("http_ceiling_rate", "http_ceiling_rate_128_clients") if f.get(k)]
+    if f.get("put_rate_sync_128_clients") is not None and len(ceilings) == 2:
+        out["put_ceiling_ratio_sync_128_clients"] = round(
+            f["put_rate_sync_128_clients"] / max(ceilings), 3)
     ratio("durable_ceiling_ratio", "http_durable_ceiling_rate", "http_ceiling_rate")
     ratio("put_durable_ceiling_ratio_sync", "put_rate_sync", "http_durable_ceiling_rate")
     ratio("cas_put_ratio_sync", "cas_rate", "put_rate_sync")

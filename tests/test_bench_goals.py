@@ -145,3 +145,20 @@ def test_api_ratios_against_the_two_ceilings_and_without_fsync() -> None:
     # Without an os_buffer phase the figure is left out, not guessed.
     del figures["put_rate_sync_os_buffer"]
     assert "put_ceiling_ratio_sync_os_buffer" not in bench_api.ratios(figures)
+
+
+@pytest.mark.parametrize(("saturated_ceiling", "expected"), [(9000.0, 0.45), (12000.0, 0.375)])
+def test_api_saturation_ratio_is_taken_against_the_higher_ceiling(
+        saturated_ceiling: float, expected: float) -> None:
+    """With 128 clients the bare handler's own rate may fall below its rate with 32; the
+    cluster at 128 clients is held to whichever ceiling is higher, and left out unless the
+    sync PUT and both ceilings were measured."""
+    figures = {"put_rate_sync": 3000.0, "http_ceiling_rate": 10000.0,
+               "put_rate_sync_128_clients": 4500.0,
+               "http_ceiling_rate_128_clients": saturated_ceiling}
+    assert bench_api.ratios(figures)["put_ceiling_ratio_sync_128_clients"] == expected
+    # The goal's own ratio stays the one at 32 clients.
+    assert bench_api.ratios(figures)["put_ceiling_ratio_sync"] == 0.3
+    for missing in ("http_ceiling_rate_128_clients", "put_rate_sync_128_clients"):
+        partial = {k: v for k, v in figures.items() if k != missing}
+        assert "put_ceiling_ratio_sync_128_clients" not in bench_api.ratios(partial)
