@@ -440,8 +440,14 @@ def test_replicas_run_the_service_read_only_and_one_takes_over(tmp_path: Path) -
             wait_for(lambda r=r: service_up(ports[r.name]), 30, f"{r.name}'s read-only service")
             assert r.status()["service"]["role"] == "replica"
             # It catches up with what hacluster applied, and refuses writes.
-            wait_for(lambda r=r: service_get(ports[r.name], "k29") == b"v29", 20,
-                     f"{r.name}'s service to read the latest write")
+            try:
+                wait_for(lambda r=r: service_get(ports[r.name], "k29") == b"v29", 20,
+                         f"{r.name}'s service to read the latest write")
+            except AssertionError as exc:
+                status = r.status()
+                raise AssertionError(f"{exc}\nreplication: {status.get('replication')}\n"
+                                     f"service: {status.get('service')}\n"
+                                     f"{r.log()[-4000:]}") from None
             assert service_put(ports[r.name], "nope", b"x")[0] == 503
         old.kill()
         new = primary_with_service(cluster, ports, timeout=30)

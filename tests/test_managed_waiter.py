@@ -1,5 +1,6 @@
 """A managed replica without a database yet starts its read-only service after the bootstrap:
-once, however often the node follows meanwhile, and never once the node has begun to stop.
+once, however often the node follows meanwhile, and never once the node has begun to stop; a
+replica whose database is replaced stops the service first and starts it on the new copy.
 
 The methods under test are the node's own (``ManagedRole.start_replica_service`` and the
 waiter it starts); the node around them is the least they read: a role, a data directory, a
@@ -29,6 +30,10 @@ class RecordingService:
 
     async def want(self, role: str | None, env: dict[str, str]) -> None:
         self.wanted.append(role)
+
+    async def stop(self, reason: str) -> None:
+        self.wanted.append(None)
+        self.reason = reason
 
 
 class ReplicaNode(ManagedRole):
@@ -84,4 +89,28 @@ async def test_a_node_that_began_to_stop_does_not_start_its_service(tmp_path: Pa
     node._stopping = True
     node.bootstrapped()
     await asyncio.wait_for(waiter, WAITER_POLL_S * 10)
+    assert node.service.wanted == []    # type: ignore[union-attr]
+
+
+async def test_a_replaced_database_stops_the_service_then_starts_it_on_the_new_copy(
+        tmp_path: Path) -> None:
+    node = ReplicaNode(tmp_path)
+    node.bootstrapped()
+    await node.start_replica_service()
+    await node.stop_replica_service("checkpoint c1 is installed")
+    await node.restart_replica_service()
+    assert node.service.wanted == ["replica", None, "replica"]   # type: ignore[union-attr]
+    assert node.service.reason == "the database is replaced: checkpoint c1 is installed"  # type: ignore[union-attr]
+    # Begun to stop meanwhile: the service stays stopped.
+    node._stopping = True
+    await node.stop_replica_service("checkpoint c2 is installed")
+    await node.restart_replica_service()
+    assert node.service.wanted[-1] is None      # type: ignore[union-attr]
+
+
+async def test_without_a_replica_command_nothing_is_stopped_or_started(tmp_path: Path) -> None:
+    node = ReplicaNode(tmp_path)
+    node.cfg.application.replica_command = None     # type: ignore[union-attr]
+    node.bootstrapped()
+    await node.stop_replica_service("checkpoint c1 is installed")
     assert node.service.wanted == []    # type: ignore[union-attr]

@@ -4,11 +4,12 @@ Owns what a node does differently when the config has an ``application:`` sectio
 before anything opens the service's database (its directory, who holds its lock, its RocksDB
 options), handing the database to the service when this node becomes primary (the replica
 handle closed first, the service started only once the write gate is open), taking it back
-when the role is lost (the service stopped first), the lease watch that stops the service
-when its lease runs low without a renewal and SIGKILLs it when the lease ends, the check of
-every new OPTIONS file the service writes while it runs as primary (a refusal stops the WAL
-stream and gives the primary role up, as a crash loop does), the WAL sync and the seq a
-managed primary reports, and ``wait_held`` behind ``GET /v1/wait``.
+when the role is lost (the service stopped first), stopping a replica's read-only service
+while its database directory is replaced and starting it on the new one, the lease watch that
+stops the service when its lease runs low without a renewal and SIGKILLs it when the lease
+ends, the check of every new OPTIONS file the service writes while it runs as primary (a
+refusal stops the WAL stream and gives the primary role up, as a crash loop does), the WAL
+sync and the seq a managed primary reports, and ``wait_held`` behind ``GET /v1/wait``.
 
 It must never let the service run as primary without a valid lease (past the lease end it is
 killed, before a successor's lease wait can end), never open the database while the service
@@ -245,6 +246,20 @@ class ManagedRole:
             self._service_waiter = asyncio.get_running_loop().create_task(
                 self._replica_service_after_bootstrap())
         self._record_service_pid()
+
+    async def stop_replica_service(self, why: str) -> None:
+        """Before this replica's database directory is replaced (a checkpoint installed, a
+        divergent tail set aside): a read-only service holding the old files would go on
+        serving them, rolled-back writes included, and none of what follows."""
+        app = self.cfg.application
+        if self.service is not None and app is not None and app.replica_command is not None:
+            await self.service.stop(f"the database is replaced: {why}")
+            self._record_service_pid()
+
+    async def restart_replica_service(self) -> None:
+        """The new database is open: the read-only service starts on it, if still a replica."""
+        if not self.is_primary and self.role.primary is not None and not self._stopping:
+            await self.start_replica_service()
 
     async def _replica_service_after_bootstrap(self) -> None:
         assert self.service is not None

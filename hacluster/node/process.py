@@ -290,7 +290,8 @@ class Node(WritePath, NodeViews, Upkeep, ManagedRole, DynamicSettings):
             cfg=self.cfg.replication, open_store=self._replica_store,
             known_epoch=self.role.epoch, lineage=self.lineage,
             space_low=lambda: self.space.low, durable=self.durable_acks, slot=self._slot,
-            db_dir=self.db_dir)
+            db_dir=self.db_dir, before_install=self.stop_replica_service,
+            after_install=self.restart_replica_service)
         self._follower_task = asyncio.get_running_loop().create_task(self.follower.run())
 
     def _warn_insecure(self) -> None:

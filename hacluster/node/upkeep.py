@@ -68,6 +68,7 @@ class Upkeep:
         async def _stop_follower(self) -> None: ...
         def _start_replica(self) -> None: ...
         async def start_replica_service(self) -> None: ...
+        async def stop_replica_service(self, why: str) -> None: ...
         service: Supervisor | None
 
     def history_refusal(self, label: int, seq: int) -> str | None:
@@ -138,6 +139,7 @@ class Upkeep:
                   "gives them to a later epoch; %d ops saved to %s%s; re-bootstrapping from "
                   "the primary", self.name, div.first_seq, div.last_seq, div.epoch, saved.ops,
                   saved.path, "" if saved.complete else f" (INCOMPLETE: {saved.error})")
+        await self.stop_replica_service(f"the divergent tail of epoch {div.epoch} is set aside")
         store.close()
         self.store = None
         aside = set_aside(self.db_dir)

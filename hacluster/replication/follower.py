@@ -4,7 +4,9 @@ Owns the follow loop: connect to the primary's stream after the local seq, verif
 batches strictly in order, acknowledge the applied seq, reconnect with capped exponential
 backoff, and bootstrap from a checkpoint when the primary answers 410 or this node has no DB.
 It must never apply a frame that failed verification or ``applier.check_frame``, never keep
-applying after a divergence, and never open the DB while a checkpoint is being installed.
+applying after a divergence, never open the DB while a checkpoint is being installed, and never
+install one while anything else (managed mode: a read-only service, through ``before_install``)
+still holds the files it replaces.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
@@ -114,7 +116,9 @@ class Follower:
                  lineage: Lineage | None = None,
                  space_low: Callable[[], str | None] = lambda: None,
                  durable: bool = False, slot: StoreSlot | None = None,
-                 db_dir: Path | None = None) -> None:
+                 db_dir: Path | None = None,
+                 before_install: Callable[[str], Awaitable[None]] | None = None,
+                 after_install: Callable[[], Awaitable[None]] | None = None) -> None:
         self.node = node
         self.data_dir = data_dir
         self.db_dir = db_dir if db_dir is not None else data_dir / "db"
@@ -131,6 +135,9 @@ class Follower:
         # The node's slot while it follows (one handle, never a closed one in two places).
         self._slot = slot if slot is not None else StoreSlot()
         self.durable = durable      # storage.durability: fsync
+        # Called with why before a checkpoint replaces the database directory, and once the
+        # new database is open: whoever else reads those files lets go of them, then comes back.
+        self.before_install, self.after_install = before_install, after_install
         self.wal_sync = GroupSync(lambda: self.store.latest_seq() if self.store else 0,
                                   lambda: self.store.sync_wal() if self.store else None)
         self._backoff = Backoff(cfg.reconnect_backoff_min, cfg.reconnect_backoff_max)
@@ -253,6 +260,8 @@ class Follower:
             manifest = await boot.fetch()
         finally:
             self.status.bootstrap_bytes += boot.bytes_downloaded
+        if self.before_install is not None:
+            await self.before_install(f"checkpoint {manifest['id']} is installed")
         # Install before open: the old handle goes first, so no descriptor points at old files.
         # Column family handles keep the DB (and its LOCK) alive: they go with it.
         self._handles = {}
@@ -268,6 +277,8 @@ class Follower:
                                  f"{self.store.latest_seq()}, manifest says {seq}")
         log.info("%s: bootstrapped from checkpoint %s at seq %d (%.1f MB/s)", self.node,
                  manifest["id"], seq, boot.last_rate_mb_s)
+        if self.after_install is not None:
+            await self.after_install()
 
     async def _stream(self, session: aiohttp.ClientSession) -> None:
         assert self.store is not None
