@@ -5,6 +5,11 @@ read-write and is its only writer) and, when configured, with HACLUSTER_ROLE=rep
 replicas (it opens hacluster's copy as a RocksDB secondary instance, catches up before each
 read, and refuses writes). hacluster ships the WAL this process writes to the replicas.
 
+A secondary instance's catch-up can keep serving a key's older value from its memtable after
+the copy it follows flushed (or reopened with) a newer one — RocksDB issues #14444 and #15051,
+present in rocksdict 0.3.29 — until later writes or a reopen: this service opens the instance
+again whenever a catch-up shows a new level-0 file (what a flush leaves), see ``Secondary``.
+
     PUT /kv/{key}   body = value: written; with KVSERVICE_WAIT=1 acknowledged (200) only once
                     hacluster says the write is held (GET $HACLUSTER_API_URL/v1/wait?seq=N),
                     else 503 with "outcome": "unknown" (written here, not acknowledged)
@@ -29,6 +34,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 
 import aiohttp
 from aiohttp import web
@@ -37,9 +43,7 @@ from rocksdict import AccessType, Options, Rdict, WriteOptions
 log = logging.getLogger("kvservice")
 
 
-def open_db(role: str, path: str) -> tuple[Rdict, str | None]:
-    """The primary opens the database read-write (created if missing); a replica opens it as
-    a secondary instance, whose own small state lives in a temporary directory."""
+def options(role: str) -> Options:
     opts = Options(raw_mode=True)
     # hacluster ships this WAL: keep old logs around for a while, and never recycle them.
     opts.set_wal_ttl_seconds(3600)
@@ -54,15 +58,66 @@ def open_db(role: str, path: str) -> tuple[Rdict, str | None]:
         opts.set_recycle_log_file_num(recycle)
     if role == "primary":
         opts.create_if_missing(True)
-        return Rdict(path, opts), None
-    opts.set_max_open_files(-1)                 # required of a secondary instance
-    secondary = tempfile.mkdtemp(prefix="kvservice-secondary-")
-    return Rdict(path, opts, access_type=AccessType.secondary(secondary)), secondary
+    else:
+        opts.set_max_open_files(-1)             # required of a secondary instance
+    return opts
+
+
+class Secondary:
+    """A RocksDB secondary instance of hacluster's copy, kept current for reads.
+
+    After the copy flushes, a catch-up can leave the instance's memtable holding a key's
+    value from before the flush, which then hides the newer one in the new file (RocksDB
+    #14444, #15051); a reopen reads the files afresh. So a catch-up that shows a level-0
+    file not seen before opens the instance again. One lock: a reopen never runs under a read.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.scratch = tempfile.mkdtemp(prefix="kvservice-secondary-")   # its own small state
+        self.lock = threading.Lock()
+        self.reopens = 0
+        self.db = self._open()
+        self.level0 = self._level0()
+
+    def _open(self) -> Rdict:
+        return Rdict(self.path, options("replica"), access_type=AccessType.secondary(self.scratch))
+
+    def _level0(self) -> set[str]:
+        return {f["name"] for f in self.db.live_files() if f["level"] == 0}
+
+    def current(self) -> Rdict:
+        """Caught up with the copy, and opened again if that shows a flush; hold ``lock``."""
+        self.db.try_catch_up_with_primary()
+        level0 = self._level0()
+        if not level0 <= self.level0:
+            self.db.close()
+            self.db = self._open()
+            self.reopens += 1
+            level0 = self._level0()
+        self.level0 = level0
+        return self.db
+
+    def get(self, key: bytes) -> bytes | None:
+        with self.lock:
+            value = self.current().get(key)
+        return value if isinstance(value, bytes) else None
+
+    def seq(self) -> int:
+        with self.lock:
+            return int(self.current().latest_sequence_number())
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class KV:
-    def __init__(self, role: str, db: Rdict, fsync: bool, api_url: str, wait: bool,
-                 wait_timeout_ms: int, token: str | None) -> None:
+    """``db``: the database, read-write (primary) or a ``Secondary`` (replica)."""
+
+    def __init__(self, role: str, db: Rdict | Secondary, fsync: bool, api_url: str,
+                 wait: bool, wait_timeout_ms: int, token: str | None) -> None:
         self.role, self.db, self.api_url = role, db, api_url.rstrip("/")
         self.wait, self.wait_timeout_ms = wait, wait_timeout_ms
         self.write_opts = WriteOptions()
@@ -71,15 +126,21 @@ class KV:
         self.session: aiohttp.ClientSession | None = None
 
     def _write(self, key: bytes, value: bytes) -> int:
+        assert isinstance(self.db, Rdict)
         self.db.put(key, value, self.write_opts)
         # With other writers this may be beyond our own write: fine to wait for.
         return int(self.db.latest_sequence_number())
 
     def _read(self, key: bytes) -> bytes | None:
-        if self.role != "primary":
-            self.db.try_catch_up_with_primary()
+        if isinstance(self.db, Secondary):
+            return self.db.get(key)
         value = self.db.get(key)
         return value if isinstance(value, bytes) else None
+
+    def latest_seq(self) -> int:
+        if isinstance(self.db, Secondary):
+            return self.db.seq()
+        return int(self.db.latest_sequence_number())
 
     async def put(self, request: web.Request) -> web.Response:
         if self.role != "primary":
@@ -115,15 +176,14 @@ class KV:
         return web.Response(body=value, content_type="application/octet-stream")
 
     async def health(self, request: web.Request) -> web.Response:
-        if self.role != "primary":
-            await asyncio.to_thread(self.db.try_catch_up_with_primary)
-        return web.json_response({"role": self.role, "seq": self.db.latest_sequence_number()})
+        seq = await asyncio.to_thread(self.latest_seq)
+        return web.json_response({"role": self.role, "seq": seq})
 
 
 async def serve(args: argparse.Namespace) -> None:
     role = os.environ.get("HACLUSTER_ROLE", "primary")
     path = os.environ["HACLUSTER_DB_PATH"]
-    db, secondary = open_db(role, path)
+    db = Rdict(path, options(role)) if role == "primary" else Secondary(path)
     kv = KV(role, db, args.fsync, os.environ.get("HACLUSTER_API_URL", "http://127.0.0.1:8701"),
             os.environ.get("KVSERVICE_WAIT") == "1",
             int(os.environ.get("KVSERVICE_WAIT_TIMEOUT_MS", "5000")),
@@ -140,15 +200,13 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         await web.TCPSite(runner, args.host, args.port).start()
         log.info("kvservice: %s on %s:%d, db %s, seq %d", role, args.host, args.port, path,
-                 db.latest_sequence_number())
+                 kv.latest_seq())
         await stop.wait()
     finally:
         await runner.cleanup()              # no request is using the database any more
         if kv.session is not None:
             await kv.session.close()
         db.close()
-        if secondary:
-            shutil.rmtree(secondary, ignore_errors=True)
         log.info("kvservice: %s stopped, db %s closed", role, path)
 
 
