@@ -355,6 +355,22 @@ def test_a_node_without_a_database_is_only_a_candidate_before_anything_was_writt
     assert decide(fresh, obs("n1", seq=0), ASYNC).action is Action.PROMOTE
 
 
+def test_a_node_judges_its_own_database_by_what_it_has_now_not_by_its_last_report() -> None:
+    # n2's last report says replica at 81233, the best position; since then it set its
+    # database aside (a divergent tail, a reinit) and its seq is only that report's guess.
+    state = cluster(seqs={"n1": 81233, "n2": 81233, "n3": 81200})
+    gone = replace(obs("n2", seen=expired_seen(), seq=81233), my_has_database=False)
+    d = decide(state, gone, ASYNC)
+    assert d.sentence == "n2: n1's lease expired 0.31 s ago; not a candidate (no database yet)"
+    by_report = replace(gone, my_has_database=None)     # an older loop: its report decides
+    assert decide(state, by_report, ASYNC).action is Action.PROMOTE
+    # The other way: bootstrapped since its last report ("starting"), it is a candidate now.
+    starting = cluster(seqs={"n1": 81233, "n2": 81233, "n3": 81200}, n2={"role": "starting"})
+    assert decide(starting, by_report, ASYNC).sentence.endswith("(no database yet)")
+    bootstrapped = replace(by_report, my_has_database=True)
+    assert decide(starting, bootstrapped, ASYNC).action is Action.PROMOTE
+
+
 def test_observers_wait_out_the_holders_recorded_lease_when_it_is_longer() -> None:
     long_lease = replace(cluster(), lock=Lock("n1", 7, 3.0, 5, False))
     d = decide(long_lease, obs("n2", seen=expired_seen()), ASYNC)

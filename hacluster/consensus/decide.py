@@ -188,6 +188,12 @@ def _refusal(state: ClusterState, obs: Observation, policy: Policy, m: Member, s
         return f"my store refuses writes: {obs.disk_full}"
     if m.name == obs.me and obs.unfit:
         return obs.unfit
+    if m.name == obs.me and obs.my_has_database is not None:
+        # Its database as it is now: one just set aside (a divergent tail, a reinit) must not
+        # pass for the copy its last report described, nor a bootstrap just done wait a report.
+        now_role = "primary" if obs.is_primary else (
+            "replica" if obs.my_has_database else "starting")
+        m = replace(m, role=now_role)
     return elig.refusal(state, m, Purpose.ELECTION, policy, seen_at=obs.member_seen_at,
                         now=obs.now, me=obs.me, seq=seq, last_epoch=last_epoch,
                         guarded=guarded,

@@ -220,7 +220,7 @@ class ControlLoop(OperatorRequests, SyncSetProposals):
             disk_full=me.disk_full,
             space_low=me.space_low,
             switching=self.switching,
-            unfit=me.unfit,
+            unfit=me.unfit, my_has_database=me.has_database,
             fencing_failed=(self._fencing_failed[1] if self._fencing_failed is not None
                             and self._fencing_failed[0] == state.lock.epoch else None),
             handover_epoch=self._disk_handover,

@@ -89,6 +89,9 @@ class Observation:
     # Why this node may not become primary now, whatever its last report says (it judges
     # itself by what it sees: a required watchdog it cannot arm, replication diverged).
     unfit: str | None = None
+    # Whether this node's store holds a database now (None: go by its last report, which may
+    # be report_interval_s old: a bootstrap just done, or a database just set aside).
+    my_has_database: bool | None = None
     # Why this primary cannot be fenced in the current epoch (a required watchdog that could
     # not be armed): it must not serve the lock.
     fencing_failed: str | None = None
