@@ -34,7 +34,7 @@ from hacluster.consensus.model import (
     Policy,
     ReplicaView,
 )
-from hacluster.consensus.state import ClusterState, FailoverRequest, Member
+from hacluster.consensus.state import ClusterState, FailoverRequest, Member, member_role
 
 __all__ = ["Action", "Decision", "Effect", "Observation", "Policy", "Purpose", "ReplicaView",
            "decide", "failover_refusal", "lag_allowance", "position_refusal", "rank"]
@@ -191,9 +191,7 @@ def _refusal(state: ClusterState, obs: Observation, policy: Policy, m: Member, s
     if m.name == obs.me and obs.my_has_database is not None:
         # Its database as it is now: one just set aside (a divergent tail, a reinit) must not
         # pass for the copy its last report described, nor a bootstrap just done wait a report.
-        now_role = "primary" if obs.is_primary else (
-            "replica" if obs.my_has_database else "starting")
-        m = replace(m, role=now_role)
+        m = replace(m, role=member_role(obs.is_primary, obs.my_has_database))
     return elig.refusal(state, m, Purpose.ELECTION, policy, seen_at=obs.member_seen_at,
                         now=obs.now, me=obs.me, seq=seq, last_epoch=last_epoch,
                         guarded=guarded,

@@ -56,6 +56,7 @@ from hacluster.consensus.state import (
     Release,
     Renew,
     Report,
+    member_role,
 )
 from hacluster.consensus.sync_set import SyncSetProposals
 
@@ -279,7 +280,7 @@ class ControlLoop(OperatorRequests, SyncSetProposals):
             seq = me.seq or 0
             self.raft.propose(Report(
                 node.name, self.me.api.url, seq,
-                "primary" if me.is_primary else ("replica" if me.has_database else "starting"),
+                member_role(me.is_primary, me.has_database),
                 healthy, self.me.tags, node.lineage_label(seq), clock=time.monotonic()))
         state = self.raft.snapshot()
         obs = self._observe(state, now, me)

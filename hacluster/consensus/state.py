@@ -88,6 +88,11 @@ class Member:
                                # (0: not sent); only for measuring clock rates (``clock``)
 
 
+def member_role(is_primary: bool, has_database: bool) -> str:
+    """The role a node has by what it holds: what it reports, and how it judges itself."""
+    return "primary" if is_primary else ("replica" if has_database else "starting")
+
+
 @_loads_older_dumps
 @dataclass(frozen=True, slots=True)
 class EpochRecord:

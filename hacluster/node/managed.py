@@ -256,15 +256,20 @@ class ManagedRole:
             await self.service.stop(f"the database is replaced: {why}")
             self._record_service_pid()
 
+    @property
+    def _following(self) -> bool:
+        """A replica of some primary, not stopping: where a read-only service may run."""
+        return not self.is_primary and self.role.primary is not None and not self._stopping
+
     async def restart_replica_service(self) -> None:
         """The new database is open: the read-only service starts on it, if still a replica."""
-        if not self.is_primary and self.role.primary is not None and not self._stopping:
+        if self._following:
             await self.start_replica_service()
 
     async def _replica_service_after_bootstrap(self) -> None:
         assert self.service is not None
         # Not once stop() began: it stopped the service first, and must not find it running.
-        while not self.is_primary and self.role.primary is not None and not self._stopping:
+        while self._following:
             if has_database(self.db_dir) and self.store is not None:
                 await self.service.want("replica", self.service_env("replica"))
                 self._record_service_pid()
